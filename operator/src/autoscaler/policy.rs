@@ -1,0 +1,282 @@
+//! The scaling policy: signals in, one explained decision out. Pure and deterministic; the
+//! operator's loop and the simulator call the same [`ScalingPolicy::decide`].
+
+use super::decision::{DemandBasis, ScalingDecision, ScalingReason, SignalsUsed};
+use super::signals::ScalingSignals;
+use super::spec::{PolicyTuning, ScalingSpec, SpecError};
+use super::staffing::slots_needed;
+use super::state::{Estimates, ScalingState};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalingPolicy {
+    spec: ScalingSpec,
+    tuning: PolicyTuning,
+}
+
+/// Replicas the queue needs right now, before bounds, steps and stabilization.
+#[derive(Debug, Clone, Copy)]
+struct Demand {
+    replicas: u32,
+    basis: DemandBasis,
+}
+
+impl ScalingPolicy {
+    pub fn new(spec: ScalingSpec, tuning: PolicyTuning) -> Result<Self, SpecError> {
+        spec.validate()?;
+        Ok(Self { spec, tuning })
+    }
+
+    pub fn spec(&self) -> &ScalingSpec {
+        &self.spec
+    }
+
+    /// One poll. `current` is the replica count the Deployment is set to (not how many pods
+    /// are ready); `signals` is `None` when the scrape failed. `now` is the caller's clock,
+    /// the same clock `signals.sampled_at` is on.
+    pub fn decide(
+        &self,
+        state: &mut ScalingState,
+        now: f64,
+        current: u32,
+        signals: Option<&ScalingSignals>,
+    ) -> ScalingDecision {
+        let Some(signals) = signals else {
+            return self.hold(now, current, ScalingReason::SignalsMissing);
+        };
+        let age = now - signals.sampled_at;
+        if age > self.tuning.stale_after_seconds || state.is_out_of_order(signals) {
+            let reason = ScalingReason::SignalsStale {
+                age_seconds: age,
+                limit_seconds: self.tuning.stale_after_seconds,
+            };
+            return self.hold(now, current, reason);
+        }
+
+        let estimates = state.observe(signals, self.tuning.service_time_smoothing);
+        let demand = self.demand(signals, &estimates);
+        let idle_seconds = state.track_idle(signals);
+        let used = self.signals_used(now, signals, &estimates, demand);
+        let (to, reason) = if current == 0 {
+            self.decide_at_zero(signals, demand)
+        } else {
+            self.decide_while_running(state, now, current, demand, idle_seconds)
+        };
+        ScalingDecision {
+            at: now,
+            from: current,
+            to,
+            reason,
+            signals: Some(used),
+        }
+    }
+
+    /// Without usable signals nothing about the queue is known, so the count stays, except
+    /// that the spec's bounds always apply.
+    fn hold(&self, now: f64, current: u32, reason: ScalingReason) -> ScalingDecision {
+        let to = current.clamp(self.spec.min_replicas, self.spec.max_replicas);
+        let reason = if to == current {
+            reason
+        } else {
+            ScalingReason::OutsideBounds {
+                min: self.spec.min_replicas,
+                max: self.spec.max_replicas,
+            }
+        };
+        ScalingDecision {
+            at: now,
+            from: current,
+            to,
+            reason,
+            signals: None,
+        }
+    }
+
+    fn demand(&self, signals: &ScalingSignals, estimates: &Estimates) -> Demand {
+        let backlog = &signals.backlog;
+        let slots_per_replica = f64::from(signals.concurrency_per_replica.max(1));
+        let work = (backlog.visible + backlog.in_flight) as f64;
+        let per_replica = |messages_per_replica: f64| (work / messages_per_replica).ceil() as u32;
+
+        let by_latency = match (
+            self.spec.target_latency_seconds,
+            estimates.arrival_rate,
+            estimates.service_seconds,
+        ) {
+            (Some(target), Some(arrival_rate), Some(service_seconds)) => {
+                // A backlog that already formed must drain within part of the target on top
+                // of keeping up with arrivals, so it counts as extra arrival rate.
+                let drain_rate =
+                    backlog.visible as f64 / (target * self.tuning.drain_budget_fraction);
+                let slots = slots_needed(
+                    arrival_rate + drain_rate,
+                    service_seconds,
+                    target * self.tuning.queueing_budget_fraction,
+                    self.tuning.wait_quantile,
+                    self.tuning.max_utilization,
+                );
+                Some((slots as f64 / slots_per_replica).ceil() as u32)
+            }
+            _ => None,
+        };
+        let by_backlog = self
+            .spec
+            .backlog_per_replica
+            .map(|b| per_replica(f64::from(b)));
+
+        match (by_latency, by_backlog) {
+            (Some(l), Some(b)) if b > l => Demand {
+                replicas: b,
+                basis: DemandBasis::BacklogPerReplica,
+            },
+            (Some(l), _) => Demand {
+                replicas: l,
+                basis: DemandBasis::LatencyTarget,
+            },
+            (None, Some(b)) => Demand {
+                replicas: b,
+                basis: DemandBasis::BacklogPerReplica,
+            },
+            (None, None) => Demand {
+                replicas: per_replica(slots_per_replica * self.tuning.fallback_backlog_per_slot),
+                basis: DemandBasis::BacklogFallback,
+            },
+        }
+    }
+
+    fn decide_at_zero(&self, signals: &ScalingSignals, demand: Demand) -> (u32, ScalingReason) {
+        let visible = signals.backlog.visible;
+        let threshold = self.spec.activation_backlog;
+        if visible <= u64::from(threshold) {
+            let to = self.spec.min_replicas;
+            return if to > 0 {
+                (
+                    to,
+                    ScalingReason::OutsideBounds {
+                        min: self.spec.min_replicas,
+                        max: self.spec.max_replicas,
+                    },
+                )
+            } else {
+                (0, ScalingReason::StayAtZero { visible, threshold })
+            };
+        }
+        let wanted = demand
+            .replicas
+            .max(1)
+            .clamp(self.spec.min_replicas, self.spec.max_replicas);
+        (
+            wanted.min(self.spec.max_scale_up_step),
+            ScalingReason::Activate { visible, threshold },
+        )
+    }
+
+    fn decide_while_running(
+        &self,
+        state: &mut ScalingState,
+        now: f64,
+        current: u32,
+        demand: Demand,
+        idle_seconds: Option<f64>,
+    ) -> (u32, ScalingReason) {
+        let spec = &self.spec;
+        let idle_long_enough =
+            idle_seconds.is_some_and(|idle| idle >= f64::from(spec.idle_before_zero_seconds));
+        // Idling for idleBeforeZero is already a stabilization of its own, so zero does not
+        // wait for the scale-down window on top.
+        if spec.min_replicas == 0 && idle_long_enough {
+            return (
+                0,
+                ScalingReason::IdleToZero {
+                    idle_seconds: idle_seconds.unwrap_or_default(),
+                },
+            );
+        }
+        let floor = spec.min_replicas.max(1);
+        let target = demand.replicas.clamp(floor, spec.max_replicas);
+        let window = spec.scale_down_stabilization_seconds;
+        let highest_recent = state.recommend(now, current, target, f64::from(window));
+
+        if target > current {
+            let step = spec.max_scale_up_step.max(current);
+            let to = target.min(current + step);
+            let reason = if to < target {
+                ScalingReason::ScaleUpLimited {
+                    needed: demand.replicas,
+                    step,
+                }
+            } else if demand.replicas > spec.max_replicas {
+                ScalingReason::CappedAtMax {
+                    needed: demand.replicas,
+                    max: spec.max_replicas,
+                }
+            } else {
+                ScalingReason::MeetDemand {
+                    needed: demand.replicas,
+                }
+            };
+            return (to, reason);
+        }
+        if highest_recent < current {
+            return (
+                highest_recent,
+                ScalingReason::ScaleDown {
+                    needed: demand.replicas,
+                    window_seconds: window,
+                },
+            );
+        }
+        if target < current {
+            return (
+                current,
+                ScalingReason::HoldForStabilization {
+                    needed: demand.replicas,
+                    highest_recent,
+                    window_seconds: window,
+                },
+            );
+        }
+        match idle_seconds {
+            Some(idle) if spec.min_replicas == 0 && demand.replicas == 0 => (
+                current,
+                ScalingReason::KeepOneUntilIdle {
+                    idle_seconds: idle,
+                    required_seconds: spec.idle_before_zero_seconds,
+                },
+            ),
+            _ => (
+                current,
+                ScalingReason::Steady {
+                    needed: demand.replicas,
+                },
+            ),
+        }
+    }
+
+    fn signals_used(
+        &self,
+        now: f64,
+        signals: &ScalingSignals,
+        estimates: &Estimates,
+        demand: Demand,
+    ) -> SignalsUsed {
+        let throughput = signals.throughput.as_ref();
+        SignalsUsed {
+            sampled_at: signals.sampled_at,
+            age_seconds: now - signals.sampled_at,
+            visible: signals.backlog.visible,
+            in_flight: signals.backlog.in_flight,
+            delayed: signals.backlog.delayed,
+            ready_replicas: signals.ready_replicas,
+            arrival_rate: estimates.arrival_rate,
+            service_seconds: estimates.service_seconds,
+            per_replica_capacity: estimates
+                .service_seconds
+                .map(|s| f64::from(signals.concurrency_per_replica) / s),
+            per_replica_throughput: signals.per_replica_throughput(),
+            saturation: throughput.and_then(|t| t.saturation()),
+            mean_age_at_receipt_seconds: throughput.and_then(|t| t.mean_age_at_receipt_seconds),
+            needed_replicas: demand.replicas,
+            basis: demand.basis,
+        }
+    }
+}

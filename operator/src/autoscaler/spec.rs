@@ -1,0 +1,173 @@
+//! The user-facing scaling knobs (`spec.scaling` of a QueueConsumer) and the operator-side
+//! tuning that users never see.
+
+use serde::{Deserialize, Serialize};
+
+/// `spec.scaling`. Field names are the CRD's (camelCase); the CRD's schema and CEL rules will
+/// repeat [`ScalingSpec::validate`] so that `kubectl apply` rejects what this rejects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ScalingSpec {
+    /// 0 lets the consumer scale to zero when its queue is idle.
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    /// How long a message may wait in the queue before a worker starts it.
+    pub target_latency_seconds: Option<f64>,
+    /// Messages (visible + in flight) one replica should carry. Used alone when no latency
+    /// target is set, as a floor next to it when both are set, and as the fallback while the
+    /// service time has not been measured yet.
+    pub backlog_per_replica: Option<u32>,
+    /// A consumer at zero replicas starts when more than this many messages are visible.
+    pub activation_backlog: u32,
+    /// Scale down only to the highest replica count recommended during this window.
+    pub scale_down_stabilization_seconds: u32,
+    /// How long the queue must be completely idle before the last replica goes.
+    pub idle_before_zero_seconds: u32,
+    /// Most replicas added in one decision, beyond doubling the current count.
+    pub max_scale_up_step: u32,
+}
+
+impl Default for ScalingSpec {
+    fn default() -> Self {
+        Self {
+            min_replicas: 0,
+            max_replicas: 50,
+            target_latency_seconds: Some(30.0),
+            backlog_per_replica: None,
+            activation_backlog: 0,
+            scale_down_stabilization_seconds: 60,
+            idle_before_zero_seconds: 120,
+            max_scale_up_step: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    #[error("maxReplicas must be at least 1")]
+    MaxReplicasZero,
+    #[error("minReplicas ({min}) must not exceed maxReplicas ({max})")]
+    MinAboveMax { min: u32, max: u32 },
+    #[error("targetLatencySeconds must be a positive number of seconds, got {0}")]
+    BadLatencyTarget(f64),
+    #[error("backlogPerReplica must be at least 1")]
+    BacklogPerReplicaZero,
+    #[error("set targetLatencySeconds, backlogPerReplica, or both")]
+    NoTarget,
+    #[error("maxScaleUpStep must be at least 1")]
+    ScaleUpStepZero,
+}
+
+impl ScalingSpec {
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.max_replicas == 0 {
+            return Err(SpecError::MaxReplicasZero);
+        }
+        if self.min_replicas > self.max_replicas {
+            return Err(SpecError::MinAboveMax {
+                min: self.min_replicas,
+                max: self.max_replicas,
+            });
+        }
+        if let Some(t) = self.target_latency_seconds
+            && !(t.is_finite() && t > 0.0)
+        {
+            return Err(SpecError::BadLatencyTarget(t));
+        }
+        if self.backlog_per_replica == Some(0) {
+            return Err(SpecError::BacklogPerReplicaZero);
+        }
+        if self.target_latency_seconds.is_none() && self.backlog_per_replica.is_none() {
+            return Err(SpecError::NoTarget);
+        }
+        if self.max_scale_up_step == 0 {
+            return Err(SpecError::ScaleUpStepZero);
+        }
+        Ok(())
+    }
+}
+
+/// Operator-wide constants of the policy. They are not in the CRD because choosing them needs
+/// the queueing reasoning documented in `docs/autoscaling.md`, not knowledge of the workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PolicyTuning {
+    /// Signals older than this are stale: the policy holds instead of guessing. A few poll
+    /// intervals, so that one slow scrape does not freeze scaling.
+    pub stale_after_seconds: f64,
+    /// Share of the latency target the steady-state queueing delay may use; the rest absorbs
+    /// pod start-up and measurement lag when load rises.
+    pub queueing_budget_fraction: f64,
+    /// Share of the latency target in which an accumulated backlog should be drained.
+    pub drain_budget_fraction: f64,
+    /// Quantile of the wait the queueing budget applies to.
+    pub wait_quantile: f64,
+    /// Busy fraction of all delivery slots the policy plans for at most: rate estimates are
+    /// noisy and a queue run at 100 % has no margin for them.
+    pub max_utilization: f64,
+    /// Weight of a new service-time sample in its moving average.
+    pub service_time_smoothing: f64,
+    /// Backlog per replica used before the service time is known when the spec sets none,
+    /// in multiples of one replica's concurrency.
+    pub fallback_backlog_per_slot: f64,
+}
+
+impl Default for PolicyTuning {
+    fn default() -> Self {
+        Self {
+            stale_after_seconds: 20.0,
+            queueing_budget_fraction: 0.25,
+            drain_budget_fraction: 0.5,
+            wait_quantile: 0.99,
+            max_utilization: 0.9,
+            service_time_smoothing: 0.3,
+            fallback_backlog_per_slot: 1.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(ScalingSpec::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn rejects_min_above_max_and_missing_targets() {
+        let spec = ScalingSpec {
+            min_replicas: 5,
+            max_replicas: 2,
+            ..ScalingSpec::default()
+        };
+        assert_eq!(
+            spec.validate(),
+            Err(SpecError::MinAboveMax { min: 5, max: 2 })
+        );
+        let spec = ScalingSpec {
+            target_latency_seconds: None,
+            backlog_per_replica: None,
+            ..ScalingSpec::default()
+        };
+        assert_eq!(spec.validate(), Err(SpecError::NoTarget));
+        let spec = ScalingSpec {
+            target_latency_seconds: Some(-1.0),
+            ..ScalingSpec::default()
+        };
+        assert_eq!(spec.validate(), Err(SpecError::BadLatencyTarget(-1.0)));
+    }
+
+    #[test]
+    fn serde_uses_crd_field_names_and_fills_defaults() {
+        let spec: ScalingSpec =
+            serde_json::from_str(r#"{"minReplicas":1,"targetLatencySeconds":10}"#).unwrap();
+        assert_eq!(spec.min_replicas, 1);
+        assert_eq!(spec.target_latency_seconds, Some(10.0));
+        assert_eq!(spec.max_replicas, ScalingSpec::default().max_replicas);
+        let json = serde_json::to_value(ScalingSpec::default()).unwrap();
+        assert!(json.get("scaleDownStabilizationSeconds").is_some());
+        assert!(json.get("idleBeforeZeroSeconds").is_some());
+    }
+}

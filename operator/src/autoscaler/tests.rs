@@ -1,0 +1,322 @@
+use super::*;
+
+const CONCURRENCY: u32 = 10;
+
+fn policy(spec: ScalingSpec) -> ScalingPolicy {
+    ScalingPolicy::new(spec, PolicyTuning::default()).unwrap()
+}
+
+fn queue_only(at: f64, visible: u64) -> ScalingSignals {
+    ScalingSignals {
+        sampled_at: at,
+        backlog: BacklogSignal {
+            visible,
+            in_flight: 0,
+            delayed: 0,
+        },
+        throughput: None,
+        ready_replicas: 0,
+        concurrency_per_replica: CONCURRENCY,
+    }
+}
+
+/// Sidecars of `ready` replicas that received `receive_rate` msg/s taking `service` s each.
+fn scraped(at: f64, ready: u32, visible: u64, receive_rate: f64, service: f64) -> ScalingSignals {
+    let limit = u64::from(ready * CONCURRENCY);
+    let in_flight = ((receive_rate * service).round() as u64).min(limit);
+    ScalingSignals {
+        sampled_at: at,
+        backlog: BacklogSignal {
+            visible,
+            in_flight,
+            delayed: 0,
+        },
+        throughput: Some(ThroughputSignal {
+            window_seconds: 5.0,
+            receive_rate,
+            completion_rate: receive_rate,
+            mean_service_seconds: (receive_rate > 0.0).then_some(service),
+            mean_age_at_receipt_seconds: Some(0.1),
+            in_flight,
+            concurrency_limit: limit,
+        }),
+        ready_replicas: ready,
+        concurrency_per_replica: CONCURRENCY,
+    }
+}
+
+#[test]
+fn missing_signals_hold_instead_of_scaling_to_zero() {
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    let d = p.decide(&mut state, 100.0, 4, None);
+    assert_eq!((d.from, d.to), (4, 4));
+    assert_eq!(d.reason, ScalingReason::SignalsMissing);
+    assert!(d.signals.is_none());
+}
+
+#[test]
+fn stale_signals_hold_even_when_they_show_an_empty_queue() {
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    let old = queue_only(10.0, 0);
+    let d = p.decide(&mut state, 10.0 + 60.0, 3, Some(&old));
+    assert_eq!(d.to, 3);
+    assert_eq!(d.reason.code(), "SignalsStale");
+}
+
+#[test]
+fn a_late_sample_is_treated_as_stale() {
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    p.decide(&mut state, 50.0, 2, Some(&scraped(50.0, 2, 0, 10.0, 1.0)));
+    let d = p.decide(&mut state, 55.0, 2, Some(&scraped(45.0, 2, 0, 0.0, 1.0)));
+    assert_eq!(d.to, 2);
+    assert_eq!(d.reason.code(), "SignalsStale");
+}
+
+#[test]
+fn bounds_apply_even_without_signals() {
+    let p = policy(ScalingSpec {
+        min_replicas: 2,
+        max_replicas: 5,
+        ..ScalingSpec::default()
+    });
+    let mut state = ScalingState::default();
+    assert_eq!(p.decide(&mut state, 0.0, 9, None).to, 5);
+    assert_eq!(p.decide(&mut state, 0.0, 0, None).to, 2);
+}
+
+#[test]
+fn activation_needs_more_than_the_threshold() {
+    let p = policy(ScalingSpec {
+        activation_backlog: 5,
+        ..ScalingSpec::default()
+    });
+    let mut state = ScalingState::default();
+    let d = p.decide(&mut state, 0.0, 0, Some(&queue_only(0.0, 5)));
+    assert_eq!(d.to, 0);
+    assert_eq!(d.reason.code(), "StayAtZero");
+    let d = p.decide(&mut state, 5.0, 0, Some(&queue_only(5.0, 6)));
+    assert_eq!(d.to, 1);
+    assert_eq!(d.reason.code(), "Activate");
+    assert!(d.message().contains("6 messages visible"));
+}
+
+#[test]
+fn activation_sizes_the_first_step_from_the_backlog() {
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    // Service time unknown: one replica per `concurrency` messages, bounded by the step.
+    let d = p.decide(&mut state, 0.0, 0, Some(&queue_only(0.0, 45)));
+    assert_eq!(d.to, 5);
+    let used = d.signals.unwrap();
+    assert_eq!(used.basis, DemandBasis::BacklogFallback);
+    assert_eq!(used.needed_replicas, 5);
+    let mut state = ScalingState::default();
+    let d = p.decide(&mut state, 0.0, 0, Some(&queue_only(0.0, 10_000)));
+    assert_eq!(d.to, ScalingSpec::default().max_scale_up_step);
+}
+
+#[test]
+fn demand_follows_arrival_rate_and_service_time_not_queue_length() {
+    let p = policy(ScalingSpec::default());
+    // 100 msg/s × 0.5 s = 50 busy slots; at most 90 % utilization → ≥ 56 slots → 6 replicas.
+    let mut state = ScalingState::default();
+    let d = p.decide(&mut state, 0.0, 6, Some(&scraped(0.0, 6, 0, 100.0, 0.5)));
+    let used = d.signals.unwrap();
+    assert_eq!(used.basis, DemandBasis::LatencyTarget);
+    assert_eq!(used.needed_replicas, 6);
+    assert_eq!(used.per_replica_capacity, Some(20.0));
+    // The same empty queue with twice the service time needs about twice the replicas.
+    let mut state = ScalingState::default();
+    let d = p.decide(&mut state, 0.0, 6, Some(&scraped(0.0, 6, 0, 100.0, 1.0)));
+    assert_eq!(d.signals.unwrap().needed_replicas, 12);
+    assert_eq!(d.to, 12);
+    assert_eq!(d.reason.code(), "MeetDemand");
+}
+
+#[test]
+fn backlog_growth_counts_as_arrivals_when_replicas_are_saturated() {
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    // Two replicas, saturated at 20 msg/s, while the visible backlog grows by 80 msg/s.
+    p.decide(&mut state, 0.0, 2, Some(&scraped(0.0, 2, 0, 20.0, 1.0)));
+    let d = p.decide(&mut state, 5.0, 2, Some(&scraped(5.0, 2, 400, 20.0, 1.0)));
+    let used = d.signals.unwrap();
+    assert_eq!(used.arrival_rate, Some(100.0));
+    assert_eq!(used.saturation, Some(1.0));
+    assert!(used.needed_replicas > 10, "{used:?}");
+    // Doubling from 2 is less than the step of 10, so the step bounds it.
+    assert_eq!(d.to, 12);
+    assert_eq!(d.reason.code(), "ScaleUpLimited");
+}
+
+#[test]
+fn backlog_per_replica_is_a_floor_next_to_the_latency_target() {
+    let p = policy(ScalingSpec {
+        backlog_per_replica: Some(2),
+        ..ScalingSpec::default()
+    });
+    let mut state = ScalingState::default();
+    // 10 visible messages and nothing in flight: 5 replicas by backlog, 1 by latency.
+    let d = p.decide(&mut state, 0.0, 1, Some(&scraped(0.0, 1, 10, 1.0, 0.1)));
+    let used = d.signals.unwrap();
+    assert_eq!(used.basis, DemandBasis::BacklogPerReplica);
+    assert_eq!(used.needed_replicas, 5);
+}
+
+#[test]
+fn scale_down_waits_for_the_stabilization_window() {
+    let p = policy(ScalingSpec::default());
+    let window = f64::from(ScalingSpec::default().scale_down_stabilization_seconds);
+    let mut state = ScalingState::default();
+    let mut current = 10;
+    let busy = scraped(0.0, current, 0, 160.0, 0.5);
+    current = p.decide(&mut state, 0.0, current, Some(&busy)).to;
+    assert_eq!(current, 10);
+    let mut t = 5.0;
+    while t < window {
+        let d = p.decide(
+            &mut state,
+            t,
+            current,
+            Some(&scraped(t, current, 0, 20.0, 0.5)),
+        );
+        assert_eq!(d.to, current, "scaled down after only {t}s");
+        assert_eq!(d.reason.code(), "HoldForStabilization");
+        t += 5.0;
+    }
+    let d = p.decide(
+        &mut state,
+        t + 5.0,
+        current,
+        Some(&scraped(t + 5.0, current, 0, 20.0, 0.5)),
+    );
+    assert_eq!(d.reason.code(), "ScaleDown");
+    assert_eq!(d.to, 2);
+    assert_eq!(d.replicas_to_remove(), 8);
+    assert_eq!(d.direction(), ScalingDirection::Down);
+}
+
+#[test]
+fn oscillating_load_does_not_flap() {
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    let mut current = 1;
+    let mut changes = Vec::new();
+    for i in 0..120 {
+        let t = f64::from(i) * 5.0;
+        // Load alternates between two levels every 10 s: the replica count should settle on
+        // what the higher level needs and stay there.
+        let rate = if i % 4 < 2 { 150.0 } else { 60.0 };
+        let d = p.decide(
+            &mut state,
+            t,
+            current,
+            Some(&scraped(t, current, 0, rate, 0.5)),
+        );
+        if d.to != current {
+            changes.push((t, d.to));
+        }
+        current = d.to;
+    }
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(current, 9);
+}
+
+#[test]
+fn idle_queue_keeps_one_replica_until_idle_before_zero_then_goes_to_zero() {
+    let spec = ScalingSpec::default();
+    let idle_needed = f64::from(spec.idle_before_zero_seconds);
+    let p = policy(spec);
+    let mut state = ScalingState::default();
+    let mut current = 3;
+    let mut t = 0.0;
+    let mut reasons = Vec::new();
+    while current > 0 {
+        let d = p.decide(
+            &mut state,
+            t,
+            current,
+            Some(&scraped(t, current, 0, 0.0, 0.5)),
+        );
+        reasons.push(d.reason.code());
+        if d.to == 0 {
+            assert!(t >= idle_needed, "went to zero after {t}s");
+            assert_eq!(d.reason.code(), "IdleToZero");
+        }
+        current = d.to;
+        t += 5.0;
+        assert!(t < 1000.0);
+    }
+    assert!(reasons.contains(&"KeepOneUntilIdle"));
+    assert!(t <= idle_needed + 10.0);
+}
+
+#[test]
+fn any_activity_restarts_the_idle_clock() {
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    for i in 0..100 {
+        let t = f64::from(i) * 5.0;
+        // One message in flight every minute keeps the consumer alive.
+        let rate = if i % 12 == 0 { 0.2 } else { 0.0 };
+        let d = p.decide(&mut state, t, 1, Some(&scraped(t, 1, 0, rate, 1.0)));
+        assert_eq!(d.to, 1, "at {t}s: {}", d.message());
+    }
+}
+
+#[test]
+fn min_replicas_above_zero_never_goes_to_zero() {
+    let p = policy(ScalingSpec {
+        min_replicas: 1,
+        ..ScalingSpec::default()
+    });
+    let mut state = ScalingState::default();
+    for i in 0..200 {
+        let t = f64::from(i) * 5.0;
+        let d = p.decide(&mut state, t, 1, Some(&scraped(t, 1, 0, 0.0, 1.0)));
+        assert_eq!(d.to, 1);
+    }
+}
+
+#[test]
+fn capped_at_max_replicas() {
+    let p = policy(ScalingSpec {
+        max_replicas: 4,
+        ..ScalingSpec::default()
+    });
+    let mut state = ScalingState::default();
+    let d = p.decide(&mut state, 0.0, 4, Some(&scraped(0.0, 4, 5000, 40.0, 1.0)));
+    assert_eq!(d.to, 4);
+    assert_eq!(d.reason.code(), "Steady");
+    let d = p.decide(&mut state, 5.0, 3, Some(&scraped(5.0, 3, 5000, 30.0, 1.0)));
+    assert_eq!(d.to, 4);
+    assert_eq!(d.reason.code(), "CappedAtMax");
+}
+
+#[test]
+fn decisions_are_deterministic_and_serializable() {
+    let p = policy(ScalingSpec::default());
+    let run = || {
+        let mut state = ScalingState::default();
+        (0..50u32)
+            .map(|i| {
+                let t = f64::from(i) * 5.0;
+                let rate = f64::from((i * 37) % 200);
+                p.decide(
+                    &mut state,
+                    t,
+                    5,
+                    Some(&scraped(t, 5, u64::from((i * 13) % 50), rate, 0.3)),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let a = run();
+    assert_eq!(a, run());
+    let json = serde_json::to_value(&a[1]).unwrap();
+    assert!(json["reason"]["kind"].is_string());
+    assert!(json["signals"]["neededReplicas"].is_number());
+}

@@ -1,0 +1,3 @@
+//! ferry-operator: the QueueConsumer controller and its autoscaler.
+
+pub mod autoscaler;
