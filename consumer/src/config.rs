@@ -1,0 +1,382 @@
+//! The sidecar's configuration: every setting is an environment variable and a flag.
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use clap::Parser;
+use ferry_queues::{ConsumerTarget, Provider};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "ferry-consumer",
+    version,
+    about = "Pulls messages from SQS or Pub/Sub and delivers each one to a worker over HTTP",
+    long_about = "Pulls messages from an SQS queue or a Pub/Sub subscription and POSTs each one to the \
+worker on the pod's loopback. A 2xx answer deletes/acks the message; 429, 5xx, a timeout or a refused \
+connection retries it with backoff until the queue's redrive policy moves it to the dead-letter queue; \
+a status listed in FERRY_PERMANENT_FAILURE_STATUSES sends it to the dead-letter queue at once."
+)]
+pub struct Config {
+    /// Queue provider: sqs or pubsub.
+    #[arg(long, env = "FERRY_PROVIDER", value_parser = parse_provider)]
+    pub provider: Provider,
+
+    /// SQS queue URL, or projects/<project>/subscriptions/<subscription>.
+    #[arg(long, env = "FERRY_QUEUE")]
+    pub queue: String,
+
+    /// Dead-letter queue URL (SQS), or the dead-letter topic's subscription path (Pub/Sub).
+    #[arg(long, env = "FERRY_DEAD_LETTER")]
+    pub dead_letter: Option<String>,
+
+    /// Pub/Sub only: the topic permanent failures are published to. Read from the
+    /// subscription's dead-letter policy when not set.
+    #[arg(long, env = "FERRY_DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
+
+    /// Endpoint override: an SQS-compatible server, or the Pub/Sub emulator (host:port or URL).
+    /// PUBSUB_EMULATOR_HOST is honoured too.
+    #[arg(long, env = "FERRY_ENDPOINT")]
+    pub endpoint: Option<String>,
+
+    /// Where the worker listens.
+    #[arg(long, env = "FERRY_DELIVERY_URL", default_value = "http://127.0.0.1:8080/", value_parser = parse_url)]
+    pub delivery_url: String,
+
+    /// Most deliveries in flight at once (1-1000).
+    #[arg(long, env = "FERRY_CONCURRENCY", default_value_t = 10, value_parser = in_range::<usize>("FERRY_CONCURRENCY", 1..=1000))]
+    pub concurrency: usize,
+
+    /// Seconds a worker may take before the delivery counts as failed.
+    #[arg(long, env = "FERRY_DELIVERY_TIMEOUT", default_value = "60", value_parser = seconds("FERRY_DELIVERY_TIMEOUT", 0.001..=43_200.0))]
+    pub delivery_timeout: Duration,
+
+    /// Seconds to wait for the worker to accept a connection.
+    #[arg(long, env = "FERRY_CONNECT_TIMEOUT", default_value = "5", value_parser = seconds("FERRY_CONNECT_TIMEOUT", 0.001..=300.0))]
+    pub connect_timeout: Duration,
+
+    /// Content-Type of the delivery request.
+    #[arg(long, env = "FERRY_CONTENT_TYPE", default_value = "application/json")]
+    pub content_type: String,
+
+    /// Worker statuses that send a message to the dead-letter queue at once, e.g. "400,422" or "400-499".
+    #[arg(long, env = "FERRY_PERMANENT_FAILURE_STATUSES", default_value = "", value_parser = parse_statuses)]
+    pub permanent_failure_statuses: StatusSet,
+
+    /// Seconds before the first retry of a failed delivery; doubles with every attempt.
+    #[arg(long, env = "FERRY_RETRY_BACKOFF_MIN", default_value = "2", value_parser = seconds("FERRY_RETRY_BACKOFF_MIN", 0.0..=43_200.0))]
+    pub retry_backoff_min: Duration,
+
+    /// Longest retry backoff, in seconds.
+    #[arg(long, env = "FERRY_RETRY_BACKOFF_MAX", default_value = "300", value_parser = seconds("FERRY_RETRY_BACKOFF_MAX", 0.0..=43_200.0))]
+    pub retry_backoff_max: Duration,
+
+    /// Seconds a received message stays leased (SQS visibility timeout / Pub/Sub lease
+    /// extension); deliveries running longer are extended, so the message is never redelivered
+    /// while the worker is still on it.
+    #[arg(long, env = "FERRY_LEASE_SECONDS", default_value = "60", value_parser = seconds("FERRY_LEASE_SECONDS", 10.0..=43_200.0))]
+    pub lease: Duration,
+
+    /// SQS long-poll wait, in seconds (0-20).
+    #[arg(long, env = "FERRY_RECEIVE_WAIT_SECONDS", default_value = "20", value_parser = seconds("FERRY_RECEIVE_WAIT_SECONDS", 0.0..=20.0))]
+    pub receive_wait: Duration,
+
+    /// Seconds between reads of the queue's backlog statistics.
+    #[arg(long, env = "FERRY_STATS_INTERVAL", default_value = "5", value_parser = seconds("FERRY_STATS_INTERVAL", 0.1..=3600.0))]
+    pub stats_interval: Duration,
+
+    /// Seconds in-flight deliveries get to finish after SIGTERM or a drain request.
+    #[arg(long, env = "FERRY_DRAIN_TIMEOUT", default_value = "25", value_parser = seconds("FERRY_DRAIN_TIMEOUT", 0.0..=3600.0))]
+    pub drain_timeout: Duration,
+
+    /// Address of /metrics, /healthz, /readyz and /drain.
+    #[arg(long, env = "FERRY_LISTEN_ADDR", default_value = "0.0.0.0:9090", value_parser = parse_addr)]
+    pub listen_addr: SocketAddr,
+
+    /// Log format: text or json.
+    #[arg(long, env = "FERRY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+impl Config {
+    /// Cross-field rules clap cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.retry_backoff_min > self.retry_backoff_max {
+            return Err(format!(
+                "FERRY_RETRY_BACKOFF_MIN ({:?}) must not exceed FERRY_RETRY_BACKOFF_MAX ({:?})",
+                self.retry_backoff_min, self.retry_backoff_max
+            ));
+        }
+        match self.provider {
+            Provider::Sqs if !self.queue.contains("://") => Err(format!(
+                "FERRY_QUEUE must be an SQS queue URL such as https://sqs.eu-west-1.amazonaws.com/123456789012/orders when FERRY_PROVIDER=sqs, got {:?}",
+                self.queue
+            )),
+            Provider::PubSub if !is_subscription_path(&self.queue) => Err(format!(
+                "FERRY_QUEUE must be projects/<project>/subscriptions/<subscription> when FERRY_PROVIDER=pubsub, got {:?}",
+                self.queue
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn target(&self) -> ConsumerTarget {
+        ConsumerTarget {
+            provider: self.provider,
+            queue: self.queue.clone(),
+            dead_letter: self.dead_letter.clone(),
+            dead_letter_topic: self.dead_letter_topic.clone(),
+            endpoint: self.endpoint.clone(),
+            lease: self.lease,
+            // Enough to keep every worker slot busy while the next messages are on their way;
+            // the client library keeps these leased, so holding them costs no redelivery.
+            max_outstanding: self.concurrency * 2,
+        }
+    }
+}
+
+fn is_subscription_path(path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    parts.len() == 4
+        && parts[0] == "projects"
+        && parts[2] == "subscriptions"
+        && !parts[1].is_empty()
+        && !parts[3].is_empty()
+}
+
+fn parse_provider(value: &str) -> Result<Provider, String> {
+    value
+        .parse()
+        .map_err(|e: String| format!("FERRY_PROVIDER: {e}"))
+}
+
+fn parse_url(value: &str) -> Result<String, String> {
+    let parsed = reqwest::Url::parse(value).map_err(|e| {
+        format!("FERRY_DELIVERY_URL must be an http:// URL such as http://127.0.0.1:8080/ ({e})")
+    })?;
+    if parsed.scheme() != "http" && parsed.scheme() != "https" {
+        return Err("FERRY_DELIVERY_URL must start with http:// or https://".into());
+    }
+    Ok(value.to_string())
+}
+
+fn parse_addr(value: &str) -> Result<SocketAddr, String> {
+    value.parse().map_err(|_| {
+        format!("FERRY_LISTEN_ADDR must be an address:port such as 0.0.0.0:9090, got {value:?}")
+    })
+}
+
+fn in_range<T>(
+    variable: &'static str,
+    range: RangeInclusive<T>,
+) -> impl Fn(&str) -> Result<T, String> + Clone
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
+{
+    move |value| {
+        let parsed: T = value.trim().parse().map_err(|_| {
+            format!(
+                "{variable} must be a whole number from {} to {}, got {value:?}",
+                range.start(),
+                range.end()
+            )
+        })?;
+        if range.contains(&parsed) {
+            Ok(parsed)
+        } else {
+            Err(format!(
+                "{variable} must be from {} to {}, got {value}",
+                range.start(),
+                range.end()
+            ))
+        }
+    }
+}
+
+fn seconds(
+    variable: &'static str,
+    range: RangeInclusive<f64>,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone {
+    move |value| {
+        let parsed: f64 = value.trim().trim_end_matches('s').parse().map_err(|_| {
+            format!(
+                "{variable} must be a number of seconds from {} to {}, got {value:?}",
+                range.start(),
+                range.end()
+            )
+        })?;
+        if !range.contains(&parsed) {
+            return Err(format!(
+                "{variable} must be from {} to {} seconds, got {value}",
+                range.start(),
+                range.end()
+            ));
+        }
+        Ok(Duration::from_secs_f64(parsed))
+    }
+}
+
+/// HTTP statuses given as single codes and inclusive ranges.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StatusSet(Vec<RangeInclusive<u16>>);
+
+impl StatusSet {
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.iter().any(|r| r.contains(&status))
+    }
+}
+
+fn parse_statuses(value: &str) -> Result<StatusSet, String> {
+    let invalid = |part: &str| {
+        format!(
+            "FERRY_PERMANENT_FAILURE_STATUSES takes HTTP statuses (100-599) and ranges separated by commas, such as \"400,422\" or \"400-499\"; {part:?} is not one"
+        )
+    };
+    let status = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+    };
+    let mut ranges = Vec::new();
+    for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let range = match part.split_once('-') {
+            Some((a, b)) => match (status(a), status(b)) {
+                (Some(a), Some(b)) if a <= b => a..=b,
+                _ => return Err(invalid(part)),
+            },
+            None => {
+                let code = status(part).ok_or_else(|| invalid(part))?;
+                code..=code
+            }
+        };
+        if range.contains(&200) || range.clone().any(|c| (200..300).contains(&c)) {
+            return Err(format!(
+                "FERRY_PERMANENT_FAILURE_STATUSES must not include 2xx statuses (they mean success); got {part:?}"
+            ));
+        }
+        ranges.push(range);
+    }
+    Ok(StatusSet(ranges))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        let mut full = vec!["ferry-consumer"];
+        full.extend_from_slice(args);
+        Config::try_parse_from(full)
+    }
+
+    const SQS: [&str; 4] = [
+        "--provider",
+        "sqs",
+        "--queue",
+        "https://sqs.eu-west-1.amazonaws.com/1/q",
+    ];
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let config = parse(&SQS).unwrap();
+        assert_eq!(config.delivery_url, "http://127.0.0.1:8080/");
+        assert_eq!(config.listen_addr, "0.0.0.0:9090".parse().unwrap());
+        assert_eq!(config.content_type, "application/json");
+        assert_eq!(config.concurrency, 10);
+        assert_eq!(config.delivery_timeout, Duration::from_secs(60));
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_the_accepted_values() {
+        let err = parse(&[&SQS[..], &["--concurrency", "0"]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("FERRY_CONCURRENCY must be from 1 to 1000"),
+            "{err}"
+        );
+        let err = parse(&["--provider", "kafka", "--queue", "x"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("FERRY_PROVIDER") && err.contains("sqs, pubsub"),
+            "{err}"
+        );
+        let err = parse(&[&SQS[..], &["--delivery-timeout", "soon"]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("FERRY_DELIVERY_TIMEOUT must be a number of seconds"),
+            "{err}"
+        );
+        let err = parse(&[&SQS[..], &["--listen-addr", "9090"]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("FERRY_LISTEN_ADDR"), "{err}");
+    }
+
+    #[test]
+    fn queue_must_match_the_provider() {
+        let config = parse(&["--provider", "pubsub", "--queue", "https://sqs/1/q"]).unwrap();
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("projects/<project>/subscriptions/<subscription>")
+        );
+        let config =
+            parse(&["--provider", "sqs", "--queue", "projects/p/subscriptions/s"]).unwrap();
+        assert!(config.validate().unwrap_err().contains("SQS queue URL"));
+        let config = parse(&[
+            "--provider",
+            "pubsub",
+            "--queue",
+            "projects/p/subscriptions/s",
+        ])
+        .unwrap();
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn backoff_bounds_are_ordered() {
+        let config = parse(
+            &[
+                &SQS[..],
+                &["--retry-backoff-min", "10", "--retry-backoff-max", "5"],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("FERRY_RETRY_BACKOFF_MIN")
+        );
+    }
+
+    #[test]
+    fn permanent_statuses_take_codes_and_ranges() {
+        let set = parse_statuses("400, 422,450-499").unwrap();
+        assert!(set.contains(400) && set.contains(422) && set.contains(460) && set.contains(499));
+        assert!(!set.contains(401) && !set.contains(500));
+        assert_eq!(parse_statuses("").unwrap(), StatusSet::default());
+        assert!(
+            parse_statuses("abc")
+                .unwrap_err()
+                .contains("FERRY_PERMANENT_FAILURE_STATUSES")
+        );
+        assert!(parse_statuses("499-400").is_err());
+        assert!(parse_statuses("200").unwrap_err().contains("2xx"));
+        assert!(parse_statuses("100-599").is_err());
+    }
+
+    #[test]
+    fn fractional_seconds_are_accepted() {
+        let config = parse(&[&SQS[..], &["--retry-backoff-min", "0.25"]].concat()).unwrap();
+        assert_eq!(config.retry_backoff_min, Duration::from_millis(250));
+    }
+}

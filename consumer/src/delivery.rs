@@ -1,0 +1,465 @@
+//! Delivering one message to the worker over HTTP, and what its answer means.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use ferry_queues::{Provider, ReceivedMessage};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
+
+use crate::config::StatusSet;
+
+/// Elastic Beanstalk's worker daemon identifies itself this way; workers that check for it
+/// keep working, and the suffix says who is really calling.
+const SQSD_USER_AGENT: &str = concat!("aws-sqsd/1.1 ferry-consumer/", env!("CARGO_PKG_VERSION"));
+const FERRY_USER_AGENT: &str = concat!("ferry-consumer/", env!("CARGO_PKG_VERSION"));
+
+/// What the worker did with a delivery, before we decide what that means.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WorkerAnswer {
+    Status {
+        code: u16,
+        retry_after: Option<Duration>,
+    },
+    TimedOut,
+    ConnectFailed(String),
+    Failed(String),
+}
+
+impl WorkerAnswer {
+    /// A short label for `ferry_deliveries_total{result}`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Status { code, .. } => match code {
+                200..=299 => "2xx",
+                300..=399 => "3xx",
+                429 => "429",
+                400..=499 => "4xx",
+                _ => "5xx",
+            },
+            Self::TimedOut => "timeout",
+            Self::ConnectFailed(_) => "connection_refused",
+            Self::Failed(_) => "error",
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Status { code, .. } => format!("worker answered HTTP {code}"),
+            Self::TimedOut => "worker did not answer within FERRY_DELIVERY_TIMEOUT".into(),
+            Self::ConnectFailed(e) => {
+                format!("could not connect to the worker at FERRY_DELIVERY_URL: {e}")
+            }
+            Self::Failed(e) => format!("delivery failed: {e}"),
+        }
+    }
+}
+
+/// What to do with the message.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    Ack,
+    /// Retry after this long; the queue counts the delivery toward its dead-letter threshold.
+    Retry(Duration),
+    DeadLetter {
+        status: u16,
+    },
+}
+
+/// Retry timing: exponential from `min`, capped at `max`, with jitter so a fleet of pods
+/// that failed together does not retry together.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    /// `attempt` is the delivery that just failed, 1 for the first. `jitter` is in [0, 1).
+    pub fn backoff(&self, attempt: u32, jitter: f64) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(32);
+        let full = self.min.mul_f64(2f64.powi(exponent as i32)).min(self.max);
+        // "Equal jitter": never less than half the backoff, so retries still spread out.
+        full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+    }
+}
+
+/// Decides the fate of a message from the worker's answer. Pure, so every rule is tested.
+pub fn verdict(
+    answer: &WorkerAnswer,
+    attempt: u32,
+    permanent: &StatusSet,
+    retry: &RetryPolicy,
+    jitter: f64,
+) -> Verdict {
+    match answer {
+        WorkerAnswer::Status {
+            code: 200..=299, ..
+        } => Verdict::Ack,
+        WorkerAnswer::Status { code, .. } if permanent.contains(*code) => {
+            Verdict::DeadLetter { status: *code }
+        }
+        // The worker knows best when it can take the message again; the cap keeps a
+        // mistaken header from parking a message for days.
+        WorkerAnswer::Status {
+            retry_after: Some(after),
+            ..
+        } => Verdict::Retry((*after).min(MAX_RETRY_AFTER)),
+        _ => Verdict::Retry(retry.backoff(attempt, jitter)),
+    }
+}
+
+/// SQS's longest visibility timeout; also the longest Retry-After we honour.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(43_200);
+
+/// `Retry-After` is either delay-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The request headers of a delivery, per the worker contract.
+pub fn delivery_headers(
+    message: &ReceivedMessage,
+    provider: Provider,
+    queue_name: &str,
+    content_type: &str,
+) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(8 + message.attributes.len() * 2);
+    let mut put = |name: HeaderName, value: &str| {
+        if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
+            headers.append(name, value);
+        }
+    };
+    put(CONTENT_TYPE, content_type);
+    put(HeaderName::from_static("ferry-message-id"), &message.id);
+    put(HeaderName::from_static("ferry-queue"), queue_name);
+    if let Some(attempt) = message.delivery_attempt {
+        put(
+            HeaderName::from_static("ferry-delivery-attempt"),
+            &attempt.to_string(),
+        );
+    }
+    if let Some(at) = message.published_at {
+        put(HeaderName::from_static("ferry-published-at"), &rfc3339(at));
+    }
+    if let Some(group) = &message.ordering_group {
+        put(HeaderName::from_static("ferry-ordering-key"), group);
+    }
+    for (name, value) in &message.attributes {
+        // Attribute names that cannot be header names (Pub/Sub allows almost anything) are
+        // left out rather than mangled into something the worker would misread.
+        if let Ok(header) = HeaderName::from_bytes(format!("ferry-attr-{name}").as_bytes()) {
+            put(header, value);
+        }
+    }
+    match provider {
+        Provider::Sqs => {
+            put(USER_AGENT, SQSD_USER_AGENT);
+            put(HeaderName::from_static("x-aws-sqsd-msgid"), &message.id);
+            put(HeaderName::from_static("x-aws-sqsd-queue"), queue_name);
+            if let Some(at) = message.first_received_at {
+                put(
+                    HeaderName::from_static("x-aws-sqsd-first-received-at"),
+                    &rfc3339(at),
+                );
+            }
+            if let Some(count) = message.delivery_attempt {
+                put(
+                    HeaderName::from_static("x-aws-sqsd-receive-count"),
+                    &count.to_string(),
+                );
+            }
+            for (name, value) in &message.attributes {
+                if let Ok(header) =
+                    HeaderName::from_bytes(format!("x-aws-sqsd-attr-{name}").as_bytes())
+                {
+                    put(header, value);
+                }
+            }
+        }
+        Provider::PubSub => put(USER_AGENT, FERRY_USER_AGENT),
+    }
+    headers
+}
+
+/// ISO 8601 in UTC with milliseconds, as the worker daemon sends it.
+fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// The HTTP side of delivery: one connection pool to the worker, reused across deliveries.
+#[derive(Clone)]
+pub struct Deliverer {
+    client: reqwest::Client,
+    url: reqwest::Url,
+}
+
+impl Deliverer {
+    pub fn new(
+        url: &str,
+        concurrency: usize,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .timeout(timeout)
+            .pool_max_idle_per_host(concurrency)
+            .tcp_nodelay(true)
+            .no_proxy()
+            .build()?;
+        Ok(Self {
+            client,
+            url: reqwest::Url::parse(url)?,
+        })
+    }
+
+    pub async fn deliver(&self, headers: HeaderMap, body: Bytes) -> WorkerAnswer {
+        let response = self
+            .client
+            .post(self.url.clone())
+            .headers(headers)
+            .body(body)
+            .send()
+            .await;
+        match response {
+            Ok(response) => {
+                let code = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                // Read the body so the connection goes back to the pool.
+                let _ = response.bytes().await;
+                WorkerAnswer::Status { code, retry_after }
+            }
+            Err(e) if e.is_timeout() => WorkerAnswer::TimedOut,
+            Err(e) if e.is_connect() => WorkerAnswer::ConnectFailed(error_chain(&e)),
+            Err(e) => WorkerAnswer::Failed(error_chain(&e)),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::time::UNIX_EPOCH;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            min: Duration::from_secs(2),
+            max: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let p = policy();
+        assert_eq!(p.backoff(1, 1.0), Duration::from_secs(2));
+        assert_eq!(p.backoff(2, 1.0), Duration::from_secs(4));
+        assert_eq!(p.backoff(5, 1.0), Duration::from_secs(32));
+        assert_eq!(p.backoff(6, 1.0), Duration::from_secs(60));
+        assert_eq!(p.backoff(1000, 1.0), Duration::from_secs(60));
+        assert_eq!(p.backoff(0, 1.0), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn jitter_keeps_at_least_half() {
+        let p = policy();
+        assert_eq!(p.backoff(3, 0.0), Duration::from_secs(4));
+        let mid = p.backoff(3, 0.5);
+        assert!(mid > Duration::from_secs(4) && mid < Duration::from_secs(8));
+    }
+
+    #[test]
+    fn verdicts_follow_the_worker_contract() {
+        let permanent = crate::config::StatusSet::default();
+        let none = |code| WorkerAnswer::Status {
+            code,
+            retry_after: None,
+        };
+        for code in [200, 201, 204, 299] {
+            assert_eq!(
+                verdict(&none(code), 1, &permanent, &policy(), 1.0),
+                Verdict::Ack
+            );
+        }
+        for answer in [
+            none(500),
+            none(503),
+            none(429),
+            none(404),
+            none(302),
+            WorkerAnswer::TimedOut,
+            WorkerAnswer::ConnectFailed("refused".into()),
+        ] {
+            assert_eq!(
+                verdict(&answer, 2, &permanent, &policy(), 1.0),
+                Verdict::Retry(Duration::from_secs(4)),
+                "{answer:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_wins_over_backoff_and_is_capped() {
+        let permanent = crate::config::StatusSet::default();
+        let answer = WorkerAnswer::Status {
+            code: 429,
+            retry_after: Some(Duration::from_secs(7)),
+        };
+        assert_eq!(
+            verdict(&answer, 1, &permanent, &policy(), 1.0),
+            Verdict::Retry(Duration::from_secs(7))
+        );
+        let answer = WorkerAnswer::Status {
+            code: 503,
+            retry_after: Some(Duration::from_secs(10_000_000)),
+        };
+        assert_eq!(
+            verdict(&answer, 1, &permanent, &policy(), 1.0),
+            Verdict::Retry(MAX_RETRY_AFTER)
+        );
+    }
+
+    #[test]
+    fn permanent_statuses_dead_letter() {
+        let permanent = clap::Parser::try_parse_from([
+            "ferry-consumer",
+            "--provider",
+            "sqs",
+            "--queue",
+            "http://h/1/q",
+            "--permanent-failure-statuses",
+            "400-422",
+        ])
+        .map(|c: crate::config::Config| c.permanent_failure_statuses)
+        .unwrap();
+        let answer = WorkerAnswer::Status {
+            code: 422,
+            retry_after: None,
+        };
+        assert_eq!(
+            verdict(&answer, 1, &permanent, &policy(), 1.0),
+            Verdict::DeadLetter { status: 422 }
+        );
+        let answer = WorkerAnswer::Status {
+            code: 429,
+            retry_after: None,
+        };
+        assert!(matches!(
+            verdict(&answer, 1, &permanent, &policy(), 1.0),
+            Verdict::Retry(_)
+        ));
+    }
+
+    #[test]
+    fn retry_after_parses_seconds_and_dates() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    fn message(attributes: &[(&str, &str)]) -> ReceivedMessage {
+        // A lease is needed to build a message; an SQS receipt handle never leaves the crate
+        // in tests because nothing settles it.
+        ferry_queues::model::test_message(
+            "m-1",
+            "{}",
+            attributes
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+        )
+    }
+
+    #[test]
+    fn sqs_deliveries_carry_both_header_families() {
+        let mut m = message(&[("tenant", "acme"), ("priority", "7")]);
+        m.delivery_attempt = Some(3);
+        m.published_at = Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123));
+        m.first_received_at = Some(UNIX_EPOCH + Duration::from_millis(1_700_000_001_000));
+        let h = delivery_headers(&m, Provider::Sqs, "orders", "application/json");
+        let get = |n: &str| h.get(n).unwrap().to_str().unwrap().to_string();
+        assert_eq!(get("content-type"), "application/json");
+        assert_eq!(get("ferry-message-id"), "m-1");
+        assert_eq!(get("ferry-delivery-attempt"), "3");
+        assert_eq!(get("ferry-queue"), "orders");
+        assert_eq!(get("ferry-published-at"), "2023-11-14T22:13:20.123Z");
+        assert_eq!(get("ferry-attr-tenant"), "acme");
+        assert_eq!(get("x-aws-sqsd-msgid"), "m-1");
+        assert_eq!(get("x-aws-sqsd-queue"), "orders");
+        assert_eq!(get("x-aws-sqsd-receive-count"), "3");
+        assert_eq!(
+            get("x-aws-sqsd-first-received-at"),
+            "2023-11-14T22:13:21.000Z"
+        );
+        assert_eq!(get("x-aws-sqsd-attr-priority"), "7");
+        assert!(get("user-agent").starts_with("aws-sqsd/1.1"));
+    }
+
+    #[test]
+    fn pubsub_deliveries_carry_ferry_headers_only() {
+        let mut m = message(&[("bad name", "x"), ("ok", "y")]);
+        m.ordering_group = Some("customer-9".into());
+        let h = delivery_headers(&m, Provider::PubSub, "orders-sub", "text/plain");
+        assert_eq!(h.get("content-type").unwrap(), "text/plain");
+        assert_eq!(h.get("ferry-attr-ok").unwrap(), "y");
+        assert_eq!(h.get("ferry-ordering-key").unwrap(), "customer-9");
+        assert!(h.get("x-aws-sqsd-msgid").is_none());
+        assert!(h.iter().all(|(n, _)| !n.as_str().contains(' ')));
+        assert!(
+            h.get("ferry-delivery-attempt").is_none(),
+            "unknown attempts are not invented"
+        );
+    }
+
+    #[test]
+    fn answers_have_metric_labels() {
+        assert_eq!(
+            WorkerAnswer::Status {
+                code: 204,
+                retry_after: None
+            }
+            .label(),
+            "2xx"
+        );
+        assert_eq!(
+            WorkerAnswer::Status {
+                code: 429,
+                retry_after: None
+            }
+            .label(),
+            "429"
+        );
+        assert_eq!(WorkerAnswer::TimedOut.label(), "timeout");
+    }
+}

@@ -1,0 +1,463 @@
+//! The receive → deliver → settle pump.
+//!
+//! Backpressure comes from one semaphore with a slot per allowed delivery: a slot is taken
+//! before a message is received and given back when it is settled, so the sidecar never
+//! holds more messages than it can start delivering at once. Messages that share an
+//! ordering group (SQS FIFO message group, Pub/Sub ordering key) go through one runner per
+//! group, one at a time and in order.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex as SyncMutex};
+use std::time::{Duration, SystemTime};
+
+use ferry_queues::{
+    DeadLetterReason, Lease, MessageQueue, QueueError, ReceivedMessage, SettleOutcome,
+};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+
+use crate::config::StatusSet;
+use crate::delivery::{Deliverer, RetryPolicy, Verdict, WorkerAnswer, delivery_headers, verdict};
+use crate::health::Health;
+use crate::metrics::Metrics;
+
+/// Longest pause between failed receives; short enough to notice a fixed queue quickly.
+const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(30);
+
+pub struct PumpSettings {
+    pub concurrency: usize,
+    pub receive_wait: Duration,
+    pub lease: Duration,
+    pub content_type: String,
+    pub permanent_failure_statuses: StatusSet,
+    pub retry: RetryPolicy,
+}
+
+/// Randomness and time, injected so the pump's decisions are reproducible in tests.
+pub struct Environment {
+    pub jitter: Box<dyn Fn() -> f64 + Send + Sync>,
+    pub now: fn() -> SystemTime,
+}
+
+impl Default for Environment {
+    fn default() -> Self {
+        Self {
+            jitter: Box::new(rand::random::<f64>),
+            now: SystemTime::now,
+        }
+    }
+}
+
+struct Held {
+    message: ReceivedMessage,
+    _slot: OwnedSemaphorePermit,
+}
+
+pub struct Pump {
+    queue: Arc<dyn MessageQueue>,
+    deliverer: Deliverer,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    settings: PumpSettings,
+    env: Environment,
+    slots: Arc<Semaphore>,
+    draining: watch::Sender<bool>,
+    groups: SyncMutex<HashMap<String, mpsc::UnboundedSender<Held>>>,
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    pub drained: bool,
+    pub still_in_flight: usize,
+}
+
+impl Pump {
+    pub fn new(
+        queue: Arc<dyn MessageQueue>,
+        deliverer: Deliverer,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        settings: PumpSettings,
+        env: Environment,
+    ) -> Arc<Self> {
+        metrics.concurrency_limit.set(settings.concurrency as i64);
+        Arc::new(Self {
+            slots: Arc::new(Semaphore::new(settings.concurrency)),
+            draining: watch::channel(false).0,
+            groups: SyncMutex::new(HashMap::new()),
+            queue,
+            deliverer,
+            metrics,
+            health,
+            settings,
+            env,
+        })
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// Receives and dispatches until a drain starts.
+    pub async fn run(self: Arc<Self>) {
+        let mut draining = self.draining.subscribe();
+        let mut consecutive_errors = 0u32;
+        loop {
+            if *draining.borrow() {
+                return;
+            }
+            let first = tokio::select! {
+                slot = self.slots.clone().acquire_owned() => slot.expect("slots are never closed"),
+                _ = until_draining(&mut draining) => return,
+            };
+            let mut slots = vec![first];
+            while slots.len() < ferry_queues::sqs::MAX_BATCH {
+                match self.slots.clone().try_acquire_owned() {
+                    Ok(slot) => slots.push(slot),
+                    Err(_) => break,
+                }
+            }
+            // A drain abandons a pending receive: nothing received is lost by that, at worst
+            // a message stays leased until its lease runs out and is then redelivered.
+            let received = tokio::select! {
+                r = self.queue.receive(slots.len(), self.settings.receive_wait) => r,
+                _ = until_draining(&mut draining) => return,
+            };
+            match received {
+                Ok(messages) => {
+                    if consecutive_errors > 0 {
+                        tracing::info!(
+                            queue = self.queue.queue_name(),
+                            "receiving again after {consecutive_errors} failed attempts"
+                        );
+                    }
+                    consecutive_errors = 0;
+                    self.health.queue_answered();
+                    for message in messages {
+                        let slot = slots.pop().expect("never more messages than slots");
+                        self.accept(Held {
+                            message,
+                            _slot: slot,
+                        });
+                    }
+                }
+                Err(error) => {
+                    consecutive_errors += 1;
+                    self.metrics.api_error(&error);
+                    self.health.queue_failed(&error);
+                    if consecutive_errors == 1 || consecutive_errors.is_power_of_two() {
+                        tracing::error!(
+                            queue = self.queue.queue_name(),
+                            attempts = consecutive_errors,
+                            "{error}"
+                        );
+                    }
+                    drop(slots);
+                    let pause = error_backoff(consecutive_errors, (self.env.jitter)());
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = until_draining(&mut draining) => return,
+                    }
+                }
+            }
+        }
+    }
+
+    fn accept(self: &Arc<Self>, held: Held) {
+        self.metrics.received.inc();
+        self.metrics.in_flight.inc();
+        if let Some(published) = held.message.published_at {
+            let age = (self.env.now)()
+                .duration_since(published)
+                .unwrap_or_default();
+            self.metrics.message_age.observe(age.as_secs_f64());
+        }
+        let Some(group) = held.message.ordering_group.clone() else {
+            let pump = self.clone();
+            tokio::spawn(async move {
+                pump.deliver_and_settle(held, None).await;
+            });
+            return;
+        };
+        let mut groups = self.groups.lock().expect("group map lock");
+        let held = match groups.get(&group) {
+            Some(runner) => match runner.send(held) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(held)) => held,
+            },
+            None => held,
+        };
+        let (runner, queued) = mpsc::unbounded_channel();
+        runner
+            .send(held)
+            .unwrap_or_else(|_| unreachable!("the receiver is alive"));
+        groups.insert(group.clone(), runner);
+        let pump = self.clone();
+        tokio::spawn(async move { pump.run_group(group, queued).await });
+    }
+
+    /// Delivers one ordering group's messages one after another. A failure hands the rest
+    /// of the group back, so nothing later in the group overtakes the failed message.
+    async fn run_group(self: Arc<Self>, group: String, mut queued: mpsc::UnboundedReceiver<Held>) {
+        let pending = Arc::new(Mutex::new(VecDeque::new()));
+        let mut draining = self.draining.subscribe();
+        loop {
+            let next = {
+                let mut waiting = pending.lock().await;
+                while let Ok(held) = queued.try_recv() {
+                    waiting.push_back(held);
+                }
+                waiting.pop_front()
+            };
+            let Some(next) = next else {
+                let mut groups = self.groups.lock().expect("group map lock");
+                match queued.try_recv() {
+                    Ok(held) => {
+                        drop(groups);
+                        pending.lock().await.push_back(held);
+                        continue;
+                    }
+                    Err(_) => {
+                        groups.remove(&group);
+                        return;
+                    }
+                }
+            };
+            if self.is_draining() {
+                self.release_held(vec![next], "drain").await;
+                break;
+            }
+            let delivery = self.deliver_and_settle(next, Some(pending.clone()));
+            tokio::pin!(delivery);
+            let succeeded = tokio::select! {
+                ok = &mut delivery => ok,
+                _ = until_draining(&mut draining) => {
+                    // Messages waiting behind the one being delivered go back at once.
+                    let waiting: Vec<Held> = pending.lock().await.drain(..).collect();
+                    self.release_held(waiting, "drain").await;
+                    delivery.await
+                }
+            };
+            if !succeeded || self.is_draining() {
+                break;
+            }
+        }
+        // Stop taking new messages for this group, then hand back what is waiting.
+        let mut rest: Vec<Held> = pending.lock().await.drain(..).collect();
+        self.groups.lock().expect("group map lock").remove(&group);
+        while let Ok(held) = queued.try_recv() {
+            rest.push(held);
+        }
+        self.release_held(rest, "ordering group").await;
+    }
+
+    async fn release_held(&self, held: Vec<Held>, why: &str) {
+        if held.is_empty() {
+            return;
+        }
+        let count = held.len();
+        let leases: Vec<Lease> = held.into_iter().map(|h| h.message.lease).collect();
+        if let Err(error) = self.queue.release(leases).await {
+            self.metrics.api_error(&error);
+            tracing::warn!(
+                count,
+                "could not hand back messages ({why}); they return when their lease expires: {error}"
+            );
+        }
+        for _ in 0..count {
+            self.metrics.completed(SettleOutcome::Released);
+            self.metrics.in_flight.dec();
+        }
+    }
+
+    /// Delivers one message and settles it; true when the worker succeeded. `companions`
+    /// are messages waiting behind it in its ordering group, kept leased alongside it.
+    async fn deliver_and_settle(
+        &self,
+        held: Held,
+        companions: Option<Arc<Mutex<VecDeque<Held>>>>,
+    ) -> bool {
+        let Held { message, _slot } = held;
+        let headers = delivery_headers(
+            &message,
+            self.queue.provider(),
+            self.queue.queue_name(),
+            &self.settings.content_type,
+        );
+        let started = std::time::Instant::now();
+        let delivery = self.deliverer.deliver(headers, message.body.clone());
+        let answer = if self.queue.needs_lease_extension() {
+            self.with_lease_extension(delivery, &message, companions.as_deref())
+                .await
+        } else {
+            delivery.await
+        };
+        self.metrics
+            .delivery_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.delivery(answer.label());
+        let attempt = message.delivery_attempt.unwrap_or(1);
+        let decision = verdict(
+            &answer,
+            attempt,
+            &self.settings.permanent_failure_statuses,
+            &self.settings.retry,
+            (self.env.jitter)(),
+        );
+        let succeeded = decision == Verdict::Ack;
+        let outcome = self.settle(message, &answer, decision, attempt).await;
+        self.metrics.completed(outcome);
+        self.metrics.in_flight.dec();
+        succeeded
+    }
+
+    /// Runs the delivery while extending the lease every third of its length, so a worker
+    /// slower than the lease never causes a second delivery of the same message.
+    async fn with_lease_extension(
+        &self,
+        delivery: impl std::future::Future<Output = WorkerAnswer>,
+        message: &ReceivedMessage,
+        companions: Option<&Mutex<VecDeque<Held>>>,
+    ) -> WorkerAnswer {
+        let period = self.settings.lease / 3;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tokio::pin!(delivery);
+        loop {
+            tokio::select! {
+                answer = &mut delivery => return answer,
+                _ = ticker.tick() => {
+                    let waiting = match companions {
+                        Some(c) => Some(c.lock().await),
+                        None => None,
+                    };
+                    let mut leases = vec![&message.lease];
+                    if let Some(waiting) = &waiting {
+                        leases.extend(waiting.iter().map(|h| &h.message.lease));
+                    }
+                    match self.queue.extend(&leases, self.settings.lease).await {
+                        Ok(()) => self.metrics.lease_extensions.inc_by(leases.len() as u64),
+                        Err(error) => {
+                            self.metrics.api_error(&error);
+                            tracing::warn!(message_id = %message.id, "could not extend the lease of a running delivery: {error}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn settle(
+        &self,
+        message: ReceivedMessage,
+        answer: &WorkerAnswer,
+        decision: Verdict,
+        attempt: u32,
+    ) -> SettleOutcome {
+        let id = message.id.clone();
+        match decision {
+            Verdict::Ack => {
+                tracing::debug!(message_id = %id, attempt, "delivered");
+                if let Err(error) = self.queue.ack(message.lease).await {
+                    self.report(&error, &id, "the worker succeeded but the message could not be deleted/acked; it will be delivered again");
+                }
+                SettleOutcome::Succeeded
+            }
+            Verdict::Retry(delay) => {
+                tracing::warn!(message_id = %id, attempt, retry_in = ?delay, "{}; retrying", answer.describe());
+                if let Err(error) = self.queue.retry_after(message.lease, delay).await {
+                    self.report(
+                        &error,
+                        &id,
+                        "could not set the retry delay; the message returns when its lease expires",
+                    );
+                }
+                SettleOutcome::Retried
+            }
+            Verdict::DeadLetter { status } => {
+                let reason = DeadLetterReason {
+                    status: Some(status),
+                    description: format!(
+                        "worker answered HTTP {status}, listed in FERRY_PERMANENT_FAILURE_STATUSES"
+                    ),
+                };
+                // Sent first, acked after: if either step fails the message stays in the
+                // source queue, at worst as a duplicate in the DLQ, never lost.
+                match self.queue.send_to_dead_letter(&message, &reason).await {
+                    Ok(()) => {
+                        tracing::warn!(message_id = %id, attempt, status, "permanent failure; moved to the dead-letter queue");
+                        if let Err(error) = self.queue.ack(message.lease).await {
+                            self.report(&error, &id, "sent to the dead-letter queue but not removed from the queue; it will be delivered again");
+                        }
+                        SettleOutcome::DeadLettered
+                    }
+                    Err(error) => {
+                        self.report(&error, &id, "could not send a permanently failed message to the dead-letter queue; retrying it instead");
+                        let delay = self.settings.retry.backoff(attempt, (self.env.jitter)());
+                        if let Err(error) = self.queue.retry_after(message.lease, delay).await {
+                            self.metrics.api_error(&error);
+                        }
+                        SettleOutcome::Retried
+                    }
+                }
+            }
+        }
+    }
+
+    fn report(&self, error: &QueueError, message_id: &str, what: &str) {
+        self.metrics.api_error(error);
+        tracing::warn!(message_id, "{what}: {error}");
+    }
+
+    /// Stops receiving, hands back what is not being delivered, and waits up to `deadline`
+    /// for in-flight deliveries to finish. Safe to call more than once (preStop, then SIGTERM).
+    pub async fn drain(&self, deadline: Duration) -> DrainReport {
+        if !self.draining.send_replace(true) {
+            tracing::info!(
+                queue = self.queue.queue_name(),
+                "draining: no new messages will be received"
+            );
+        }
+        self.metrics.draining.set(1);
+        self.health.set_draining();
+        self.queue.close().await;
+        let all = self.settings.concurrency as u32;
+        match tokio::time::timeout(deadline, self.slots.acquire_many(all)).await {
+            Ok(_) => DrainReport {
+                drained: true,
+                still_in_flight: 0,
+            },
+            Err(_) => DrainReport {
+                drained: false,
+                still_in_flight: self.settings.concurrency - self.slots.available_permits(),
+            },
+        }
+    }
+}
+
+/// Resolves once a drain has started. (A wrapper, because the guard `wait_for` returns must
+/// not live across an await in a spawned task.)
+async fn until_draining(draining: &mut watch::Receiver<bool>) {
+    let _ = draining.wait_for(|d| *d).await;
+}
+
+/// Pause after the n-th consecutive failed receive: 0.5 s doubling up to 30 s, jittered.
+fn error_backoff(consecutive: u32, jitter: f64) -> Duration {
+    RetryPolicy {
+        min: Duration::from_millis(500),
+        max: MAX_ERROR_BACKOFF,
+    }
+    .backoff(consecutive, jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receive_errors_back_off_to_a_cap() {
+        assert_eq!(error_backoff(1, 1.0), Duration::from_millis(500));
+        assert_eq!(error_backoff(2, 1.0), Duration::from_secs(1));
+        assert_eq!(error_backoff(20, 1.0), MAX_ERROR_BACKOFF);
+        assert!(error_backoff(20, 0.0) >= MAX_ERROR_BACKOFF / 2);
+    }
+}

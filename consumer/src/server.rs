@@ -1,0 +1,70 @@
+//! `/metrics`, `/healthz`, `/readyz` and `/drain` on FERRY_LISTEN_ADDR.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::pump::Pump;
+
+#[derive(Clone)]
+pub struct ServerState {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub pump: Arc<Pump>,
+    pub drain_timeout: Duration,
+}
+
+pub fn router(state: ServerState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        // GET too, because a preStop httpGet hook can only GET.
+        .route("/drain", get(drain).post(drain))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}
+
+async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {
+    match state.health.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
+    }
+}
+
+/// Stops receiving and answers once in-flight deliveries are done (or the drain timeout
+/// passed), so a preStop hook holds the pod until its work is finished.
+async fn drain(State(state): State<ServerState>) -> impl IntoResponse {
+    let report = state.pump.drain(state.drain_timeout).await;
+    let status = if report.drained {
+        StatusCode::OK
+    } else {
+        StatusCode::GATEWAY_TIMEOUT
+    };
+    let body =
+        serde_json::json!({ "drained": report.drained, "in_flight": report.still_in_flight });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+}

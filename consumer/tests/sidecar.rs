@@ -1,0 +1,672 @@
+//! The sidecar end to end: the real `ferry-consumer` binary against moto's SQS server and
+//! Google's Pub/Sub emulator, delivering to a real HTTP worker.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use ferry_queues::provision::{
+    OutgoingMessage, ProvisionedQueue, QueueRequest, ensure_queue, publish,
+};
+use ferry_queues::{ConsumerTarget, Provider};
+use ferry_tests::emulators::{self, PUBSUB_PROJECT};
+use ferry_tests::sidecar::{Sidecar, SidecarEnv};
+use ferry_tests::worker::{Reply, Worker};
+use ferry_tests::{eventually, unique_name};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_ferry-consumer");
+
+struct Setup {
+    provider: Provider,
+    endpoint: String,
+    queue: ProvisionedQueue,
+    max_deliveries: u32,
+}
+
+async fn provision(provider: Provider, ordered: bool, max_deliveries: u32) -> Setup {
+    let endpoint = match provider {
+        Provider::Sqs => emulators::moto().url(),
+        Provider::PubSub => emulators::pubsub().host_port(),
+    };
+    let request = QueueRequest {
+        provider,
+        name: unique_name("ferry"),
+        project: Some(PUBSUB_PROJECT.into()),
+        endpoint: Some(endpoint.clone()),
+        max_deliveries,
+        lease: Duration::from_secs(10),
+        ordered,
+        // Short, so retries in tests take seconds.
+        retry_backoff: Some((Duration::from_millis(100), Duration::from_secs(1))),
+    };
+    let queue = ensure_queue(&request)
+        .await
+        .expect("provision the queue and its DLQ");
+    Setup {
+        provider,
+        endpoint,
+        queue,
+        max_deliveries,
+    }
+}
+
+impl Setup {
+    fn env(&self, worker_url: &str) -> SidecarEnv {
+        SidecarEnv::default()
+            .set("FERRY_PROVIDER", self.provider)
+            .set("FERRY_QUEUE", &self.queue.queue)
+            .set("FERRY_DEAD_LETTER", &self.queue.dead_letter)
+            .set("FERRY_ENDPOINT", &self.endpoint)
+            .set("FERRY_DELIVERY_URL", worker_url)
+            .set("FERRY_RECEIVE_WAIT_SECONDS", 1)
+            .set("FERRY_RETRY_BACKOFF_MIN", 0.2)
+            .set("FERRY_RETRY_BACKOFF_MAX", 1)
+            .set("FERRY_STATS_INTERVAL", 0.5)
+            .set("FERRY_LEASE_SECONDS", 10)
+            .set("AWS_REGION", "us-east-1")
+    }
+
+    async fn publish(&self, messages: Vec<OutgoingMessage>) -> Vec<String> {
+        publish(
+            self.provider,
+            Some(&self.endpoint),
+            &self.queue.publish_to,
+            messages,
+        )
+        .await
+        .expect("publish")
+    }
+
+    async fn publish_bodies(&self, bodies: &[String]) -> Vec<String> {
+        self.publish(
+            bodies
+                .iter()
+                .map(|b| OutgoingMessage {
+                    body: b.clone().into_bytes(),
+                    attributes: vec![("tenant".into(), "acme".into())],
+                    ordering_group: None,
+                })
+                .collect(),
+        )
+        .await
+    }
+
+    /// Reads everything in the dead-letter queue (acknowledging it), as (body, attributes).
+    async fn take_dead_letters(&self, expected: usize) -> Vec<(String, BTreeMap<String, String>)> {
+        let dlq = ferry_queues::connect(&ConsumerTarget {
+            provider: self.provider,
+            queue: self.queue.dead_letter.clone(),
+            dead_letter: None,
+            dead_letter_topic: None,
+            endpoint: Some(self.endpoint.clone()),
+            lease: Duration::from_secs(30),
+            max_outstanding: 100,
+        })
+        .await
+        .expect("connect to the DLQ");
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while out.len() < expected && std::time::Instant::now() < deadline {
+            for m in dlq
+                .receive(10, Duration::from_secs(1))
+                .await
+                .expect("receive from the DLQ")
+            {
+                out.push((
+                    String::from_utf8_lossy(&m.body).into_owned(),
+                    m.attributes.clone(),
+                ));
+                dlq.ack(m.lease).await.expect("ack the dead letter");
+            }
+        }
+        dlq.close().await;
+        out
+    }
+}
+
+fn bodies(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{{\"{prefix}\":{i}}}")).collect()
+}
+
+fn start(env: &SidecarEnv) -> Sidecar {
+    Sidecar::start(Path::new(BINARY), env)
+}
+
+macro_rules! for_both_providers {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqs() {
+                super::$scenario(ferry_queues::Provider::Sqs).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pubsub() {
+                super::$scenario(ferry_queues::Provider::PubSub).await
+            }
+        }
+    )*};
+}
+
+for_both_providers!(
+    every_message_is_delivered_once_and_settled,
+    a_failing_message_is_retried_then_dead_lettered_after_the_configured_deliveries,
+    a_permanent_status_dead_letters_at_once,
+    a_worker_slower_than_the_lease_causes_no_duplicate,
+    a_worker_that_is_down_loses_nothing,
+    sigterm_finishes_in_flight_work_and_hands_back_the_rest,
+    sigkill_loses_nothing,
+    ordering_groups_are_delivered_one_at_a_time_in_order,
+    a_missing_queue_makes_the_sidecar_unready_not_crash,
+);
+
+/// N messages: each delivered once with the contract's headers, settled, and /metrics says so.
+async fn every_message_is_delivered_once_and_settled(provider: Provider) {
+    let setup = provision(provider, false, 5).await;
+    let worker = Worker::start(|_| Reply::ok()).await;
+    let sidecar = start(&setup.env(&worker.url()).set("FERRY_CONCURRENCY", 4));
+    let ids = setup.publish_bodies(&bodies("n", 20)).await;
+
+    eventually(
+        Duration::from_secs(30),
+        "20 successful deliveries",
+        async || (worker.succeeded_ids().len() >= 20).then_some(()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut delivered = worker.succeeded_ids();
+    delivered.sort();
+    let mut published = ids.clone();
+    published.sort();
+    assert_eq!(delivered, published, "every message delivered exactly once");
+
+    let first = &worker.deliveries()[0];
+    let header = |name: &str| {
+        first
+            .headers
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| panic!("header {name} missing: {:?}", first.headers))
+    };
+    assert!(ids.contains(&header("ferry-message-id")));
+    assert_eq!(header("ferry-attr-tenant"), "acme");
+    assert_eq!(header("content-type"), "application/json");
+    assert!(header("ferry-published-at").ends_with('Z'));
+    assert_eq!(header("ferry-delivery-attempt"), "1");
+    let queue_name = setup.queue.queue.rsplit('/').next().unwrap().to_string();
+    assert_eq!(header("ferry-queue"), queue_name);
+    if provider == Provider::Sqs {
+        assert_eq!(header("x-aws-sqsd-msgid"), header("ferry-message-id"));
+        assert_eq!(header("x-aws-sqsd-queue"), queue_name);
+        assert_eq!(header("x-aws-sqsd-receive-count"), "1");
+        assert_eq!(header("x-aws-sqsd-attr-tenant"), "acme");
+        assert!(header("x-aws-sqsd-first-received-at").ends_with('Z'));
+        assert!(header("user-agent").starts_with("aws-sqsd/1.1"));
+    }
+
+    assert_eq!(
+        sidecar
+            .metric("ferry_messages_completed_total{outcome=\"succeeded\"")
+            .await,
+        Some(20.0)
+    );
+    assert_eq!(
+        sidecar
+            .metric("ferry_messages_completed_total{outcome=\"retried\"")
+            .await,
+        Some(0.0)
+    );
+    assert_eq!(
+        sidecar.metric("ferry_messages_received_total").await,
+        Some(20.0)
+    );
+    assert_eq!(
+        sidecar
+            .metric("ferry_deliveries_total{result=\"2xx\"")
+            .await,
+        Some(20.0)
+    );
+    assert_eq!(sidecar.metric("ferry_in_flight").await, Some(0.0));
+    assert_eq!(sidecar.metric("ferry_concurrency_limit").await, Some(4.0));
+    assert_eq!(
+        sidecar
+            .metric("ferry_delivery_duration_seconds_count")
+            .await,
+        Some(20.0)
+    );
+    assert_eq!(
+        sidecar.metric("ferry_message_age_seconds_count").await,
+        Some(20.0)
+    );
+    assert_eq!(sidecar.metric("ferry_ready").await, Some(1.0));
+    assert_eq!(sidecar.get("/readyz").await.map(|r| r.0), Some(200));
+    assert_eq!(sidecar.get("/healthz").await.map(|r| r.0), Some(200));
+    if provider == Provider::Sqs {
+        let backlog_empty = async || {
+            let visible = sidecar
+                .metric("ferry_queue_messages{state=\"visible\"")
+                .await?;
+            let in_flight = sidecar
+                .metric("ferry_queue_messages{state=\"in_flight\"")
+                .await?;
+            let dlq = sidecar.metric("ferry_dead_letter_messages").await?;
+            (visible == 0.0 && in_flight == 0.0 && dlq == 0.0).then_some(())
+        };
+        eventually(
+            Duration::from_secs(10),
+            "the queue statistics to show an empty queue",
+            backlog_empty,
+        )
+        .await;
+    }
+}
+
+/// A worker answering 500 gets exactly max-deliveries attempts, with backoff between them,
+/// then the queue's redrive moves the message to the DLQ.
+async fn a_failing_message_is_retried_then_dead_lettered_after_the_configured_deliveries(
+    provider: Provider,
+) {
+    let max = if provider == Provider::Sqs { 3 } else { 5 };
+    let setup = provision(provider, false, max).await;
+    let worker = Worker::start(|_| Reply::status(500)).await;
+    let sidecar = start(&setup.env(&worker.url()));
+    let ids = setup
+        .publish_bodies(&["{\"fails\":true}".to_string()])
+        .await;
+
+    let dead = setup.take_dead_letters(1).await;
+    assert_eq!(dead.len(), 1, "the failing message reaches the DLQ");
+    assert_eq!(dead[0].0, "{\"fails\":true}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        worker.times_seen(&ids[0]),
+        setup.max_deliveries as usize,
+        "delivered exactly max-deliveries times"
+    );
+    let attempts: Vec<String> = worker
+        .deliveries()
+        .iter()
+        .map(|d| d.headers["ferry-delivery-attempt"].clone())
+        .collect();
+    let expected: Vec<String> = (1..=setup.max_deliveries).map(|n| n.to_string()).collect();
+    assert_eq!(attempts, expected);
+    let starts: Vec<_> = worker.deliveries().iter().map(|d| d.started).collect();
+    for pair in starts.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(90),
+            "retries are spaced by the backoff: {:?}",
+            pair[1] - pair[0]
+        );
+    }
+    assert_eq!(
+        sidecar
+            .metric("ferry_messages_completed_total{outcome=\"retried\"")
+            .await,
+        Some(f64::from(max))
+    );
+    assert_eq!(
+        sidecar
+            .metric("ferry_deliveries_total{result=\"5xx\"")
+            .await,
+        Some(f64::from(max))
+    );
+    assert_eq!(
+        sidecar
+            .metric("ferry_messages_completed_total{outcome=\"succeeded\"")
+            .await,
+        Some(0.0)
+    );
+}
+
+/// A status listed as permanent sends the message to the DLQ after one delivery, with the
+/// reason attached; the other messages are unaffected.
+async fn a_permanent_status_dead_letters_at_once(provider: Provider) {
+    let setup = provision(provider, false, 5).await;
+    let worker = Worker::start(|d| {
+        if d.body.contains("poison") {
+            Reply::status(422)
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let sidecar = start(
+        &setup
+            .env(&worker.url())
+            .set("FERRY_PERMANENT_FAILURE_STATUSES", "400,422"),
+    );
+    let ids = setup
+        .publish_bodies(&[
+            "{\"poison\":1}".to_string(),
+            "{\"fine\":1}".to_string(),
+            "{\"fine\":2}".to_string(),
+        ])
+        .await;
+
+    let dead = setup.take_dead_letters(1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0, "{\"poison\":1}");
+    assert_eq!(
+        dead[0]
+            .1
+            .get("ferry-dead-letter-status")
+            .map(String::as_str),
+        Some("422")
+    );
+    assert_eq!(dead[0].1.get("ferry-source-message-id"), Some(&ids[0]));
+    assert_eq!(
+        dead[0].1.get("tenant").map(String::as_str),
+        Some("acme"),
+        "user attributes are kept"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the two good messages",
+        async || (worker.succeeded_ids().len() == 2).then_some(()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        worker.times_seen(&ids[0]),
+        1,
+        "a permanent failure is not retried"
+    );
+    assert_eq!(
+        sidecar
+            .metric("ferry_messages_completed_total{outcome=\"dead_lettered\"")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        sidecar
+            .metric("ferry_messages_completed_total{outcome=\"succeeded\"")
+            .await,
+        Some(2.0)
+    );
+}
+
+/// A delivery that takes longer than the lease keeps its message leased: no second delivery.
+async fn a_worker_slower_than_the_lease_causes_no_duplicate(provider: Provider) {
+    let setup = provision(provider, false, 5).await;
+    let worker = Worker::start(|_| Reply::ok().after(Duration::from_secs(16))).await;
+    let sidecar = start(&setup.env(&worker.url()).set("FERRY_DELIVERY_TIMEOUT", 60));
+    let ids = setup.publish_bodies(&["{\"slow\":true}".to_string()]).await;
+
+    eventually(
+        Duration::from_secs(40),
+        "the slow delivery to finish",
+        async || (worker.succeeded_ids().len() == 1).then_some(()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(
+        worker.times_seen(&ids[0]),
+        1,
+        "a slow worker must not cause a redelivery"
+    );
+    if provider == Provider::Sqs {
+        assert!(
+            sidecar
+                .metric("ferry_lease_extensions_total")
+                .await
+                .unwrap_or(0.0)
+                >= 2.0,
+            "the lease was extended"
+        );
+    }
+    assert_eq!(
+        sidecar
+            .metric("ferry_messages_completed_total{outcome=\"succeeded\"")
+            .await,
+        Some(1.0)
+    );
+}
+
+/// Deliveries to a worker that is not listening are retried; once it is up, every message
+/// is processed, each once.
+async fn a_worker_that_is_down_loses_nothing(provider: Provider) {
+    let setup = provision(provider, false, 20).await;
+    let port = ferry_tests::free_port();
+    let url = format!("http://127.0.0.1:{port}/work");
+    let sidecar = start(&setup.env(&url));
+    let ids = setup.publish_bodies(&bodies("down", 4)).await;
+
+    eventually(Duration::from_secs(20), "refused deliveries", async || {
+        (sidecar
+            .metric("ferry_deliveries_total{result=\"connection_refused\"")
+            .await?
+            >= 4.0)
+            .then_some(())
+    })
+    .await;
+    let worker = Worker::start_on(port, |_| Reply::ok()).await;
+    eventually(
+        Duration::from_secs(30),
+        "all messages after the worker came back",
+        async || (worker.succeeded_ids().len() >= 4).then_some(()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut delivered = worker.succeeded_ids();
+    delivered.sort();
+    let mut expected = ids;
+    expected.sort();
+    assert_eq!(delivered, expected);
+    assert!(
+        sidecar
+            .log_text()
+            .contains("could not connect to the worker"),
+        "the log says what went wrong"
+    );
+}
+
+/// SIGTERM mid-delivery: the deliveries in flight finish and are acked, nothing more is
+/// started, the process exits 0, and a new sidecar gets every other message.
+async fn sigterm_finishes_in_flight_work_and_hands_back_the_rest(provider: Provider) {
+    let setup = provision(provider, false, 10).await;
+    let worker = Worker::start(|_| Reply::ok().after(Duration::from_secs(3))).await;
+    let env = setup
+        .env(&worker.url())
+        .set("FERRY_CONCURRENCY", 2)
+        .set("FERRY_DRAIN_TIMEOUT", 20);
+    let mut sidecar = start(&env);
+    let ids = setup.publish_bodies(&bodies("term", 6)).await;
+
+    eventually(
+        Duration::from_secs(20),
+        "two deliveries in flight",
+        async || (worker.deliveries().len() >= 2).then_some(()),
+    )
+    .await;
+    sidecar.signal("TERM");
+    let status = sidecar.wait_exit(Duration::from_secs(15)).await;
+    assert!(
+        status.success(),
+        "exit 0 after SIGTERM, got {status}; log:\n{}",
+        sidecar.log_text()
+    );
+    let in_flight_at_term = worker.deliveries();
+    assert_eq!(
+        in_flight_at_term.len(),
+        2,
+        "nothing new was delivered after SIGTERM"
+    );
+    assert!(
+        in_flight_at_term.iter().all(|d| d.answered == Some(200)),
+        "the in-flight deliveries completed"
+    );
+    assert!(
+        sidecar.log_text().contains("drained"),
+        "log:\n{}",
+        sidecar.log_text()
+    );
+
+    let _second = start(&env);
+    eventually(
+        Duration::from_secs(40),
+        "the rest delivered by a new sidecar",
+        async || (worker.succeeded_ids().len() >= 6).then_some(()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut delivered = worker.succeeded_ids();
+    delivered.sort();
+    let mut expected = ids;
+    expected.sort();
+    assert_eq!(
+        delivered, expected,
+        "nothing lost and nothing processed twice"
+    );
+}
+
+/// SIGKILL mid-delivery: the lease runs out and the queue redelivers to the next sidecar.
+async fn sigkill_loses_nothing(provider: Provider) {
+    let setup = provision(provider, false, 10).await;
+    let worker = Worker::start(|d| {
+        if d.seen == 1 {
+            Reply::ok().after(Duration::from_secs(30))
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let env = setup.env(&worker.url());
+    let sidecar = start(&env);
+    let ids = setup.publish_bodies(&["{\"kill\":true}".to_string()]).await;
+    eventually(
+        Duration::from_secs(20),
+        "the delivery to start",
+        async || (!worker.deliveries().is_empty()).then_some(()),
+    )
+    .await;
+    sidecar.signal("KILL");
+    drop(sidecar);
+
+    let _second = start(&env);
+    eventually(
+        Duration::from_secs(60),
+        "the redelivery after the lease expired",
+        async || (worker.succeeded_ids() == ids).then_some(()),
+    )
+    .await;
+}
+
+/// Messages of one ordering group (FIFO group / ordering key) never overlap and keep their
+/// order, while different groups proceed in parallel.
+async fn ordering_groups_are_delivered_one_at_a_time_in_order(provider: Provider) {
+    let setup = provision(provider, true, 10).await;
+    let worker = Worker::start(|d| {
+        let n: u64 = d.body.bytes().map(u64::from).sum();
+        Reply::ok().after(Duration::from_millis(n % 40))
+    })
+    .await;
+    let _sidecar = start(&setup.env(&worker.url()).set("FERRY_CONCURRENCY", 6));
+    let mut messages = Vec::new();
+    for i in 0..6 {
+        for group in ["a", "b", "c"] {
+            messages.push(OutgoingMessage {
+                body: format!("{group}-{i}").into_bytes(),
+                attributes: vec![],
+                ordering_group: Some(group.into()),
+            });
+        }
+    }
+    setup.publish(messages).await;
+
+    eventually(
+        Duration::from_secs(40),
+        "all 18 ordered messages",
+        async || (worker.succeeded_ids().len() >= 18).then_some(()),
+    )
+    .await;
+    assert!(
+        worker.overlapping_groups().is_empty(),
+        "two deliveries of one group overlapped: {:?}",
+        worker.overlapping_groups()
+    );
+    for group in ["a", "b", "c"] {
+        let order: Vec<String> = worker
+            .deliveries()
+            .into_iter()
+            .filter(|d| d.answered == Some(200) && d.body.starts_with(group))
+            .map(|d| d.body)
+            .collect();
+        let expected: Vec<String> = (0..6).map(|i| format!("{group}-{i}")).collect();
+        assert_eq!(order, expected, "group {group} in order");
+    }
+}
+
+/// A queue that does not exist: readiness false with the reason, errors counted, the process
+/// keeps retrying instead of crash-looping, and still exits cleanly on SIGTERM.
+async fn a_missing_queue_makes_the_sidecar_unready_not_crash(provider: Provider) {
+    let setup = provision(provider, false, 5).await;
+    let missing = match provider {
+        Provider::Sqs => setup.queue.queue.replace("/ferry-", "/missing-ferry-"),
+        Provider::PubSub => format!(
+            "projects/{PUBSUB_PROJECT}/subscriptions/{}",
+            unique_name("missing")
+        ),
+    };
+    let worker = Worker::start(|_| Reply::ok()).await;
+    let mut sidecar = start(
+        &setup
+            .env(&worker.url())
+            .set("FERRY_QUEUE", &missing)
+            .set("FERRY_STATS_INTERVAL", 0.2),
+    );
+    let (status, body) = eventually(Duration::from_secs(20), "/readyz to explain", async || {
+        let (status, body) = sidecar.get("/readyz").await?;
+        (status == 503 && body.contains("not_found")).then_some((status, body))
+    })
+    .await;
+    assert_eq!(status, 503);
+    assert!(body.contains("what to do"), "{body}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        sidecar.is_running(),
+        "a missing queue must not crash the sidecar"
+    );
+    let errors = sidecar.get("/metrics").await.unwrap().1;
+    assert!(
+        errors.contains("ferry_queue_api_errors_total{kind=\"not_found\""),
+        "{errors}"
+    );
+    assert_eq!(sidecar.metric("ferry_ready").await, Some(0.0));
+    sidecar.signal("TERM");
+    assert!(sidecar.wait_exit(Duration::from_secs(10)).await.success());
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_the_variable() {
+    let out = std::process::Command::new(BINARY)
+        .env_clear()
+        .env("FERRY_PROVIDER", "sqs")
+        .env("FERRY_QUEUE", "https://sqs.eu-west-1.amazonaws.com/1/q")
+        .env("FERRY_CONCURRENCY", "lots")
+        .output()
+        .expect("run ferry-consumer");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("FERRY_CONCURRENCY must be a whole number from 1 to 1000"),
+        "{stderr}"
+    );
+
+    let out = std::process::Command::new(BINARY)
+        .env_clear()
+        .env("FERRY_PROVIDER", "pubsub")
+        .env("FERRY_QUEUE", "orders")
+        .output()
+        .expect("run ferry-consumer");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("projects/<project>/subscriptions/<subscription>")
+    );
+
+    let out = std::process::Command::new(BINARY)
+        .env_clear()
+        .output()
+        .expect("run ferry-consumer");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FERRY_PROVIDER"));
+}

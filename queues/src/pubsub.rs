@@ -1,0 +1,457 @@
+//! Google Pub/Sub through the official `google-cloud-pubsub` crate.
+//!
+//! Receiving uses the client's streaming pull, which also keeps every message we hold
+//! leased (so a slow worker never causes a redelivery) and applies flow control, so the
+//! server never pushes more than `max_outstanding` unacknowledged messages to this pod.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use google_cloud_gax::error::rpc::Code;
+use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin};
+use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::subscriber::ShutdownBehavior;
+use google_cloud_pubsub::subscriber::handler::Handler;
+use tokio::sync::{Mutex, OnceCell, mpsc, watch};
+
+use crate::model::LeaseInner;
+use crate::{
+    ConsumerTarget, DeadLetterReason, Lease, MessageQueue, Provider, QueueError, QueueErrorKind,
+    QueueStats, ReceivedMessage,
+};
+
+type Received = Result<(Message, Handler), QueueError>;
+
+pub struct PubSubQueue {
+    subscription: String,
+    name: String,
+    endpoint: Option<String>,
+    admin: SubscriptionAdmin,
+    dead_letter_topic: OnceCell<String>,
+    configured_dead_letter_topic: Option<String>,
+    dead_letter_publisher: OnceCell<Publisher>,
+    prefetched: Mutex<mpsc::Receiver<Received>>,
+    /// Flipped on close: held retries are handed back at once instead of at their time.
+    closing: watch::Sender<bool>,
+    closed: AtomicBool,
+    shutdown: google_cloud_pubsub::subscriber::ShutdownToken,
+}
+
+/// The endpoint to use, if any: `FERRY_ENDPOINT` first, then `PUBSUB_EMULATOR_HOST`, which
+/// the Google client libraries of other languages honour and this one does not.
+pub fn emulator_endpoint(explicit: Option<&str>) -> Option<String> {
+    let raw = explicit.map(str::to_string).or_else(|| {
+        std::env::var("PUBSUB_EMULATOR_HOST")
+            .ok()
+            .filter(|v| !v.is_empty())
+    })?;
+    Some(if raw.contains("://") {
+        raw
+    } else {
+        format!("http://{raw}")
+    })
+}
+
+/// Credentials for an emulator are anonymous; for Google, the default chain (ADC,
+/// Workload Identity, metadata server).
+macro_rules! configure_builder {
+    ($builder:expr, $endpoint:expr) => {{
+        let builder = $builder;
+        match $endpoint {
+            Some(endpoint) => builder.with_endpoint(endpoint.clone()).with_credentials(
+                google_cloud_auth::credentials::anonymous::Builder::new().build(),
+            ),
+            None => builder,
+        }
+    }};
+}
+pub(crate) use configure_builder;
+
+pub(crate) fn map_gax_error(
+    operation: &'static str,
+    err: &google_cloud_pubsub::Error,
+) -> QueueError {
+    let kind = if let Some(status) = err.status() {
+        match status.code {
+            Code::NotFound => QueueErrorKind::NotFound,
+            Code::PermissionDenied | Code::Unauthenticated => QueueErrorKind::PermissionDenied,
+            Code::ResourceExhausted => QueueErrorKind::Throttled,
+            Code::Unavailable
+            | Code::Internal
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::Cancelled => QueueErrorKind::Unavailable,
+            Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::AlreadyExists => QueueErrorKind::Invalid,
+            _ => QueueErrorKind::Other,
+        }
+    } else if err.is_authentication() {
+        QueueErrorKind::PermissionDenied
+    } else if err.is_timeout()
+        || err.is_io()
+        || err.is_connect()
+        || err.is_transport()
+        || err.is_exhausted()
+    {
+        QueueErrorKind::Unavailable
+    } else {
+        QueueErrorKind::Other
+    };
+    let message = if kind == QueueErrorKind::PermissionDenied && err.is_authentication() {
+        format!(
+            "no usable Google credentials ({err}); use Workload Identity, GOOGLE_APPLICATION_CREDENTIALS, or PUBSUB_EMULATOR_HOST for the emulator"
+        )
+    } else {
+        err.to_string()
+    };
+    QueueError::new(operation, kind, message)
+}
+
+pub(crate) fn map_publish_error(err: &google_cloud_pubsub::error::PublishError) -> QueueError {
+    use google_cloud_pubsub::error::PublishError;
+    match err {
+        PublishError::Rpc(inner) => map_gax_error("Publish", inner),
+        other => QueueError::new("Publish", QueueErrorKind::Unavailable, other.to_string()),
+    }
+}
+
+fn builder_error(operation: &'static str, err: impl std::fmt::Display) -> QueueError {
+    QueueError::new(operation, QueueErrorKind::Invalid, err.to_string())
+}
+
+/// `projects/p/subscriptions/s` → `s`.
+pub fn short_name(path: &str) -> String {
+    path.rsplit('/').next().unwrap_or(path).to_string()
+}
+
+pub async fn subscription_admin(
+    endpoint: Option<&String>,
+) -> Result<SubscriptionAdmin, QueueError> {
+    configure_builder!(SubscriptionAdmin::builder(), endpoint)
+        .build()
+        .await
+        .map_err(|e| builder_error("connect", e))
+}
+
+impl PubSubQueue {
+    pub async fn connect(target: &ConsumerTarget) -> Result<Self, QueueError> {
+        let parts: Vec<&str> = target.queue.split('/').collect();
+        if parts.len() != 4 || parts[0] != "projects" || parts[2] != "subscriptions" {
+            return Err(QueueError::new(
+                "connect",
+                QueueErrorKind::Invalid,
+                format!(
+                    "FERRY_QUEUE must be a subscription path projects/<project>/subscriptions/<name>, got {:?}",
+                    target.queue
+                ),
+            ));
+        }
+        let endpoint = emulator_endpoint(target.endpoint.as_deref());
+        let subscriber = configure_builder!(Subscriber::builder(), endpoint.as_ref())
+            .build()
+            .await
+            .map_err(|e| builder_error("connect", e))?;
+        let admin = subscription_admin(endpoint.as_ref()).await?;
+        let stream = subscriber
+            .subscribe(target.queue.clone())
+            .set_max_outstanding_messages(target.max_outstanding.max(1) as i64)
+            .set_max_lease_extension(target.lease)
+            .set_shutdown_behavior(ShutdownBehavior::WaitForProcessing)
+            .build();
+        let shutdown = stream.shutdown_token();
+        let (tx, rx) = mpsc::channel(target.max_outstanding.max(1));
+        tokio::spawn(pump_stream(stream, tx));
+        let (closing, _) = watch::channel(false);
+        Ok(Self {
+            name: short_name(&target.queue),
+            subscription: target.queue.clone(),
+            endpoint,
+            admin,
+            dead_letter_topic: OnceCell::new(),
+            configured_dead_letter_topic: target.dead_letter_topic.clone(),
+            dead_letter_publisher: OnceCell::new(),
+            prefetched: Mutex::new(rx),
+            closing,
+            closed: AtomicBool::new(false),
+            shutdown,
+        })
+    }
+
+    async fn dead_letter_topic(&self) -> Result<&String, QueueError> {
+        self.dead_letter_topic
+            .get_or_try_init(|| async {
+                if let Some(topic) = &self.configured_dead_letter_topic {
+                    return Ok(topic.clone());
+                }
+                let subscription = self
+                    .admin
+                    .get_subscription()
+                    .set_subscription(self.subscription.clone())
+                    .send()
+                    .await
+                    .map_err(|e| map_gax_error("GetSubscription", &e))?;
+                subscription
+                    .dead_letter_policy
+                    .map(|p| p.dead_letter_topic)
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| {
+                        QueueError::new(
+                            "Publish",
+                            QueueErrorKind::Invalid,
+                            format!("subscription {} has no dead-letter policy and FERRY_DEAD_LETTER_TOPIC is not set, so a permanent failure has nowhere to go", self.subscription),
+                        )
+                    })
+            })
+            .await
+    }
+
+    async fn dead_letter_publisher(&self) -> Result<&Publisher, QueueError> {
+        let topic = self.dead_letter_topic().await?.clone();
+        self.dead_letter_publisher
+            .get_or_try_init(|| async {
+                configure_builder!(Publisher::builder(topic), self.endpoint.as_ref())
+                    // A dead letter is rare; waiting to fill a batch would only delay the ack.
+                    .set_message_count_threshold(1)
+                    .build()
+                    .await
+                    .map_err(|e| builder_error("Publish", e))
+            })
+            .await
+    }
+}
+
+/// Moves messages from the client's stream into a bounded channel the pump drains, and
+/// surfaces stream errors (a missing subscription, bad credentials) to `receive`.
+async fn pump_stream(
+    mut stream: google_cloud_pubsub::subscriber::MessageStream,
+    tx: mpsc::Sender<Received>,
+) {
+    while let Some(item) = stream.next().await {
+        let item = item.map_err(|e| map_gax_error("StreamingPull", &e));
+        let failed = item.is_err();
+        if tx.send(item).await.is_err() {
+            return;
+        }
+        if failed {
+            // The client retries transient stream failures itself; what reaches us is worth
+            // reporting, but not in a tight loop.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+fn to_system_time(ts: &google_cloud_wkt::Timestamp) -> Option<SystemTime> {
+    let seconds = u64::try_from(ts.seconds()).ok()?;
+    Some(UNIX_EPOCH + Duration::new(seconds, ts.nanos().max(0) as u32))
+}
+
+fn to_received(message: Message, handler: Handler) -> ReceivedMessage {
+    let attributes: BTreeMap<String, String> = message.attributes.into_iter().collect();
+    ReceivedMessage {
+        id: message.message_id,
+        body: message.data,
+        attributes,
+        published_at: message.publish_time.as_ref().and_then(to_system_time),
+        first_received_at: None,
+        delivery_attempt: handler
+            .delivery_attempt()
+            .and_then(|a| u32::try_from(a).ok()),
+        ordering_group: Some(message.ordering_key).filter(|k| !k.is_empty()),
+        deduplication_id: None,
+        lease: Lease(LeaseInner::PubSub(handler)),
+    }
+}
+
+fn handler(lease: Lease) -> Handler {
+    match lease.0 {
+        LeaseInner::PubSub(h) => h,
+        LeaseInner::Sqs { .. } => {
+            unreachable!("an SQS lease cannot come from a Pub/Sub subscription")
+        }
+    }
+}
+
+#[async_trait]
+impl MessageQueue for PubSubQueue {
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<ReceivedMessage>, QueueError> {
+        let mut prefetched = self.prefetched.lock().await;
+        let first = match tokio::time::timeout(wait, prefetched.recv()).await {
+            Err(_) | Ok(None) => return Ok(Vec::new()),
+            Ok(Some(item)) => item?,
+        };
+        let mut out = vec![to_received(first.0, first.1)];
+        while out.len() < max {
+            match prefetched.try_recv() {
+                Ok(Ok((m, h))) => out.push(to_received(m, h)),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "streaming pull reported an error");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, lease: Lease) -> Result<(), QueueError> {
+        match handler(lease) {
+            Handler::ExactlyOnce(h) => h.confirmed_ack().await.map_err(|e| {
+                let kind = match e {
+                    google_cloud_pubsub::error::AckError::LeaseExpired => {
+                        QueueErrorKind::LeaseExpired
+                    }
+                    _ => QueueErrorKind::Unavailable,
+                };
+                QueueError::new("Acknowledge", kind, e.to_string())
+            }),
+            other => {
+                other.ack();
+                Ok(())
+            }
+        }
+    }
+
+    async fn retry_after(&self, lease: Lease, delay: Duration) -> Result<(), QueueError> {
+        let handler = handler(lease);
+        if delay.is_zero() || *self.closing.borrow() {
+            handler.nack();
+            return Ok(());
+        }
+        // Pub/Sub has no per-message "visible again in N seconds": we keep the message
+        // leased (the client extends the lease) and nack it when the backoff is over, or at
+        // once when the sidecar shuts down. The subscription's retry policy applies on top.
+        let mut closing = self.closing.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = closing.wait_for(|c| *c) => {}
+            }
+            handler.nack();
+        });
+        Ok(())
+    }
+
+    async fn release(&self, leases: Vec<Lease>) -> Result<(), QueueError> {
+        for lease in leases {
+            handler(lease).nack();
+        }
+        Ok(())
+    }
+
+    async fn extend(&self, _leases: &[&Lease], _lease_for: Duration) -> Result<(), QueueError> {
+        Ok(())
+    }
+
+    fn needs_lease_extension(&self) -> bool {
+        false
+    }
+
+    async fn send_to_dead_letter(
+        &self,
+        message: &ReceivedMessage,
+        reason: &DeadLetterReason,
+    ) -> Result<(), QueueError> {
+        let publisher = self.dead_letter_publisher().await?;
+        let mut attributes: Vec<(String, String)> = message
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        attributes.push((
+            "ferry-dead-letter-reason".into(),
+            reason.description.clone(),
+        ));
+        if let Some(status) = reason.status {
+            attributes.push(("ferry-dead-letter-status".into(), status.to_string()));
+        }
+        attributes.push(("ferry-source-message-id".into(), message.id.clone()));
+        attributes.push((
+            "ferry-source-subscription".into(),
+            self.subscription.clone(),
+        ));
+        if let Some(key) = &message.ordering_group {
+            // The dead-letter topic is not published with ordering; keep the key for redrive.
+            attributes.push(("ferry-ordering-key".into(), key.clone()));
+        }
+        let dead_letter = Message::new()
+            .set_data(message.body.clone())
+            .set_attributes(attributes);
+        publisher
+            .publish(dead_letter)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_publish_error(&e))
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        // Pub/Sub exposes backlog only through Cloud Monitoring; the sidecar reports what it
+        // sees itself (receive rate, age at receipt, in flight) instead.
+        Ok(QueueStats::default())
+    }
+
+    async fn check(&self) -> Result<(), QueueError> {
+        self.admin
+            .get_subscription()
+            .set_subscription(self.subscription.clone())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| map_gax_error("GetSubscription", &e))
+    }
+
+    async fn close(&self) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.closing.send_replace(true);
+        // Stop the stream first so nothing new arrives, then hand back what was prefetched.
+        let shutdown = self.shutdown.clone();
+        let mut prefetched = self.prefetched.lock().await;
+        prefetched.close();
+        while let Ok(item) = prefetched.try_recv() {
+            if let Ok((_, h)) = item {
+                h.nack();
+            }
+        }
+        drop(prefetched);
+        tokio::spawn(async move { shutdown.shutdown().await });
+    }
+
+    fn queue_name(&self) -> &str {
+        &self.name
+    }
+
+    fn provider(&self) -> Provider {
+        Provider::PubSub
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emulator_endpoint_prefers_the_explicit_one() {
+        assert_eq!(
+            emulator_endpoint(Some("127.0.0.1:8085")).as_deref(),
+            Some("http://127.0.0.1:8085")
+        );
+        assert_eq!(
+            emulator_endpoint(Some("http://h:1")).as_deref(),
+            Some("http://h:1")
+        );
+    }
+
+    #[test]
+    fn short_name_is_the_last_segment() {
+        assert_eq!(short_name("projects/p/subscriptions/orders"), "orders");
+    }
+}

@@ -1,0 +1,676 @@
+//! AWS SQS through `aws-sdk-sqs`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::config::Region;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::model::LeaseInner;
+use crate::{
+    ConsumerTarget, DeadLetterReason, Lease, MessageQueue, Provider, QueueError, QueueErrorKind,
+    QueueStats, ReceivedMessage,
+};
+
+/// SQS refuses batches of more than ten entries.
+pub const MAX_BATCH: usize = 10;
+/// SQS allows at most ten message attributes; dead-lettering adds its own only while they fit.
+const MAX_MESSAGE_ATTRIBUTES: usize = 10;
+/// The longest visibility timeout SQS accepts (12 h).
+pub const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
+/// Delete batches sent concurrently; one at a time would cap throughput at one round trip.
+const CONCURRENT_DELETE_BATCHES: usize = 8;
+
+pub struct SqsQueue {
+    client: Client,
+    url: String,
+    name: String,
+    dead_letter_url: Option<String>,
+    lease: Duration,
+    deletes: mpsc::UnboundedSender<PendingDelete>,
+}
+
+struct PendingDelete {
+    receipt_handle: String,
+    done: oneshot::Sender<Result<(), QueueError>>,
+}
+
+/// Builds an SQS client from the SDK's default chains (env, profile, IRSA web identity,
+/// instance metadata), with an endpoint override for SQS-compatible servers.
+pub async fn client(endpoint: Option<&str>, queue_url_hint: Option<&str>) -> Client {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(endpoint) = endpoint {
+        loader = loader.endpoint_url(endpoint_url(endpoint));
+    }
+    if endpoint.is_some() && !credentials_configured() {
+        // Local SQS-compatible servers accept any signature; without this a developer would
+        // have to invent AWS credentials just to talk to one.
+        loader = loader.credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "ferry-local",
+            "ferry-local",
+            None,
+            None,
+            "ferry-local-endpoint",
+        ));
+    }
+    let shared = loader.load().await;
+    let mut config = aws_sdk_sqs::config::Builder::from(&shared);
+    if shared.region().is_none() {
+        // A queue URL names its region; failing that, an SQS-compatible server ignores it.
+        let region = queue_url_hint
+            .and_then(region_from_queue_url)
+            .unwrap_or_else(|| "us-east-1".into());
+        config = config.region(Region::new(region));
+    }
+    Client::from_conf(config.build())
+}
+
+/// SQS takes whole seconds; a backoff is rounded up so a short one never becomes "at once".
+fn visibility_seconds(delay: Duration) -> i32 {
+    let delay = delay.min(MAX_VISIBILITY);
+    (delay.as_secs() + u64::from(delay.subsec_nanos() > 0)) as i32
+}
+
+/// Whether any AWS credential source is configured, judged from the environment alone so
+/// that no metadata-service request is made to find out.
+fn credentials_configured() -> bool {
+    [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()))
+        || std::env::var_os("HOME").is_some_and(|home| {
+            std::path::Path::new(&home)
+                .join(".aws/credentials")
+                .exists()
+        })
+}
+
+fn endpoint_url(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+/// `https://sqs.eu-west-1.amazonaws.com/123/q` → `eu-west-1`.
+pub fn region_from_queue_url(url: &str) -> Option<String> {
+    let host = url.split("://").nth(1)?.split('/').next()?;
+    let mut parts = host.split('.');
+    match (parts.next()?, parts.next()?) {
+        ("sqs", region) if region.contains('-') => Some(region.to_string()),
+        (region, "queue") if region.contains('-') => Some(region.to_string()),
+        _ => None,
+    }
+}
+
+/// The last path segment of a queue URL is the queue's name.
+pub fn queue_name_from_url(url: &str) -> String {
+    url.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(url)
+        .to_string()
+}
+
+pub(crate) fn map_sdk_error<E, R>(operation: &'static str, err: SdkError<E, R>) -> QueueError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    let code = err.code().unwrap_or_default().to_string();
+    let kind = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            QueueErrorKind::Unavailable
+        }
+        SdkError::ConstructionFailure(_) => QueueErrorKind::Invalid,
+        _ => classify_code(&code),
+    };
+    let mut message = DisplayErrorContext(&err).to_string();
+    if matches!(&err, SdkError::DispatchFailure(_))
+        && message.to_lowercase().contains("credentials")
+    {
+        return QueueError::new(
+            operation,
+            QueueErrorKind::PermissionDenied,
+            format!(
+                "no AWS credentials found ({message}); set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or IRSA"
+            ),
+        );
+    }
+    if !code.is_empty() && !message.contains(&code) {
+        message = format!("{code}: {message}");
+    }
+    QueueError::new(operation, kind, message)
+}
+
+fn classify_code(code: &str) -> QueueErrorKind {
+    match code {
+        "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist" | "NonExistentQueue" => {
+            QueueErrorKind::NotFound
+        }
+        "AccessDenied"
+        | "AccessDeniedException"
+        | "InvalidClientTokenId"
+        | "UnrecognizedClientException"
+        | "InvalidSecurity"
+        | "SignatureDoesNotMatch"
+        | "ExpiredToken"
+        | "MissingAuthenticationToken" => QueueErrorKind::PermissionDenied,
+        "ThrottlingException"
+        | "RequestThrottled"
+        | "Throttling"
+        | "OverLimit"
+        | "KmsThrottled" => QueueErrorKind::Throttled,
+        "ReceiptHandleIsInvalid" | "InvalidReceiptHandle" | "MessageNotInflight" => {
+            QueueErrorKind::LeaseExpired
+        }
+        "InternalError" | "InternalFailure" | "ServiceUnavailable" => QueueErrorKind::Unavailable,
+        "InvalidParameterValue"
+        | "InvalidAttributeName"
+        | "InvalidAttributeValue"
+        | "UnsupportedOperation"
+        | "InvalidAddress"
+        | "ValidationError"
+        | "MissingParameter" => QueueErrorKind::Invalid,
+        _ => QueueErrorKind::Other,
+    }
+}
+
+impl SqsQueue {
+    pub async fn connect(target: &ConsumerTarget) -> Result<Self, QueueError> {
+        if !target.queue.contains("://") {
+            return Err(QueueError::new(
+                "connect",
+                QueueErrorKind::Invalid,
+                format!(
+                    "FERRY_QUEUE must be an SQS queue URL (https://sqs.<region>.amazonaws.com/<account>/<name>), got {:?}",
+                    target.queue
+                ),
+            ));
+        }
+        let client = client(target.endpoint.as_deref(), Some(&target.queue)).await;
+        Ok(Self::with_client(client, target))
+    }
+
+    pub fn with_client(client: Client, target: &ConsumerTarget) -> Self {
+        let (deletes, pending) = mpsc::unbounded_channel();
+        tokio::spawn(run_delete_batcher(
+            client.clone(),
+            target.queue.clone(),
+            pending,
+        ));
+        Self {
+            name: queue_name_from_url(&target.queue),
+            url: target.queue.clone(),
+            dead_letter_url: target.dead_letter.clone(),
+            lease: target.lease,
+            client,
+            deletes,
+        }
+    }
+
+    fn receipt(lease: Lease) -> String {
+        match lease.0 {
+            LeaseInner::Sqs { receipt_handle } => receipt_handle,
+            LeaseInner::PubSub(_) => unreachable!("a Pub/Sub lease cannot come from an SQS queue"),
+        }
+    }
+
+    fn receipt_ref(lease: &Lease) -> &str {
+        match &lease.0 {
+            LeaseInner::Sqs { receipt_handle } => receipt_handle,
+            LeaseInner::PubSub(_) => unreachable!("a Pub/Sub lease cannot come from an SQS queue"),
+        }
+    }
+
+    async fn change_visibility_batch(
+        &self,
+        operation: &'static str,
+        receipts: Vec<String>,
+        visibility: Duration,
+    ) -> Result<(), QueueError> {
+        let seconds = visibility.min(MAX_VISIBILITY).as_secs() as i32;
+        let mut first_error = None;
+        for chunk in receipts.chunks(MAX_BATCH) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, receipt)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(receipt)
+                        .visibility_timeout(seconds)
+                        .build()
+                        .expect("id and receipt handle are set")
+                })
+                .collect::<Vec<_>>();
+            let result = self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await;
+            match result {
+                Ok(out) => {
+                    if let Some(failed) = out.failed().first() {
+                        first_error.get_or_insert(QueueError::new(
+                            operation,
+                            classify_code(failed.code()),
+                            format!(
+                                "{} of {} entries failed: {}",
+                                out.failed().len(),
+                                chunk.len(),
+                                failed.message().unwrap_or(failed.code())
+                            ),
+                        ));
+                    }
+                }
+                Err(err) => {
+                    first_error.get_or_insert(map_sdk_error(operation, err));
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Collects deletes that arrive while earlier ones are in flight into batches of up to ten,
+/// so a busy consumer makes one DeleteMessageBatch call where it would make ten, without
+/// ever waiting for a batch to fill.
+async fn run_delete_batcher(
+    client: Client,
+    url: String,
+    mut pending: mpsc::UnboundedReceiver<PendingDelete>,
+) {
+    let slots = Arc::new(Semaphore::new(CONCURRENT_DELETE_BATCHES));
+    while let Some(first) = pending.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match pending.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
+        let client = client.clone();
+        let url = url.clone();
+        tokio::spawn(async move {
+            delete_batch(&client, &url, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn delete_batch(client: &Client, url: &str, batch: Vec<PendingDelete>) {
+    if batch.len() == 1 {
+        let one = batch.into_iter().next().expect("one entry");
+        let result = client
+            .delete_message()
+            .queue_url(url)
+            .receipt_handle(&one.receipt_handle)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| map_sdk_error("DeleteMessage", e));
+        let _ = one.done.send(result);
+        return;
+    }
+    let entries = batch
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(&d.receipt_handle)
+                .build()
+                .expect("id and receipt handle are set")
+        })
+        .collect::<Vec<_>>();
+    match client
+        .delete_message_batch()
+        .queue_url(url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+    {
+        Ok(out) => {
+            let mut failures: HashMap<usize, QueueError> = out
+                .failed()
+                .iter()
+                .filter_map(|f| {
+                    let index = f.id().parse::<usize>().ok()?;
+                    Some((
+                        index,
+                        QueueError::new(
+                            "DeleteMessageBatch",
+                            classify_code(f.code()),
+                            f.message().unwrap_or(f.code()).to_string(),
+                        ),
+                    ))
+                })
+                .collect();
+            for (i, d) in batch.into_iter().enumerate() {
+                let _ = d.done.send(failures.remove(&i).map_or(Ok(()), Err));
+            }
+        }
+        Err(err) => {
+            let err = map_sdk_error("DeleteMessageBatch", err);
+            for d in batch {
+                let _ = d.done.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+fn epoch_millis(value: Option<&String>) -> Option<SystemTime> {
+    let millis = value?.parse::<u64>().ok()?;
+    Some(UNIX_EPOCH + Duration::from_millis(millis))
+}
+
+fn textual_attributes(
+    attributes: Option<HashMap<String, MessageAttributeValue>>,
+) -> BTreeMap<String, String> {
+    attributes
+        .unwrap_or_default()
+        .into_iter()
+        // Binary attributes are dropped, as Elastic Beanstalk's worker daemon does.
+        .filter_map(|(name, value)| value.string_value.map(|v| (name, v)))
+        .collect()
+}
+
+#[async_trait]
+impl MessageQueue for SqsQueue {
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<ReceivedMessage>, QueueError> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(max.clamp(1, MAX_BATCH) as i32)
+            .wait_time_seconds(wait.as_secs().min(20) as i32)
+            .visibility_timeout(self.lease.min(MAX_VISIBILITY).as_secs() as i32)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .map_err(|e| map_sdk_error("ReceiveMessage", e))?;
+        let messages = out.messages.unwrap_or_default();
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| {
+                let receipt_handle = m.receipt_handle?;
+                let system = m.attributes.unwrap_or_default();
+                let get = |name: MessageSystemAttributeName| system.get(&name);
+                Some(ReceivedMessage {
+                    id: m.message_id.unwrap_or_default(),
+                    body: m.body.unwrap_or_default().into(),
+                    attributes: textual_attributes(m.message_attributes),
+                    published_at: epoch_millis(get(MessageSystemAttributeName::SentTimestamp)),
+                    first_received_at: epoch_millis(get(
+                        MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
+                    )),
+                    delivery_attempt: get(MessageSystemAttributeName::ApproximateReceiveCount)
+                        .and_then(|v| v.parse().ok()),
+                    ordering_group: get(MessageSystemAttributeName::MessageGroupId).cloned(),
+                    deduplication_id: get(MessageSystemAttributeName::MessageDeduplicationId)
+                        .cloned(),
+                    lease: Lease(LeaseInner::Sqs { receipt_handle }),
+                })
+            })
+            .collect())
+    }
+
+    async fn ack(&self, lease: Lease) -> Result<(), QueueError> {
+        let (done, result) = oneshot::channel();
+        self.deletes
+            .send(PendingDelete {
+                receipt_handle: Self::receipt(lease),
+                done,
+            })
+            .map_err(|_| {
+                QueueError::new(
+                    "DeleteMessage",
+                    QueueErrorKind::Other,
+                    "delete batcher stopped",
+                )
+            })?;
+        result.await.unwrap_or_else(|_| {
+            Err(QueueError::new(
+                "DeleteMessage",
+                QueueErrorKind::Other,
+                "delete batcher stopped",
+            ))
+        })
+    }
+
+    async fn retry_after(&self, lease: Lease, delay: Duration) -> Result<(), QueueError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.url)
+            .receipt_handle(Self::receipt(lease))
+            .visibility_timeout(visibility_seconds(delay))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| map_sdk_error("ChangeMessageVisibility", e))
+    }
+
+    async fn release(&self, leases: Vec<Lease>) -> Result<(), QueueError> {
+        let receipts = leases.into_iter().map(Self::receipt).collect();
+        self.change_visibility_batch("ChangeMessageVisibilityBatch", receipts, Duration::ZERO)
+            .await
+    }
+
+    async fn extend(&self, leases: &[&Lease], lease_for: Duration) -> Result<(), QueueError> {
+        let receipts = leases
+            .iter()
+            .map(|l| Self::receipt_ref(l).to_string())
+            .collect();
+        self.change_visibility_batch("ChangeMessageVisibilityBatch", receipts, lease_for)
+            .await
+    }
+
+    fn needs_lease_extension(&self) -> bool {
+        true
+    }
+
+    async fn send_to_dead_letter(
+        &self,
+        message: &ReceivedMessage,
+        reason: &DeadLetterReason,
+    ) -> Result<(), QueueError> {
+        let Some(dlq) = &self.dead_letter_url else {
+            return Err(QueueError::new(
+                "SendMessage",
+                QueueErrorKind::Invalid,
+                "a permanent failure needs a dead-letter queue, and FERRY_DEAD_LETTER is not set",
+            ));
+        };
+        let mut attributes: HashMap<String, MessageAttributeValue> = message
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), string_attribute(v)))
+            .collect();
+        let ferry_attributes = [
+            ("ferry-dead-letter-reason", Some(reason.description.clone())),
+            (
+                "ferry-dead-letter-status",
+                reason.status.map(|s| s.to_string()),
+            ),
+            ("ferry-source-message-id", Some(message.id.clone())),
+        ];
+        for (name, value) in ferry_attributes {
+            if let Some(value) = value
+                && attributes.len() < MAX_MESSAGE_ATTRIBUTES
+            {
+                attributes.insert(name.to_string(), string_attribute(&value));
+            }
+        }
+        let mut send = self
+            .client
+            .send_message()
+            .queue_url(dlq)
+            .message_body(String::from_utf8_lossy(&message.body))
+            .set_message_attributes(Some(attributes));
+        if dlq.ends_with(".fifo") {
+            send = send
+                .message_group_id(
+                    message
+                        .ordering_group
+                        .clone()
+                        .unwrap_or_else(|| "ferry-dead-letter".into()),
+                )
+                .message_deduplication_id(
+                    message
+                        .deduplication_id
+                        .clone()
+                        .unwrap_or_else(|| message.id.clone()),
+                );
+        }
+        send.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| map_sdk_error("SendMessage", e))
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(|e| map_sdk_error("GetQueueAttributes", e))?;
+        let attributes = out.attributes.unwrap_or_default();
+        let count =
+            |name: QueueAttributeName| attributes.get(&name).and_then(|v| v.parse::<u64>().ok());
+        let mut stats = QueueStats {
+            visible: count(QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            delayed: count(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+            ..QueueStats::default()
+        };
+        if let Some(dlq) = &self.dead_letter_url {
+            let out = self
+                .client
+                .get_queue_attributes()
+                .queue_url(dlq)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+                .send()
+                .await
+                .map_err(|e| map_sdk_error("GetQueueAttributes", e))?;
+            stats.dead_letter_visible = out
+                .attributes
+                .unwrap_or_default()
+                .get(&QueueAttributeName::ApproximateNumberOfMessages)
+                .and_then(|v| v.parse().ok());
+        }
+        Ok(stats)
+    }
+
+    async fn check(&self) -> Result<(), QueueError> {
+        self.client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| map_sdk_error("GetQueueAttributes", e))
+    }
+
+    async fn close(&self) {}
+
+    fn queue_name(&self) -> &str {
+        &self.name
+    }
+
+    fn provider(&self) -> Provider {
+        Provider::Sqs
+    }
+}
+
+fn string_attribute(value: &str) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .expect("data type is set")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_comes_from_the_queue_url() {
+        assert_eq!(
+            region_from_queue_url("https://sqs.eu-west-1.amazonaws.com/123/q").as_deref(),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            region_from_queue_url("https://us-east-2.queue.amazonaws.com/123/q").as_deref(),
+            Some("us-east-2")
+        );
+        assert_eq!(region_from_queue_url("http://127.0.0.1:5000/123/q"), None);
+    }
+
+    #[test]
+    fn queue_name_is_the_last_path_segment() {
+        assert_eq!(
+            queue_name_from_url("https://sqs.eu-west-1.amazonaws.com/123/orders.fifo"),
+            "orders.fifo"
+        );
+        assert_eq!(queue_name_from_url("http://127.0.0.1:5000/123/q/"), "q");
+    }
+
+    #[test]
+    fn visibility_rounds_up_to_whole_seconds() {
+        assert_eq!(visibility_seconds(Duration::ZERO), 0);
+        assert_eq!(visibility_seconds(Duration::from_millis(200)), 1);
+        assert_eq!(visibility_seconds(Duration::from_secs(5)), 5);
+        assert_eq!(visibility_seconds(Duration::from_secs(100_000)), 43_200);
+    }
+
+    #[test]
+    fn error_codes_are_classified() {
+        assert_eq!(
+            classify_code("AWS.SimpleQueueService.NonExistentQueue"),
+            QueueErrorKind::NotFound
+        );
+        assert_eq!(
+            classify_code("AccessDenied"),
+            QueueErrorKind::PermissionDenied
+        );
+        assert_eq!(classify_code("RequestThrottled"), QueueErrorKind::Throttled);
+        assert_eq!(
+            classify_code("ReceiptHandleIsInvalid"),
+            QueueErrorKind::LeaseExpired
+        );
+    }
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what Ferry's tests need and is not part of the machine image:
+#   - .venv/ with moto[server] (the SQS-compatible server the SQS tests run against)
+# and checks what the image must already have: cargo, the Google Cloud CLI's Pub/Sub
+# emulator (with Java), kubectl. Idempotent; safe to run before every test run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+command -v cargo >/dev/null || die "cargo is not installed (this project needs a Rust toolchain)"
+command -v python3 >/dev/null || die "python3 is not installed (moto runs on it)"
+
+if [ ! -x .venv/bin/moto_server ]; then
+  say "creating .venv with moto[server]"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
+fi
+.venv/bin/moto_server --help >/dev/null 2>&1 || die ".venv/bin/moto_server does not run; delete .venv and run this script again"
+
+if [ -z "${FERRY_PUBSUB_EMULATOR:-}" ]; then
+  command -v gcloud >/dev/null || die "the Google Cloud CLI (gcloud) with its Pub/Sub emulator is needed; or set FERRY_PUBSUB_EMULATOR to a cloud-pubsub-emulator launcher"
+  sdk_root=$(gcloud info --format='value(installation.sdk_root)')
+  [ -x "$sdk_root/platform/pubsub-emulator/bin/cloud-pubsub-emulator" ] \
+    || die "the Pub/Sub emulator is missing under $sdk_root: gcloud components install pubsub-emulator"
+fi
+command -v java >/dev/null || die "Java is needed by the Pub/Sub emulator"
+say "test dependencies ready"

@@ -1,0 +1,186 @@
+//! Google's Pub/Sub emulator and moto's SQS server, one of each per test process, started on
+//! first use and stopped when the process exits.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::{free_port, log_dir, repo_root};
+
+/// A service process in its own process group. It lives as long as the test process: the
+/// wrapper shell kills the whole group (the Pub/Sub emulator forks a JVM) when its stdin
+/// closes, which happens however the test process ends.
+pub struct Service {
+    pub name: &'static str,
+    pub port: u16,
+    pub log: PathBuf,
+    _child: Mutex<Child>,
+    _lifeline: Mutex<ChildStdin>,
+}
+
+impl Service {
+    pub fn host_port(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn start(
+        name: &'static str,
+        program: &Path,
+        args: &[String],
+        port: u16,
+        ready_path: &str,
+        timeout: Duration,
+    ) -> Self {
+        let log = log_dir().join(format!("{name}-{}-{port}.log", std::process::id()));
+        let log_file = std::fs::File::create(&log).expect("create service log");
+        let script = r#"setsid "$@" </dev/null & pid=$!; cat >/dev/null; kill -TERM -- -$pid 2>/dev/null; sleep 2; kill -KILL -- -$pid 2>/dev/null"#;
+        let mut child = Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .arg("ferry-service")
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(log_file.try_clone().expect("clone log handle"))
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start {name} ({}): {e}", program.display()));
+        let lifeline = child.stdin.take().expect("piped stdin");
+        let service = Self {
+            name,
+            port,
+            log,
+            _child: Mutex::new(child),
+            _lifeline: Mutex::new(lifeline),
+        };
+        service.wait_ready(ready_path, timeout);
+        service
+    }
+
+    fn wait_ready(&self, path: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if http_get_status(self.port, path).is_some_and(|s| s < 500) {
+                return;
+            }
+            if let Ok(Some(status)) = self._child.lock().expect("child lock").try_wait() {
+                panic!(
+                    "{} exited with {status} before it was ready; its log:\n{}",
+                    self.name,
+                    tail(&self.log)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "{} did not become ready on port {} within {timeout:?}; its log:\n{}",
+            self.name,
+            self.port,
+            tail(&self.log)
+        );
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// A minimal HTTP/1.0 GET, so readiness polling needs no async runtime.
+fn http_get_status(port: u16, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().ok()?,
+        Duration::from_millis(500),
+    )
+    .ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// The Pub/Sub emulator's launcher: `FERRY_PUBSUB_EMULATOR` if set, else the one the Google
+/// Cloud CLI installed.
+fn pubsub_launcher() -> PathBuf {
+    if let Some(path) = std::env::var_os("FERRY_PUBSUB_EMULATOR") {
+        return PathBuf::from(path);
+    }
+    let sdk_root = Command::new("gcloud")
+        .args(["info", "--format=value(installation.sdk_root)"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| panic!("the Pub/Sub emulator is needed: install the Google Cloud CLI with its pubsub-emulator component (scripts/install-test-deps.sh does), or set FERRY_PUBSUB_EMULATOR to the cloud-pubsub-emulator launcher"));
+    let launcher = Path::new(&sdk_root).join("platform/pubsub-emulator/bin/cloud-pubsub-emulator");
+    assert!(
+        launcher.exists(),
+        "the Pub/Sub emulator is not installed at {}: run `gcloud components install pubsub-emulator` or `apt-get install google-cloud-cli-pubsub-emulator`",
+        launcher.display()
+    );
+    launcher
+}
+
+/// moto's server from the project virtualenv (`scripts/install-test-deps.sh` creates it),
+/// or `FERRY_MOTO_SERVER`.
+fn moto_server() -> PathBuf {
+    if let Some(path) = std::env::var_os("FERRY_MOTO_SERVER") {
+        return PathBuf::from(path);
+    }
+    let path = repo_root().join(".venv/bin/moto_server");
+    assert!(
+        path.exists(),
+        "moto's SQS server is needed at {}: run scripts/install-test-deps.sh (it creates .venv with moto[server]), or set FERRY_MOTO_SERVER",
+        path.display()
+    );
+    path
+}
+
+/// The Pub/Sub emulator shared by the tests of this process.
+pub fn pubsub() -> &'static Service {
+    static SERVICE: OnceLock<Service> = OnceLock::new();
+    SERVICE.get_or_init(|| {
+        let port = free_port();
+        Service::start(
+            "pubsub-emulator",
+            &pubsub_launcher(),
+            &["--host=127.0.0.1".into(), format!("--port={port}")],
+            port,
+            "/v1/projects/ferry-test/topics",
+            Duration::from_secs(90),
+        )
+    })
+}
+
+/// moto's SQS server shared by the tests of this process.
+pub fn moto() -> &'static Service {
+    static SERVICE: OnceLock<Service> = OnceLock::new();
+    SERVICE.get_or_init(|| {
+        let port = free_port();
+        Service::start(
+            "moto",
+            &moto_server(),
+            &[
+                "-H".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+            ],
+            port,
+            "/moto-api/",
+            Duration::from_secs(60),
+        )
+    })
+}
+
+/// The project every Pub/Sub test uses on the emulator.
+pub const PUBSUB_PROJECT: &str = "ferry-test";
