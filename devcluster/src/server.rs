@@ -1,0 +1,964 @@
+//! The HTTP face: REST paths, discovery, list/watch, Table responses, the scale subresource.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::cluster::{
+    Cluster, DeleteOptions, PatchType, Sub, WriteOptions, as_version, meta_str, qualified,
+};
+use crate::error::{ApiError, ApiResult};
+use crate::registry::ResourceInfo;
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::store::{ChangeEvent, EventType, WatchOrigin};
+use crate::table;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub cluster: Arc<Cluster>,
+    pub bookmark_interval: Duration,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+fn json_response(code: u16, v: &Value) -> Response {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    Response::builder()
+        .status(StatusCode::from_u16(code).unwrap_or(StatusCode::OK))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn error_response(e: &ApiError) -> Response {
+    json_response(e.code, &e.to_status())
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 2;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(q: Option<&str>) -> Self {
+        Self(
+            q.unwrap_or("")
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    (percent_decode(k), percent_decode(v))
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(kk, _)| kk == k)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn flag(&self, k: &str) -> bool {
+        matches!(self.get(k), Some("true" | "1" | ""))
+    }
+}
+
+struct Route {
+    info: ResourceInfo,
+    namespace: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+    watch_path: bool,
+}
+
+async fn handle(
+    State(st): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().trim_end_matches('/').to_string();
+    let q = Query::parse(uri.query());
+    match path.as_str() {
+        "/healthz" | "/readyz" | "/livez" => {
+            return Response::builder()
+                .status(200)
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(Body::from("ok"))
+                .unwrap_or_else(|_| StatusCode::OK.into_response());
+        }
+        "/version" => return json_response(200, &version()),
+        "/api" => {
+            return json_response(
+                200,
+                &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]}),
+            );
+        }
+        "/apis" => return json_response(200, &group_list(&st.cluster)),
+        "/openapi/v3" => return json_response(200, &crate::openapi::root(&st.cluster)),
+        _ => {}
+    }
+    if let Some(rel) = path.strip_prefix("/openapi/v3/") {
+        return match crate::openapi::group_version(&st.cluster, rel) {
+            Some(doc) => json_response(200, &doc),
+            None => error_response(&ApiError::not_found_path(&path)),
+        };
+    }
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g] => {
+            return match group_entry(&st.cluster, g) {
+                Some(g) => json_response(200, &g),
+                None => error_response(&ApiError::not_found_path(&path)),
+            };
+        }
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return error_response(&ApiError::not_found_path(&path)),
+    };
+    if rest.is_empty() {
+        return match resource_list(&st.cluster, group, version) {
+            Some(l) => json_response(200, &l),
+            None => error_response(&ApiError::not_found_path(&path)),
+        };
+    }
+    let (watch_path, rest) = match rest {
+        ["watch", r @ ..] => (true, r),
+        r => (false, r),
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, plural, r @ ..]
+            if st
+                .cluster
+                .registry
+                .find(group, version, plural)
+                .is_some_and(|i| i.namespaced) =>
+        {
+            (Some(ns.to_string()), {
+                let mut v = vec![*plural];
+                v.extend_from_slice(r);
+                v
+            })
+        }
+        r => (None, r.to_vec()),
+    };
+    let Some(plural) = rest.first() else {
+        return error_response(&ApiError::not_found_path(&path));
+    };
+    let info = match st.cluster.resource(group, version, plural) {
+        Ok(i) => i,
+        Err(e) => return error_response(&e),
+    };
+    if rest.len() > 3 {
+        return error_response(&ApiError::not_found_path(&path));
+    }
+    let route = Route {
+        info,
+        namespace,
+        name: rest.get(1).map(|s| s.to_string()),
+        sub: rest.get(2).map(|s| s.to_string()),
+        watch_path,
+    };
+    match dispatch(&st, &method, &route, &q, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    }
+}
+
+fn version() -> Value {
+    json!({
+        "major": "1", "minor": "32", "gitVersion": "v1.32.0-devcluster", "gitCommit": "devcluster",
+        "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23",
+        "compiler": "gc", "platform": "linux/amd64"
+    })
+}
+
+fn groups(cluster: &Cluster) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for r in cluster.registry.all() {
+        if r.group.is_empty() {
+            continue;
+        }
+        match out.iter_mut().find(|(g, _)| *g == r.group) {
+            Some((_, vs)) => {
+                if !vs.contains(&r.version) {
+                    vs.push(r.version.clone());
+                }
+            }
+            None => out.push((r.group.clone(), vec![r.version.clone()])),
+        }
+    }
+    out
+}
+
+fn group_json(g: &str, versions: &[String]) -> Value {
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+        .collect();
+    json!({"name": g, "versions": vs, "preferredVersion": vs[0]})
+}
+
+fn group_list(cluster: &Cluster) -> Value {
+    let gs: Vec<Value> = groups(cluster)
+        .iter()
+        .map(|(g, vs)| group_json(g, vs))
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": gs})
+}
+
+fn group_entry(cluster: &Cluster, group: &str) -> Option<Value> {
+    groups(cluster)
+        .iter()
+        .find(|(g, _)| g == group)
+        .map(|(g, vs)| {
+            let mut v = group_json(g, vs);
+            v["kind"] = json!("APIGroup");
+            v["apiVersion"] = json!("v1");
+            v
+        })
+}
+
+fn resource_list(cluster: &Cluster, group: &str, version: &str) -> Option<Value> {
+    let infos: Vec<ResourceInfo> = cluster
+        .registry
+        .all()
+        .into_iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect();
+    if infos.is_empty() {
+        return None;
+    }
+    let mut resources = Vec::new();
+    for r in &infos {
+        let verbs = [
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch",
+        ];
+        let mut e = json!({
+            "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
+            "kind": r.kind, "verbs": verbs,
+        });
+        if !r.short_names.is_empty() {
+            e["shortNames"] = json!(r.short_names);
+        }
+        if !r.categories.is_empty() {
+            e["categories"] = json!(r.categories);
+        }
+        resources.push(e);
+        if r.status {
+            resources.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]}));
+        }
+        if r.scale.is_some() {
+            resources.push(json!({"name": format!("{}/scale", r.plural), "singularName": "", "namespaced": r.namespaced, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
+        }
+    }
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
+}
+
+fn parse_body(body: &Bytes) -> ApiResult<Value> {
+    if body.is_empty() {
+        return Ok(Value::Null);
+    }
+    // Protobuf bodies start with the "k8s\0" magic; clients fall back to JSON on 415.
+    if body.starts_with(b"k8s\0") {
+        return Err(ApiError::unsupported_media(
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body of the request could not be decoded as JSON: {e}"
+        ))
+    })
+}
+
+fn write_opts(q: &Query, headers: &HeaderMap) -> WriteOptions {
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| a.split('/').next())
+        .unwrap_or("unknown")
+        .to_string();
+    WriteOptions {
+        field_manager: Some(q.get("fieldManager").map(str::to_string).unwrap_or(agent)),
+        force: q.flag("force") && q.get("force").is_some(),
+        dry_run: q.get("dryRun").is_some_and(|d| d == "All"),
+    }
+}
+
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=Table"))
+}
+
+async fn dispatch(
+    st: &AppState,
+    method: &Method,
+    r: &Route,
+    q: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<Response> {
+    let c = &st.cluster;
+    let info = &r.info;
+    let ns = r.namespace.as_deref().unwrap_or("");
+    if info.namespaced && r.namespace.is_none() && r.name.is_some() {
+        return Err(ApiError::not_found_path(
+            "namespaced resource requested without a namespace",
+        ));
+    }
+    if !info.namespaced && r.namespace.is_some() {
+        return Err(ApiError::not_found_path(
+            "cluster-scoped resource requested in a namespace",
+        ));
+    }
+    let sub = match r.sub.as_deref() {
+        None => None,
+        Some("status") if info.status => Some(Sub::Status),
+        Some("status") | Some("scale") => None,
+        Some(other) => return Err(ApiError::not_found_path(other)),
+    };
+    if r.sub.as_deref() == Some("scale") {
+        if info.scale.is_none() {
+            return Err(ApiError::not_found_path("scale"));
+        }
+        let name = r.name.as_deref().unwrap_or("");
+        return scale(st, method, info, ns, name, q, headers, body);
+    }
+    if r.sub.as_deref() == Some("status") && sub.is_none() {
+        return Err(ApiError::not_found_path("status"));
+    }
+    let sub = sub.unwrap_or(Sub::Main);
+    match (method.clone(), r.name.as_deref()) {
+        (Method::GET, None) => {
+            if r.watch_path || q.flag("watch") && q.get("watch").is_some() {
+                watch(st, info, r.namespace.as_deref(), q, headers)
+            } else {
+                list(c, info, r.namespace.as_deref(), q, headers)
+            }
+        }
+        (Method::GET, Some(name)) => {
+            if r.watch_path {
+                let mut q2 = Query(q.0.clone());
+                q2.0.push(("fieldSelector".into(), format!("metadata.name={name}")));
+                return watch(st, info, r.namespace.as_deref(), &q2, headers);
+            }
+            let obj = c.get(info, ns, name)?;
+            if wants_table(headers) {
+                let rv = meta_str(&obj, "resourceVersion").unwrap_or("").to_string();
+                return Ok(json_response(
+                    200,
+                    &table::table(
+                        info,
+                        &[obj],
+                        &rv,
+                        None,
+                        q.get("includeObject").unwrap_or("Metadata"),
+                        true,
+                    ),
+                ));
+            }
+            Ok(json_response(200, &obj))
+        }
+        (Method::POST, None) => {
+            if info.namespaced && r.namespace.is_none() {
+                return Err(ApiError::method_not_allowed("create requires a namespace"));
+            }
+            let body = parse_body(body)?;
+            let obj = c.create(info, ns, body, &write_opts(q, headers))?;
+            Ok(json_response(201, &obj))
+        }
+        (Method::PUT, Some(name)) => {
+            let body = parse_body(body)?;
+            Ok(json_response(
+                200,
+                &c.update(info, ns, name, sub, body, &write_opts(q, headers))?,
+            ))
+        }
+        (Method::PATCH, Some(name)) => {
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let ptype = PatchType::from_content_type(ct)
+                .ok_or_else(|| ApiError::unsupported_media(format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {ct:?})")))?;
+            let body = parse_body(body)?;
+            let existed = c.try_get(info, ns, name).is_some();
+            let obj = c.patch(info, ns, name, sub, ptype, &body, &write_opts(q, headers))?;
+            Ok(json_response(if existed { 200 } else { 201 }, &obj))
+        }
+        (Method::DELETE, Some(name)) => {
+            let opts = delete_opts(q, body)?;
+            let obj = c.delete(info, ns, name, &opts)?;
+            let gone = c.try_get(info, ns, name).is_none();
+            Ok(json_response(if gone { 200 } else { 202 }, &obj))
+        }
+        (Method::DELETE, None) => {
+            let opts = delete_opts(q, body)?;
+            let (items, rv) = select(c, info, r.namespace.as_deref(), q)?;
+            let mut out = Vec::new();
+            for o in items {
+                let n = meta_str(&o, "name").unwrap_or("").to_string();
+                let ons = meta_str(&o, "namespace").unwrap_or("").to_string();
+                if let Ok(v) = c.delete(info, &ons, &n, &opts) {
+                    out.push(v);
+                }
+            }
+            Ok(json_response(
+                200,
+                &list_json(info, out, &rv.to_string(), None),
+            ))
+        }
+        _ => Err(ApiError::method_not_allowed(format!(
+            "{method} is not supported here"
+        ))),
+    }
+}
+
+fn delete_opts(q: &Query, body: &Bytes) -> ApiResult<DeleteOptions> {
+    let b = parse_body(body)?;
+    let s = |k: &str| {
+        b.get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| q.get(k).map(str::to_string))
+    };
+    Ok(DeleteOptions {
+        propagation: s("propagationPolicy").or_else(|| {
+            match b.get("orphanDependents").and_then(Value::as_bool) {
+                Some(true) => Some("Orphan".into()),
+                _ => None,
+            }
+        }),
+        grace_seconds: b
+            .get("gracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .or_else(|| q.get("gracePeriodSeconds").and_then(|g| g.parse().ok())),
+        uid: b
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        resource_version: b
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        dry_run: q.get("dryRun").is_some_and(|d| d == "All")
+            || b.get("dryRun")
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|x| x == "All")),
+    })
+}
+
+fn selectors(q: &Query) -> ApiResult<(LabelSelector, FieldSelector)> {
+    let l = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))
+        .map_err(ApiError::bad_request)?;
+    let f = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))
+        .map_err(ApiError::bad_request)?;
+    Ok((l, f))
+}
+
+fn matches(l: &LabelSelector, f: &FieldSelector, obj: &Value) -> bool {
+    l.matches(obj.pointer("/metadata/labels")) && (f.is_empty() || f.matches(obj))
+}
+
+fn select(
+    c: &Cluster,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+    q: &Query,
+) -> ApiResult<(Vec<Value>, u64)> {
+    let (l, f) = selectors(q)?;
+    let snap = c.store.list(&info.gr(), ns);
+    let items = snap
+        .items
+        .iter()
+        .filter(|o| matches(&l, &f, o))
+        .map(|o| as_version(info, o))
+        .collect();
+    Ok((items, snap.rv))
+}
+
+fn list_json(
+    info: &ResourceInfo,
+    items: Vec<Value>,
+    rv: &str,
+    cont: Option<(String, usize)>,
+) -> Value {
+    let mut meta = json!({"resourceVersion": rv});
+    if let Some((c, remaining)) = cont {
+        meta["continue"] = json!(c);
+        meta["remainingItemCount"] = json!(remaining);
+    }
+    json!({"kind": format!("{}List", info.kind), "apiVersion": info.api_version(), "metadata": meta, "items": items})
+}
+
+fn encode_continue(ns: &str, name: &str) -> String {
+    let raw = serde_json::to_string(&[ns, name]).unwrap_or_default();
+    raw.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_continue(token: &str) -> ApiResult<(String, String)> {
+    let bytes: Option<Vec<u8>> = (0..token.len())
+        .step_by(2)
+        .map(|i| {
+            token
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect();
+    let bad = || ApiError::bad_request("continue key is not valid");
+    let v: Vec<String> = serde_json::from_slice(&bytes.ok_or_else(bad)?).map_err(|_| bad())?;
+    match v.as_slice() {
+        [a, b] => Ok((a.clone(), b.clone())),
+        _ => Err(bad()),
+    }
+}
+
+fn list(
+    c: &Cluster,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+    q: &Query,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let (mut items, rv) = select(c, info, ns, q)?;
+    if let Some(token) = q.get("continue").filter(|t| !t.is_empty()) {
+        let after = decode_continue(token)?;
+        items.retain(|o| {
+            (
+                meta_str(o, "namespace").unwrap_or("").to_string(),
+                meta_str(o, "name").unwrap_or("").to_string(),
+            ) > after
+        });
+    }
+    let mut cont = None;
+    if let Some(limit) = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0)
+        && items.len() > limit
+    {
+        let remaining = items.len() - limit;
+        items.truncate(limit);
+        let last = &items[limit - 1];
+        cont = Some((
+            encode_continue(
+                meta_str(last, "namespace").unwrap_or(""),
+                meta_str(last, "name").unwrap_or(""),
+            ),
+            remaining,
+        ));
+    }
+    let rv = rv.to_string();
+    if wants_table(headers) {
+        let t = table::table(
+            info,
+            &items,
+            &rv,
+            cont.as_ref().map(|c| c.0.as_str()),
+            q.get("includeObject").unwrap_or("Metadata"),
+            true,
+        );
+        return Ok(json_response(200, &t));
+    }
+    Ok(json_response(200, &list_json(info, items, &rv, cont)))
+}
+
+struct WatchSpec {
+    info: ResourceInfo,
+    ns: Option<String>,
+    labels: LabelSelector,
+    fields: FieldSelector,
+    table: bool,
+    include_object: String,
+    bookmarks: bool,
+}
+
+impl WatchSpec {
+    fn selected(&self, obj: &Value) -> bool {
+        let ns_ok = self
+            .ns
+            .as_deref()
+            .is_none_or(|n| meta_str(obj, "namespace") == Some(n));
+        ns_ok && matches(&self.labels, &self.fields, obj)
+    }
+
+    fn render(&self, kind: &str, obj: &Value, headers: bool) -> Bytes {
+        let o = as_version(&self.info, obj);
+        let object = if self.table && kind != "BOOKMARK" {
+            let rv = meta_str(&o, "resourceVersion").unwrap_or("").to_string();
+            table::table(&self.info, &[o], &rv, None, &self.include_object, headers)
+        } else {
+            o
+        };
+        let mut line =
+            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+
+    /// The watch event an object change becomes for this watcher, honouring selectors.
+    fn translate(&self, ev: &ChangeEvent) -> Option<(&'static str, Arc<Value>)> {
+        if ev.gr != self.info.gr() {
+            return None;
+        }
+        let now = self.selected(&ev.object);
+        let before = ev.old.as_deref().is_some_and(|o| self.selected(o));
+        match ev.kind {
+            EventType::Added if now => Some(("ADDED", ev.object.clone())),
+            EventType::Modified if now && before => Some(("MODIFIED", ev.object.clone())),
+            EventType::Modified if now => Some(("ADDED", ev.object.clone())),
+            EventType::Modified if before => Some(("DELETED", ev.object.clone())),
+            EventType::Deleted if before || now => Some(("DELETED", ev.object.clone())),
+            _ => None,
+        }
+    }
+}
+
+fn bookmark(info: &ResourceInfo, rv: u64, initial_end: bool) -> Value {
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if initial_end {
+        meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    json!({"kind": info.kind, "apiVersion": info.api_version(), "metadata": meta})
+}
+
+fn watch(
+    st: &AppState,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+    q: &Query,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let (labels, fields) = selectors(q)?;
+    let spec = WatchSpec {
+        info: info.clone(),
+        ns: ns.map(str::to_string),
+        labels,
+        fields,
+        table: wants_table(headers),
+        include_object: q.get("includeObject").unwrap_or("Metadata").to_string(),
+        bookmarks: q.flag("allowWatchBookmarks") && q.get("allowWatchBookmarks").is_some(),
+    };
+    let send_initial = q.get("sendInitialEvents") == Some("true");
+    let start_rv = match q.get("resourceVersion") {
+        None | Some("") | Some("0") => None,
+        Some(v) => Some(
+            v.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version {v:?}")))?,
+        ),
+    };
+    let start_rv = if send_initial { None } else { start_rv };
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(1800));
+    let (rx, cur_rv, origin) = st.cluster.store.watch_from(&info.gr(), ns, start_rv);
+    let (tx, out) = mpsc::channel::<Result<Bytes, Infallible>>(256);
+    let interval = st.bookmark_interval;
+    tokio::spawn(run_watch(
+        spec,
+        rx,
+        cur_rv,
+        origin,
+        start_rv,
+        send_initial,
+        timeout,
+        interval,
+        tx,
+    ));
+    let stream = futures::stream::unfold(
+        out,
+        |mut rx| async move { rx.recv().await.map(|x| (x, rx)) },
+    );
+    Ok(Response::builder()
+        .status(200)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-cache, private")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_watch(
+    spec: WatchSpec,
+    mut rx: broadcast::Receiver<Arc<ChangeEvent>>,
+    cur_rv: u64,
+    origin: Result<WatchOrigin, ()>,
+    start_rv: Option<u64>,
+    send_initial: bool,
+    timeout: Duration,
+    bookmark_every: Duration,
+    tx: mpsc::Sender<Result<Bytes, Infallible>>,
+) {
+    let expired = |rv: Option<u64>| {
+        let e = ApiError::gone(format!(
+            "too old resource version: {} ({})",
+            rv.unwrap_or(0),
+            cur_rv
+        ));
+        let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()}))
+            .unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    };
+    let mut headers = true;
+    let mut last = cur_rv;
+    match origin {
+        Err(()) => {
+            let _ = tx.send(Ok(expired(start_rv))).await;
+            return;
+        }
+        Ok(WatchOrigin::List(items)) => {
+            for o in items.iter().filter(|o| spec.selected(o)) {
+                if tx.send(Ok(spec.render("ADDED", o, headers))).await.is_err() {
+                    return;
+                }
+                headers = false;
+            }
+            if send_initial {
+                let b = spec.render("BOOKMARK", &bookmark(&spec.info, cur_rv, true), false);
+                if tx.send(Ok(b)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        Ok(WatchOrigin::Replay(events)) => {
+            for ev in &events {
+                if let Some((kind, obj)) = spec.translate(ev) {
+                    if tx.send(Ok(spec.render(kind, &obj, headers))).await.is_err() {
+                        return;
+                    }
+                    headers = false;
+                }
+            }
+        }
+    }
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let mut ticker = tokio::time::interval(bookmark_every);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return,
+            _ = tx.closed() => return,
+            _ = ticker.tick(), if spec.bookmarks => {
+                if tx.send(Ok(spec.render("BOOKMARK", &bookmark(&spec.info, last, false), false))).await.is_err() {
+                    return;
+                }
+            }
+            ev = rx.recv() => match ev {
+                Ok(ev) => {
+                    if ev.rv <= last && ev.rv <= cur_rv {
+                        continue;
+                    }
+                    last = last.max(ev.rv);
+                    if let Some((kind, obj)) = spec.translate(&ev) {
+                        if tx.send(Ok(spec.render(kind, &obj, headers))).await.is_err() {
+                            return;
+                        }
+                        headers = false;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let _ = tx.send(Ok(expired(Some(last)))).await;
+                    return;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+fn pointer_of(path: &str) -> String {
+    path.trim_start_matches('.')
+        .split('.')
+        .fold(String::new(), |acc, s| format!("{acc}/{s}"))
+}
+
+fn scale_of(info: &ResourceInfo, obj: &Value) -> Value {
+    let sp = info.scale.as_ref().expect("scale paths");
+    let spec_r = obj
+        .pointer(&pointer_of(&sp.spec_replicas))
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let status_r = obj
+        .pointer(&pointer_of(&sp.status_replicas))
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let selector = if info.crd.is_none() {
+        obj.pointer("/spec/selector")
+            .map(|s| LabelSelector::from_object(s).to_query())
+    } else {
+        sp.label_selector
+            .as_ref()
+            .and_then(|p| obj.pointer(&pointer_of(p)))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let m = obj.get("metadata").cloned().unwrap_or(json!({}));
+    let mut status = json!({"replicas": status_r});
+    if let Some(s) = selector {
+        status["selector"] = json!(s);
+    }
+    json!({
+        "kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {"name": m.get("name"), "namespace": m.get("namespace"), "uid": m.get("uid"),
+                      "resourceVersion": m.get("resourceVersion"), "creationTimestamp": m.get("creationTimestamp")},
+        "spec": {"replicas": spec_r},
+        "status": status,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scale(
+    st: &AppState,
+    method: &Method,
+    info: &ResourceInfo,
+    ns: &str,
+    name: &str,
+    q: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<Response> {
+    let c = &st.cluster;
+    let obj = c.get(info, ns, name)?;
+    let current = scale_of(info, &obj);
+    let desired = match *method {
+        Method::GET => return Ok(json_response(200, &current)),
+        Method::PUT => parse_body(body)?,
+        Method::PATCH => {
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let patch = parse_body(body)?;
+            let mut s = current.clone();
+            match PatchType::from_content_type(ct) {
+                Some(PatchType::Json) => crate::patch::json_patch(&mut s, &patch)?,
+                Some(PatchType::Merge) | Some(PatchType::Strategic) | Some(PatchType::Apply) => {
+                    crate::patch::json_merge(&mut s, &patch)
+                }
+                None => {
+                    return Err(ApiError::unsupported_media(format!(
+                        "unsupported patch type {ct:?}"
+                    )));
+                }
+            }
+            s
+        }
+        _ => {
+            return Err(ApiError::method_not_allowed(
+                "scale supports get, update and patch",
+            ));
+        }
+    };
+    let replicas = desired
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "Scale",
+                "autoscaling",
+                name,
+                vec![("spec.replicas".into(), "Required value".into())],
+            )
+        })?;
+    if replicas < 0 {
+        return Err(ApiError::invalid(
+            "Scale",
+            "autoscaling",
+            name,
+            vec![(
+                "spec.replicas".into(),
+                format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+            )],
+        ));
+    }
+    let want_rv = desired
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let opts = write_opts(q, headers);
+    let manager = opts.field_manager.clone().unwrap_or_default();
+    let ptr = pointer_of(&info.scale.as_ref().expect("scale").spec_replicas);
+    let updated = c.modify(info, ns, name, &manager, |old| {
+        let mut new = old.clone();
+        if let Some(rv) = &want_rv
+            && !rv.is_empty()
+        {
+            new["metadata"]["resourceVersion"] = json!(rv);
+        } else if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
+        set_pointer(&mut new, &ptr, json!(replicas));
+        Some(new)
+    })?;
+    let _ = qualified(info);
+    Ok(json_response(200, &scale_of(info, &updated)))
+}
+
+fn set_pointer(obj: &mut Value, ptr: &str, v: Value) {
+    let mut cur = obj;
+    let parts: Vec<&str> = ptr.split('/').filter(|s| !s.is_empty()).collect();
+    for (i, p) in parts.iter().enumerate() {
+        if i == parts.len() - 1 {
+            if let Some(m) = cur.as_object_mut() {
+                m.insert(p.to_string(), v);
+            }
+            return;
+        }
+        if !cur.get(*p).is_some_and(Value::is_object) {
+            cur[*p] = json!({});
+        }
+        cur = &mut cur[*p];
+    }
+}
