@@ -1,3 +1,4 @@
 //! ferry-operator: the QueueConsumer controller and its autoscaler.
 
 pub mod autoscaler;
+pub mod sim;

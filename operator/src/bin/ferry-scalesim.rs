@@ -1,0 +1,126 @@
+//! Runs the autoscaling benchmark: the `ferry` policy, KEDA on the HPA (tuned per trace) and a
+//! clairvoyant lower bound over the built-in traces or CSV traces of your own traffic.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use ferry_operator::autoscaler::ScalingSpec;
+use ferry_operator::sim::bench::{BenchConfig, run_trace};
+use ferry_operator::sim::model::ModelConfig;
+use ferry_operator::sim::plot::trace_svg;
+use ferry_operator::sim::report::{Report, table};
+use ferry_operator::sim::trace::{Trace, builtin_suite};
+
+#[derive(Debug, Parser)]
+#[command(name = "ferry-scalesim", about)]
+struct Args {
+    /// CSV trace `second,arrivals[,mean_service_s]`; repeatable. Without it, the built-in suite.
+    #[arg(long = "trace", value_name = "FILE")]
+    traces: Vec<PathBuf>,
+    /// Run only the built-in traces with these names.
+    #[arg(long = "only", value_name = "NAME")]
+    only: Vec<String>,
+    /// Write `report.json` and one SVG per trace here.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Seconds a message may wait (the policy's target and the SLO every policy is judged by).
+    #[arg(long, default_value_t = 30.0)]
+    target_latency: f64,
+    #[arg(long, default_value_t = 15.0)]
+    pod_startup: f64,
+    #[arg(long, default_value_t = 8)]
+    concurrency: u32,
+    /// Mean service seconds where the trace does not say.
+    #[arg(long, default_value_t = 0.5)]
+    mean_service: f64,
+    /// Coefficient of variation of the log-normal service time.
+    #[arg(long, default_value_t = 1.0)]
+    service_cv: f64,
+    #[arg(long, default_value_t = 50)]
+    max_replicas: u32,
+    #[arg(long, default_value_t = 0)]
+    min_replicas: u32,
+    /// Seconds between the operator's polls.
+    #[arg(long, default_value_t = 5)]
+    poll_interval: u32,
+    /// Age of scraped values (both ferry and KEDA see the queue this late).
+    #[arg(long, default_value_t = 2)]
+    metric_lag: u32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Threads for KEDA's queue-length sweep.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let traces = if args.traces.is_empty() {
+        let suite = builtin_suite();
+        if args.only.is_empty() {
+            suite
+        } else {
+            let picked: Vec<Trace> = suite
+                .into_iter()
+                .filter(|t| args.only.contains(&t.name))
+                .collect();
+            anyhow::ensure!(
+                !picked.is_empty(),
+                "no built-in trace named {:?}",
+                args.only
+            );
+            picked
+        }
+    } else {
+        args.traces
+            .iter()
+            .map(|p| Trace::from_file(p))
+            .collect::<anyhow::Result<_>>()?
+    };
+
+    let model = ModelConfig {
+        pod_startup_seconds: args.pod_startup,
+        concurrency_per_pod: args.concurrency,
+        default_mean_service_seconds: args.mean_service,
+        service_cv: args.service_cv,
+        seed: args.seed,
+        ..ModelConfig::default()
+    };
+    let scaling = ScalingSpec {
+        min_replicas: args.min_replicas,
+        max_replicas: args.max_replicas,
+        target_latency_seconds: Some(args.target_latency),
+        ..ScalingSpec::default()
+    };
+    scaling.validate()?;
+    let mut config = BenchConfig::new(model, scaling);
+    config.scrape.poll_interval_seconds = args.poll_interval.max(1);
+    config.scrape.lag_seconds = args.metric_lag;
+    config.threads = args.threads;
+
+    let mut results = Vec::new();
+    for trace in &traces {
+        eprintln!(
+            "running {} ({} s, {} messages)",
+            trace.name,
+            trace.duration_seconds(),
+            trace.total_arrivals()
+        );
+        results.push(run_trace(&config, trace)?);
+    }
+    print!("{}", table(&results));
+
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let report = serde_json::to_string_pretty(&Report::of(&results))?;
+        std::fs::write(dir.join("report.json"), report + "\n")?;
+        for result in &results {
+            let path = dir.join(format!("{}.svg", result.name));
+            std::fs::write(&path, trace_svg(result))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        eprintln!("wrote {}", dir.join("report.json").display());
+    }
+    Ok(())
+}

@@ -1,0 +1,163 @@
+use super::bench::{BenchConfig, run_trace};
+use super::model::{Controller, Message, ModelConfig, RemovalMode, TickRecord, materialize, run};
+use super::report::Report;
+use super::trace::{Trace, TraceSecond};
+use crate::autoscaler::ScalingSpec;
+
+/// Holds `replicas` until `until`, then `after`.
+struct Fixed {
+    replicas: u32,
+    until: f64,
+    after: u32,
+    mode: RemovalMode,
+}
+
+impl Controller for Fixed {
+    fn removal_mode(&self) -> RemovalMode {
+        self.mode
+    }
+    fn tick(&mut self, now: f64, _: &[TickRecord], _: u32) -> Option<u32> {
+        Some(if now < self.until {
+            self.replicas
+        } else {
+            self.after
+        })
+    }
+}
+
+fn constant_trace(rate: u32, seconds: usize, service: Option<f64>) -> Trace {
+    Trace {
+        name: "constant".into(),
+        seconds: vec![
+            TraceSecond {
+                arrivals: rate,
+                mean_service_seconds: service,
+            };
+            seconds
+        ],
+    }
+}
+
+fn config() -> ModelConfig {
+    ModelConfig {
+        pod_startup_seconds: 10.0,
+        concurrency_per_pod: 4,
+        ..ModelConfig::default()
+    }
+}
+
+#[test]
+fn every_message_is_served_once_and_pods_cost_from_creation() {
+    let config = config();
+    let trace = constant_trace(10, 300, None);
+    let messages = materialize(&trace, &config);
+    let mut fixed = Fixed {
+        replicas: 3,
+        until: f64::INFINITY,
+        after: 3,
+        mode: RemovalMode::DrainIdlest,
+    };
+    let outcome = run(&config, &messages, 300, &mut fixed, 1000);
+    assert_eq!(outcome.waits.len(), messages.len());
+    assert_eq!(outcome.redeliveries, 0);
+    // Three pods for the whole run, messages waiting only for the first start-up.
+    assert_eq!(outcome.replica_seconds, 3.0 * outcome.replicas.len() as f64);
+    let late: Vec<_> = messages
+        .iter()
+        .zip(&outcome.waits)
+        .filter(|(m, w)| m.arrival > 60.0 && **w > 5.0)
+        .collect();
+    assert!(late.is_empty(), "{} late messages", late.len());
+}
+
+#[test]
+fn an_underprovisioned_queue_builds_a_backlog_and_violates_the_target() {
+    let config = config();
+    // 10 msg/s × 0.5 s = 5 busy slots, one pod has 4.
+    let trace = constant_trace(10, 600, None);
+    let messages = materialize(&trace, &config);
+    let mut fixed = Fixed {
+        replicas: 1,
+        until: f64::INFINITY,
+        after: 1,
+        mode: RemovalMode::DrainIdlest,
+    };
+    let outcome = run(&config, &messages, 600, &mut fixed, 600);
+    assert!(outcome.slo_violation_seconds > 100.0);
+    assert!(*outcome.backlog.last().unwrap() > 100);
+}
+
+#[test]
+fn draining_never_cuts_work_but_killing_does() {
+    let config = config();
+    let trace = constant_trace(1, 200, Some(60.0));
+    let messages: Vec<Message> = materialize(&trace, &config);
+    let shrink = |mode| Fixed {
+        replicas: 20,
+        until: 150.0,
+        after: 2,
+        mode,
+    };
+    let drained = run(
+        &config,
+        &messages,
+        200,
+        &mut shrink(RemovalMode::DrainIdlest),
+        5000,
+    );
+    assert_eq!(drained.redeliveries, 0);
+    let killed = run(
+        &config,
+        &messages,
+        200,
+        &mut shrink(RemovalMode::KillNewest),
+        5000,
+    );
+    assert!(killed.redeliveries > 0);
+    let max = |w: &[f64]| w.iter().copied().fold(0.0, f64::max);
+    assert!(max(&killed.waits) > max(&drained.waits));
+}
+
+#[test]
+fn the_benchmark_runs_the_policy_and_reports_in_the_issue_shape() {
+    let trace = Trace {
+        name: "tiny".into(),
+        seconds: (0..600)
+            .map(|t| TraceSecond {
+                arrivals: if (100..200).contains(&t) { 40 } else { 2 },
+                mean_service_seconds: None,
+            })
+            .collect(),
+    };
+    let mut bench = BenchConfig::new(config(), ScalingSpec::default());
+    bench.keda_queue_lengths = vec![5, 20];
+    let result = run_trace(&bench, &trace).unwrap();
+    assert!(result.ferry.stats.summary.scale_events > 0);
+    assert!(result.ferry.stats.messages as u64 == trace.total_arrivals());
+    assert!(result.oracle.stats.summary.replica_seconds > 0.0);
+    assert!(
+        result.oracle.stats.summary.replica_seconds <= result.ferry.stats.summary.replica_seconds
+    );
+    let json = serde_json::to_value(Report::of(&[result])).unwrap();
+    let policies = &json["traces"][0]["policies"];
+    assert_eq!(json["traces"][0]["name"], "tiny");
+    for policy in ["ferry", "keda", "oracle"] {
+        let mut keys: Vec<_> = policies[policy]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "max_wait_s",
+                "p99_wait_s",
+                "replica_seconds",
+                "scale_events",
+                "slo_violation_s"
+            ]
+        );
+    }
+}

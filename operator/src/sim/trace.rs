@@ -1,0 +1,222 @@
+//! Arrival traces: messages arriving per second, optionally with their mean service time.
+
+use std::f64::consts::PI;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::random::poisson;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TraceSecond {
+    pub arrivals: u32,
+    /// Mean service time of the messages arriving in this second; `None` uses the model's.
+    pub mean_service_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trace {
+    pub name: String,
+    pub seconds: Vec<TraceSecond>,
+}
+
+impl Trace {
+    pub fn duration_seconds(&self) -> usize {
+        self.seconds.len()
+    }
+
+    pub fn total_arrivals(&self) -> u64 {
+        self.seconds.iter().map(|s| u64::from(s.arrivals)).sum()
+    }
+
+    /// Parses `second,arrivals[,mean_service_s]` lines. Seconds may have gaps (no arrivals
+    /// then) but must not go backwards; blank lines and `#` comments are skipped, and so is a
+    /// header line.
+    pub fn parse_csv(name: &str, text: &str) -> anyhow::Result<Self> {
+        let mut seconds: Vec<TraceSecond> = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let line_no = index + 1;
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+            if index == 0 && fields[0].parse::<f64>().is_err() {
+                continue;
+            }
+            if !(2..=3).contains(&fields.len()) {
+                bail!("line {line_no}: expected `second,arrivals[,mean_service_s]`, got `{line}`");
+            }
+            let second: usize = fields[0]
+                .parse()
+                .with_context(|| format!("line {line_no}: second `{}`", fields[0]))?;
+            let arrivals: u32 = fields[1]
+                .parse()
+                .with_context(|| format!("line {line_no}: arrivals `{}`", fields[1]))?;
+            let mean_service_seconds = match fields.get(2) {
+                Some(f) if !f.is_empty() => {
+                    let s: f64 = f
+                        .parse()
+                        .with_context(|| format!("line {line_no}: mean service `{f}`"))?;
+                    if !(s.is_finite() && s > 0.0) {
+                        bail!("line {line_no}: mean service must be positive, got {s}");
+                    }
+                    Some(s)
+                }
+                _ => None,
+            };
+            if second + 1 < seconds.len() {
+                bail!("line {line_no}: second {second} goes backwards");
+            }
+            if second >= seconds.len() {
+                seconds.resize(
+                    second + 1,
+                    TraceSecond {
+                        arrivals: 0,
+                        mean_service_seconds: None,
+                    },
+                );
+            }
+            let slot = &mut seconds[second];
+            slot.arrivals += arrivals;
+            if mean_service_seconds.is_some() {
+                slot.mean_service_seconds = mean_service_seconds;
+            }
+        }
+        if seconds.is_empty() {
+            bail!("trace {name} has no lines");
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            seconds,
+        })
+    }
+
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading trace {}", path.display()))?;
+        let name = path
+            .file_stem()
+            .map_or_else(|| "trace".to_owned(), |s| s.to_string_lossy().into_owned());
+        Self::parse_csv(&name, &text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// Poisson arrivals around `rate(second)` messages per second.
+    fn from_rate(
+        name: &str,
+        duration: usize,
+        seed: u64,
+        mean_service_seconds: Option<f64>,
+        rate: impl Fn(usize, &mut StdRng) -> f64,
+    ) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let seconds = (0..duration)
+            .map(|t| {
+                let r = rate(t, &mut rng);
+                TraceSecond {
+                    arrivals: poisson(&mut rng, r),
+                    mean_service_seconds,
+                }
+            })
+            .collect();
+        Self {
+            name: name.to_owned(),
+            seconds,
+        }
+    }
+}
+
+/// The built-in suite. Fixed seeds: the traces are part of the benchmark, not of a run.
+pub fn builtin_suite() -> Vec<Trace> {
+    vec![
+        Trace::from_rate("steady", 1800, 1, None, |_, _| 100.0),
+        Trace::from_rate("step-x10", 2400, 2, None, |t, _| {
+            if (600..1800).contains(&t) {
+                200.0
+            } else {
+                20.0
+            }
+        }),
+        Trace::from_rate("short-spike", 1800, 3, None, |t, _| {
+            if (600..660).contains(&t) { 400.0 } else { 20.0 }
+        }),
+        Trace::from_rate("diurnal", 3600, 4, None, |t, _| {
+            10.0 + 190.0 * (1.0 - (2.0 * PI * t as f64 / 3600.0).cos()) / 2.0
+        }),
+        bursty(),
+        Trace::from_rate("slow-drip", 3600, 6, Some(2.0), |_, _| 1.0 / 45.0),
+        Trace::from_rate("long-jobs", 3600, 7, Some(60.0), |_, _| 0.5),
+    ]
+}
+
+/// Quiet stretches of 2 msg/s broken by bursts of 20–60 s at 100–300 msg/s, a few minutes apart.
+fn bursty() -> Trace {
+    let mut rng = StdRng::seed_from_u64(5);
+    let duration = 3600;
+    let mut rates = vec![2.0; duration];
+    let mut t = rng.random_range(60..240);
+    while t < duration {
+        let length = rng.random_range(20..=60);
+        let rate = rng.random_range(100.0..300.0);
+        for r in rates.iter_mut().skip(t).take(length) {
+            *r = rate;
+        }
+        t += length + rng.random_range(90..400);
+    }
+    Trace::from_rate("bursty", duration, 55, None, move |t, _| rates[t])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_with_header_gaps_and_service_column() {
+        let trace = Trace::parse_csv(
+            "mine",
+            "second,arrivals,mean_service_s\n0,5\n3,2,1.5\n3,1\n",
+        )
+        .unwrap();
+        assert_eq!(trace.duration_seconds(), 4);
+        assert_eq!(trace.total_arrivals(), 8);
+        assert_eq!(trace.seconds[1].arrivals, 0);
+        assert_eq!(trace.seconds[3].mean_service_seconds, Some(1.5));
+        assert_eq!(trace.seconds[0].mean_service_seconds, None);
+    }
+
+    #[test]
+    fn csv_errors_name_the_line() {
+        let err = Trace::parse_csv("bad", "0,1\n1,x\n").unwrap_err();
+        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
+        let err = Trace::parse_csv("bad", "5,1\n2,1\n").unwrap_err();
+        assert!(format!("{err:#}").contains("backwards"), "{err:#}");
+        assert!(Trace::parse_csv("bad", "0,1,-2\n").is_err());
+        assert!(Trace::parse_csv("empty", "\n# nothing\n").is_err());
+    }
+
+    #[test]
+    fn builtin_suite_is_reproducible_and_shaped_as_named() {
+        let a = builtin_suite();
+        assert_eq!(a, builtin_suite());
+        let names: Vec<_> = a.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "steady",
+                "step-x10",
+                "short-spike",
+                "diurnal",
+                "bursty",
+                "slow-drip",
+                "long-jobs"
+            ]
+        );
+        let step = &a[1];
+        let before: u32 = step.seconds[..600].iter().map(|s| s.arrivals).sum();
+        let after: u32 = step.seconds[600..1200].iter().map(|s| s.arrivals).sum();
+        let ratio = f64::from(after) / f64::from(before);
+        assert!((9.0..11.0).contains(&ratio), "{ratio}");
+    }
+}
