@@ -18,13 +18,18 @@ connection retries it with backoff until the queue's redrive policy moves it to 
 a status listed in FERRY_PERMANENT_FAILURE_STATUSES sends it to the dead-letter queue at once."
 )]
 pub struct Config {
-    /// Queue provider: sqs or pubsub.
-    #[arg(long, env = "FERRY_PROVIDER", value_parser = parse_provider)]
-    pub provider: Provider,
+    /// Queue provider: sqs or pubsub (required).
+    #[arg(long = "provider", env = "FERRY_PROVIDER", value_parser = parse_provider)]
+    provider_arg: Option<Provider>,
 
-    /// SQS queue URL, or projects/<project>/subscriptions/<subscription>.
-    #[arg(long, env = "FERRY_QUEUE")]
+    /// SQS queue URL, or projects/<project>/subscriptions/<subscription> (required).
+    #[arg(long = "queue", env = "FERRY_QUEUE", default_value = "")]
     pub queue: String,
+
+    /// Filled from `provider_arg` by `validate`, so a missing value is reported with the
+    /// variable's name instead of clap's generic "required argument" text.
+    #[arg(skip = Provider::Sqs)]
+    pub provider: Provider,
 
     /// Dead-letter queue URL (SQS), or the dead-letter topic's subscription path (Pub/Sub).
     #[arg(long, env = "FERRY_DEAD_LETTER")]
@@ -100,8 +105,16 @@ pub struct Config {
 }
 
 impl Config {
-    /// Cross-field rules clap cannot express.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Required values and cross-field rules clap cannot express.
+    pub fn validate(&mut self) -> Result<(), String> {
+        self.provider = self
+            .provider_arg
+            .ok_or("FERRY_PROVIDER (--provider) is required; accepted values: sqs, pubsub")?;
+        if self.queue.is_empty() {
+            return Err(
+                "FERRY_QUEUE (--queue) is required: an SQS queue URL, or projects/<project>/subscriptions/<subscription>".into(),
+            );
+        }
         if self.retry_backoff_min > self.retry_backoff_max {
             return Err(format!(
                 "FERRY_RETRY_BACKOFF_MIN ({:?}) must not exceed FERRY_RETRY_BACKOFF_MAX ({:?})",
@@ -280,7 +293,7 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_contract() {
-        let config = parse(&SQS).unwrap();
+        let mut config = parse(&SQS).unwrap();
         assert_eq!(config.delivery_url, "http://127.0.0.1:8080/");
         assert_eq!(config.listen_addr, "0.0.0.0:9090".parse().unwrap());
         assert_eq!(config.content_type, "application/json");
@@ -320,17 +333,17 @@ mod tests {
 
     #[test]
     fn queue_must_match_the_provider() {
-        let config = parse(&["--provider", "pubsub", "--queue", "https://sqs/1/q"]).unwrap();
+        let mut config = parse(&["--provider", "pubsub", "--queue", "https://sqs/1/q"]).unwrap();
         assert!(
             config
                 .validate()
                 .unwrap_err()
                 .contains("projects/<project>/subscriptions/<subscription>")
         );
-        let config =
+        let mut config =
             parse(&["--provider", "sqs", "--queue", "projects/p/subscriptions/s"]).unwrap();
         assert!(config.validate().unwrap_err().contains("SQS queue URL"));
-        let config = parse(&[
+        let mut config = parse(&[
             "--provider",
             "pubsub",
             "--queue",
@@ -341,8 +354,16 @@ mod tests {
     }
 
     #[test]
+    fn provider_and_queue_are_required_by_name() {
+        let err = parse(&[]).unwrap().validate().unwrap_err();
+        assert!(err.contains("FERRY_PROVIDER (--provider) is required"), "{err}");
+        let err = parse(&["--provider", "sqs"]).unwrap().validate().unwrap_err();
+        assert!(err.contains("FERRY_QUEUE (--queue) is required"), "{err}");
+    }
+
+    #[test]
     fn backoff_bounds_are_ordered() {
-        let config = parse(
+        let mut config = parse(
             &[
                 &SQS[..],
                 &["--retry-backoff-min", "10", "--retry-backoff-max", "5"],

@@ -11,7 +11,7 @@ use ferry_consumer::{server, stats};
 use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let mut config = Config::parse();
     if let Err(message) = config.validate() {
         eprintln!("error: {message}");
         return ExitCode::from(2);

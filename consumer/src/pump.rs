@@ -132,7 +132,9 @@ impl Pump {
                         );
                     }
                     consecutive_errors = 0;
-                    self.health.queue_answered();
+                    if !messages.is_empty() || self.queue.receive_calls_the_queue() {
+                        self.health.queue_answered();
+                    }
                     for message in messages {
                         let slot = slots.pop().expect("never more messages than slots");
                         self.accept(Held {

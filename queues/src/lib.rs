@@ -44,6 +44,10 @@ pub trait MessageQueue: Send + Sync + 'static {
     /// its own leases alive, SQS needs us to do it.
     fn needs_lease_extension(&self) -> bool;
 
+    /// Whether every `receive` is a call to the provider (SQS), so an empty answer still
+    /// proves the queue is reachable. Pub/Sub's receive reads a local buffer fed by a stream.
+    fn receive_calls_the_queue(&self) -> bool;
+
     /// Copies the message to the dead-letter queue. The caller acks it afterwards, so a
     /// failure here leaves the message in the source queue rather than losing it.
     async fn send_to_dead_letter(

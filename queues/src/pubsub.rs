@@ -6,14 +6,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin};
 use google_cloud_pubsub::model::Message;
-use google_cloud_pubsub::subscriber::ShutdownBehavior;
 use google_cloud_pubsub::subscriber::handler::Handler;
+use google_cloud_pubsub::subscriber::{ShutdownBehavior, ShutdownToken};
 use tokio::sync::{Mutex, OnceCell, mpsc, watch};
 
 use crate::model::LeaseInner;
@@ -36,7 +37,8 @@ pub struct PubSubQueue {
     /// Flipped on close: held retries are handed back at once instead of at their time.
     closing: watch::Sender<bool>,
     closed: AtomicBool,
-    shutdown: google_cloud_pubsub::subscriber::ShutdownToken,
+    /// The live stream's shutdown handle; the stream is rebuilt after it ends on an error.
+    current_stream: Arc<SyncMutex<Option<ShutdownToken>>>,
 }
 
 /// The endpoint to use, if any: `FERRY_ENDPOINT` first, then `PUBSUB_EMULATOR_HOST`, which
@@ -156,16 +158,20 @@ impl PubSubQueue {
             .await
             .map_err(|e| builder_error("connect", e))?;
         let admin = subscription_admin(endpoint.as_ref()).await?;
-        let stream = subscriber
-            .subscribe(target.queue.clone())
-            .set_max_outstanding_messages(target.max_outstanding.max(1) as i64)
-            .set_max_lease_extension(target.lease)
-            .set_shutdown_behavior(ShutdownBehavior::WaitForProcessing)
-            .build();
-        let shutdown = stream.shutdown_token();
         let (tx, rx) = mpsc::channel(target.max_outstanding.max(1));
-        tokio::spawn(pump_stream(stream, tx));
         let (closing, _) = watch::channel(false);
+        let current_stream = Arc::new(SyncMutex::new(None));
+        tokio::spawn(pump_stream(
+            StreamParams {
+                subscriber,
+                subscription: target.queue.clone(),
+                max_outstanding: target.max_outstanding.max(1) as i64,
+                lease: target.lease,
+            },
+            tx,
+            closing.subscribe(),
+            current_stream.clone(),
+        ));
         Ok(Self {
             name: short_name(&target.queue),
             subscription: target.queue.clone(),
@@ -177,7 +183,7 @@ impl PubSubQueue {
             prefetched: Mutex::new(rx),
             closing,
             closed: AtomicBool::new(false),
-            shutdown,
+            current_stream,
         })
     }
 
@@ -224,24 +230,60 @@ impl PubSubQueue {
     }
 }
 
+struct StreamParams {
+    subscriber: Subscriber,
+    subscription: String,
+    max_outstanding: i64,
+    lease: Duration,
+}
+
 /// Moves messages from the client's stream into a bounded channel the pump drains, and
-/// surfaces stream errors (a missing subscription, bad credentials) to `receive`.
+/// surfaces stream errors (a missing subscription, bad credentials) to `receive`. The
+/// stream ends after a permanent error; it is rebuilt with backoff, so a subscription
+/// created after the sidecar started is picked up without a restart.
 async fn pump_stream(
-    mut stream: google_cloud_pubsub::subscriber::MessageStream,
+    params: StreamParams,
     tx: mpsc::Sender<Received>,
+    mut closing: watch::Receiver<bool>,
+    current: Arc<SyncMutex<Option<ShutdownToken>>>,
 ) {
-    while let Some(item) = stream.next().await {
-        let item = item.map_err(|e| map_gax_error("StreamingPull", &e));
-        let failed = item.is_err();
-        if tx.send(item).await.is_err() {
+    let mut consecutive_failures = 0u32;
+    loop {
+        if *closing.borrow() {
             return;
         }
-        if failed {
-            // The client retries transient stream failures itself; what reaches us is worth
-            // reporting, but not in a tight loop.
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut stream = params
+            .subscriber
+            .subscribe(params.subscription.clone())
+            .set_max_outstanding_messages(params.max_outstanding)
+            .set_max_lease_extension(params.lease)
+            .set_shutdown_behavior(ShutdownBehavior::WaitForProcessing)
+            .build();
+        *current.lock().expect("stream lock") = Some(stream.shutdown_token());
+        while let Some(item) = stream.next().await {
+            let item = match item {
+                Ok(received) => {
+                    consecutive_failures = 0;
+                    Ok(received)
+                }
+                Err(e) => Err(map_gax_error("StreamingPull", &e)),
+            };
+            if tx.send(item).await.is_err() {
+                return;
+            }
+        }
+        consecutive_failures += 1;
+        let pause =
+            Duration::from_secs(1 << consecutive_failures.min(5)).min(Duration::from_secs(30));
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = until_closing(&mut closing) => return,
         }
     }
+}
+
+async fn until_closing(closing: &mut watch::Receiver<bool>) {
+    let _ = closing.wait_for(|c| *c).await;
 }
 
 fn to_system_time(ts: &google_cloud_wkt::Timestamp) -> Option<SystemTime> {
@@ -332,7 +374,7 @@ impl MessageQueue for PubSubQueue {
         tokio::spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = closing.wait_for(|c| *c) => {}
+                _ = until_closing(&mut closing) => {}
             }
             handler.nack();
         });
@@ -351,6 +393,10 @@ impl MessageQueue for PubSubQueue {
     }
 
     fn needs_lease_extension(&self) -> bool {
+        false
+    }
+
+    fn receive_calls_the_queue(&self) -> bool {
         false
     }
 
@@ -413,7 +459,7 @@ impl MessageQueue for PubSubQueue {
         }
         self.closing.send_replace(true);
         // Stop the stream first so nothing new arrives, then hand back what was prefetched.
-        let shutdown = self.shutdown.clone();
+        let shutdown = self.current_stream.lock().expect("stream lock").take();
         let mut prefetched = self.prefetched.lock().await;
         prefetched.close();
         while let Ok(item) = prefetched.try_recv() {
@@ -422,7 +468,9 @@ impl MessageQueue for PubSubQueue {
             }
         }
         drop(prefetched);
-        tokio::spawn(async move { shutdown.shutdown().await });
+        if let Some(shutdown) = shutdown {
+            tokio::spawn(async move { shutdown.shutdown().await });
+        }
     }
 
     fn queue_name(&self) -> &str {

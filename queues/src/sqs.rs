@@ -496,6 +496,10 @@ impl MessageQueue for SqsQueue {
         true
     }
 
+    fn receive_calls_the_queue(&self) -> bool {
+        true
+    }
+
     async fn send_to_dead_letter(
         &self,
         message: &ReceivedMessage,
