@@ -1,0 +1,77 @@
+//! A worker that does what real workers do, on purpose: takes some time, fails now and then,
+//! and rejects messages it can never process. Point `FERRY_DELIVERY_URL` at it.
+//!
+//! - 2xx after `--latency-ms` (± half, varying per message) for most deliveries;
+//! - 500 for a `--failure-rate` fraction of deliveries (a transient failure: the retry of
+//!   the same message is decided afresh, so it eventually succeeds);
+//! - 422 for any body containing `--poison` (a permanent failure: list 422 in
+//!   `FERRY_PERMANENT_FAILURE_STATUSES` and it goes to the dead-letter queue at once).
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "An example Ferry worker with configurable latency and failures")]
+struct Options {
+    /// Address to listen on.
+    #[arg(long, env = "WORKER_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Mean processing time per message, in milliseconds.
+    #[arg(long, env = "WORKER_LATENCY_MS", default_value_t = 20)]
+    latency_ms: u64,
+    /// Fraction of deliveries (0.0-1.0) that fail with HTTP 500.
+    #[arg(long, env = "WORKER_FAILURE_RATE", default_value_t = 0.0)]
+    failure_rate: f64,
+    /// Bodies containing this text are rejected with HTTP 422.
+    #[arg(long, env = "WORKER_POISON", default_value = "poison")]
+    poison: String,
+    /// Print one line per delivery.
+    #[arg(long, env = "WORKER_VERBOSE")]
+    verbose: bool,
+}
+
+/// A number in [0, 1) that is the same for the same message and attempt, so runs repeat.
+fn unit_hash(parts: impl Hash) -> f64 {
+    let mut hasher = DefaultHasher::new();
+    parts.hash(&mut hasher);
+    (hasher.finish() % 1_000_000) as f64 / 1_000_000.0
+}
+
+async fn work(State(options): State<Arc<Options>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let id = header("ferry-message-id");
+    let attempt = header("ferry-delivery-attempt");
+    let spread = unit_hash((&id, "latency"));
+    let latency = Duration::from_millis((options.latency_ms as f64 * (0.5 + spread)) as u64);
+    tokio::time::sleep(latency).await;
+    let status = if !options.poison.is_empty() && String::from_utf8_lossy(&body).contains(&options.poison) {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else if unit_hash((&id, &attempt, "failure")) < options.failure_rate {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    if options.verbose {
+        println!("{} message={id} attempt={attempt} latency={latency:?}", status.as_u16());
+    }
+    status
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let options = Arc::new(Options::parse());
+    assert!((0.0..=1.0).contains(&options.failure_rate), "--failure-rate must be between 0 and 1");
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .unwrap_or_else(|e| panic!("cannot listen on {}: {e}", options.listen));
+    eprintln!("example worker listening on http://{}/", options.listen);
+    let app = axum::Router::new().fallback(work).with_state(options);
+    axum::serve(listener, app).await.expect("serve");
+}
