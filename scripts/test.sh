@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs Ferry's whole test suite: installs what the tests need (scripts/install-test-deps.sh),
+# then every unit, integration and end-to-end test in the workspace. The tests start the
+# Pub/Sub emulator and moto's SQS server themselves, on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-test-deps.sh
+cargo test --workspace --locked "$@"
