@@ -88,6 +88,12 @@ pub enum ScalingReason {
         needed: u32,
         step: u32,
     },
+    /// The service time is unknown and requested replicas are still starting: their
+    /// throughput will size the next step, the growing queue alone cannot.
+    AwaitingThroughput {
+        needed: u32,
+        ready: u32,
+    },
     CappedAtMax {
         needed: u32,
         max: u32,
@@ -124,6 +130,7 @@ impl ScalingReason {
             Self::StayAtZero { .. } => "StayAtZero",
             Self::MeetDemand { .. } => "MeetDemand",
             Self::ScaleUpLimited { .. } => "ScaleUpLimited",
+            Self::AwaitingThroughput { .. } => "AwaitingThroughput",
             Self::CappedAtMax { .. } => "CappedAtMax",
             Self::Steady { .. } => "Steady",
             Self::HoldForStabilization { .. } => "HoldForStabilization",
@@ -166,6 +173,10 @@ impl fmt::Display for ScalingReason {
             Self::ScaleUpLimited { needed, step } => write!(
                 f,
                 "{needed} replicas needed; adding at most {step} in one step"
+            ),
+            Self::AwaitingThroughput { needed, ready } => write!(
+                f,
+                "{needed} replicas by queue length, but the service time is unknown and only {ready} requested replicas are ready: waiting for them to measure it"
             ),
             Self::CappedAtMax { needed, max } => {
                 write!(f, "{needed} replicas needed, capped at maxReplicas {max}")

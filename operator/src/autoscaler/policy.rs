@@ -52,14 +52,21 @@ impl ScalingPolicy {
             return self.hold(now, current, reason);
         }
 
-        let estimates = state.observe(signals, self.tuning.service_time_smoothing);
+        let estimates = state.observe(signals, &self.tuning);
         let demand = self.demand(signals, &estimates);
         let idle_seconds = state.track_idle(signals);
         let used = self.signals_used(now, signals, &estimates, demand);
         let (to, reason) = if current == 0 {
             self.decide_at_zero(signals, demand)
         } else {
-            self.decide_while_running(state, now, current, demand, idle_seconds)
+            self.decide_while_running(
+                state,
+                now,
+                current,
+                signals.ready_replicas,
+                demand,
+                idle_seconds,
+            )
         };
         ScalingDecision {
             at: now,
@@ -175,6 +182,7 @@ impl ScalingPolicy {
         state: &mut ScalingState,
         now: f64,
         current: u32,
+        ready: u32,
         demand: Demand,
         idle_seconds: Option<f64>,
     ) -> (u32, ScalingReason) {
@@ -196,6 +204,15 @@ impl ScalingPolicy {
         let window = spec.scale_down_stabilization_seconds;
         let highest_recent = state.recommend(now, current, target, f64::from(window));
 
+        if target > current && demand.basis == DemandBasis::BacklogFallback && ready < current {
+            return (
+                current,
+                ScalingReason::AwaitingThroughput {
+                    needed: demand.replicas,
+                    ready,
+                },
+            );
+        }
         if target > current {
             let step = spec.max_scale_up_step.max(current);
             let to = target.min(current + step);

@@ -105,6 +105,11 @@ pub struct PolicyTuning {
     /// Busy fraction of all delivery slots the policy plans for at most: rate estimates are
     /// noisy and a queue run at 100 % has no margin for them.
     pub max_utilization: f64,
+    /// Seconds of polls the arrival rate is averaged over while it looks stable.
+    pub arrival_window_seconds: f64,
+    /// A poll whose arrivals differ from the average by more than this many standard
+    /// deviations (Poisson) starts a new average.
+    pub rate_change_sigmas: f64,
     /// Weight of a new service-time sample in its moving average.
     pub service_time_smoothing: f64,
     /// Backlog per replica used before the service time is known when the spec sets none,
@@ -120,6 +125,8 @@ impl Default for PolicyTuning {
             drain_budget_fraction: 0.5,
             wait_quantile: 0.99,
             max_utilization: 0.9,
+            arrival_window_seconds: 60.0,
+            rate_change_sigmas: 4.0,
             service_time_smoothing: 0.3,
             fallback_backlog_per_slot: 1.0,
         }

@@ -6,10 +6,13 @@
 use std::collections::VecDeque;
 
 use super::signals::ScalingSignals;
+use super::spec::PolicyTuning;
 
 #[derive(Debug, Clone, Default)]
 pub struct ScalingState {
     previous: Option<PreviousSample>,
+    /// Arrivals seen per poll since the rate last changed, oldest first.
+    arrivals: VecDeque<ArrivalCount>,
     service_seconds: Option<f64>,
     recommendations: VecDeque<Recommendation>,
     idle_since: Option<f64>,
@@ -19,6 +22,13 @@ pub struct ScalingState {
 struct PreviousSample {
     sampled_at: f64,
     visible: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ArrivalCount {
+    at: f64,
+    seconds: f64,
+    messages: f64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -42,23 +52,33 @@ impl ScalingState {
     }
 
     /// Folds a fresh sample into the estimates.
-    pub fn observe(&mut self, signals: &ScalingSignals, smoothing: f64) -> Estimates {
+    pub fn observe(&mut self, signals: &ScalingSignals, tuning: &PolicyTuning) -> Estimates {
         let visible = signals.backlog.visible;
-        // Receivers see only what they take; what they leave behind shows up as backlog
-        // growth, so together they are the arrival rate even when the consumer is saturated.
-        let growth = self.previous.and_then(|p| {
-            let dt = signals.sampled_at - p.sampled_at;
-            (dt > 0.0).then(|| (visible as f64 - p.visible as f64) / dt)
+        let latest = self.previous.and_then(|p| {
+            let seconds = signals.sampled_at - p.sampled_at;
+            (seconds > 0.0).then(|| {
+                // Receivers see only what they take; what they leave behind shows up as
+                // backlog growth, so together they are the arrivals even when the consumer is
+                // saturated.
+                let growth = visible as f64 - p.visible as f64;
+                let received = signals.throughput.map_or(0.0, |t| t.receive_rate * seconds);
+                ArrivalCount {
+                    at: signals.sampled_at,
+                    seconds,
+                    messages: (received + growth).max(0.0),
+                }
+            })
         });
-        let arrival_rate = match (signals.throughput, growth) {
-            (Some(t), g) => Some((t.receive_rate + g.unwrap_or(0.0)).max(0.0)),
-            (None, Some(g)) => Some(g.max(0.0)),
-            (None, None) => None,
+        let arrival_rate = match latest {
+            Some(latest) => Some(self.fold_arrivals(latest, tuning)),
+            // No history yet: what the sidecars received is all that is known.
+            None => signals.throughput.map(|t| t.receive_rate),
         };
         if let Some(sample) = signals.throughput.and_then(|t| t.mean_service_seconds)
             && sample.is_finite()
             && sample > 0.0
         {
+            let smoothing = tuning.service_time_smoothing;
             self.service_seconds = Some(match self.service_seconds {
                 Some(old) => old + smoothing * (sample - old),
                 None => sample,
@@ -74,6 +94,37 @@ impl ScalingState {
             arrival_rate,
             service_seconds: self.service_seconds,
         }
+    }
+
+    /// The arrival rate over the recent polls, unless the latest poll is too far from it to be
+    /// Poisson noise: then the rate changed, and only the latest poll describes the new one.
+    /// One noisy poll thus neither scales up nor holds a scale-down, while a real step is
+    /// followed at once.
+    fn fold_arrivals(&mut self, latest: ArrivalCount, tuning: &PolicyTuning) -> f64 {
+        while self
+            .arrivals
+            .front()
+            .is_some_and(|a| a.at < latest.at - tuning.arrival_window_seconds)
+        {
+            self.arrivals.pop_front();
+        }
+        let (seconds, messages) = self
+            .arrivals
+            .iter()
+            .fold((0.0, 0.0), |(s, m), a| (s + a.seconds, m + a.messages));
+        if seconds > 0.0 {
+            let expected = messages / seconds * latest.seconds;
+            let deviation = (latest.messages - expected) / expected.max(1.0).sqrt();
+            if deviation.abs() > tuning.rate_change_sigmas {
+                self.arrivals.clear();
+            }
+        }
+        self.arrivals.push_back(latest);
+        let (seconds, messages) = self
+            .arrivals
+            .iter()
+            .fold((0.0, 0.0), |(s, m), a| (s + a.seconds, m + a.messages));
+        messages / seconds
     }
 
     /// Seconds the queue has been idle, counting this sample.

@@ -1,21 +1,35 @@
 //! The `oracle`: the replica-seconds a clairvoyant scheduler needs to start every message
 //! within the latency target, in a model relaxed in its favour.
 //!
-//! It knows every arrival and service time in advance, pays for pods only while it uses
-//! their slots (plus start-ups, see below), pools the slots of all pods as if they were one
-//! (no message is ever stuck behind a busy pod while another has room), and has no polling,
-//! lag or dispatch delay. Each second it starts only the messages whose deadline forces them
-//! and then fills the slots it pays for anyway with the next ones (lazy earliest-deadline
-//! scheduling): buying capacity later never costs more, because later capacity can serve
-//! everything earlier capacity could. Each "pod level" it uses is either kept idle through a
-//! gap or stopped and started again, whichever is cheaper, at the model's start-up delay.
-//! The result is a lower bound for these rules, not a policy anyone could run.
-
-use std::collections::VecDeque;
+//! It knows every arrival and service time in advance and has no polling, lag or dispatch
+//! delay. It pools the slots of all pods as if they were one, and may pause a message and
+//! resume it later (at most one slot per message at a time): every schedule a real policy can
+//! run is one of these, so this can only be cheaper. A message meets the target when it can
+//! finish by `arrival + target + service`. Each second the oracle pays for the fewest pods
+//! that keep every message able to finish in time (only messages without slack force
+//! capacity: later capacity serves everything earlier capacity could), then gives the slots
+//! it pays for anyway to the earliest deadlines. Each "pod level" it uses is either kept idle
+//! through a gap or stopped and started again, whichever is cheaper, at the model's start-up
+//! delay; pods it keeps through a gap are then planned with work, and the plan is redone
+//! until it stops getting cheaper. The relaxation makes it cheaper than anything a real
+//! policy can do in this model; the greedy planning means it is not proven to be the
+//! relaxation's exact optimum. It is not a policy anyone could run.
 
 use super::model::{Message, ModelConfig, RunOutcome};
 
 const EPSILON: f64 = 1e-9;
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    arrival: f64,
+    finish_by: f64,
+    remaining: f64,
+    started: bool,
+}
+
+/// Rounds of re-planning with the levels worth keeping warm; the cost stops improving after
+/// two or three.
+const PLANNING_ROUNDS: usize = 6;
 
 pub fn oracle(
     config: &ModelConfig,
@@ -23,10 +37,58 @@ pub fn oracle(
     duration_seconds: usize,
     min_replicas: u32,
 ) -> RunOutcome {
+    let mut best = schedule(config, messages, duration_seconds, min_replicas, &[]);
+    let mut floor = warm_levels(&best.replicas, config.pod_startup_seconds);
+    for _ in 1..PLANNING_ROUNDS {
+        let candidate = schedule(config, messages, duration_seconds, min_replicas, &floor);
+        floor = warm_levels(&candidate.replicas, config.pod_startup_seconds);
+        if candidate.replica_seconds < best.replica_seconds {
+            best = candidate;
+        } else {
+            break;
+        }
+    }
+    best
+}
+
+/// Per second, the pods a plan keeps anyway: a pod idle for less than a start-up costs the
+/// same kept as restarted, so it might as well be kept and given work.
+fn warm_levels(replicas: &[u32], startup_seconds: f64) -> Vec<u32> {
+    let mut floor = replicas.to_vec();
+    let top = replicas.iter().copied().max().unwrap_or(0);
+    for level in 1..=top {
+        let mut last_used: Option<usize> = None;
+        for (t, &r) in replicas.iter().enumerate() {
+            if r < level {
+                continue;
+            }
+            if let Some(p) = last_used
+                && t > p + 1
+                && ((t - p - 1) as f64) <= startup_seconds
+            {
+                for f in &mut floor[p + 1..t] {
+                    *f = (*f).max(level);
+                }
+            }
+            last_used = Some(t);
+        }
+    }
+    floor
+}
+
+/// One lazy plan that never pays for fewer pods than `floor` (per second; missing = 0).
+fn schedule(
+    config: &ModelConfig,
+    messages: &[Message],
+    duration_seconds: usize,
+    min_replicas: u32,
+    floor: &[u32],
+) -> RunOutcome {
     let slots_per_pod = f64::from(config.concurrency_per_pod);
     let target = config.latency_target_seconds;
-    let mut waiting: VecDeque<Message> = VecDeque::new();
-    let mut running: Vec<f64> = Vec::new();
+    // Sorted by `finish_by`, earliest first.
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut forced: Vec<f64> = Vec::new();
     let mut waits = Vec::with_capacity(messages.len());
     let mut replicas_series = Vec::new();
     let mut backlog_series = Vec::new();
@@ -34,46 +96,45 @@ pub fn oracle(
     let mut startup_cost = 0.0;
     let mut next = 0;
     let mut t = 0usize;
-    while t < duration_seconds
-        || next < messages.len()
-        || !waiting.is_empty()
-        || !running.is_empty()
-    {
+    while t < duration_seconds || next < messages.len() || !pending.is_empty() {
         let now = t as f64;
         let tick_end = now + 1.0;
         while next < messages.len() && messages[next].arrival < tick_end {
-            waiting.push_back(messages[next]);
+            let m = messages[next];
+            let entry = Pending {
+                arrival: m.arrival,
+                finish_by: m.arrival + target + m.service,
+                remaining: m.service,
+                started: false,
+            };
+            let at = pending.partition_point(|p| p.finish_by <= entry.finish_by);
+            pending.insert(at, entry);
             next += 1;
         }
-        // Work of the running messages this second, at one slot each.
-        let mut used = 0.0;
-        for remaining in &mut running {
-            let share = remaining.min(1.0);
-            used += share;
-            *remaining -= share;
-        }
-        while let Some(m) = waiting.front().copied() {
-            if m.arrival + target >= tick_end {
-                break;
+        // Work that cannot wait past this second without missing a deadline.
+        forced.clear();
+        forced.extend(pending.iter().map(|p| {
+            let must = p.remaining - (p.finish_by - tick_end);
+            must.clamp(0.0, p.remaining.min(1.0))
+        }));
+        let must_total: f64 = forced.iter().sum();
+        let replicas = ((must_total / slots_per_pod - EPSILON).ceil().max(0.0) as u32)
+            .max(min_replicas)
+            .max(floor.get(t).copied().unwrap_or(0));
+        let mut spare = f64::from(replicas) * slots_per_pod - must_total;
+        for (p, must) in pending.iter_mut().zip(&forced) {
+            let extra = (p.remaining.min(1.0) - must).min(spare).max(0.0);
+            spare -= extra;
+            let work = must + extra;
+            if work > EPSILON {
+                if !p.started {
+                    p.started = true;
+                    waits.push((now - p.arrival).max(0.0));
+                }
+                p.remaining -= work;
             }
-            waiting.pop_front();
-            waits.push((now - m.arrival).max(0.0));
-            let share = m.service.min(1.0);
-            used += share;
-            running.push(m.service - share);
         }
-        let replicas = ((used / slots_per_pod - EPSILON).ceil().max(0.0) as u32).max(min_replicas);
-        let mut spare = f64::from(replicas) * slots_per_pod - used;
-        while spare > EPSILON {
-            let Some(m) = waiting.pop_front() else {
-                break;
-            };
-            waits.push((now - m.arrival).max(0.0));
-            let share = m.service.min(1.0).min(spare);
-            spare -= share;
-            running.push(m.service - share);
-        }
-        running.retain(|r| *r > EPSILON);
+        pending.retain(|p| p.remaining > EPSILON);
 
         if level_last_used.len() < replicas as usize {
             level_last_used.resize(replicas as usize, None);
@@ -87,7 +148,7 @@ pub fn oracle(
             *last = Some(t);
         }
         replicas_series.push(replicas);
-        backlog_series.push(waiting.len() as u64);
+        backlog_series.push(pending.iter().filter(|p| !p.started).count() as u64);
         t += 1;
     }
     let scale_events = replicas_series.windows(2).filter(|w| w[0] != w[1]).count() as u32;
@@ -159,8 +220,12 @@ mod tests {
             service: 3.0,
         }];
         let outcome = oracle(&config(), &messages, 300, 0);
-        // Started lazily at its deadline, runs 3 s on one pod that had to start.
+        // Started lazily when its slack runs out, runs 3 s on one pod that had to start.
         assert_eq!(outcome.replica_seconds, 3.0 + 5.0);
-        assert!((outcome.waits[0] - 9.8).abs() < 1e-9);
+        assert!(
+            outcome.waits[0] <= 10.0 && outcome.waits[0] > 8.0,
+            "{}",
+            outcome.waits[0]
+        );
     }
 }
