@@ -700,7 +700,7 @@ impl Cluster {
                         }
                     }
                     let c = apply::apply(&ctx, &old_v, &applied, opts.force)
-                        .map_err(|c| ApiError::apply_conflict(&qualified(info), name, &c))?;
+                        .map_err(|c| ApiError::apply_conflict(&qualified(info), name, &info.api_version(), &c))?;
                     (c, false)
                 }
             };
@@ -740,8 +740,9 @@ impl Cluster {
             m.remove("apiVersion");
             m.remove("kind");
         }
-        let mut obj = apply::apply(&ctx, &json!({}), &applied, opts.force)
-            .map_err(|c| ApiError::apply_conflict(&qualified(info), name, &c))?;
+        let mut obj = apply::apply(&ctx, &json!({}), &applied, opts.force).map_err(|c| {
+            ApiError::apply_conflict(&qualified(info), name, &info.api_version(), &c)
+        })?;
         meta_mut(&mut obj).insert("name".into(), json!(name));
         let managed = obj.pointer("/metadata/managedFields").cloned();
         let mut obj = self.prepare_create(info, ns, obj)?;

@@ -64,10 +64,15 @@ impl ApiError {
     }
 
     /// A server-side apply conflict, with one cause per contested field.
-    pub fn apply_conflict(qualified: &str, name: &str, conflicts: &[(String, String)]) -> Self {
+    pub fn apply_conflict(
+        qualified: &str,
+        name: &str,
+        api_version: &str,
+        conflicts: &[(String, String)],
+    ) -> Self {
         let list: Vec<String> = conflicts
             .iter()
-            .map(|(m, f)| format!("conflict with \"{m}\": {f}"))
+            .map(|(m, f)| format!("conflict with \"{m}\" using {api_version}: {f}"))
             .collect();
         let n = conflicts.len();
         let mut e = Self::new(

@@ -2,7 +2,7 @@
 //! CEL `x-kubernetes-validations` (through kube-cel, which uses Kubernetes' CEL libraries).
 
 use regex::Regex;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// One served version's schema of a CRD.
 pub struct CrdVersionSchema {
@@ -86,7 +86,12 @@ impl CrdVersionSchema {
             {
                 for e in errs.into_vec() {
                     let field = e.field_path.trim_start_matches('.').to_string();
-                    errors.push((field, format!("Invalid value: {}", e.message)));
+                    let value = field
+                        .split('.')
+                        .filter(|s| !s.is_empty())
+                        .try_fold(obj, |v, seg| v.get(seg));
+                    let shown = value.map(short).unwrap_or_else(|| "\"null\"".into());
+                    errors.push((field, format!("Invalid value: {shown}: {}", e.message)));
                 }
             }
         }
@@ -520,9 +525,4 @@ pub fn structural_errors(schema: &Value, path: &str, out: &mut Vec<(String, Stri
     if let Some(a) = obj.get("additionalProperties").filter(|a| a.is_object()) {
         structural_errors(a, &format!("{path}.additionalProperties"), out);
     }
-}
-
-/// Helper used by tests and the table printer: an empty JSON object.
-pub fn empty_object() -> Value {
-    Value::Object(Map::new())
 }

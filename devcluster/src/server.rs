@@ -431,7 +431,12 @@ async fn dispatch(
                 .ok_or_else(|| ApiError::unsupported_media(format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {ct:?})")))?;
             let body = parse_body(body)?;
             let existed = c.try_get(info, ns, name).is_some();
-            let obj = c.patch(info, ns, name, sub, ptype, &body, &write_opts(q, headers))?;
+            let mut opts = write_opts(q, headers);
+            if ptype == PatchType::Apply {
+                // Apply needs an explicit manager; the user-agent fallback is for other writes.
+                opts.field_manager = q.get("fieldManager").map(str::to_string);
+            }
+            let obj = c.patch(info, ns, name, sub, ptype, &body, &opts)?;
             Ok(json_response(if existed { 200 } else { 201 }, &obj))
         }
         (Method::DELETE, Some(name)) => {

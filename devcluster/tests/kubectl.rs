@@ -1,0 +1,327 @@
+//! The same flows through kubectl (v1.32 on the PATH), the way users drive a cluster.
+
+mod common;
+
+use common::{eventually, kubectl, kubectl_stdin, widget_crd};
+use ferry_devcluster::DevCluster;
+
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: main
+        image: example.com/sleeper:1
+        args: ["300"]
+        env:
+        - {name: A, value: "1"}
+        - {name: B, value: "2"}
+"#;
+
+async fn cluster() -> DevCluster {
+    DevCluster::builder()
+        .image("example.com/sleeper:*", ["sleep"])
+        .start()
+        .await
+        .expect("start")
+}
+
+fn ok(r: &common::Kubectl, what: &str) {
+    assert!(
+        r.ok,
+        "{what} failed:\nstdout: {}\nstderr: {}",
+        r.stdout, r.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_scale_wait_get_and_delete_a_deployment() {
+    let dc = cluster().await;
+    let r = kubectl_stdin(
+        &dc,
+        &["apply", "--server-side", "-f", "-"],
+        Some(DEPLOYMENT),
+    )
+    .await;
+    ok(&r, "apply --server-side");
+    assert!(
+        r.stdout.contains("deployment.apps/web serverside-applied"),
+        "{}",
+        r.stdout
+    );
+    ok(
+        &kubectl(
+            &dc,
+            &[
+                "wait",
+                "--for=condition=Available",
+                "deployment/web",
+                "--timeout=30s",
+            ],
+        )
+        .await,
+        "wait Available",
+    );
+    let r = kubectl(&dc, &["get", "deployment", "web"]).await;
+    ok(&r, "get");
+    assert!(
+        r.stdout.contains("READY") && r.stdout.contains("2/2"),
+        "{}",
+        r.stdout
+    );
+    ok(
+        &kubectl(&dc, &["scale", "deployment/web", "--replicas=3"]).await,
+        "scale",
+    );
+    let dc_ref = &dc;
+    eventually(30, "3 ready replicas", || async move {
+        let r = kubectl(
+            dc_ref,
+            &[
+                "get",
+                "deploy",
+                "web",
+                "-o",
+                "jsonpath={.status.readyReplicas}",
+            ],
+        )
+        .await;
+        (r.stdout.trim() == "3").then_some(())
+    })
+    .await;
+    let pods = kubectl(&dc, &["get", "pods", "-l", "app=web", "-o", "name"]).await;
+    assert_eq!(pods.stdout.lines().count(), 3, "{}", pods.stdout);
+    // Re-applying an unchanged manifest with a dropped env var removes it (apply owns it).
+    // Co-owning replicas at the scaled value does not conflict.
+    let fewer = DEPLOYMENT
+        .replace("        - {name: B, value: \"2\"}\n", "")
+        .replace("replicas: 2", "replicas: 3");
+    ok(
+        &kubectl_stdin(&dc, &["apply", "--server-side", "-f", "-"], Some(&fewer)).await,
+        "re-apply",
+    );
+    let env = kubectl(
+        &dc,
+        &[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].env[*].name}",
+        ],
+    )
+    .await;
+    assert_eq!(env.stdout.trim(), "A");
+    // kubectl scale also owns replicas, so applying a different value conflicts unless forced.
+    let r = kubectl_stdin(
+        &dc,
+        &["apply", "--server-side", "-f", "-"],
+        Some(&fewer.replace("replicas: 3", "replicas: 4")),
+    )
+    .await;
+    assert!(!r.ok && r.stderr.contains("conflict"), "{}", r.stderr);
+    ok(
+        &kubectl_stdin(
+            &dc,
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            Some(&fewer.replace("replicas: 3", "replicas: 4")),
+        )
+        .await,
+        "forced",
+    );
+    ok(
+        &kubectl(&dc, &["delete", "deployment", "web", "--timeout=30s"]).await,
+        "delete",
+    );
+    eventually(30, "pods gone", || async move {
+        let r = kubectl(dc_ref, &["get", "pods", "-o", "name"]).await;
+        r.stdout.trim().is_empty().then_some(())
+    })
+    .await;
+    let rs = kubectl(&dc, &["get", "rs", "-o", "name"]).await;
+    assert!(
+        rs.stdout.trim().is_empty(),
+        "replicasets collected: {}",
+        rs.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_side_apply_creates_patches_and_prunes_fields() {
+    let dc = cluster().await;
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  labels: {team: a}\ndata:\n  one: \"1\"\n  two: \"2\"\n";
+    let r = kubectl_stdin(&dc, &["apply", "-f", "-"], Some(cm)).await;
+    ok(&r, "apply create");
+    assert!(
+        r.stdout.contains("configmap/settings created"),
+        "{}",
+        r.stdout
+    );
+    let r = kubectl_stdin(&dc, &["apply", "-f", "-"], Some(cm)).await;
+    assert!(r.stdout.contains("unchanged"), "{}", r.stdout);
+    let r = kubectl_stdin(
+        &dc,
+        &["apply", "-f", "-"],
+        Some(&cm.replace("  two: \"2\"\n", "  three: \"3\"\n")),
+    )
+    .await;
+    ok(&r, "apply update");
+    assert!(r.stdout.contains("configured"), "{}", r.stdout);
+    let data = kubectl(&dc, &["get", "cm", "settings", "-o", "jsonpath={.data}"]).await;
+    assert!(
+        data.stdout.contains("three") && !data.stdout.contains("two"),
+        "{}",
+        data.stdout
+    );
+    // Client-side apply of a Deployment uses a strategic merge patch.
+    ok(
+        &kubectl_stdin(&dc, &["apply", "-f", "-"], Some(DEPLOYMENT)).await,
+        "apply deployment",
+    );
+    let changed = DEPLOYMENT.replace("{name: B, value: \"2\"}", "{name: B, value: \"3\"}");
+    ok(
+        &kubectl_stdin(&dc, &["apply", "-f", "-"], Some(&changed)).await,
+        "apply deployment change",
+    );
+    let env = kubectl(
+        &dc,
+        &[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].env[1].value}",
+        ],
+    )
+    .await;
+    assert_eq!(env.stdout.trim(), "3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_resources_with_printer_columns_watch_scale_and_validation() {
+    let dc = cluster().await;
+    let crd = serde_json::to_string(&widget_crd()).expect("crd json");
+    ok(
+        &kubectl_stdin(&dc, &["apply", "-f", "-"], Some(&crd)).await,
+        "apply CRD",
+    );
+    ok(
+        &kubectl(
+            &dc,
+            &[
+                "wait",
+                "--for=condition=Established",
+                "crd/widgets.example.com",
+                "--timeout=10s",
+            ],
+        )
+        .await,
+        "established",
+    );
+    let w =
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  replicas: 2\n";
+    ok(
+        &kubectl_stdin(&dc, &["apply", "-f", "-"], Some(w)).await,
+        "apply widget",
+    );
+    let r = kubectl(&dc, &["get", "widgets"]).await;
+    ok(&r, "get widgets");
+    let header: Vec<&str> = r
+        .stdout
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "REPLICAS", "READY", "AGE"], "{}", r.stdout);
+    assert!(
+        r.stdout.lines().nth(1).unwrap_or("").starts_with("w1"),
+        "{}",
+        r.stdout
+    );
+    // get -w prints the change as it happens.
+    let mut watch = tokio::process::Command::new("kubectl")
+        .env("KUBECONFIG", dc.kubeconfig())
+        .args([
+            "get",
+            "wd",
+            "w1",
+            "-w",
+            "--output-watch-events",
+            "--request-timeout=0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl get -w");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    ok(
+        &kubectl(&dc, &["scale", "widget/w1", "--replicas=5"]).await,
+        "scale widget",
+    );
+    let mut out = watch.stdout.take().expect("stdout");
+    let mut seen = String::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        while !seen.contains("MODIFIED") {
+            let n = out.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await;
+    let _ = watch.kill().await;
+    assert!(
+        seen.contains("ADDED") && seen.contains("MODIFIED") && seen.contains("5"),
+        "get -w output: {seen}"
+    );
+    // Validation errors reach the user with the real server's wording.
+    let bad = kubectl_stdin(
+        &dc,
+        &["apply", "-f", "-"],
+        Some(&w.replace("replicas: 2", "replicas: -3")),
+    )
+    .await;
+    assert!(
+        !bad.ok && bad.stderr.contains("should be greater than or equal to 0"),
+        "{}",
+        bad.stderr
+    );
+    let r = kubectl(
+        &dc,
+        &[
+            "patch",
+            "widget",
+            "w1",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"mode":"slow"}}"#,
+        ],
+    )
+    .await;
+    assert!(
+        !r.ok && r.stderr.contains("mode is immutable"),
+        "{}",
+        r.stderr
+    );
+    ok(
+        &kubectl(&dc, &["delete", "widget", "w1"]).await,
+        "delete widget",
+    );
+    let r = kubectl(&dc, &["get", "widgets", "-o", "name"]).await;
+    assert!(r.stdout.trim().is_empty(), "{}", r.stdout);
+}

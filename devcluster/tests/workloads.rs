@@ -1,0 +1,372 @@
+//! The process kubelet: real processes per pod, loopback pod IPs, env and downward API,
+//! readiness probes, preStop + SIGTERM + SIGKILL on deletion, restartPolicy, unmapped images.
+
+mod common;
+
+use std::time::Duration;
+
+use common::eventually;
+use ferry_devcluster::DevCluster;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+
+/// A tiny HTTP worker: /healthz (503 while $UNREADY_FILE exists), /env, /prestop; SIGTERM is logged.
+const WORKER: &str = r#"
+import http.server, json, os, signal, sys
+mark = os.environ.get("MARK", "/dev/null")
+def note(s):
+    with open(mark, "a") as f: f.write(s + "\n")
+def term(*_):
+    note("term"); sys.exit(0)
+signal.signal(signal.SIGTERM, term)
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        if self.path == "/healthz":
+            code = 503 if os.path.exists(os.environ.get("UNREADY_FILE", "/nonexistent")) else 200
+            body = b"ok"
+        elif self.path == "/prestop":
+            note("prestop"); code, body = 200, b"bye"
+        else:
+            code, body = 200, json.dumps(dict(os.environ)).encode()
+        self.send_response(code); self.end_headers(); self.wfile.write(body)
+print("serving on", os.environ["POD_IP"], flush=True)
+http.server.HTTPServer((os.environ["POD_IP"], 8080), H).serve_forever()
+"#;
+
+async fn cluster() -> DevCluster {
+    DevCluster::builder()
+        .image("example.com/worker:*", ["python3", "-u", "-c", WORKER])
+        .image("example.com/shell:*", ["sh", "-c"])
+        .start()
+        .await
+        .expect("start")
+}
+
+async fn http_get(ip: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect((ip, 8080)).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Some((code, body))
+}
+
+fn ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn wait_pod(pods: &Api<Pod>, name: &str, what: &str, f: impl Fn(&Pod) -> bool) -> Pod {
+    eventually(30, what, || async {
+        pods.get(name).await.ok().filter(|p| f(p))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_run_as_processes_with_ips_env_probes_and_graceful_deletion() {
+    let dc = cluster().await;
+    let dir = std::env::temp_dir().join(format!("ferry-dc-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mark = dir.join("mark");
+    let unready = dir.join("unready");
+    std::fs::write(&unready, "").expect("unready file");
+    let pods: Api<Pod> = Api::namespaced(dc.client(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "worker", "labels": {"app": "w"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 5,
+            "containers": [{
+                "name": "main", "image": "example.com/worker:1",
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "env": [
+                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "GREETING", "value": "hello $(POD_NAME) in $(POD_NAMESPACE)"},
+                    {"name": "MARK", "value": mark.display().to_string()},
+                    {"name": "UNREADY_FILE", "value": unready.display().to_string()}
+                ],
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1, "failureThreshold": 1},
+                "lifecycle": {"preStop": {"httpGet": {"path": "/prestop", "port": 8080}}}
+            }]
+        }
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
+    let running = wait_pod(&pods, "worker", "pod running", |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            && p.status.as_ref().and_then(|s| s.pod_ip.clone()).is_some()
+    })
+    .await;
+    let ip = running
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("pod ip");
+    assert!(ip.starts_with("127.0."), "{ip}");
+    assert_eq!(
+        running.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some("devcluster")
+    );
+    let ip2 = ip.clone();
+    let (_, body) = eventually(20, "worker answers", || {
+        let ip = ip2.clone();
+        async move { http_get(&ip, "/env").await }
+    })
+    .await;
+    let env: serde_json::Value = serde_json::from_str(&body).expect("env json");
+    assert_eq!(env["POD_NAME"], "worker");
+    assert_eq!(env["POD_IP"], ip.as_str());
+    assert_eq!(env["GREETING"], "hello worker in default");
+    // Not ready while the probe fails; ready once it passes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !ready(&pods.get("worker").await.expect("get")),
+        "probe failing keeps the pod unready"
+    );
+    std::fs::remove_file(&unready).expect("make ready");
+    wait_pod(&pods, "worker", "pod ready", ready).await;
+    assert!(dc.logs_dir().join("default_worker_main.log").exists());
+    // Deletion: preStop hook, then SIGTERM, then the pod object goes.
+    pods.delete("worker", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let terminating = pods.get("worker").await;
+    if let Ok(t) = terminating {
+        assert!(t.metadata.deletion_timestamp.is_some());
+    }
+    eventually(15, "pod gone", || async {
+        pods.get_opt("worker")
+            .await
+            .expect("get")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let notes = std::fs::read_to_string(&mark).unwrap_or_default();
+    assert_eq!(notes, "prestop\nterm\n");
+    assert!(http_get(&ip, "/env").await.is_none(), "process stopped");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_grace_period_and_restart_policies() {
+    let dc = cluster().await;
+    let pods: Api<Pod> = Api::namespaced(dc.client(), "default");
+    let mk = |name: &str, script: &str, policy: &str, grace: i64| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"restartPolicy": policy, "terminationGracePeriodSeconds": grace,
+                     "containers": [{"name": "c", "image": "example.com/shell:1", "args": [script]}]}
+        }))
+        .expect("pod")
+    };
+    pods.create(
+        &PostParams::default(),
+        &mk(
+            "stubborn",
+            "trap '' TERM; while true; do sleep 0.2; done",
+            "Always",
+            1,
+        ),
+    )
+    .await
+    .expect("create");
+    wait_pod(&pods, "stubborn", "running", ready).await;
+    let started = std::time::Instant::now();
+    pods.delete("stubborn", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(10, "killed", || async {
+        pods.get_opt("stubborn")
+            .await
+            .expect("get")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "waited for the grace period"
+    );
+
+    pods.create(&PostParams::default(), &mk("crashy", "exit 3", "Always", 1))
+        .await
+        .expect("create");
+    wait_pod(&pods, "crashy", "restarts counted", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .is_some_and(|cs| cs[0].restart_count >= 2)
+    })
+    .await;
+    pods.create(
+        &PostParams::default(),
+        &mk("once", "exit 0", "OnFailure", 1),
+    )
+    .await
+    .expect("create");
+    let done = wait_pod(&pods, "once", "succeeded", |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")
+    })
+    .await;
+    assert_eq!(
+        done.status
+            .and_then(|s| s.container_statuses)
+            .expect("statuses")[0]
+            .restart_count,
+        0
+    );
+    pods.create(&PostParams::default(), &mk("fails", "exit 4", "Never", 1))
+        .await
+        .expect("create");
+    let failed = wait_pod(&pods, "fails", "failed", |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
+    })
+    .await;
+    let term = failed
+        .status
+        .and_then(|s| s.container_statuses)
+        .expect("statuses")[0]
+        .state
+        .clone()
+        .and_then(|s| s.terminated)
+        .expect("terminated");
+    assert_eq!(term.exit_code, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmapped_images_say_so_and_never_run() {
+    let dc = cluster().await;
+    let pods: Api<Pod> = Api::namespaced(dc.client(), "default");
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "ghost"}, "spec": {"containers": [{"name": "c", "image": "nginx:1.27"}]}})).expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
+    let p = wait_pod(&pods, "ghost", "waiting status", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .is_some_and(|cs| !cs.is_empty())
+    })
+    .await;
+    let st = p.status.expect("status");
+    assert_eq!(st.phase.as_deref(), Some("Pending"));
+    let waiting = st.container_statuses.expect("cs")[0]
+        .state
+        .clone()
+        .and_then(|s| s.waiting)
+        .expect("waiting");
+    assert_eq!(waiting.reason.as_deref(), Some("ImageNotMapped"));
+    assert!(waiting.message.unwrap_or_default().contains("nginx:1.27"));
+    pods.delete("ghost", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(10, "gone", || async {
+        pods.get_opt("ghost")
+            .await
+            .expect("get")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_status_and_deletion_cost_aware_scale_down() {
+    let dc = cluster().await;
+    let deps: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(dc.client(), "default");
+    let pods: Api<Pod> = Api::namespaced(dc.client(), "default");
+    let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "pool"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "pool"}},
+                 "template": {"metadata": {"labels": {"app": "pool"}},
+                              "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": "example.com/shell:1", "args": ["sleep 300"]}]}}}
+    }))
+    .expect("deployment");
+    deps.create(&PostParams::default(), &d)
+        .await
+        .expect("create");
+    let done = eventually(30, "deployment available", || async {
+        deps.get("pool").await.ok().filter(|d| {
+            let s = d.status.clone().unwrap_or_default();
+            s.ready_replicas == Some(3)
+                && s.available_replicas == Some(3)
+                && s.observed_generation == Some(1)
+        })
+    })
+    .await;
+    let conds = done.status.and_then(|s| s.conditions).unwrap_or_default();
+    assert!(conds.iter().any(|c| c.type_.as_deref() == Some("Available") && c.status.as_deref() == Some("True")));
+    assert!(
+        conds
+            .iter()
+            .any(|c| c.type_.as_deref() == Some("Progressing")
+                && c.reason.as_deref() == Some("NewReplicaSetAvailable"))
+    );
+    // Give one pod a high deletion cost and one a low one; scaling to 1 keeps the expensive one.
+    let names: Vec<String> = pods
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert_eq!(names.len(), 3);
+    let cost = |n: &str, c: &str| {
+        let pods = pods.clone();
+        let n = n.to_string();
+        let c = c.to_string();
+        async move {
+            pods.patch(&n, &Default::default(), &kube::api::Patch::Merge(json!({"metadata": {"annotations": {"controller.kubernetes.io/pod-deletion-cost": c}}})))
+                .await
+                .expect("annotate")
+        }
+    };
+    cost(&names[0], "1000").await;
+    cost(&names[1], "-1000").await;
+    deps.patch_scale(
+        "pool",
+        &Default::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .expect("scale");
+    let keep = names[0].clone();
+    eventually(30, "scaled to the expensive pod", || {
+        let pods = pods.clone();
+        let keep = keep.clone();
+        async move {
+            let live: Vec<String> = pods
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter_map(|p| p.metadata.name)
+                .collect();
+            (live == [keep]).then_some(())
+        }
+    })
+    .await;
+    let d = eventually(30, "status follows", || async {
+        deps.get("pool")
+            .await
+            .ok()
+            .filter(|d| d.status.as_ref().and_then(|s| s.replicas) == Some(1))
+    })
+    .await;
+    assert_eq!(d.status.expect("status").observed_generation, Some(2));
+}
