@@ -35,7 +35,7 @@ impl Default for ScalingSpec {
             target_latency_seconds: Some(30.0),
             backlog_per_replica: None,
             activation_backlog: 0,
-            scale_down_stabilization_seconds: 60,
+            scale_down_stabilization_seconds: 30,
             idle_before_zero_seconds: 120,
             max_scale_up_step: 10,
         }
@@ -105,12 +105,19 @@ pub struct PolicyTuning {
     /// Busy fraction of all delivery slots the policy plans for at most: rate estimates are
     /// noisy and a queue run at 100 % has no margin for them.
     pub max_utilization: f64,
-    /// Seconds of polls the arrival rate is averaged over while it looks stable.
+    /// Seconds of polls the arrival rate is averaged over while it looks stable...
     pub arrival_window_seconds: f64,
+    /// ...or longer, until the average holds this many messages...
+    pub min_arrivals_averaged: f64,
+    /// ...but never longer than this.
+    pub max_arrival_window_seconds: f64,
     /// A poll whose arrivals differ from the average by more than this many standard
     /// deviations (Poisson) starts a new average.
     pub rate_change_sigmas: f64,
-    /// Weight of a new service-time sample in its moving average.
+    /// Weight of one delivery's duration in the service-time average: about the inverse of
+    /// how many recent deliveries the average remembers...
+    pub service_time_weight_per_delivery: f64,
+    /// ...and the most one poll's mean may weigh.
     pub service_time_smoothing: f64,
     /// Backlog per replica used before the service time is known when the spec sets none,
     /// in multiples of one replica's concurrency.
@@ -121,12 +128,15 @@ impl Default for PolicyTuning {
     fn default() -> Self {
         Self {
             stale_after_seconds: 20.0,
-            queueing_budget_fraction: 0.25,
+            queueing_budget_fraction: 0.5,
             drain_budget_fraction: 0.5,
             wait_quantile: 0.99,
-            max_utilization: 0.9,
+            max_utilization: 0.95,
             arrival_window_seconds: 60.0,
+            min_arrivals_averaged: 100.0,
+            max_arrival_window_seconds: 600.0,
             rate_change_sigmas: 4.0,
+            service_time_weight_per_delivery: 0.01,
             service_time_smoothing: 0.3,
             fallback_backlog_per_slot: 1.0,
         }

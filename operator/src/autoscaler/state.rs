@@ -74,13 +74,19 @@ impl ScalingState {
             // No history yet: what the sidecars received is all that is known.
             None => signals.throughput.map(|t| t.receive_rate),
         };
-        if let Some(sample) = signals.throughput.and_then(|t| t.mean_service_seconds)
+        if let Some(t) = signals.throughput
+            && let Some(sample) = t.mean_service_seconds
             && sample.is_finite()
             && sample > 0.0
         {
-            let smoothing = tuning.service_time_smoothing;
+            // Weighted by how many deliveries the sample averages, so that a window with two
+            // long jobs moves the estimate as little as two deliveries should; capped per poll
+            // so that busy queues still average over several polls.
+            let completions = (t.completion_rate * t.window_seconds).max(1.0);
+            let weight = (1.0 - (1.0 - tuning.service_time_weight_per_delivery).powf(completions))
+                .min(tuning.service_time_smoothing);
             self.service_seconds = Some(match self.service_seconds {
-                Some(old) => old + smoothing * (sample - old),
+                Some(old) => old + weight * (sample - old),
                 None => sample,
             });
         }
@@ -101,11 +107,17 @@ impl ScalingState {
     /// One noisy poll thus neither scales up nor holds a scale-down, while a real step is
     /// followed at once.
     fn fold_arrivals(&mut self, latest: ArrivalCount, tuning: &PolicyTuning) -> f64 {
-        while self
-            .arrivals
-            .front()
-            .is_some_and(|a| a.at < latest.at - tuning.arrival_window_seconds)
-        {
+        // Keep at least `arrival_window_seconds`, and longer while that holds too few
+        // messages for a steady average.
+        let mut kept: f64 = self.arrivals.iter().map(|a| a.messages).sum();
+        while let Some(oldest) = self.arrivals.front() {
+            let too_old = oldest.at < latest.at - tuning.arrival_window_seconds;
+            let enough = kept - oldest.messages >= tuning.min_arrivals_averaged;
+            let way_too_old = oldest.at < latest.at - tuning.max_arrival_window_seconds;
+            if !(too_old && enough || way_too_old) {
+                break;
+            }
+            kept -= oldest.messages;
             self.arrivals.pop_front();
         }
         let (seconds, messages) = self

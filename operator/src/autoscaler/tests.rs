@@ -121,18 +121,19 @@ fn activation_sizes_the_first_step_from_the_backlog() {
 #[test]
 fn demand_follows_arrival_rate_and_service_time_not_queue_length() {
     let p = policy(ScalingSpec::default());
-    // 100 msg/s × 0.5 s = 50 busy slots; at most 90 % utilization → ≥ 56 slots → 6 replicas.
+    // 100 msg/s × 0.5 s = 50 busy slots; at most 95 % busy → 53 slots → 6 replicas.
     let mut state = ScalingState::default();
     let d = p.decide(&mut state, 0.0, 6, Some(&scraped(0.0, 6, 0, 100.0, 0.5)));
     let used = d.signals.unwrap();
     assert_eq!(used.basis, DemandBasis::LatencyTarget);
     assert_eq!(used.needed_replicas, 6);
     assert_eq!(used.per_replica_capacity, Some(20.0));
-    // The same empty queue with twice the service time needs about twice the replicas.
+    // The same empty queue with twice the service time needs about twice the replicas:
+    // 100 busy slots at most 95 % busy → 106 slots → 11 replicas.
     let mut state = ScalingState::default();
     let d = p.decide(&mut state, 0.0, 6, Some(&scraped(0.0, 6, 0, 100.0, 1.0)));
-    assert_eq!(d.signals.unwrap().needed_replicas, 12);
-    assert_eq!(d.to, 12);
+    assert_eq!(d.signals.unwrap().needed_replicas, 11);
+    assert_eq!(d.to, 11);
     assert_eq!(d.reason.code(), "MeetDemand");
 }
 
@@ -222,7 +223,8 @@ fn oscillating_load_does_not_flap() {
         current = d.to;
     }
     assert_eq!(changes.len(), 1, "{changes:?}");
-    assert_eq!(current, 9);
+    // 150 msg/s × 0.5 s = 75 busy slots, at most 95 % busy → 79 slots → 8 replicas.
+    assert_eq!(current, 8);
 }
 
 #[test]
@@ -319,4 +321,46 @@ fn decisions_are_deterministic_and_serializable() {
     let json = serde_json::to_value(&a[1]).unwrap();
     assert!(json["reason"]["kind"].is_string());
     assert!(json["signals"]["neededReplicas"].is_number());
+}
+
+#[test]
+fn a_cold_start_waits_for_measured_throughput_before_growing_further() {
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    let d = p.decide(&mut state, 0.0, 0, Some(&queue_only(0.0, 30)));
+    assert_eq!(d.to, 3);
+    // The queue keeps growing while the three pods start: sizing by its length alone would
+    // chase messages the starting pods are about to take.
+    let d = p.decide(&mut state, 5.0, 3, Some(&queue_only(5.0, 300)));
+    assert_eq!(d.to, 3);
+    assert_eq!(d.reason.code(), "AwaitingThroughput");
+    // Once they report, demand comes from the measured service time.
+    let d = p.decide(&mut state, 10.0, 3, Some(&scraped(10.0, 3, 400, 30.0, 1.0)));
+    assert_eq!(
+        d.signals.as_ref().unwrap().basis,
+        DemandBasis::LatencyTarget
+    );
+    assert!(d.to > 3, "{}", d.message());
+}
+
+#[test]
+fn poisson_noise_does_not_move_the_arrival_estimate_but_a_step_does() {
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    let mut rates = Vec::new();
+    // 40 msg/s with ±10 % wobble, then a step to 120 msg/s.
+    for i in 0..30u32 {
+        let t = f64::from(i) * 3.0;
+        let rate = if i < 25 {
+            if i % 2 == 0 { 44.0 } else { 36.0 }
+        } else {
+            120.0
+        };
+        let d = p.decide(&mut state, t, 4, Some(&scraped(t, 4, 0, rate, 0.5)));
+        rates.push(d.signals.unwrap().arrival_rate.unwrap());
+    }
+    for r in &rates[5..25] {
+        assert!((r - 40.0).abs() < 2.5, "{r}");
+    }
+    assert_eq!(rates[25], 120.0);
 }

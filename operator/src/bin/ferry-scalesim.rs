@@ -42,7 +42,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     min_replicas: u32,
     /// Seconds between the operator's polls.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 3)]
     poll_interval: u32,
     /// Age of scraped values (both ferry and KEDA see the queue this late).
     #[arg(long, default_value_t = 2)]

@@ -18,7 +18,7 @@ pub struct ScrapeConfig {
 impl Default for ScrapeConfig {
     fn default() -> Self {
         Self {
-            poll_interval_seconds: 5,
+            poll_interval_seconds: 3,
             lag_seconds: 2,
         }
     }

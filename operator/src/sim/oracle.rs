@@ -8,12 +8,14 @@
 //! finish by `arrival + target + service`. Each second the oracle pays for the fewest pods
 //! that keep every message able to finish in time (only messages without slack force
 //! capacity: later capacity serves everything earlier capacity could), then gives the slots
-//! it pays for anyway to the earliest deadlines. Each "pod level" it uses is either kept idle
-//! through a gap or stopped and started again, whichever is cheaper, at the model's start-up
-//! delay; pods it keeps through a gap are then planned with work, and the plan is redone
-//! until it stops getting cheaper. The relaxation makes it cheaper than anything a real
-//! policy can do in this model; the greedy planning means it is not proven to be the
-//! relaxation's exact optimum. It is not a policy anyone could run.
+//! it pays for anyway to the earliest deadlines, so it wastes a slot only when no message at
+//! all is waiting.
+//!
+//! Start-ups: going from zero to one pod costs the model's start-up delay, or the idle time
+//! since the last pod if that is shorter (keeping it would have been cheaper). Pods beyond
+//! the first are taken to start for free: charging them would make the bound depend on how
+//! smoothly the oracle places them, and a lower bound must not overcharge. It is not a policy
+//! anyone could run.
 
 use super::model::{Message, ModelConfig, RunOutcome};
 
@@ -27,62 +29,11 @@ struct Pending {
     started: bool,
 }
 
-/// Rounds of re-planning with the levels worth keeping warm; the cost stops improving after
-/// two or three.
-const PLANNING_ROUNDS: usize = 6;
-
 pub fn oracle(
     config: &ModelConfig,
     messages: &[Message],
     duration_seconds: usize,
     min_replicas: u32,
-) -> RunOutcome {
-    let mut best = schedule(config, messages, duration_seconds, min_replicas, &[]);
-    let mut floor = warm_levels(&best.replicas, config.pod_startup_seconds);
-    for _ in 1..PLANNING_ROUNDS {
-        let candidate = schedule(config, messages, duration_seconds, min_replicas, &floor);
-        floor = warm_levels(&candidate.replicas, config.pod_startup_seconds);
-        if candidate.replica_seconds < best.replica_seconds {
-            best = candidate;
-        } else {
-            break;
-        }
-    }
-    best
-}
-
-/// Per second, the pods a plan keeps anyway: a pod idle for less than a start-up costs the
-/// same kept as restarted, so it might as well be kept and given work.
-fn warm_levels(replicas: &[u32], startup_seconds: f64) -> Vec<u32> {
-    let mut floor = replicas.to_vec();
-    let top = replicas.iter().copied().max().unwrap_or(0);
-    for level in 1..=top {
-        let mut last_used: Option<usize> = None;
-        for (t, &r) in replicas.iter().enumerate() {
-            if r < level {
-                continue;
-            }
-            if let Some(p) = last_used
-                && t > p + 1
-                && ((t - p - 1) as f64) <= startup_seconds
-            {
-                for f in &mut floor[p + 1..t] {
-                    *f = (*f).max(level);
-                }
-            }
-            last_used = Some(t);
-        }
-    }
-    floor
-}
-
-/// One lazy plan that never pays for fewer pods than `floor` (per second; missing = 0).
-fn schedule(
-    config: &ModelConfig,
-    messages: &[Message],
-    duration_seconds: usize,
-    min_replicas: u32,
-    floor: &[u32],
 ) -> RunOutcome {
     let slots_per_pod = f64::from(config.concurrency_per_pod);
     let target = config.latency_target_seconds;
@@ -92,7 +43,7 @@ fn schedule(
     let mut waits = Vec::with_capacity(messages.len());
     let mut replicas_series = Vec::new();
     let mut backlog_series = Vec::new();
-    let mut level_last_used: Vec<Option<usize>> = Vec::new();
+    let mut first_pod_last_used: Option<usize> = None;
     let mut startup_cost = 0.0;
     let mut next = 0;
     let mut t = 0usize;
@@ -118,9 +69,8 @@ fn schedule(
             must.clamp(0.0, p.remaining.min(1.0))
         }));
         let must_total: f64 = forced.iter().sum();
-        let replicas = ((must_total / slots_per_pod - EPSILON).ceil().max(0.0) as u32)
-            .max(min_replicas)
-            .max(floor.get(t).copied().unwrap_or(0));
+        let replicas =
+            ((must_total / slots_per_pod - EPSILON).ceil().max(0.0) as u32).max(min_replicas);
         let mut spare = f64::from(replicas) * slots_per_pod - must_total;
         for (p, must) in pending.iter_mut().zip(&forced) {
             let extra = (p.remaining.min(1.0) - must).min(spare).max(0.0);
@@ -136,16 +86,13 @@ fn schedule(
         }
         pending.retain(|p| p.remaining > EPSILON);
 
-        if level_last_used.len() < replicas as usize {
-            level_last_used.resize(replicas as usize, None);
-        }
-        for last in level_last_used.iter_mut().take(replicas as usize) {
-            startup_cost += match *last {
+        if replicas > 0 {
+            startup_cost += match first_pod_last_used {
                 Some(p) if p + 1 == t => 0.0,
                 Some(p) => ((t - p - 1) as f64).min(config.pod_startup_seconds),
                 None => config.pod_startup_seconds,
             };
-            *last = Some(t);
+            first_pod_last_used = Some(t);
         }
         replicas_series.push(replicas);
         backlog_series.push(pending.iter().filter(|p| !p.started).count() as u64);
