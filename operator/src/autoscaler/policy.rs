@@ -53,7 +53,7 @@ impl ScalingPolicy {
         }
 
         let estimates = state.observe(signals, &self.tuning);
-        let demand = self.demand(signals, &estimates);
+        let demand = self.demand(signals, &estimates, current);
         let idle_seconds = state.track_idle(signals);
         let used = self.signals_used(now, signals, &estimates, demand);
         let (to, reason) = if current == 0 {
@@ -68,6 +68,7 @@ impl ScalingPolicy {
                 idle_seconds,
             )
         };
+        state.note_decision(now, current, to);
         ScalingDecision {
             at: now,
             from: current,
@@ -98,7 +99,7 @@ impl ScalingPolicy {
         }
     }
 
-    fn demand(&self, signals: &ScalingSignals, estimates: &Estimates) -> Demand {
+    fn demand(&self, signals: &ScalingSignals, estimates: &Estimates, current: u32) -> Demand {
         let backlog = &signals.backlog;
         let slots_per_replica = f64::from(signals.concurrency_per_replica.max(1));
         let work = (backlog.visible + backlog.in_flight) as f64;
@@ -110,10 +111,20 @@ impl ScalingPolicy {
             estimates.service_seconds,
         ) {
             (Some(target), Some(arrival_rate), Some(service_seconds)) => {
-                // A backlog that already formed must drain within part of the target on top
-                // of keeping up with arrivals, so it counts as extra arrival rate.
-                let drain_rate =
-                    backlog.visible as f64 / (target * self.tuning.drain_budget_fraction);
+                // Replicas asked for now serve only after a start-up, and the queue grows
+                // meanwhile wherever capacity falls short: first with the replicas ready now,
+                // then with those already on their way. That backlog, too, must drain within
+                // part of the target on top of keeping up with arrivals, so it counts as extra
+                // arrival rate.
+                let per_replica_rate = slots_per_replica / service_seconds;
+                let shortfall = |replicas: u32| {
+                    (arrival_rate - f64::from(replicas) * per_replica_rate).max(0.0)
+                };
+                let pending = estimates.pending_ready_seconds;
+                let growth = shortfall(signals.ready_replicas) * pending
+                    + shortfall(current) * (estimates.startup_seconds - pending);
+                let drain_rate = (backlog.visible as f64 + growth)
+                    / (target * self.tuning.drain_budget_fraction);
                 let slots = slots_needed(
                     arrival_rate + drain_rate,
                     service_seconds,

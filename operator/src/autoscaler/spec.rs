@@ -119,6 +119,10 @@ pub struct PolicyTuning {
     pub service_time_weight_per_delivery: f64,
     /// ...and the most one poll's mean may weigh.
     pub service_time_smoothing: f64,
+    /// Replica start-up assumed until one has been observed.
+    pub default_startup_seconds: f64,
+    /// Weight of a new start-up observation in its moving average.
+    pub startup_smoothing: f64,
     /// Backlog per replica used before the service time is known when the spec sets none,
     /// in multiples of one replica's concurrency.
     pub fallback_backlog_per_slot: f64,
@@ -138,6 +142,8 @@ impl Default for PolicyTuning {
             rate_change_sigmas: 4.0,
             service_time_weight_per_delivery: 0.01,
             service_time_smoothing: 0.3,
+            default_startup_seconds: 15.0,
+            startup_smoothing: 0.3,
             fallback_backlog_per_slot: 1.0,
         }
     }

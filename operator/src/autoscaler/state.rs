@@ -16,6 +16,15 @@ pub struct ScalingState {
     service_seconds: Option<f64>,
     recommendations: VecDeque<Recommendation>,
     idle_since: Option<f64>,
+    /// Learned seconds from asking for more replicas to seeing them ready.
+    startup_seconds: Option<f64>,
+    awaiting_ready: Option<ScaleUp>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ScaleUp {
+    requested_at: f64,
+    replicas: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +51,10 @@ struct Recommendation {
 pub struct Estimates {
     pub arrival_rate: Option<f64>,
     pub service_seconds: Option<f64>,
+    /// How long a replica asked for now takes to become ready (learned, or the default).
+    pub startup_seconds: f64,
+    /// How long until the replicas already asked for are ready.
+    pub pending_ready_seconds: f64,
 }
 
 impl ScalingState {
@@ -96,9 +109,49 @@ impl ScalingState {
                 visible,
             });
         }
+        if let Some(waiting) = self.awaiting_ready
+            && signals.ready_replicas >= waiting.replicas
+        {
+            let took = signals.sampled_at - waiting.requested_at;
+            if took >= 0.0 {
+                self.startup_seconds = Some(match self.startup_seconds {
+                    Some(old) => old + tuning.startup_smoothing * (took - old),
+                    None => took,
+                });
+            }
+            self.awaiting_ready = None;
+        }
+        let startup_seconds = self
+            .startup_seconds
+            .unwrap_or(tuning.default_startup_seconds);
+        let pending_ready_seconds = self.awaiting_ready.map_or(0.0, |w| {
+            (startup_seconds - (signals.sampled_at - w.requested_at)).clamp(0.0, startup_seconds)
+        });
         Estimates {
             arrival_rate,
             service_seconds: self.service_seconds,
+            startup_seconds,
+            pending_ready_seconds,
+        }
+    }
+
+    /// Remembers a scale-up until its replicas are ready, to learn how long start-up takes.
+    pub fn note_decision(&mut self, now: f64, from: u32, to: u32) {
+        if to > from {
+            self.awaiting_ready = Some(match self.awaiting_ready {
+                Some(w) => ScaleUp {
+                    requested_at: w.requested_at,
+                    replicas: to,
+                },
+                None => ScaleUp {
+                    requested_at: now,
+                    replicas: to,
+                },
+            });
+        } else if to < from
+            && let Some(w) = &mut self.awaiting_ready
+        {
+            w.replicas = w.replicas.min(to);
         }
     }
 

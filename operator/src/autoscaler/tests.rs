@@ -131,9 +131,20 @@ fn demand_follows_arrival_rate_and_service_time_not_queue_length() {
     // The same empty queue with twice the service time needs about twice the replicas:
     // 100 busy slots at most 95 % busy → 106 slots → 11 replicas.
     let mut state = ScalingState::default();
-    let d = p.decide(&mut state, 0.0, 6, Some(&scraped(0.0, 6, 0, 100.0, 1.0)));
+    let d = p.decide(&mut state, 0.0, 12, Some(&scraped(0.0, 12, 0, 100.0, 1.0)));
     assert_eq!(d.signals.unwrap().needed_replicas, 11);
-    assert_eq!(d.to, 11);
+}
+
+#[test]
+fn a_shortfall_counts_the_backlog_that_grows_while_new_replicas_start() {
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    // Six replicas serve 60 of 100 msg/s. Until new ones are ready (15 s by default) the
+    // queue grows by 40 msg/s, 600 messages that must drain within 15 s as well: 140 msg/s
+    // → 148 slots → 15 replicas, where arrivals alone would need 11.
+    let d = p.decide(&mut state, 0.0, 6, Some(&scraped(0.0, 6, 0, 100.0, 1.0)));
+    assert_eq!(d.signals.unwrap().needed_replicas, 15);
+    assert_eq!(d.to, 15);
     assert_eq!(d.reason.code(), "MeetDemand");
 }
 
@@ -222,8 +233,10 @@ fn oscillating_load_does_not_flap() {
         }
         current = d.to;
     }
-    assert_eq!(changes.len(), 1, "{changes:?}");
-    // 150 msg/s × 0.5 s = 75 busy slots, at most 95 % busy → 79 slots → 8 replicas.
+    // The first minute may overshoot while the first replica is saturated; after that the
+    // count settles on 150 msg/s × 0.5 s = 75 busy slots, at most 95 % busy → 79 slots → 8
+    // replicas, and stays.
+    assert!(changes.iter().all(|(t, _)| *t < 60.0), "{changes:?}");
     assert_eq!(current, 8);
 }
 

@@ -21,7 +21,7 @@ struct Args {
     /// Run only the built-in traces with these names.
     #[arg(long = "only", value_name = "NAME")]
     only: Vec<String>,
-    /// Write `report.json` and one SVG per trace here.
+    /// Write `report.json`, one SVG per trace and ferry's decisions per trace here.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Seconds a message may wait (the policy's target and the SLO every policy is judged by).
@@ -118,6 +118,12 @@ fn main() -> anyhow::Result<()> {
         for result in &results {
             let path = dir.join(format!("{}.svg", result.name));
             std::fs::write(&path, trace_svg(result))
+                .with_context(|| format!("writing {}", path.display()))?;
+            // Every replica change ferry made, with its reason and signals: the same
+            // explanation the operator puts in status and Events.
+            let path = dir.join(format!("{}.ferry-decisions.json", result.name));
+            let decisions = serde_json::to_string_pretty(&result.ferry.decisions)?;
+            std::fs::write(&path, decisions + "\n")
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         eprintln!("wrote {}", dir.join("report.json").display());

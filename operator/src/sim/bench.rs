@@ -1,6 +1,6 @@
 //! One trace through the three policies, with KEDA's target tuned for it.
 
-use crate::autoscaler::{PolicyTuning, ScalingPolicy, ScalingSpec};
+use crate::autoscaler::{PolicyTuning, ScalingDecision, ScalingPolicy, ScalingSpec};
 
 use super::ferry::{FerryController, ScrapeConfig};
 use super::keda::{KedaConfig, KedaController};
@@ -53,6 +53,8 @@ pub struct PolicyRun {
     pub stats: PolicyStats,
     pub replicas: Vec<u32>,
     pub backlog: Vec<u64>,
+    /// The ferry policy's decisions that changed the replica count, with their reasons.
+    pub decisions: Vec<ScalingDecision>,
 }
 
 impl PolicyRun {
@@ -61,6 +63,7 @@ impl PolicyRun {
             stats: PolicyStats::of(&outcome),
             replicas: outcome.replicas,
             backlog: outcome.backlog,
+            decisions: Vec::new(),
         }
     }
 }
@@ -122,9 +125,9 @@ pub fn run_ferry(
         config.scrape.clone(),
         config.model.concurrency_per_pod,
     );
-    Ok(PolicyRun::of(run_controller(
-        config, trace, messages, &mut ferry,
-    )))
+    let mut result = PolicyRun::of(run_controller(config, trace, messages, &mut ferry));
+    result.decisions = std::mem::take(&mut ferry.decisions);
+    Ok(result)
 }
 
 fn run_controller(
