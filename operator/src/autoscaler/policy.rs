@@ -108,9 +108,10 @@ impl ScalingPolicy {
         let by_latency = match (
             self.spec.target_latency_seconds,
             estimates.arrival_rate,
+            estimates.planning_arrival_rate,
             estimates.service_seconds,
         ) {
-            (Some(target), Some(arrival_rate), Some(service_seconds)) => {
+            (Some(target), Some(arrival_rate), Some(planning_rate), Some(service_seconds)) => {
                 // Replicas asked for now serve only after a start-up, and the queue grows
                 // meanwhile wherever capacity falls short: first with the replicas ready now,
                 // then with those already on their way. That backlog, too, must drain within
@@ -126,7 +127,7 @@ impl ScalingPolicy {
                 let drain_rate = (backlog.visible as f64 + growth)
                     / (target * self.tuning.drain_budget_fraction);
                 let slots = slots_needed(
-                    arrival_rate + drain_rate,
+                    planning_rate + drain_rate,
                     service_seconds,
                     target * self.tuning.queueing_budget_fraction,
                     self.tuning.wait_quantile,

@@ -114,6 +114,8 @@ pub struct PolicyTuning {
     /// A poll whose arrivals differ from the average by more than this many standard
     /// deviations (Poisson) starts a new average.
     pub rate_change_sigmas: f64,
+    /// Standard deviations of Poisson error added to the arrival rate before provisioning.
+    pub rate_confidence_sigmas: f64,
     /// Weight of one delivery's duration in the service-time average: about the inverse of
     /// how many recent deliveries the average remembers...
     pub service_time_weight_per_delivery: f64,
@@ -135,11 +137,12 @@ impl Default for PolicyTuning {
             queueing_budget_fraction: 0.5,
             drain_budget_fraction: 0.5,
             wait_quantile: 0.99,
-            max_utilization: 0.95,
+            max_utilization: 0.98,
             arrival_window_seconds: 60.0,
             min_arrivals_averaged: 100.0,
             max_arrival_window_seconds: 600.0,
             rate_change_sigmas: 4.0,
+            rate_confidence_sigmas: 2.0,
             service_time_weight_per_delivery: 0.01,
             service_time_smoothing: 0.3,
             default_startup_seconds: 15.0,

@@ -50,6 +50,9 @@ struct Recommendation {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Estimates {
     pub arrival_rate: Option<f64>,
+    /// The arrival rate the policy provisions for: the estimate plus its Poisson error, so
+    /// that headroom shrinks as the evidence grows (busy queues run hot, sparse ones don't).
+    pub planning_arrival_rate: Option<f64>,
     pub service_seconds: Option<f64>,
     /// How long a replica asked for now takes to become ready (learned, or the default).
     pub startup_seconds: f64,
@@ -82,10 +85,16 @@ impl ScalingState {
                 }
             })
         });
-        let arrival_rate = match latest {
-            Some(latest) => Some(self.fold_arrivals(latest, tuning)),
+        let (arrival_rate, planning_arrival_rate) = match latest {
+            Some(latest) => {
+                let (rate, upper) = self.fold_arrivals(latest, tuning);
+                (Some(rate), Some(upper))
+            }
             // No history yet: what the sidecars received is all that is known.
-            None => signals.throughput.map(|t| t.receive_rate),
+            None => {
+                let rate = signals.throughput.map(|t| t.receive_rate);
+                (rate, rate)
+            }
         };
         if let Some(t) = signals.throughput
             && let Some(sample) = t.mean_service_seconds
@@ -129,6 +138,7 @@ impl ScalingState {
         });
         Estimates {
             arrival_rate,
+            planning_arrival_rate,
             service_seconds: self.service_seconds,
             startup_seconds,
             pending_ready_seconds,
@@ -155,11 +165,11 @@ impl ScalingState {
         }
     }
 
-    /// The arrival rate over the recent polls, unless the latest poll is too far from it to be
+    /// The arrival rate (and its upper confidence bound) over the recent polls, unless the latest poll is too far from it to be
     /// Poisson noise: then the rate changed, and only the latest poll describes the new one.
     /// One noisy poll thus neither scales up nor holds a scale-down, while a real step is
     /// followed at once.
-    fn fold_arrivals(&mut self, latest: ArrivalCount, tuning: &PolicyTuning) -> f64 {
+    fn fold_arrivals(&mut self, latest: ArrivalCount, tuning: &PolicyTuning) -> (f64, f64) {
         // Keep at least `arrival_window_seconds`, and longer while that holds too few
         // messages for a steady average.
         let mut kept: f64 = self.arrivals.iter().map(|a| a.messages).sum();
@@ -189,7 +199,8 @@ impl ScalingState {
             .arrivals
             .iter()
             .fold((0.0, 0.0), |(s, m), a| (s + a.seconds, m + a.messages));
-        messages / seconds
+        let error = tuning.rate_confidence_sigmas * messages.max(1.0).sqrt();
+        (messages / seconds, (messages + error) / seconds)
     }
 
     /// Seconds the queue has been idle, counting this sample.

@@ -121,7 +121,7 @@ fn activation_sizes_the_first_step_from_the_backlog() {
 #[test]
 fn demand_follows_arrival_rate_and_service_time_not_queue_length() {
     let p = policy(ScalingSpec::default());
-    // 100 msg/s × 0.5 s = 50 busy slots; at most 95 % busy → 53 slots → 6 replicas.
+    // 100 msg/s × 0.5 s = 50 busy slots; at most 98 % busy → 52 slots → 6 replicas.
     let mut state = ScalingState::default();
     let d = p.decide(&mut state, 0.0, 6, Some(&scraped(0.0, 6, 0, 100.0, 0.5)));
     let used = d.signals.unwrap();
@@ -129,7 +129,7 @@ fn demand_follows_arrival_rate_and_service_time_not_queue_length() {
     assert_eq!(used.needed_replicas, 6);
     assert_eq!(used.per_replica_capacity, Some(20.0));
     // The same empty queue with twice the service time needs about twice the replicas:
-    // 100 busy slots at most 95 % busy → 106 slots → 11 replicas.
+    // 100 busy slots at most 98 % busy → 103 slots → 11 replicas.
     let mut state = ScalingState::default();
     let d = p.decide(&mut state, 0.0, 12, Some(&scraped(0.0, 12, 0, 100.0, 1.0)));
     assert_eq!(d.signals.unwrap().needed_replicas, 11);
@@ -141,7 +141,7 @@ fn a_shortfall_counts_the_backlog_that_grows_while_new_replicas_start() {
     let mut state = ScalingState::default();
     // Six replicas serve 60 of 100 msg/s. Until new ones are ready (15 s by default) the
     // queue grows by 40 msg/s, 600 messages that must drain within 15 s as well: 140 msg/s
-    // → 148 slots → 15 replicas, where arrivals alone would need 11.
+    // → 143 slots → 15 replicas, where arrivals alone would need 11.
     let d = p.decide(&mut state, 0.0, 6, Some(&scraped(0.0, 6, 0, 100.0, 1.0)));
     assert_eq!(d.signals.unwrap().needed_replicas, 15);
     assert_eq!(d.to, 15);
@@ -234,10 +234,11 @@ fn oscillating_load_does_not_flap() {
         current = d.to;
     }
     // The first minute may overshoot while the first replica is saturated; after that the
-    // count settles on 150 msg/s × 0.5 s = 75 busy slots, at most 95 % busy → 79 slots → 8
-    // replicas, and stays.
+    // count settles on what the high level needs and stays. Each swing is a real change of
+    // rate, so the estimate restarts from one 5 s poll: 750 messages ± 2·√750 → 161 msg/s
+    // × 0.5 s = 80.5 busy slots, at most 98 % busy → 83 slots → 9 replicas.
     assert!(changes.iter().all(|(t, _)| *t < 60.0), "{changes:?}");
-    assert_eq!(current, 8);
+    assert_eq!(current, 9);
 }
 
 #[test]
