@@ -332,9 +332,12 @@ impl<'a> Cluster<'a> {
         }
     }
 
-    fn complete(record: &mut TickRecord, run: Running) {
+    /// A delivery finished. Its wait counts only now: a delivery cut by a kill does not
+    /// finish, and the message's wait runs on until a later delivery does.
+    fn complete(record: &mut TickRecord, waits: &mut Vec<f64>, run: Running) {
         record.completed_total += 1;
         record.service_seconds_total += run.message.service;
+        waits.push(run.received_at - run.message.arrival);
     }
 
     fn dispatch(&mut self, tick_start: f64, tick_end: f64) {
@@ -369,10 +372,9 @@ impl<'a> Cluster<'a> {
             self.queue.pop_front();
             let slot_ref = &mut self.pods[pod].slots[slot];
             if let Some(done) = slot_ref.running.take() {
-                Self::complete(&mut self.record, done);
+                Self::complete(&mut self.record, &mut self.waits, done);
             }
             let wait = start - head.arrival;
-            self.waits.push(wait);
             self.record.received_total += 1;
             self.record.age_at_receipt_seconds_total += wait;
             let ends_at = start + head.service;
@@ -396,7 +398,7 @@ impl<'a> Cluster<'a> {
                     && run.ends_at < tick_end
                 {
                     slot.running = None;
-                    Self::complete(&mut self.record, run);
+                    Self::complete(&mut self.record, &mut self.waits, run);
                 }
             }
         }
@@ -419,7 +421,8 @@ impl<'a> Cluster<'a> {
         self.finished_pod_seconds += finished;
     }
 
-    fn observe(&mut self, tick_end: f64) -> f64 {
+    /// Records the end of a tick and returns how long the oldest waiting message has waited.
+    fn record_tick(&mut self, tick_end: f64) -> f64 {
         let running: u64 = self.pods.iter().map(|p| p.in_flight() as u64).sum();
         self.record.time = tick_end;
         self.record.visible = self.queue.len() as u64;
@@ -489,7 +492,7 @@ pub fn run(
         cluster.enqueue(&messages[first..next_message], tick_end);
         cluster.dispatch(now, tick_end);
         cluster.retire(tick_end);
-        let oldest_age = cluster.observe(tick_end);
+        let oldest_age = cluster.record_tick(tick_end);
         if oldest_age > config.latency_target_seconds {
             slo_violation_seconds += 1.0;
         }
@@ -499,8 +502,17 @@ pub fn run(
         second += 1;
     }
     let end = second as f64;
-    // Messages still waiting at the cap are counted with the wait they had so far.
+    // At the cap, running messages count with the wait they had, and waiting ones with the
+    // wait so far.
     let mut waits = std::mem::take(&mut cluster.waits);
+    for pod in &cluster.pods {
+        waits.extend(
+            pod.slots
+                .iter()
+                .filter_map(|s| s.running)
+                .map(|r| r.received_at - r.message.arrival),
+        );
+    }
     waits.extend(cluster.queue.iter().map(|q| end - q.message.arrival));
     waits.extend(cluster.invisible.iter().map(|(_, m)| end - m.arrival));
     RunOutcome {
