@@ -37,7 +37,7 @@ impl Default for ScalingSpec {
             activation_backlog: 0,
             scale_down_stabilization_seconds: 30,
             idle_before_zero_seconds: 120,
-            max_scale_up_step: 10,
+            max_scale_up_step: 20,
         }
     }
 }
