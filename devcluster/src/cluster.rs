@@ -475,6 +475,7 @@ impl Cluster {
         }
         new["apiVersion"] = Value::String(info.api_version());
         new["kind"] = Value::String(info.kind.clone());
+        let applied_fields = new.pointer("/metadata/managedFields").cloned();
         match sub {
             Sub::Status => {
                 let status = new.get("status").cloned();
@@ -513,14 +514,15 @@ impl Cluster {
                     None => m.remove(f),
                 };
             }
-            if !track {
+            match (track, &applied_fields) {
                 // Apply computed managedFields already; keep them.
-            } else {
-                match om.get("managedFields") {
+                (false, Some(mf)) => m.insert("managedFields".into(), mf.clone()),
+                (false, None) => m.remove("managedFields"),
+                (true, _) => match om.get("managedFields") {
                     Some(v) => m.insert("managedFields".into(), v.clone()),
                     None => m.remove("managedFields"),
-                };
-            }
+                },
+            };
         }
         if info.plural == "namespaces" {
             new["spec"] = old.get("spec").cloned().unwrap_or(json!({}));

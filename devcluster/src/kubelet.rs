@@ -984,9 +984,11 @@ async fn http_get(h: Value, c: Value, ip: String, timeout: Duration) -> bool {
             "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.32\r\nConnection: close\r\n\r\n"
         );
         s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = vec![0u8; 64];
-        let n = s.read(&mut buf).await.ok()?;
-        let line = String::from_utf8_lossy(&buf[..n]).to_string();
+        // Read the whole (bounded) response, as the real prober does, so servers never see a
+        // connection reset mid-write.
+        let mut buf = Vec::new();
+        let _ = (&mut s).take(64 * 1024).read_to_end(&mut buf).await;
+        let line = String::from_utf8_lossy(&buf).to_string();
         let code: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some((200..400).contains(&code))
     };

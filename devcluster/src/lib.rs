@@ -175,6 +175,7 @@ impl DevCluster {
         let app = server::router(server::AppState {
             cluster: cluster.clone(),
             bookmark_interval: b.bookmark_interval,
+            logs_dir: b.kubelet.then(|| work_dir.join("logs")),
         });
         tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {

@@ -48,7 +48,7 @@ pub fn json_merge(target: &mut Value, patch: &Value) {
 pub fn json_patch(target: &mut Value, patch: &Value) -> ApiResult<()> {
     let p: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-    json_patch::patch(target, &p).map_err(|e| {
+    let fail = |e: json_patch::PatchError| {
         ApiError::invalid(
             "",
             "",
@@ -58,7 +58,19 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> ApiResult<()> {
                 format!("the server rejected our request due to an error in our request: {e}"),
             )],
         )
-    })
+    };
+    for op in p.0 {
+        // As in the API server's JSON-patch library, testing a missing path against null succeeds
+        // (kube-runtime's finalizer helper relies on this).
+        if let json_patch::PatchOperation::Test(t) = &op
+            && t.value.is_null()
+            && target.pointer(t.path.as_str()).is_none()
+        {
+            continue;
+        }
+        json_patch::patch(target, &[op]).map_err(fail)?;
+    }
+    Ok(())
 }
 
 fn key_of(item: &Value, keys: &[String]) -> Vec<Value> {

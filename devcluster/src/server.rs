@@ -25,6 +25,8 @@ use crate::table;
 pub struct AppState {
     pub cluster: Arc<Cluster>,
     pub bookmark_interval: Duration,
+    /// Where the process kubelet writes container logs (`pods/log`).
+    pub logs_dir: Option<std::path::PathBuf>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -362,7 +364,7 @@ async fn dispatch(
     let sub = match r.sub.as_deref() {
         None => None,
         Some("status") if info.status => Some(Sub::Status),
-        Some("status") | Some("scale") => None,
+        Some("status") | Some("scale") | Some("log") => None,
         Some(other) => return Err(ApiError::not_found_path(other)),
     };
     if r.sub.as_deref() == Some("scale") {
@@ -371,6 +373,13 @@ async fn dispatch(
         }
         let name = r.name.as_deref().unwrap_or("");
         return scale(st, method, info, ns, name, q, headers, body);
+    }
+    if r.sub.as_deref() == Some("log")
+        && info.group.is_empty()
+        && info.plural == "pods"
+        && *method == Method::GET
+    {
+        return pod_log(st, ns, r.name.as_deref().unwrap_or(""), q).await;
     }
     if r.sub.as_deref() == Some("status") && sub.is_none() {
         return Err(ApiError::not_found_path("status"));
@@ -456,10 +465,7 @@ async fn dispatch(
                     out.push(v);
                 }
             }
-            Ok(json_response(
-                200,
-                &list_json(info, out, &rv.to_string(), None),
-            ))
+            Ok(json_response(200, &list_json(info, out, &rv.to_string())))
         }
         _ => Err(ApiError::method_not_allowed(format!(
             "{method} is not supported here"
@@ -530,18 +536,8 @@ fn select(
     Ok((items, snap.rv))
 }
 
-fn list_json(
-    info: &ResourceInfo,
-    items: Vec<Value>,
-    rv: &str,
-    cont: Option<(String, usize)>,
-) -> Value {
-    let mut meta = json!({"resourceVersion": rv});
-    if let Some((c, remaining)) = cont {
-        meta["continue"] = json!(c);
-        meta["remainingItemCount"] = json!(remaining);
-    }
-    json!({"kind": format!("{}List", info.kind), "apiVersion": info.api_version(), "metadata": meta, "items": items})
+fn list_json(info: &ResourceInfo, items: Vec<Value>, rv: &str) -> Value {
+    json!({"kind": format!("{}List", info.kind), "apiVersion": info.api_version(), "metadata": {"resourceVersion": rv}, "items": items})
 }
 
 fn encode_continue(ns: &str, name: &str) -> String {
@@ -573,47 +569,68 @@ fn list(
     q: &Query,
     headers: &HeaderMap,
 ) -> ApiResult<Response> {
-    let (mut items, rv) = select(c, info, ns, q)?;
-    if let Some(token) = q.get("continue").filter(|t| !t.is_empty()) {
-        let after = decode_continue(token)?;
-        items.retain(|o| {
-            (
-                meta_str(o, "namespace").unwrap_or("").to_string(),
-                meta_str(o, "name").unwrap_or("").to_string(),
-            ) > after
-        });
-    }
-    let mut cont = None;
-    if let Some(limit) = q
+    let (l, f) = selectors(q)?;
+    let after = match q.get("continue").filter(|t| !t.is_empty()) {
+        Some(token) => Some(decode_continue(token)?),
+        None => None,
+    };
+    let limit = q
         .get("limit")
         .and_then(|l| l.parse::<usize>().ok())
-        .filter(|l| *l > 0)
-        && items.len() > limit
-    {
-        let remaining = items.len() - limit;
-        items.truncate(limit);
-        let last = &items[limit - 1];
-        cont = Some((
-            encode_continue(
-                meta_str(last, "namespace").unwrap_or(""),
-                meta_str(last, "name").unwrap_or(""),
-            ),
-            remaining,
-        ));
-    }
+        .filter(|l| *l > 0);
+    let (items, rv, more) = c.store.scan(&info.gr(), ns, after.as_ref(), limit, |o| {
+        matches(&l, &f, o)
+    });
+    let cont = match items.last() {
+        Some(last) if more => Some(encode_continue(
+            meta_str(last, "namespace").unwrap_or(""),
+            meta_str(last, "name").unwrap_or(""),
+        )),
+        _ => None,
+    };
     let rv = rv.to_string();
     if wants_table(headers) {
+        let objs: Vec<Value> = items.iter().map(|o| as_version(info, o)).collect();
         let t = table::table(
             info,
-            &items,
+            &objs,
             &rv,
-            cont.as_ref().map(|c| c.0.as_str()),
+            cont.as_deref(),
             q.get("includeObject").unwrap_or("Metadata"),
             true,
         );
         return Ok(json_response(200, &t));
     }
-    Ok(json_response(200, &list_json(info, items, &rv, cont)))
+    // Serialise item by item: a 10,000-object list never becomes one big Value.
+    let mut meta = json!({"resourceVersion": rv});
+    if let Some(c) = &cont {
+        meta["continue"] = json!(c);
+    }
+    let internal = |e: serde_json::Error| ApiError::internal(e.to_string());
+    let mut body = Vec::with_capacity(items.len() * 512 + 256);
+    body.extend_from_slice(b"{\"kind\":");
+    serde_json::to_writer(&mut body, &format!("{}List", info.kind)).map_err(internal)?;
+    body.extend_from_slice(b",\"apiVersion\":");
+    serde_json::to_writer(&mut body, &info.api_version()).map_err(internal)?;
+    body.extend_from_slice(b",\"metadata\":");
+    serde_json::to_writer(&mut body, &meta).map_err(internal)?;
+    body.extend_from_slice(b",\"items\":[");
+    for (i, o) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        if info.crd.is_some() {
+            serde_json::to_writer(&mut body, &as_version(info, o)).map_err(internal)?;
+        } else {
+            serde_json::to_writer(&mut body, o.as_ref()).map_err(internal)?;
+        }
+    }
+    body.extend_from_slice(b"]}");
+    Ok(Response::builder()
+        .status(200)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
 }
 
 struct WatchSpec {
@@ -966,4 +983,83 @@ fn set_pointer(obj: &mut Value, ptr: &str, v: Value) {
         }
         cur = &mut cur[*p];
     }
+}
+
+/// `pods/{name}/log`: the container's log file; `follow` keeps streaming until the pod is gone.
+async fn pod_log(st: &AppState, ns: &str, name: &str, q: &Query) -> ApiResult<Response> {
+    let pods = st.cluster.resource("", "v1", "pods")?;
+    let pod = st.cluster.get(&pods, ns, name)?;
+    let containers: Vec<String> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let container = match q.get("container") {
+        Some(c) if containers.iter().any(|x| x == c) => c.to_string(),
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )));
+        }
+        None if containers.len() == 1 => containers[0].clone(),
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                containers.join(" ")
+            )));
+        }
+    };
+    let Some(dir) = &st.logs_dir else {
+        return Err(ApiError::bad_request(
+            "this devcluster runs no kubelet, so there are no logs",
+        ));
+    };
+    let path = dir.join(format!("{ns}_{name}_{container}.log"));
+    let content = std::fs::read(&path).unwrap_or_default();
+    let mut text = String::from_utf8_lossy(&content).into_owned();
+    if let Some(n) = q.get("tailLines").and_then(|t| t.parse::<usize>().ok()) {
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines.len().saturating_sub(n);
+        text = lines[start..].iter().map(|l| format!("{l}\n")).collect();
+    }
+    let plain = |body: Body| {
+        Response::builder()
+            .status(200)
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(body)
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    };
+    if q.get("follow") != Some("true") {
+        return Ok(plain(Body::from(text)));
+    }
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);
+    let cluster = st.cluster.clone();
+    let (ns, name) = (ns.to_string(), name.to_string());
+    let mut offset = content.len() as u64;
+    tokio::spawn(async move {
+        if tx.send(Ok(Bytes::from(text))).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = std::fs::read(&path).unwrap_or_default();
+            if (now.len() as u64) > offset {
+                let chunk = Bytes::copy_from_slice(&now[offset as usize..]);
+                offset = now.len() as u64;
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+            if cluster.try_get(&pods, &ns, &name).is_none() || tx.is_closed() {
+                return;
+            }
+        }
+    });
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    Ok(plain(Body::from_stream(stream)))
 }

@@ -127,6 +127,49 @@ impl Store {
         }
     }
 
+    /// Page through objects in key order after `after`, keeping those `keep` accepts, up to
+    /// `limit`. Returns the page, the current resourceVersion and whether more matches follow.
+    pub fn scan(
+        &self,
+        gr: &GroupResource,
+        namespace: Option<&str>,
+        after: Option<&ObjectKey>,
+        limit: Option<usize>,
+        mut keep: impl FnMut(&Value) -> bool,
+    ) -> (Vec<Arc<Value>>, u64, bool) {
+        use std::ops::Bound;
+        let inner = self.lock();
+        let Some(m) = inner.objects.get(gr) else {
+            return (Vec::new(), inner.rv, false);
+        };
+        let lower = match (after, namespace) {
+            (Some(k), _) => Bound::Excluded(k.clone()),
+            (None, Some(ns)) => Bound::Included((ns.to_string(), String::new())),
+            (None, None) => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        let mut more = false;
+        for ((ns, _), v) in m.range((lower, Bound::Unbounded)) {
+            if let Some(want) = namespace
+                && ns != want
+            {
+                if ns.as_str() > want {
+                    break;
+                }
+                continue;
+            }
+            if !keep(v) {
+                continue;
+            }
+            if limit.is_some_and(|l| out.len() >= l) {
+                more = true;
+                break;
+            }
+            out.push(v.clone());
+        }
+        (out, inner.rv, more)
+    }
+
     /// Subscribe and, atomically with it, either list current state or replay history after `rv`.
     pub fn watch_from(
         &self,

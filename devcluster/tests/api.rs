@@ -572,11 +572,18 @@ async fn server_side_apply_merges_keyed_lists() {
 async fn finalizers_hold_deletion_until_cleared() {
     let dc = quiet().await;
     let cms: Api<ConfigMap> = Api::namespaced(dc.client(), "default");
-    let mut c = cm("fin", json!({}));
-    c.metadata.finalizers = Some(vec!["ferry.dev/cleanup".into()]);
-    cms.create(&PostParams::default(), &c)
+    cms.create(&PostParams::default(), &cm("fin", json!({})))
         .await
         .expect("create");
+    // The exact patch kube::runtime::finalizer sends to add the first finalizer.
+    let add: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/metadata/finalizers", "value": null},
+        {"op": "add", "path": "/metadata/finalizers", "value": ["ferry.dev/cleanup"]}
+    ]))
+    .expect("patch");
+    cms.patch("fin", &PatchParams::default(), &Patch::<()>::Json(add))
+        .await
+        .expect("add finalizer");
     cms.delete("fin", &DeleteParams::default())
         .await
         .expect("delete accepted");
@@ -894,4 +901,47 @@ async fn deleting_a_namespace_removes_its_contents() {
     })
     .await;
     assert!(cms.get_opt("a").await.expect("get").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_to_the_status_subresource() {
+    let dc = quiet().await;
+    install_widgets(&dc).await;
+    let w = widget_api(&dc.client(), "default");
+    let obj: DynamicObject = serde_json::from_value(json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "st"}, "spec": {"replicas": 1}})).expect("w");
+    w.create(&PostParams::default(), &obj)
+        .await
+        .expect("create");
+    let status = json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "st"},
+                        "status": {"replicas": 1, "conditions": [{"type": "Ready", "status": "False"}, {"type": "Synced", "status": "True"}]}});
+    let pp = PatchParams::apply("ferry-operator").force();
+    let out = w
+        .patch_status("st", &pp, &Patch::Apply(&status))
+        .await
+        .expect("apply status");
+    assert_eq!(
+        out.data["status"]["conditions"].as_array().map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(out.metadata.generation, Some(1));
+    let entry = out
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| m.manager.as_deref() == Some("ferry-operator"))
+        .expect("entry");
+    assert_eq!(entry.subresource.as_deref(), Some("status"));
+    // Dropping a condition from the applied status removes it.
+    let less = json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "st"},
+                      "status": {"replicas": 1, "conditions": [{"type": "Ready", "status": "True"}]}});
+    let out = w
+        .patch_status("st", &pp, &Patch::Apply(&less))
+        .await
+        .expect("apply status again");
+    assert_eq!(
+        out.data["status"]["conditions"],
+        json!([{"type": "Ready", "status": "True"}])
+    );
+    assert_eq!(out.data["spec"]["replicas"], 1, "spec untouched");
 }

@@ -138,6 +138,18 @@ async fn pods_run_as_processes_with_ips_env_probes_and_graceful_deletion() {
     std::fs::remove_file(&unready).expect("make ready");
     wait_pod(&pods, "worker", "pod ready", ready).await;
     assert!(dc.logs_dir().join("default_worker_main.log").exists());
+    let logs = pods
+        .logs("worker", &kube::api::LogParams::default())
+        .await
+        .expect("logs");
+    assert!(logs.contains(&format!("serving on {ip}")), "{logs}");
+    let r = common::kubectl(&dc, &["logs", "worker"]).await;
+    assert!(
+        r.ok && r.stdout.contains("serving on"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
     // Deletion: preStop hook, then SIGTERM, then the pod object goes.
     pods.delete("worker", &DeleteParams::default())
         .await
