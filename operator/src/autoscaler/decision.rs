@@ -61,7 +61,11 @@ pub struct SignalsUsed {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "camelCase")]
+#[serde(
+    tag = "kind",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum ScalingReason {
     SignalsMissing,
     SignalsStale {

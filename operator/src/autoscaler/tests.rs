@@ -335,6 +335,14 @@ fn decisions_are_deterministic_and_serializable() {
     assert_eq!(a, run());
     let json = serde_json::to_value(&a[1]).unwrap();
     assert!(json["reason"]["kind"].is_string());
+    let stale = ScalingReason::SignalsStale {
+        age_seconds: 30.0,
+        limit_seconds: 20.0,
+    };
+    assert_eq!(
+        serde_json::to_value(stale).unwrap(),
+        serde_json::json!({"kind": "signalsStale", "ageSeconds": 30.0, "limitSeconds": 20.0})
+    );
     assert!(json["signals"]["neededReplicas"].is_number());
 }
 
