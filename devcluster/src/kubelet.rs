@@ -19,8 +19,8 @@ use crate::registry::ResourceInfo;
 
 pub const NODE_NAME: &str = "devcluster";
 
-/// Image pattern (with `*` wildcards) → local program and leading arguments.
-/// An empty program means "run the container's `command` as a host command".
+/// Image pattern (with `*` wildcards) → local program and leading arguments: the image's
+/// entrypoint. A container's `command` replaces it (and then names a host program), `args` follow.
 #[derive(Clone, Debug)]
 pub struct ImageMapping {
     pub pattern: String,
@@ -771,8 +771,13 @@ fn build_argv(mapping: &ImageMapping, c: &Value, env: &[(String, String)]) -> Ve
             })
             .unwrap_or_default()
     };
-    let mut argv = mapping.program.clone();
-    argv.extend(list("command"));
+    // As with a real image: `command` replaces the entrypoint (the mapped program), `args` follow.
+    let command = list("command");
+    let mut argv = if command.is_empty() {
+        mapping.program.clone()
+    } else {
+        command
+    };
     argv.extend(list("args"));
     argv
 }

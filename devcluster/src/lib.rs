@@ -21,6 +21,7 @@ pub mod gc;
 pub mod kubelet;
 pub mod openapi;
 pub mod patch;
+pub mod protobuf;
 pub mod registry;
 pub mod schema;
 pub mod selectors;
@@ -104,8 +105,8 @@ impl DevClusterBuilder {
     }
 
     /// Map container images matching `pattern` (`*` matches any run of characters) to a local
-    /// command; the container's `command`/`args` are appended after `program`'s own arguments
-    /// unless the container sets `command`, which then replaces the mapped program's arguments.
+    /// program and leading arguments, which play the image's entrypoint: the container's `args`
+    /// are appended; a container `command` replaces the program (and must name a host program).
     pub fn image<I, S>(mut self, pattern: &str, program: I) -> Self
     where
         I: IntoIterator<Item = S>,

@@ -308,6 +308,9 @@ fn parse_body(body: &Bytes) -> ApiResult<Value> {
     }
     // Protobuf bodies start with the "k8s\0" magic; clients fall back to JSON on 415.
     if body.starts_with(b"k8s\0") {
+        if let Some(v) = crate::protobuf::decode(body) {
+            return Ok(v);
+        }
         return Err(ApiError::unsupported_media(
             "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
         ));

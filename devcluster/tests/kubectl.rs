@@ -325,3 +325,142 @@ async fn custom_resources_with_printer_columns_watch_scale_and_validation() {
     let r = kubectl(&dc, &["get", "widgets", "-o", "name"]).await;
     assert!(r.stdout.trim().is_empty(), "{}", r.stdout);
 }
+
+/// Every field kubectl's dry-run shows must be on the stored object, with the same value.
+fn contained(want: &serde_json::Value, got: &serde_json::Value, path: &str) -> Result<(), String> {
+    use serde_json::Value;
+    match (want, got) {
+        (Value::Null, _) => Ok(()),
+        (Value::Object(w), Value::Object(g)) => {
+            for (k, v) in w {
+                if k == "status" || k == "creationTimestamp" {
+                    continue;
+                }
+                match g.get(k) {
+                    Some(gv) => contained(v, gv, &format!("{path}.{k}"))?,
+                    None if v == &serde_json::json!({}) => {}
+                    None => return Err(format!("{path}.{k} missing (want {v})")),
+                }
+            }
+            Ok(())
+        }
+        (Value::Array(w), Value::Array(g)) if w.len() == g.len() => {
+            for (i, (a, b)) in w.iter().zip(g).enumerate() {
+                contained(a, b, &format!("{path}[{i}]"))?;
+            }
+            Ok(())
+        }
+        (w, g) if w == g => Ok(()),
+        (w, g) => Err(format!("{path}: want {w}, got {g}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_generator_commands_send_protobuf_that_is_understood() {
+    let dc = cluster().await;
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["create", "namespace", "ns1"], &["namespace", "ns1"]),
+        (
+            &[
+                "create",
+                "configmap",
+                "cm1",
+                "--from-literal=a=1",
+                "--from-literal=b=two",
+            ],
+            &["configmap", "cm1"],
+        ),
+        (
+            &["create", "secret", "generic", "s1", "--from-literal=k=v"],
+            &["secret", "s1"],
+        ),
+        (
+            &["create", "serviceaccount", "sa1"],
+            &["serviceaccount", "sa1"],
+        ),
+        (
+            &[
+                "create",
+                "deployment",
+                "d1",
+                "--image=example.com/sleeper:1",
+                "--replicas=2",
+                "--port=8080",
+                "--",
+                "sleep",
+                "100",
+            ],
+            &["deployment", "d1"],
+        ),
+        (
+            &[
+                "run",
+                "p1",
+                "--image=example.com/sleeper:1",
+                "--env=A=1",
+                "--labels=x=y",
+                "--restart=Never",
+                "--",
+                "100",
+            ],
+            &["pod", "p1"],
+        ),
+        (
+            &["create", "service", "clusterip", "svc1", "--tcp=80:8080"],
+            &["service", "svc1"],
+        ),
+        (
+            &["create", "role", "r1", "--verb=get,list", "--resource=pods"],
+            &["role", "r1"],
+        ),
+        (
+            &["create", "rolebinding", "rb1", "--role=r1", "--user=alice"],
+            &["rolebinding", "rb1"],
+        ),
+        (
+            &[
+                "create",
+                "pdb",
+                "pdb1",
+                "--selector=app=x",
+                "--min-available=1",
+            ],
+            &["pdb", "pdb1"],
+        ),
+    ];
+    for (create, get) in cases {
+        let mut dry: Vec<&str> = create.to_vec();
+        let at = dry.iter().position(|a| *a == "--").unwrap_or(dry.len());
+        dry.splice(at..at, ["--dry-run=client", "-o", "json"]);
+        let want = kubectl(&dc, &dry).await;
+        ok(&want, "dry run");
+        ok(&kubectl(&dc, create).await, &create.join(" "));
+        let mut g: Vec<&str> = vec!["get"];
+        g.extend_from_slice(get);
+        g.extend_from_slice(&["-o", "json"]);
+        let got = kubectl(&dc, &g).await;
+        ok(&got, "get");
+        let want: serde_json::Value = serde_json::from_str(&want.stdout).expect("dry-run json");
+        let got: serde_json::Value = serde_json::from_str(&got.stdout).expect("get json");
+        if let Err(e) = contained(&want, &got, "") {
+            panic!("{}: {e}\nwant: {want}\ngot: {got}", create.join(" "));
+        }
+    }
+    // The generated pod and deployment really run.
+    let dc_ref = &dc;
+    eventually(30, "d1 available", || async move {
+        let r = kubectl(
+            dc_ref,
+            &[
+                "get",
+                "deploy",
+                "d1",
+                "-o",
+                "jsonpath={.status.availableReplicas}",
+            ],
+        )
+        .await;
+        (r.stdout.trim() == "2").then_some(())
+    })
+    .await;
+}
