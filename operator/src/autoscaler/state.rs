@@ -67,9 +67,13 @@ impl ScalingState {
             .is_some_and(|p| signals.sampled_at < p.sampled_at)
     }
 
-    /// Folds a fresh sample into the estimates.
+    /// Folds a fresh sample into the estimates. A sample seen before (the operator polled
+    /// faster than the sidecars refreshed) adds nothing and leaves the estimates as they are.
     pub fn observe(&mut self, signals: &ScalingSignals, tuning: &PolicyTuning) -> Estimates {
         let visible = signals.backlog.visible;
+        let repeated = self
+            .previous
+            .is_some_and(|p| p.sampled_at == signals.sampled_at);
         let latest = self.previous.and_then(|p| {
             let seconds = signals.sampled_at - p.sampled_at;
             (seconds > 0.0).then(|| {
@@ -90,13 +94,18 @@ impl ScalingState {
                 let (rate, upper) = self.fold_arrivals(latest, tuning);
                 (Some(rate), Some(upper))
             }
+            None if repeated && !self.arrivals.is_empty() => {
+                let (rate, upper) = self.arrival_average(tuning);
+                (Some(rate), Some(upper))
+            }
             // No history yet: what the sidecars received is all that is known.
             None => {
                 let rate = signals.throughput.map(|t| t.receive_rate);
                 (rate, rate)
             }
         };
-        if let Some(t) = signals.throughput
+        if !repeated
+            && let Some(t) = signals.throughput
             && let Some(sample) = t.mean_service_seconds
             && sample.is_finite()
             && sample > 0.0
@@ -195,6 +204,11 @@ impl ScalingState {
             }
         }
         self.arrivals.push_back(latest);
+        self.arrival_average(tuning)
+    }
+
+    /// The averaged arrival rate and its upper confidence bound.
+    fn arrival_average(&self, tuning: &PolicyTuning) -> (f64, f64) {
         let (seconds, messages) = self
             .arrivals
             .iter()

@@ -387,3 +387,18 @@ fn poisson_noise_does_not_move_the_arrival_estimate_but_a_step_does() {
     }
     assert_eq!(rates[25], 120.0);
 }
+
+#[test]
+fn a_repeated_sample_changes_nothing() {
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    p.decide(&mut state, 0.0, 4, Some(&scraped(0.0, 4, 0, 40.0, 0.5)));
+    let first = p.decide(&mut state, 3.0, 4, Some(&scraped(3.0, 4, 0, 40.0, 0.5)));
+    // The sidecars have not refreshed: the same values with the same timestamp.
+    let again = p.decide(&mut state, 4.0, 4, Some(&scraped(3.0, 4, 0, 40.0, 0.5)));
+    let (a, b) = (first.signals.unwrap(), again.signals.unwrap());
+    assert_eq!(a.arrival_rate, b.arrival_rate);
+    assert_eq!(a.service_seconds, b.service_seconds);
+    assert_eq!(a.needed_replicas, b.needed_replicas);
+    assert_eq!(again.to, first.to);
+}
