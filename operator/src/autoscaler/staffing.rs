@@ -48,19 +48,27 @@ pub fn slots_needed(
     max_utilization: f64,
 ) -> u64 {
     let offered_load = arrival_rate * service_seconds;
-    if offered_load <= 0.0 {
+    if !(offered_load.is_finite() && offered_load > 0.0) {
         return 0;
     }
     let utilization_floor = (offered_load / max_utilization).ceil() as u64;
-    let mut slots = (offered_load.floor() as u64 + 1)
-        .max(utilization_floor)
-        .max(1);
     let allowed = 1.0 - quantile;
-    // The exceedance falls quickly with each slot past the load, so this loop is short.
-    while wait_exceedance(slots, offered_load, service_seconds, wait_seconds) > allowed {
+    // Erlang B grows one slot at a time, so the whole search is a single pass.
+    let mut blocking = 1.0;
+    let mut slots = 0u64;
+    loop {
         slots += 1;
+        let k = slots as f64;
+        blocking = offered_load * blocking / (k + offered_load * blocking);
+        if k <= offered_load || slots < utilization_floor {
+            continue;
+        }
+        let waits = k * blocking / (k - offered_load * (1.0 - blocking));
+        let exceedance = waits * (-(k - offered_load) * wait_seconds / service_seconds).exp();
+        if exceedance <= allowed {
+            return slots;
+        }
     }
-    slots
 }
 
 #[cfg(test)]
@@ -86,6 +94,17 @@ mod tests {
         assert!(large_util > small_util, "{small_util} vs {large_util}");
         assert!(wait_exceedance(large, 200.0, 1.0, 0.5) <= 0.01);
         assert!(wait_exceedance(large - 1, 200.0, 1.0, 0.5) > 0.01);
+    }
+
+    #[test]
+    fn the_single_pass_search_agrees_with_the_formula() {
+        for (rate, service, wait) in [(3.0, 2.0, 1.0), (120.0, 0.5, 5.0), (0.5, 60.0, 15.0)] {
+            let load = rate * service;
+            let k = slots_needed(rate, service, wait, 0.99, 1.0);
+            assert!(wait_exceedance(k, load, service, wait) <= 0.01);
+            assert!(wait_exceedance(k - 1, load, service, wait) > 0.01 || (k - 1) as f64 <= load);
+        }
+        assert_eq!(slots_needed(f64::NAN, 1.0, 1.0, 0.99, 0.9), 0);
     }
 
     #[test]
