@@ -228,6 +228,11 @@ impl Cluster {
         body: Value,
         opts: &WriteOptions,
     ) -> ApiResult<Value> {
+        if meta_str(&body, "resourceVersion").is_some_and(|rv| !rv.is_empty()) {
+            return Err(ApiError::bad_request(
+                "resourceVersion should not be set on objects to be created",
+            ));
+        }
         let mut obj = self.prepare_create(info, ns, body)?;
         let now = now();
         let manager = opts

@@ -164,3 +164,98 @@ async fn controller_reconciles_every_object() {
     .await;
     handle.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_list_watcher_sees_initial_state_and_changes() {
+    let dc = DevCluster::builder()
+        .controllers(false)
+        .kubelet(false)
+        .start()
+        .await
+        .expect("start");
+    let cms: Api<ConfigMap> = Api::namespaced(dc.client(), "default");
+    for i in 0..5 {
+        cms.create(&PostParams::default(), &cm(&format!("s-{i}")))
+            .await
+            .expect("create");
+    }
+    let (reader, writer) = reflector::store();
+    let stream = watcher(
+        cms.clone(),
+        watcher::Config::default()
+            .labels("suite=rt")
+            .streaming_lists(),
+    )
+    .reflect(writer)
+    .applied_objects();
+    let handle = tokio::spawn(async move {
+        let mut s = std::pin::pin!(stream);
+        while s.next().await.is_some() {}
+    });
+    reader
+        .wait_until_ready()
+        .await
+        .expect("ready after the initial-events-end bookmark");
+    assert_eq!(reader.state().len(), 5);
+    cms.create(&PostParams::default(), &cm("s-late"))
+        .await
+        .expect("create");
+    let r2 = reader.clone();
+    eventually(10, "late object seen", move || {
+        let r = r2.clone();
+        async move { (r.state().len() == 6).then_some(()) }
+    })
+    .await;
+    handle.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_runtime_event_recorder_publishes_and_updates_series() {
+    use k8s_openapi::api::events::v1::Event as K8sEvent;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let dc = DevCluster::builder()
+        .controllers(false)
+        .kubelet(false)
+        .start()
+        .await
+        .expect("start");
+    let cms: Api<ConfigMap> = Api::namespaced(dc.client(), "default");
+    let target = cms
+        .create(&PostParams::default(), &cm("evented"))
+        .await
+        .expect("create");
+    let recorder = Recorder::new(
+        dc.client(),
+        Reporter {
+            controller: "ferry-operator".into(),
+            instance: None,
+        },
+    );
+    let reference = kube::Resource::object_ref(&target, &());
+    let ev = Event {
+        type_: EventType::Normal,
+        reason: "Provisioned".into(),
+        note: Some("queue created".into()),
+        action: "Provision".into(),
+        secondary: None,
+    };
+    recorder.publish(&ev, &reference).await.expect("publish");
+    recorder
+        .publish(&ev, &reference)
+        .await
+        .expect("publish again (series)");
+    let events: Api<K8sEvent> = Api::namespaced(dc.client(), "default");
+    let list = events.list(&Default::default()).await.expect("list");
+    assert_eq!(
+        list.items.len(),
+        1,
+        "the repeat became a series on the same event"
+    );
+    let e = &list.items[0];
+    assert_eq!(e.reason.as_deref(), Some("Provisioned"));
+    assert_eq!(
+        e.regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some("evented")
+    );
+    assert!(e.series.as_ref().is_some_and(|s| s.count >= 2));
+}
