@@ -13,7 +13,10 @@ use ferry_operator::sim::report::{Report, table};
 use ferry_operator::sim::trace::{Trace, builtin_suite};
 
 #[derive(Debug, Parser)]
-#[command(name = "ferry-scalesim", about)]
+#[command(
+    name = "ferry-scalesim",
+    about = "Runs ferry's autoscaling policy, KEDA on the HPA (tuned per trace) and a clairvoyant lower bound over traffic traces"
+)]
 struct Args {
     /// CSV trace `second,arrivals[,mean_service_s]`; repeatable. Without it, the built-in suite.
     #[arg(long = "trace", value_name = "FILE")]
@@ -27,8 +30,10 @@ struct Args {
     /// Seconds a message may wait (the policy's target and the SLO every policy is judged by).
     #[arg(long, default_value_t = 30.0)]
     target_latency: f64,
+    /// Seconds from creating a pod to its first delivery.
     #[arg(long, default_value_t = 15.0)]
     pod_startup: f64,
+    /// Deliveries one pod runs at once.
     #[arg(long, default_value_t = 8)]
     concurrency: u32,
     /// Mean service seconds where the trace does not say.
@@ -37,16 +42,33 @@ struct Args {
     /// Coefficient of variation of the log-normal service time.
     #[arg(long, default_value_t = 1.0)]
     service_cv: f64,
+    /// Replica bounds for every policy.
     #[arg(long, default_value_t = 50)]
     max_replicas: u32,
     #[arg(long, default_value_t = 0)]
     min_replicas: u32,
+    /// `spec.scaling.scaleDownStabilizationSeconds` for ferry (defaults to the CRD's).
+    #[arg(long)]
+    scale_down_stabilization: Option<u32>,
+    /// `spec.scaling.idleBeforeZeroSeconds` for ferry.
+    #[arg(long)]
+    idle_before_zero: Option<u32>,
+    /// `spec.scaling.maxScaleUpStep` for ferry.
+    #[arg(long)]
+    max_scale_up_step: Option<u32>,
+    /// `spec.scaling.activationBacklog` for ferry.
+    #[arg(long)]
+    activation_backlog: Option<u32>,
+    /// `spec.scaling.backlogPerReplica` for ferry.
+    #[arg(long)]
+    backlog_per_replica: Option<u32>,
     /// Seconds between the operator's polls.
     #[arg(long, default_value_t = 3)]
     poll_interval: u32,
     /// Age of scraped values (both ferry and KEDA see the queue this late).
     #[arg(long, default_value_t = 2)]
     metric_lag: u32,
+    /// Seed for service times and arrival instants (the built-in traces' rates are fixed).
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Threads for KEDA's queue-length sweep.
@@ -87,11 +109,22 @@ fn main() -> anyhow::Result<()> {
         seed: args.seed,
         ..ModelConfig::default()
     };
+    let defaults = ScalingSpec::default();
     let scaling = ScalingSpec {
         min_replicas: args.min_replicas,
         max_replicas: args.max_replicas,
         target_latency_seconds: Some(args.target_latency),
-        ..ScalingSpec::default()
+        backlog_per_replica: args.backlog_per_replica,
+        activation_backlog: args
+            .activation_backlog
+            .unwrap_or(defaults.activation_backlog),
+        scale_down_stabilization_seconds: args
+            .scale_down_stabilization
+            .unwrap_or(defaults.scale_down_stabilization_seconds),
+        idle_before_zero_seconds: args
+            .idle_before_zero
+            .unwrap_or(defaults.idle_before_zero_seconds),
+        max_scale_up_step: args.max_scale_up_step.unwrap_or(defaults.max_scale_up_step),
     };
     scaling.validate()?;
     let mut config = BenchConfig::new(model, scaling);
