@@ -18,6 +18,7 @@ const MAX_POINTS: usize = 900;
 struct Series<'a> {
     label: String,
     color: &'static str,
+    width: f64,
     values: &'a [f64],
 }
 
@@ -85,15 +86,17 @@ fn panel(out: &mut String, top: f64, title: &str, duration: usize, series: &[Ser
         );
         tick += x_step;
     }
-    for s in series {
+    // Last drawn is on top: ferry, the policy under test, over KEDA over the oracle.
+    for s in series.iter().rev() {
         let points: String = bucket_max(s.values)
             .into_iter()
             .map(|(second, v)| format!("{:.1},{:.1} ", x(second), y(v)))
             .collect();
         let _ = writeln!(
             out,
-            r#"<polyline fill="none" stroke="{}" stroke-width="1.4" points="{}"/>"#,
+            r#"<polyline fill="none" stroke="{}" stroke-width="{}" points="{}"/>"#,
             s.color,
+            s.width,
             points.trim_end()
         );
     }
@@ -116,6 +119,8 @@ fn series_of<'a>(
         .map(|i| Series {
             label: labels[i].clone(),
             color: colors[i],
+            // The oracle changes every second; a thin line keeps it from hiding the others.
+            width: if i == 2 { 0.8 } else { 1.6 },
             values: &values[i],
         })
         .collect()
