@@ -140,6 +140,9 @@ fn finalizers_empty(obj: &Value) -> bool {
 
 /// Present an object in the requested version (all versions share storage; no conversion).
 pub fn as_version(info: &ResourceInfo, obj: &Value) -> Value {
+    if info.is_events_v1() {
+        return convert_event(obj, false);
+    }
     let mut o = obj.clone();
     if info.crd.is_some() {
         o["apiVersion"] = Value::String(info.api_version());
@@ -233,7 +236,7 @@ impl Cluster {
                 "resourceVersion should not be set on objects to be created",
             ));
         }
-        let mut obj = self.prepare_create(info, ns, body)?;
+        let mut obj = self.prepare_create(info, ns, to_storage(info, body))?;
         let now = now();
         let manager = opts
             .field_manager
@@ -272,7 +275,7 @@ impl Cluster {
                 info.kind
             )));
         }
-        obj["apiVersion"] = Value::String(info.api_version());
+        obj["apiVersion"] = Value::String(info.storage_api_version());
         obj["kind"] = Value::String(info.kind.clone());
         let m = meta_mut(&mut obj);
         if info.namespaced {
@@ -478,7 +481,7 @@ impl Cluster {
                 "the name of the object ({n}) does not match the name on the URL ({name})"
             )));
         }
-        new["apiVersion"] = Value::String(info.api_version());
+        new["apiVersion"] = Value::String(info.storage_api_version());
         new["kind"] = Value::String(info.kind.clone());
         let applied_fields = new.pointer("/metadata/managedFields").cloned();
         match sub {
@@ -597,7 +600,7 @@ impl Cluster {
                 let Some(old) = old else {
                     return Err(ApiError::not_found(&qualified(info), name));
                 };
-                let m = self.commit(info, sub, old, body, &manager, true)?;
+                let m = self.commit(info, sub, old, to_storage(info, body), &manager, true)?;
                 if opts.dry_run {
                     return Err(dry_run_result(m, old));
                 }
@@ -714,7 +717,7 @@ impl Cluster {
             if crd_before {
                 self.register_crd(&candidate)?;
             }
-            let m = self.commit(info, sub, old, candidate, &manager, track)?;
+            let m = self.commit(info, sub, old, to_storage(info, candidate), &manager, track)?;
             if opts.dry_run {
                 return Err(dry_run_result(m, old));
             }
@@ -752,7 +755,7 @@ impl Cluster {
         })?;
         meta_mut(&mut obj).insert("name".into(), json!(name));
         let managed = obj.pointer("/metadata/managedFields").cloned();
-        let mut obj = self.prepare_create(info, ns, obj)?;
+        let mut obj = self.prepare_create(info, ns, to_storage(info, obj))?;
         if let Some(mf) = managed {
             meta_mut(&mut obj).insert("managedFields".into(), mf);
         }
@@ -973,6 +976,42 @@ impl Cluster {
         self.finish_write(info, ns, name, out)
     }
 
+    /// Record a core/v1 Event about `involved`, as the built-in components do (best effort).
+    pub fn record_event(
+        &self,
+        involved: &Value,
+        type_: &str,
+        reason: &str,
+        message: &str,
+        component: &str,
+    ) {
+        let Ok(info) = self.resource("", "v1", "events") else {
+            return;
+        };
+        let ns = meta_str(involved, "namespace")
+            .filter(|n| !n.is_empty())
+            .unwrap_or("default");
+        let name = meta_str(involved, "name").unwrap_or("");
+        let t = now();
+        let ev = json!({
+            "metadata": {"name": format!("{name}.{}", random_suffix(10)), "namespace": ns},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
+                "namespace": meta_str(involved, "namespace"), "name": name,
+                "uid": meta_str(involved, "uid"), "resourceVersion": meta_str(involved, "resourceVersion"),
+            },
+            "type": type_, "reason": reason, "message": message,
+            "source": {"component": component},
+            "firstTimestamp": t, "lastTimestamp": t, "count": 1,
+            "reportingComponent": component, "reportingInstance": "",
+        });
+        let opts = WriteOptions {
+            field_manager: Some(component.into()),
+            ..Default::default()
+        };
+        let _ = self.create(&info, ns, ev, &opts);
+    }
+
     /// Remove an object now, whatever its state (the kubelet finishing a graceful pod deletion).
     pub fn remove_now(&self, info: &ResourceInfo, ns: &str, name: &str) {
         let _ = self
@@ -1087,4 +1126,39 @@ fn validate_crd(crd: &Value) -> Vec<(String, String)> {
         }
     }
     errs
+}
+
+/// Field renames between core/v1 Event and events.k8s.io/v1 Event (same storage upstream).
+const EVENT_FIELDS: &[(&str, &str)] = &[
+    ("involvedObject", "regarding"),
+    ("message", "note"),
+    ("count", "deprecatedCount"),
+    ("firstTimestamp", "deprecatedFirstTimestamp"),
+    ("lastTimestamp", "deprecatedLastTimestamp"),
+    ("source", "deprecatedSource"),
+    ("reportingComponent", "reportingController"),
+];
+
+/// Convert an Event between storage (core/v1) and events.k8s.io/v1 shapes.
+pub fn convert_event(obj: &Value, to_core: bool) -> Value {
+    let mut o = obj.clone();
+    if let Some(m) = o.as_object_mut() {
+        for (core, v1) in EVENT_FIELDS {
+            let (from, to) = if to_core { (v1, core) } else { (core, v1) };
+            if let Some(v) = m.remove(*from) {
+                m.insert(to.to_string(), v);
+            }
+        }
+        let api = if to_core { "v1" } else { "events.k8s.io/v1" };
+        m.insert("apiVersion".into(), Value::String(api.into()));
+    }
+    o
+}
+
+/// What a client sent, in the shape it is stored in.
+pub fn to_storage(info: &ResourceInfo, obj: Value) -> Value {
+    if info.is_events_v1() && obj.is_object() {
+        return convert_event(&obj, true);
+    }
+    obj
 }

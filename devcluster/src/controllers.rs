@@ -301,6 +301,13 @@ fn reconcile_deployment(
             },
         )?;
         new_rs = Some(Arc::new(created));
+        cluster.record_event(
+            &dep,
+            "Normal",
+            "ScalingReplicaSet",
+            &format!("Scaled up replica set {name}-{hash} from 0 to {initial}"),
+            "deployment-controller",
+        );
     }
     let new_rs = new_rs.expect("new ReplicaSet exists");
     let new_name = meta_str(&new_rs, "name").unwrap_or("").to_string();
@@ -335,7 +342,15 @@ fn reconcile_deployment(
         || rs_annotation(&new_rs, "deployment.kubernetes.io/desired-replicas")
             != Some(desired.to_string())
     {
-        set_rs_replicas(cluster, infos, ns, &new_name, target_new, desired, surge)?;
+        set_rs_replicas(
+            cluster,
+            infos,
+            &dep,
+            (ns, &new_name),
+            target_new,
+            desired,
+            surge,
+        )?;
     }
     // Scale old ReplicaSets down as far as availability allows (all the way for Recreate).
     let min_available = desired - unavailable;
@@ -357,8 +372,8 @@ fn reconcile_deployment(
             set_rs_replicas(
                 cluster,
                 infos,
-                ns,
-                meta_str(r, "name").unwrap_or(""),
+                &dep,
+                (ns, meta_str(r, "name").unwrap_or("")),
                 cur - cut,
                 desired,
                 surge,
@@ -408,12 +423,17 @@ fn rs_annotation(rs: &Value, key: &str) -> Option<String> {
 fn set_rs_replicas(
     cluster: &Cluster,
     infos: &Infos,
-    ns: &str,
-    name: &str,
+    dep: &Value,
+    rs: (&str, &str),
     replicas: i64,
     desired: i64,
     surge: i64,
 ) -> anyhow::Result<()> {
+    let (ns, name) = rs;
+    let before = cluster
+        .try_get(&infos.rs, ns, name)
+        .map(|r| i(r.pointer("/spec/replicas")))
+        .unwrap_or(0);
     cluster.modify(&infos.rs, ns, name, MANAGER, |cur| {
         let mut new = cur.clone();
         new["spec"]["replicas"] = json!(replicas);
@@ -423,6 +443,16 @@ fn set_rs_replicas(
             json!((desired + surge).to_string());
         Some(new)
     })?;
+    if before != replicas {
+        let dir = if replicas > before { "up" } else { "down" };
+        cluster.record_event(
+            dep,
+            "Normal",
+            "ScalingReplicaSet",
+            &format!("Scaled {dir} replica set {name} from {before} to {replicas}"),
+            "deployment-controller",
+        );
+    }
     Ok(())
 }
 
@@ -613,18 +643,32 @@ fn reconcile_replicaset(
                     ..Default::default()
                 },
             )?;
+            cluster.record_event(
+                &rs,
+                "Normal",
+                "SuccessfulCreate",
+                &format!("Created pod: {}", meta_str(&created, "name").unwrap_or("")),
+                "replicaset-controller",
+            );
             active.push(Arc::new(created));
         }
     } else if !deleting(&rs) && diff < 0 {
         let mut ranked = active.clone();
         ranked.sort_by_key(|p| deletion_rank(p));
         for p in ranked.iter().take((-diff) as usize) {
-            let _ = cluster.delete(
-                &infos.pods,
-                ns,
-                meta_str(p, "name").unwrap_or(""),
-                &DeleteOptions::default(),
-            );
+            let pod = meta_str(p, "name").unwrap_or("");
+            if cluster
+                .delete(&infos.pods, ns, pod, &DeleteOptions::default())
+                .is_ok()
+            {
+                cluster.record_event(
+                    &rs,
+                    "Normal",
+                    "SuccessfulDelete",
+                    &format!("Deleted pod: {pod}"),
+                    "replicaset-controller",
+                );
+            }
         }
         let gone: Vec<&str> = ranked
             .iter()

@@ -158,13 +158,22 @@ impl Kubelet {
         let key = pod_key(pod);
         if node.is_empty() {
             if !deleting {
-                let _ =
+                let bound =
                     self.cluster
                         .modify(&self.pod_info, &ns, &name, "default-scheduler", |cur| {
                             let mut new = cur.clone();
                             new["spec"]["nodeName"] = json!(NODE_NAME);
                             Some(new)
                         });
+                if let Ok(p) = bound {
+                    self.cluster.record_event(
+                        &p,
+                        "Normal",
+                        "Scheduled",
+                        &format!("Successfully assigned {ns}/{name} to {NODE_NAME}"),
+                        "default-scheduler",
+                    );
+                }
             }
             return;
         }
@@ -325,6 +334,16 @@ impl Kubelet {
                 }
             }
             self.write_pod_status(&ns, &name, &ip, &started, &states, "Pending");
+            self.cluster.record_event(
+                &pod,
+                "Warning",
+                "ImageNotMapped",
+                &format!(
+                    "no local command is mapped to image(s) {}; nothing runs",
+                    unmapped.join(", ")
+                ),
+                "kubelet",
+            );
             let _ = stop.wait_for(|s| *s).await;
             self.release_ip(&ip);
             let _ = self.cluster.delete(
@@ -422,6 +441,16 @@ impl Kubelet {
             .unwrap_or(30)
             .max(0) as u64;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
+        for c in &containers {
+            let cname = c.get("name").and_then(Value::as_str).unwrap_or("");
+            self.cluster.record_event(
+                &pod,
+                "Normal",
+                "Killing",
+                &format!("Stopping container {cname}"),
+                "kubelet",
+            );
+        }
         let hooks = containers.iter().filter_map(|c| {
             let h = c.pointer("/lifecycle/preStop/httpGet")?.clone();
             Some(http_get(

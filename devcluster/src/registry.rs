@@ -45,8 +45,25 @@ pub struct ResourceInfo {
 }
 
 impl ResourceInfo {
+    /// The storage identity. events.k8s.io/v1 Events share storage with core/v1 Events, as
+    /// upstream, and are converted on the way in and out.
     pub fn gr(&self) -> GroupResource {
+        if self.is_events_v1() {
+            return GroupResource::new("", "events");
+        }
         GroupResource::new(&self.group, &self.plural)
+    }
+
+    pub fn is_events_v1(&self) -> bool {
+        self.group == "events.k8s.io" && self.plural == "events"
+    }
+
+    /// The apiVersion objects are stored with.
+    pub fn storage_api_version(&self) -> String {
+        if self.is_events_v1() {
+            return "v1".into();
+        }
+        self.api_version()
     }
 
     pub fn api_version(&self) -> String {
@@ -55,10 +72,6 @@ impl ResourceInfo {
         } else {
             format!("{}/{}", self.group, self.version)
         }
-    }
-
-    pub fn group_version(&self) -> String {
-        self.api_version()
     }
 }
 

@@ -622,7 +622,7 @@ fn list(
         if i > 0 {
             body.push(b',');
         }
-        if info.crd.is_some() {
+        if info.crd.is_some() || info.is_events_v1() {
             serde_json::to_writer(&mut body, &as_version(info, o)).map_err(internal)?;
         } else {
             serde_json::to_writer(&mut body, o.as_ref()).map_err(internal)?;

@@ -258,4 +258,13 @@ async fn kube_runtime_event_recorder_publishes_and_updates_series() {
         Some("evented")
     );
     assert!(e.series.as_ref().is_some_and(|s| s.count >= 2));
+    // Upstream stores both Event APIs together: the core/v1 view shows the same event.
+    let core: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(dc.client(), "default");
+    let listed = core.list(&Default::default()).await.expect("core list");
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(
+        listed.items[0].involved_object.name.as_deref(),
+        Some("evented")
+    );
+    assert_eq!(listed.items[0].message.as_deref(), Some("queue created"));
 }

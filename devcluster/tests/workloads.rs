@@ -381,4 +381,23 @@ async fn deployment_status_and_deletion_cost_aware_scale_down() {
     })
     .await;
     assert_eq!(d.status.expect("status").observed_generation, Some(2));
+    let r = common::kubectl(&dc, &["describe", "deployment", "pool"]).await;
+    assert!(
+        r.ok && r.stdout.contains("Scaled down replica set"),
+        "{}",
+        r.stdout
+    );
+    let r = common::kubectl(
+        &dc,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=SuccessfulDelete",
+            "-o",
+            "name",
+        ],
+    )
+    .await;
+    assert_eq!(r.stdout.lines().count(), 2, "{}", r.stdout);
 }
