@@ -114,9 +114,7 @@ impl ScalingPolicy {
             (Some(target), Some(arrival_rate), Some(planning_rate), Some(service_seconds)) => {
                 // Replicas asked for now serve only after a start-up, and the queue grows
                 // meanwhile wherever capacity falls short: first with the replicas ready now,
-                // then with those already on their way. That backlog, too, must drain within
-                // part of the target on top of keeping up with arrivals, so it counts as extra
-                // arrival rate.
+                // then with those already on their way.
                 let per_replica_rate = slots_per_replica / service_seconds;
                 let shortfall = |replicas: u32| {
                     (arrival_rate - f64::from(replicas) * per_replica_rate).max(0.0)
@@ -124,16 +122,21 @@ impl ScalingPolicy {
                 let pending = estimates.pending_ready_seconds;
                 let growth = shortfall(signals.ready_replicas) * pending
                     + shortfall(current) * (estimates.startup_seconds - pending);
-                let drain_rate = (backlog.visible as f64 + growth)
-                    / (target * self.tuning.drain_budget_fraction);
-                let slots = slots_needed(
-                    planning_rate + drain_rate,
+                let backlog_messages = backlog.visible as f64 + growth;
+                // That backlog must start within part of the target on top of the arrivals.
+                // Short messages can share a slot in turn (B·S/D slots); a message longer
+                // than the drain window needs a slot of its own (B slots).
+                let drain_seconds = target * self.tuning.drain_budget_fraction;
+                let backlog_slots = backlog_messages * (service_seconds / drain_seconds).min(1.0);
+                let arrival_slots = slots_needed(
+                    planning_rate,
                     service_seconds,
                     target * self.tuning.queueing_budget_fraction,
                     self.tuning.wait_quantile,
                     self.tuning.max_utilization,
                 );
-                Some((slots as f64 / slots_per_replica).ceil() as u32)
+                let slots = arrival_slots as f64 + backlog_slots;
+                Some((slots / slots_per_replica).ceil() as u32)
             }
             _ => None,
         };

@@ -152,13 +152,13 @@ fn a_shortfall_counts_the_backlog_that_grows_while_new_replicas_start() {
 fn backlog_growth_counts_as_arrivals_when_replicas_are_saturated() {
     let p = policy(ScalingSpec::default());
     let mut state = ScalingState::default();
-    // Two replicas, saturated at 20 msg/s, while the visible backlog grows by 80 msg/s.
+    // Two replicas, saturated at 20 msg/s, while the visible backlog grows by 280 msg/s.
     p.decide(&mut state, 0.0, 2, Some(&scraped(0.0, 2, 0, 20.0, 1.0)));
-    let d = p.decide(&mut state, 5.0, 2, Some(&scraped(5.0, 2, 400, 20.0, 1.0)));
+    let d = p.decide(&mut state, 5.0, 2, Some(&scraped(5.0, 2, 1400, 20.0, 1.0)));
     let used = d.signals.unwrap();
-    assert_eq!(used.arrival_rate, Some(100.0));
+    assert_eq!(used.arrival_rate, Some(300.0));
     assert_eq!(used.saturation, Some(1.0));
-    assert!(used.needed_replicas > 22, "{used:?}");
+    assert!(used.needed_replicas > 30, "{used:?}");
     // Doubling from 2 is less than the step, so the step bounds it.
     let step = ScalingSpec::default().max_scale_up_step;
     assert_eq!(d.to, 2 + step);
