@@ -393,7 +393,19 @@ impl Kubelet {
         // Status writer: runs until every container finished for good or the pod is stopping.
         let mut all_done = Box::pin(futures::future::join_all(tasks));
         let final_phase = loop {
-            self.write_pod_status(&ns, &name, &ip, &started, &states, "Running");
+            // Running once a container has started; until then the pod is still Pending.
+            let phase = {
+                let st = states.lock().unwrap_or_else(|e| e.into_inner());
+                if st
+                    .iter()
+                    .any(|s| s.running_since.is_some() || s.restarts > 0)
+                {
+                    "Running"
+                } else {
+                    "Pending"
+                }
+            };
+            self.write_pod_status(&ns, &name, &ip, &started, &states, phase);
             tokio::select! {
                 _ = changed.notified() => {}
                 _ = stop.wait_for(|s| *s) => break None,

@@ -80,10 +80,13 @@ impl CrdVersionSchema {
             return errors;
         }
         if let Some(compiled) = &self.compiled {
-            let v = kube_cel::Validator::new();
-            if let Err(errs) =
-                v.validate_compiled_with_context(compiled, obj, old, Some(&self.root))
-            {
+            // Registering every CEL function is costly; keep one validator per thread.
+            thread_local! {
+                static VALIDATOR: kube_cel::Validator = kube_cel::Validator::new();
+            }
+            let result = VALIDATOR
+                .with(|v| v.validate_compiled_with_context(compiled, obj, old, Some(&self.root)));
+            if let Err(errs) = result {
                 for e in errs.into_vec() {
                     let field = e.field_path.trim_start_matches('.').to_string();
                     let value = field
