@@ -139,7 +139,7 @@ impl Default for PolicyTuning {
             wait_quantile: 0.99,
             max_utilization: 0.98,
             arrival_window_seconds: 60.0,
-            min_arrivals_averaged: 100.0,
+            min_arrivals_averaged: 300.0,
             max_arrival_window_seconds: 600.0,
             rate_change_sigmas: 4.0,
             rate_confidence_sigmas: 2.0,
