@@ -9,6 +9,9 @@ use rand::{Rng, SeedableRng};
 
 use super::random::poisson;
 
+/// Longest trace accepted: 30 days, one entry per second.
+const MAX_TRACE_SECONDS: u64 = 30 * 24 * 3600;
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TraceSecond {
     pub arrivals: u32,
@@ -31,11 +34,12 @@ impl Trace {
         self.seconds.iter().map(|s| u64::from(s.arrivals)).sum()
     }
 
-    /// Parses `second,arrivals[,mean_service_s]` lines. Seconds may have gaps (no arrivals
-    /// then) but must not go backwards; blank lines and `#` comments are skipped, and so is a
-    /// header line.
+    /// Parses `second,arrivals[,mean_service_s]` lines. The first line's second is second 0,
+    /// so relative seconds and Unix times both work. Seconds may have gaps (no arrivals then)
+    /// but must not go backwards; blank lines, `#` comments and a header line are skipped.
     pub fn parse_csv(name: &str, text: &str) -> anyhow::Result<Self> {
         let mut seconds: Vec<TraceSecond> = Vec::new();
+        let mut first_second: Option<u64> = None;
         for (index, line) in text.lines().enumerate() {
             let line_no = index + 1;
             let line = line.trim();
@@ -43,13 +47,13 @@ impl Trace {
                 continue;
             }
             let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-            if index == 0 && fields[0].parse::<f64>().is_err() {
+            if first_second.is_none() && fields[0].parse::<f64>().is_err() {
                 continue;
             }
             if !(2..=3).contains(&fields.len()) {
                 bail!("line {line_no}: expected `second,arrivals[,mean_service_s]`, got `{line}`");
             }
-            let second: usize = fields[0]
+            let absolute: u64 = fields[0]
                 .parse()
                 .with_context(|| format!("line {line_no}: second `{}`", fields[0]))?;
             let arrivals: u32 = fields[1]
@@ -67,8 +71,18 @@ impl Trace {
                 }
                 _ => None,
             };
+            let origin = *first_second.get_or_insert(absolute);
+            let Some(second) = absolute.checked_sub(origin) else {
+                bail!("line {line_no}: second {absolute} is before the first line's {origin}");
+            };
+            if second >= MAX_TRACE_SECONDS {
+                bail!(
+                    "line {line_no}: second {absolute} is {second} s after the first line; traces are limited to {MAX_TRACE_SECONDS} s"
+                );
+            }
+            let second = second as usize;
             if second + 1 < seconds.len() {
-                bail!("line {line_no}: second {second} goes backwards");
+                bail!("line {line_no}: second {absolute} goes backwards");
             }
             if second >= seconds.len() {
                 seconds.resize(
@@ -187,11 +201,27 @@ mod tests {
     }
 
     #[test]
+    fn unix_seconds_start_at_zero_and_comments_may_precede_the_header() {
+        let trace = Trace::parse_csv(
+            "prod",
+            "# from the access log\nts,count\n1700000000,4\n1700000002,1\n",
+        )
+        .unwrap();
+        assert_eq!(trace.duration_seconds(), 3);
+        assert_eq!(trace.seconds[0].arrivals, 4);
+        assert_eq!(trace.seconds[2].arrivals, 1);
+    }
+
+    #[test]
     fn csv_errors_name_the_line() {
         let err = Trace::parse_csv("bad", "0,1\n1,x\n").unwrap_err();
         assert!(format!("{err:#}").contains("line 2"), "{err:#}");
-        let err = Trace::parse_csv("bad", "5,1\n2,1\n").unwrap_err();
+        let err = Trace::parse_csv("bad", "5,1\n7,1\n6,1\n").unwrap_err();
         assert!(format!("{err:#}").contains("backwards"), "{err:#}");
+        let err = Trace::parse_csv("bad", "5,1\n2,1\n").unwrap_err();
+        assert!(format!("{err:#}").contains("before the first"), "{err:#}");
+        let err = Trace::parse_csv("bad", "0,1\n99999999999,1\n").unwrap_err();
+        assert!(format!("{err:#}").contains("limited"), "{err:#}");
         assert!(Trace::parse_csv("bad", "0,1,-2\n").is_err());
         assert!(Trace::parse_csv("empty", "\n# nothing\n").is_err());
     }
