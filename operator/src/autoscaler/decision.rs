@@ -223,7 +223,8 @@ pub struct ScalingDecision {
     pub from: u32,
     pub to: u32,
     pub reason: ScalingReason,
-    /// `None` when the decision was made without signals (they were missing).
+    /// `None` when the decision was made without usable signals.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub signals: Option<SignalsUsed>,
 }
 

@@ -12,10 +12,12 @@ pub struct ScalingSpec {
     pub min_replicas: u32,
     pub max_replicas: u32,
     /// How long a message may wait in the queue before a worker starts it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub target_latency_seconds: Option<f64>,
     /// Messages (visible + in flight) one replica should carry. Used alone when no latency
     /// target is set, as a floor next to it when both are set, and as the fallback while the
     /// service time has not been measured yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub backlog_per_replica: Option<u32>,
     /// A consumer at zero replicas starts when more than this many messages are visible.
     pub activation_backlog: u32,
@@ -195,5 +197,6 @@ mod tests {
         let json = serde_json::to_value(ScalingSpec::default()).unwrap();
         assert!(json.get("scaleDownStabilizationSeconds").is_some());
         assert!(json.get("idleBeforeZeroSeconds").is_some());
+        assert!(json.get("backlogPerReplica").is_none());
     }
 }
