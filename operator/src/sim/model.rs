@@ -103,8 +103,6 @@ pub struct TickRecord {
     pub age_at_receipt_seconds_total: f64,
     /// Ready pods that still receive (not draining, not terminating).
     pub ready_receiving_pods: u32,
-    pub pods: u32,
-    pub replicas: u32,
 }
 
 /// A controller under test: called at every tick boundary, it may set a new replica count.
@@ -433,8 +431,6 @@ impl<'a> Cluster<'a> {
             .iter()
             .filter(|p| p.phase == PodPhase::Serving && p.ready_at <= tick_end)
             .count() as u32;
-        self.record.pods = self.pods.len() as u32;
-        self.record.replicas = self.replicas;
         self.queue
             .iter()
             .take(64)
