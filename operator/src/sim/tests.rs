@@ -60,14 +60,14 @@ fn every_message_is_served_once_and_pods_cost_from_creation() {
     let outcome = run(&config, &messages, 300, &mut fixed, 1000);
     assert_eq!(outcome.waits.len(), messages.len());
     assert_eq!(outcome.redeliveries, 0);
-    // Three pods for the whole run, messages waiting only for the first start-up.
+    // Three pods for the whole run. Only messages that arrived while they started (10 s) or
+    // while they drained what piled up meanwhile (24 msg/s against 10 arriving: 7 s more)
+    // waited for more than a second.
     assert_eq!(outcome.replica_seconds, 3.0 * outcome.replicas.len() as f64);
-    let late: Vec<_> = messages
-        .iter()
-        .zip(&outcome.waits)
-        .filter(|(m, w)| m.arrival > 60.0 && **w > 5.0)
-        .collect();
-    assert!(late.is_empty(), "{} late messages", late.len());
+    let early = messages.iter().filter(|m| m.arrival < 20.0).count();
+    let slow = outcome.waits.iter().filter(|w| **w > 1.0).count();
+    assert!(slow <= early, "{slow} slow waits, {early} early messages");
+    assert!(slow > 0);
 }
 
 #[test]
