@@ -707,7 +707,14 @@ impl EnvContext {
     }
 
     fn env_for(&self, c: &Value) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = Vec::new();
+        // Containers see their pod's hostname, as in a real pod.
+        let host = self
+            .pod
+            .pointer("/spec/hostname")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| self.field("metadata.name"));
+        let mut out: Vec<(String, String)> = vec![("HOSTNAME".into(), host)];
         if let Some(from) = c.get("envFrom").and_then(Value::as_array) {
             for f in from {
                 let prefix = f.get("prefix").and_then(Value::as_str).unwrap_or("");
@@ -890,14 +897,6 @@ impl ContainerRunner {
                     cmd.env(k, v);
                 }
             }
-            cmd.env(
-                "HOSTNAME",
-                self.env
-                    .iter()
-                    .find(|(k, _)| k == "HOSTNAME")
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default(),
-            );
             for (k, v) in &self.env {
                 cmd.env(k, v);
             }

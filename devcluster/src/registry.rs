@@ -150,6 +150,23 @@ fn builtins() -> Vec<ResourceInfo> {
             ..builtin("apps", "v1", "replicasets", "ReplicaSet", true, &["rs"])
         },
         builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[]),
+        // Review kinds are answered, never stored: devcluster authorizes everything.
+        builtin(
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectaccessreviews",
+            "SelfSubjectAccessReview",
+            false,
+            &[],
+        ),
+        builtin(
+            "authorization.k8s.io",
+            "v1",
+            "subjectaccessreviews",
+            "SubjectAccessReview",
+            false,
+            &[],
+        ),
         builtin(
             "rbac.authorization.k8s.io",
             "v1",

@@ -149,6 +149,8 @@ async fn server_side_apply_scale_wait_get_and_delete_a_deployment() {
         r.stdout.trim().is_empty().then_some(())
     })
     .await;
+    let can = kubectl(&dc, &["auth", "can-i", "delete", "deployments"]).await;
+    assert_eq!(can.stdout.trim(), "yes", "{}", can.stderr);
     let rs = kubectl(&dc, &["get", "rs", "-o", "name"]).await;
     assert!(
         rs.stdout.trim().is_empty(),

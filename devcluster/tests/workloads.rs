@@ -129,6 +129,7 @@ async fn pods_run_as_processes_with_ips_env_probes_and_graceful_deletion() {
     assert_eq!(env["POD_NAME"], "worker");
     assert_eq!(env["POD_IP"], ip.as_str());
     assert_eq!(env["GREETING"], "hello worker in default");
+    assert_eq!(env["HOSTNAME"], "worker");
     // Not ready while the probe fails; ready once it passes.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
