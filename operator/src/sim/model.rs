@@ -14,6 +14,7 @@ use rand::rngs::StdRng;
 
 use super::random::lognormal;
 use super::trace::Trace;
+use crate::autoscaler::{PodLoad, choose_pods_to_remove};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -80,7 +81,8 @@ pub fn materialize(trace: &Trace, config: &ModelConfig) -> Vec<Message> {
 /// How a controller's scale-down picks and stops pods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RemovalMode {
-    /// Ferry: the idlest pods stop receiving and finish what they hold before they exit.
+    /// Ferry: the pods [`choose_pods_to_remove`] picks stop receiving and finish what they
+    /// hold before they exit.
     DrainIdlest,
     /// A ReplicaSet scaling down: unready pods first, then the newest; each gets the
     /// termination grace period, after which its unfinished messages are cut and reappear
@@ -249,25 +251,34 @@ impl<'a> Cluster<'a> {
         if replicas >= serving {
             return;
         }
-        let mut candidates: Vec<usize> = (0..self.pods.len())
-            .filter(|&i| self.pods[i].phase == PodPhase::Serving)
-            .collect();
-        let pods = &self.pods;
-        match mode {
-            RemovalMode::DrainIdlest => candidates.sort_by(|&a, &b| {
-                let (pa, pb) = (&pods[a], &pods[b]);
-                (pa.ready_at <= now)
-                    .cmp(&(pb.ready_at <= now))
-                    .then(pa.in_flight().cmp(&pb.in_flight()))
-            }),
-            RemovalMode::KillNewest => candidates.sort_by(|&a, &b| {
-                let (pa, pb) = (&pods[a], &pods[b]);
-                (pa.ready_at <= now)
-                    .cmp(&(pb.ready_at <= now))
-                    .then(pb.created_at.total_cmp(&pa.created_at))
-            }),
-        }
-        for &i in candidates.iter().take((serving - replicas) as usize) {
+        let serving_pods =
+            (0..self.pods.len()).filter(|&i| self.pods[i].phase == PodPhase::Serving);
+        let to_remove = (serving - replicas) as usize;
+        let candidates: Vec<usize> = match mode {
+            RemovalMode::DrainIdlest => {
+                let loads: Vec<PodLoad<usize>> = serving_pods
+                    .map(|i| PodLoad {
+                        id: i,
+                        ready: self.pods[i].ready_at <= now,
+                        in_flight: self.pods[i].in_flight() as u64,
+                    })
+                    .collect();
+                choose_pods_to_remove(&loads, to_remove)
+            }
+            RemovalMode::KillNewest => {
+                let mut newest_first: Vec<usize> = serving_pods.collect();
+                let pods = &self.pods;
+                newest_first.sort_by(|&a, &b| {
+                    let (pa, pb) = (&pods[a], &pods[b]);
+                    (pa.ready_at <= now)
+                        .cmp(&(pb.ready_at <= now))
+                        .then(pb.created_at.total_cmp(&pa.created_at))
+                });
+                newest_first.truncate(to_remove);
+                newest_first
+            }
+        };
+        for &i in &candidates {
             self.pods[i].stop_requested_at = now;
             self.pods[i].phase = match mode {
                 RemovalMode::DrainIdlest => PodPhase::Draining,
