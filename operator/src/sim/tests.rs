@@ -161,3 +161,34 @@ fn the_benchmark_runs_the_policy_and_reports_in_the_issue_shape() {
         );
     }
 }
+
+#[test]
+fn ferry_beats_tuned_keda_on_a_step_in_waits_and_cost() {
+    let trace = Trace {
+        name: "step".into(),
+        seconds: (0..900)
+            .map(|t| TraceSecond {
+                arrivals: if (300..600).contains(&t) { 150 } else { 15 },
+                mean_service_seconds: None,
+            })
+            .collect(),
+    };
+    let mut bench = BenchConfig::new(config(), ScalingSpec::default());
+    bench.keda_queue_lengths = vec![2, 5, 10, 20, 50];
+    let result = run_trace(&bench, &trace).unwrap();
+    let (ferry, keda, oracle) = (
+        &result.ferry.stats.summary,
+        &result.keda.stats.summary,
+        &result.oracle.stats.summary,
+    );
+    assert!(ferry.p99_wait_s < keda.p99_wait_s, "{ferry:?} {keda:?}");
+    assert!(
+        ferry.replica_seconds < keda.replica_seconds,
+        "{ferry:?} {keda:?}"
+    );
+    assert!(
+        oracle.replica_seconds < ferry.replica_seconds,
+        "{oracle:?} {ferry:?}"
+    );
+    assert_eq!(ferry.slo_violation_s, 0.0);
+}
