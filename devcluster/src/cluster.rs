@@ -44,6 +44,8 @@ pub struct WriteOptions {
     pub field_manager: Option<String>,
     pub force: bool,
     pub dry_run: bool,
+    /// `fieldValidation=Strict`: unknown fields are an error instead of being dropped.
+    pub strict: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -204,12 +206,28 @@ impl Cluster {
     }
 
     /// Defaulting, pruning and validation shared by every write.
-    fn admit(&self, info: &ResourceInfo, obj: &mut Value, old: Option<&Value>) -> ApiResult<()> {
+    fn admit(
+        &self,
+        info: &ResourceInfo,
+        obj: &mut Value,
+        old: Option<&Value>,
+        strict: bool,
+    ) -> ApiResult<()> {
         defaults::apply(info, obj);
         let name = meta_str(obj, "name").unwrap_or("").to_string();
         let mut errs = Vec::new();
         if let Some(crd) = &info.crd {
-            crd.prune_and_default(obj);
+            let unknown = crd.prune_and_default(obj);
+            if strict && !unknown.is_empty() {
+                let list: Vec<String> = unknown
+                    .iter()
+                    .map(|u| format!("unknown field \"{u}\""))
+                    .collect();
+                return Err(ApiError::bad_request(format!(
+                    "strict decoding error: {}",
+                    list.join(", ")
+                )));
+            }
             errs.extend(crd.validate(obj, old));
         } else {
             errs.extend(defaults::validate(info, obj));
@@ -236,7 +254,7 @@ impl Cluster {
                 "resourceVersion should not be set on objects to be created",
             ));
         }
-        let mut obj = self.prepare_create(info, ns, to_storage(info, body))?;
+        let mut obj = self.prepare_create(info, ns, to_storage(info, body), opts.strict)?;
         let now = now();
         let manager = opts
             .field_manager
@@ -258,7 +276,13 @@ impl Cluster {
         self.insert_new(info, obj, opts.dry_run)
     }
 
-    fn prepare_create(&self, info: &ResourceInfo, ns: &str, body: Value) -> ApiResult<Value> {
+    fn prepare_create(
+        &self,
+        info: &ResourceInfo,
+        ns: &str,
+        body: Value,
+        strict: bool,
+    ) -> ApiResult<Value> {
         let mut obj = body;
         if !obj.is_object() {
             return Err(ApiError::bad_request(
@@ -363,7 +387,7 @@ impl Cluster {
         if info.plural == "namespaces" {
             obj["spec"] = json!({"finalizers": ["kubernetes"]});
         }
-        self.admit(info, &mut obj, None)?;
+        self.admit(info, &mut obj, None, strict)?;
         Ok(obj)
     }
 
@@ -448,6 +472,7 @@ impl Cluster {
         mut new: Value,
         manager: &str,
         track: bool,
+        strict: bool,
     ) -> ApiResult<Mutation> {
         if !new.is_object() {
             return Err(ApiError::bad_request(
@@ -535,7 +560,7 @@ impl Cluster {
         if info.plural == "namespaces" {
             new["spec"] = old.get("spec").cloned().unwrap_or(json!({}));
         }
-        self.admit(info, &mut new, Some(old))?;
+        self.admit(info, &mut new, Some(old), strict)?;
         if info.tracks_generation && spec_part(info, old) != spec_part(info, &new) {
             let g = meta(old)
                 .and_then(|m| m.get("generation"))
@@ -600,7 +625,15 @@ impl Cluster {
                 let Some(old) = old else {
                     return Err(ApiError::not_found(&qualified(info), name));
                 };
-                let m = self.commit(info, sub, old, to_storage(info, body), &manager, true)?;
+                let m = self.commit(
+                    info,
+                    sub,
+                    old,
+                    to_storage(info, body),
+                    &manager,
+                    true,
+                    opts.strict,
+                )?;
                 if opts.dry_run {
                     return Err(dry_run_result(m, old));
                 }
@@ -717,7 +750,7 @@ impl Cluster {
             if crd_before {
                 self.register_crd(&candidate)?;
             }
-            let m = self.commit(info, sub, old, to_storage(info, candidate), &manager, track)?;
+            let m = self.commit(info, sub, old, to_storage(info, candidate), &manager, track, opts.strict)?;
             if opts.dry_run {
                 return Err(dry_run_result(m, old));
             }
@@ -755,7 +788,7 @@ impl Cluster {
         })?;
         meta_mut(&mut obj).insert("name".into(), json!(name));
         let managed = obj.pointer("/metadata/managedFields").cloned();
-        let mut obj = self.prepare_create(info, ns, to_storage(info, obj))?;
+        let mut obj = self.prepare_create(info, ns, to_storage(info, obj), opts.strict)?;
         if let Some(mf) = managed {
             meta_mut(&mut obj).insert("managedFields".into(), mf);
         }
@@ -948,7 +981,7 @@ impl Cluster {
                 if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
                     m.remove("resourceVersion");
                 }
-                self.commit(info, Sub::Status, old, new, manager, true)
+                self.commit(info, Sub::Status, old, new, manager, true, false)
             });
         self.finish_write(info, ns, name, out)
     }
@@ -970,7 +1003,7 @@ impl Cluster {
                 };
                 match f(old) {
                     None => Ok(Mutation::Unchanged),
-                    Some(new) => self.commit(info, Sub::Main, old, new, manager, true),
+                    Some(new) => self.commit(info, Sub::Main, old, new, manager, true, false),
                 }
             });
         self.finish_write(info, ns, name, out)

@@ -63,10 +63,15 @@ impl CrdVersionSchema {
     }
 
     /// Prune unknown fields and apply defaults, as the API server does before validation.
-    pub fn prune_and_default(&self, obj: &mut Value) {
-        let Some(schema) = &self.schema else { return };
-        prune(schema, obj, true);
+    /// Returns the paths of the unknown fields that were dropped.
+    pub fn prune_and_default(&self, obj: &mut Value) -> Vec<String> {
+        let Some(schema) = &self.schema else {
+            return Vec::new();
+        };
+        let mut unknown = Vec::new();
+        prune(schema, obj, true, "", &mut unknown);
         *obj = kube_cel::apply_defaults(schema, obj);
+        unknown
     }
 
     /// OpenAPI validation, then CEL rules (transition rules see `old`). Returns (field, message).
@@ -145,7 +150,7 @@ fn preserves_unknown(schema: &Value) -> bool {
         == Some(true)
 }
 
-fn prune(schema: &Value, value: &mut Value, root: bool) {
+fn prune(schema: &Value, value: &mut Value, root: bool, path: &str, unknown: &mut Vec<String>) {
     match value {
         Value::Object(map) => {
             let props = schema.get("properties").and_then(Value::as_object);
@@ -165,7 +170,12 @@ fn prune(schema: &Value, value: &mut Value, root: bool) {
                         if map.get(&k).is_some_and(Value::is_null) && !nullable {
                             map.remove(&k);
                         } else if let Some(child) = map.get_mut(&k) {
-                            prune(cs, child, false);
+                            let p = if path.is_empty() {
+                                k.clone()
+                            } else {
+                                format!("{path}.{k}")
+                            };
+                            prune(cs, child, false, &p, unknown);
                         }
                     }
                     None if keep_unknown => {}
@@ -174,14 +184,19 @@ fn prune(schema: &Value, value: &mut Value, root: bool) {
                         && schema.get("type").is_none() => {}
                     None => {
                         map.remove(&k);
+                        unknown.push(if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        });
                     }
                 }
             }
         }
         Value::Array(items) => {
             if let Some(is) = schema.get("items") {
-                for i in items {
-                    prune(is, i, false);
+                for (n, i) in items.iter_mut().enumerate() {
+                    prune(is, i, false, &format!("{path}[{n}]"), unknown);
                 }
             }
         }

@@ -337,6 +337,7 @@ fn write_opts(q: &Query, headers: &HeaderMap) -> WriteOptions {
         field_manager: Some(q.get("fieldManager").map(str::to_string).unwrap_or(agent)),
         force: q.flag("force") && q.get("force").is_some(),
         dry_run: q.get("dryRun").is_some_and(|d| d == "All"),
+        strict: q.get("fieldValidation") == Some("Strict"),
     }
 }
 

@@ -303,6 +303,18 @@ async fn custom_resources_with_printer_columns_watch_scale_and_validation() {
         "{}",
         bad.stderr
     );
+    // kubectl validates strictly by default: unknown fields are rejected, not pruned.
+    let typo = kubectl_stdin(
+        &dc,
+        &["apply", "-f", "-"],
+        Some(&w.replace("replicas: 2", "replicas: 2\n  replicaz: 3")),
+    )
+    .await;
+    assert!(
+        !typo.ok && typo.stderr.contains("unknown field \"spec.replicaz\""),
+        "{}",
+        typo.stderr
+    );
     let r = kubectl(
         &dc,
         &[
