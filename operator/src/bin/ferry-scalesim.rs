@@ -65,6 +65,9 @@ struct Args {
     /// Seconds between the operator's polls.
     #[arg(long, default_value_t = 3)]
     poll_interval: u32,
+    /// Share of ferry's scrapes that fail (the policy then holds).
+    #[arg(long, default_value_t = 0.0)]
+    scrape_failure_rate: f64,
     /// Age of scraped values (both ferry and KEDA see the queue this late).
     #[arg(long, default_value_t = 2)]
     metric_lag: u32,
@@ -130,6 +133,12 @@ fn main() -> anyhow::Result<()> {
     let mut config = BenchConfig::new(model, scaling);
     config.scrape.poll_interval_seconds = args.poll_interval.max(1);
     config.scrape.lag_seconds = args.metric_lag;
+    anyhow::ensure!(
+        (0.0..1.0).contains(&args.scrape_failure_rate),
+        "--scrape-failure-rate must be in [0, 1)"
+    );
+    config.scrape.failure_rate = args.scrape_failure_rate;
+    config.scrape.seed = args.seed;
     config.threads = args.threads;
 
     let mut results = Vec::new();

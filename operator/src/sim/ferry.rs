@@ -1,6 +1,9 @@
 //! The `ferry` policy in the simulator: the operator's poll loop around the very same
 //! [`ScalingPolicy`] the controller runs, fed with what scraping the sidecars would return.
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 use crate::autoscaler::{
     BacklogSignal, ScalingDecision, ScalingPolicy, ScalingSignals, ScalingState, ThroughputSignal,
 };
@@ -13,6 +16,10 @@ pub struct ScrapeConfig {
     pub poll_interval_seconds: u32,
     /// Age of the values a scrape returns (sidecar refresh of queue attributes, scrape time).
     pub lag_seconds: u32,
+    /// Share of polls whose scrape fails, so the policy gets no signals at all.
+    pub failure_rate: f64,
+    /// Seed for which polls fail.
+    pub seed: u64,
 }
 
 impl Default for ScrapeConfig {
@@ -20,6 +27,8 @@ impl Default for ScrapeConfig {
         Self {
             poll_interval_seconds: 3,
             lag_seconds: 2,
+            failure_rate: 0.0,
+            seed: 0,
         }
     }
 }
@@ -29,6 +38,7 @@ pub struct FerryController {
     state: ScalingState,
     scrape: ScrapeConfig,
     concurrency_per_replica: u32,
+    failures: StdRng,
     pub decisions: Vec<ScalingDecision>,
 }
 
@@ -37,6 +47,7 @@ impl FerryController {
         Self {
             policy,
             state: ScalingState::default(),
+            failures: StdRng::seed_from_u64(scrape.seed),
             scrape,
             concurrency_per_replica,
             decisions: Vec::new(),
@@ -95,7 +106,9 @@ impl Controller for FerryController {
         if !(now as u64).is_multiple_of(u64::from(self.scrape.poll_interval_seconds.max(1))) {
             return None;
         }
-        let signals = self.scrape(history);
+        let failed = self.scrape.failure_rate > 0.0
+            && self.failures.random::<f64>() < self.scrape.failure_rate;
+        let signals = if failed { None } else { self.scrape(history) };
         let decision = self
             .policy
             .decide(&mut self.state, now, replicas, signals.as_ref());

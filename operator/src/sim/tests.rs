@@ -192,3 +192,43 @@ fn ferry_beats_tuned_keda_on_a_step_in_waits_and_cost() {
     );
     assert_eq!(ferry.slo_violation_s, 0.0);
 }
+
+#[test]
+fn failed_scrapes_make_ferry_hold_not_scale_to_zero() {
+    let trace = Trace {
+        name: "flaky".into(),
+        seconds: (0..900)
+            .map(|t| TraceSecond {
+                arrivals: if (300..600).contains(&t) { 150 } else { 15 },
+                mean_service_seconds: None,
+            })
+            .collect(),
+    };
+    let mut bench = BenchConfig::new(config(), ScalingSpec::default());
+    bench.keda_queue_lengths = vec![5];
+    let healthy = run_trace(&bench, &trace).unwrap();
+    bench.scrape.failure_rate = 0.4;
+    bench.scrape.seed = 7;
+    let flaky = run_trace(&bench, &trace).unwrap();
+    // Four scrapes in ten fail: the policy holds through them, so the consumer never drops to
+    // zero under load, and it still meets the target, reacting a poll later at worst.
+    let loaded = 20..880;
+    assert!(flaky.ferry.replicas[loaded].iter().all(|&r| r > 0));
+    assert!(flaky.ferry.stats.meets(30.0), "{:?}", flaky.ferry.stats);
+    assert_eq!(flaky.ferry.stats.summary.slo_violation_s, 0.0);
+    let slack = flaky.ferry.stats.summary.max_wait_s - healthy.ferry.stats.summary.max_wait_s;
+    assert!(
+        slack <= 3.0 * 3.0,
+        "{:?} {:?}",
+        flaky.ferry.stats,
+        healthy.ferry.stats
+    );
+    // Every change made without signals only enforced the bounds.
+    assert!(
+        flaky
+            .ferry
+            .decisions
+            .iter()
+            .all(|d| d.signals.is_some() || d.from == d.to || d.reason.code() == "OutsideBounds")
+    );
+}
