@@ -402,3 +402,21 @@ fn a_repeated_sample_changes_nothing() {
     assert_eq!(a.needed_replicas, b.needed_replicas);
     assert_eq!(again.to, first.to);
 }
+
+#[test]
+fn backlog_per_replica_alone_sizes_by_queue_length() {
+    let p = policy(ScalingSpec {
+        target_latency_seconds: None,
+        backlog_per_replica: Some(25),
+        ..ScalingSpec::default()
+    });
+    let mut state = ScalingState::default();
+    // 200 visible + 50 in flight at 25 per replica.
+    let mut signals = scraped(0.0, 2, 200, 50.0, 1.0);
+    signals.backlog.in_flight = 50;
+    let d = p.decide(&mut state, 0.0, 2, Some(&signals));
+    let used = d.signals.unwrap();
+    assert_eq!(used.basis, DemandBasis::BacklogPerReplica);
+    assert_eq!(used.needed_replicas, 10);
+    assert_eq!(d.to, 10);
+}
