@@ -268,3 +268,105 @@ async fn kube_runtime_event_recorder_publishes_and_updates_series() {
     );
     assert_eq!(listed.items[0].message.as_deref(), Some("queue created"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_with_finalizer_and_status_apply_on_a_custom_resource() {
+    use kube::api::DynamicObject;
+    use kube::core::{ApiResource, GroupVersionKind};
+    use kube::runtime::finalizer::{Event as Fin, finalizer};
+    use std::sync::Mutex;
+
+    let dc = DevCluster::builder()
+        .controllers(false)
+        .kubelet(false)
+        .bookmark_interval(Duration::from_millis(500))
+        .start()
+        .await
+        .expect("start");
+    common::install_widgets(&dc).await;
+    let widgets = common::widget_api(&dc.client(), "default");
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("example.com", "v1", "Widget"),
+        "widgets",
+    );
+    let cleaned = Arc::new(Mutex::new(Vec::<String>::new()));
+
+    struct Ctx {
+        api: Api<DynamicObject>,
+        cleaned: Arc<Mutex<Vec<String>>>,
+    }
+    #[derive(Debug, thiserror::Error)]
+    #[error(transparent)]
+    struct Err(#[from] kube::runtime::finalizer::Error<kube::Error>);
+
+    async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Err> {
+        let api = ctx.api.clone();
+        let cleaned = ctx.cleaned.clone();
+        finalizer(&ctx.api, "ferry.dev/cleanup", obj, |ev| async move {
+            match ev {
+                Fin::Apply(o) => {
+                    let name = o.metadata.name.clone().unwrap_or_default();
+                    let status = json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": name},
+                                        "status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+                    api.patch_status(&name, &PatchParams::apply("ferry-operator").force(), &Patch::Apply(&status)).await?;
+                    Ok(Action::await_change())
+                }
+                Fin::Cleanup(o) => {
+                    cleaned.lock().expect("lock").push(o.metadata.name.clone().unwrap_or_default());
+                    Ok::<_, kube::Error>(Action::await_change())
+                }
+            }
+        })
+        .await
+        .map_err(Err::from)
+    }
+    fn error_policy(_: Arc<DynamicObject>, _: &Err, _: Arc<Ctx>) -> Action {
+        Action::requeue(Duration::from_millis(200))
+    }
+    let ctx = Arc::new(Ctx {
+        api: widgets.clone(),
+        cleaned: cleaned.clone(),
+    });
+    let controller = Controller::new_with(widgets.clone(), watcher::Config::default(), ar)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {});
+    let handle = tokio::spawn(controller);
+    let w: DynamicObject = serde_json::from_value(json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "fin"}, "spec": {"replicas": 1}})).expect("w");
+    widgets
+        .create(&PostParams::default(), &w)
+        .await
+        .expect("create");
+    let ready = eventually(10, "finalizer added and status applied", || {
+        let widgets = widgets.clone();
+        async move {
+            widgets.get("fin").await.ok().filter(|o| {
+                o.metadata
+                    .finalizers
+                    .as_ref()
+                    .is_some_and(|f| f.contains(&"ferry.dev/cleanup".to_string()))
+                    && o.data["status"]["conditions"][0]["status"] == "True"
+            })
+        }
+    })
+    .await;
+    assert_eq!(ready.metadata.generation, Some(1));
+    widgets
+        .delete("fin", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(10, "cleanup ran and the object is gone", || {
+        let widgets = widgets.clone();
+        async move {
+            widgets
+                .get_opt("fin")
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(*cleaned.lock().expect("lock"), ["fin"]);
+    handle.abort();
+}
