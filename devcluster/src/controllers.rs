@@ -526,13 +526,59 @@ fn write_deployment_status(
         )
     };
     let complete = updated == desired && replicas == desired && available == desired;
-    let progressing_c = if complete {
+    // Progress = any change in the replica counts or the spec; without progress for
+    // progressDeadlineSeconds, Progressing turns False (ProgressDeadlineExceeded).
+    let prev = dep.get("status");
+    let counts = |s: Option<&Value>| {
+        [
+            "replicas",
+            "updatedReplicas",
+            "readyReplicas",
+            "availableReplicas",
+            "observedGeneration",
+        ]
+        .map(|k| i(s.and_then(|s| s.get(k))))
+    };
+    let progressed = counts(prev)
+        != [
+            replicas,
+            updated,
+            ready,
+            available,
+            i(dep.pointer("/metadata/generation")),
+        ];
+    let deadline = dep
+        .pointer("/spec/progressDeadlineSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(600);
+    let last_progress = existing
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some("Progressing"))
+        .and_then(|c| c.get("lastUpdateTime").and_then(Value::as_str))
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds());
+    let already_stalled = existing.iter().any(|c| {
+        c.get("type").and_then(Value::as_str) == Some("Progressing")
+            && c.get("reason").and_then(Value::as_str) == Some("ProgressDeadlineExceeded")
+    });
+    let stalled = !complete
+        && !progressed
+        && (already_stalled || last_progress.is_some_and(|s| s > deadline));
+    let mut progressing_c = if complete {
         condition(
             &existing,
             "Progressing",
             "True",
             "NewReplicaSetAvailable",
             &format!("ReplicaSet \"{new_name}\" has successfully progressed."),
+        )
+    } else if stalled {
+        condition(
+            &existing,
+            "Progressing",
+            "False",
+            "ProgressDeadlineExceeded",
+            &format!("ReplicaSet \"{new_name}\" has timed out progressing."),
         )
     } else {
         condition(
@@ -543,6 +589,9 @@ fn write_deployment_status(
             &format!("ReplicaSet \"{new_name}\" is progressing."),
         )
     };
+    if progressed && !complete {
+        progressing_c["lastUpdateTime"] = json!(now());
+    }
     let mut status = json!({
         "observedGeneration": i(dep.pointer("/metadata/generation")),
         "replicas": replicas,

@@ -286,6 +286,32 @@ async fn unmapped_images_say_so_and_never_run() {
     pods.delete("ghost", &DeleteParams::default())
         .await
         .expect("delete");
+    // A Deployment whose pods cannot run stops progressing after progressDeadlineSeconds.
+    let deps: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(dc.client(), "default");
+    let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "stuck"},
+        "spec": {"progressDeadlineSeconds": 1, "selector": {"matchLabels": {"app": "stuck"}},
+                 "template": {"metadata": {"labels": {"app": "stuck"}}, "spec": {"containers": [{"name": "c", "image": "nginx:1.27"}]}}}
+    }))
+    .expect("deployment");
+    deps.create(&PostParams::default(), &d)
+        .await
+        .expect("create");
+    eventually(20, "ProgressDeadlineExceeded", || async {
+        deps.get("stuck").await.ok().filter(|d| {
+            d.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c.type_.as_deref() == Some("Progressing")
+                            && c.status.as_deref() == Some("False")
+                            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+                    })
+                })
+        })
+    })
+    .await;
     eventually(10, "gone", || async {
         pods.get_opt("ghost")
             .await
