@@ -1115,15 +1115,10 @@ async fn probe_loop(
             .and_then(Value::as_u64)
             .unwrap_or(d)
     };
-    let period = Duration::from_secs(
-        secs(&readiness, "periodSeconds", 10)
-            .min(secs(&liveness, "periodSeconds", 10))
-            .max(1),
-    );
-    let period = period
-        .min(Duration::from_secs(1))
-        .max(Duration::from_millis(200))
-        .max(Duration::from_millis(200));
+    // Readiness is probed at least once a second (not only every periodSeconds) so pods turn
+    // Ready promptly in tests; liveness keeps its own period.
+    let tick = Duration::from_millis(200);
+    let readiness_every = Duration::from_secs(1);
     let start = tokio::time::Instant::now();
     let (mut r_ok, mut r_fail, mut l_fail) = (0u64, 0u64, 0u64);
     let mut last_r = tokio::time::Instant::now() - Duration::from_secs(3600);
@@ -1132,8 +1127,7 @@ async fn probe_loop(
         let elapsed = start.elapsed().as_secs();
         if let Some(p) = &readiness
             && elapsed >= secs(&readiness, "initialDelaySeconds", 0)
-            && last_r.elapsed()
-                >= Duration::from_secs(secs(&readiness, "periodSeconds", 10)).min(period)
+            && last_r.elapsed() >= readiness_every
         {
             last_r = tokio::time::Instant::now();
             if run_probe(p, &c, &ip).await {
@@ -1165,7 +1159,7 @@ async fn probe_loop(
                 }
             }
         }
-        tokio::time::sleep(period).await;
+        tokio::time::sleep(tick).await;
     }
 }
 

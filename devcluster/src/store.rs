@@ -80,13 +80,6 @@ pub struct Snapshot {
     pub items: Vec<Arc<Value>>,
 }
 
-pub enum WatchStart {
-    /// Events after the requested version, from history.
-    Replay(Vec<Arc<ChangeEvent>>),
-    /// The requested version is older than the retained history.
-    Gone,
-}
-
 impl Store {
     pub fn new(history_limit: usize) -> Self {
         let (tx, _) = broadcast::channel(history_limit.max(1024));
