@@ -99,6 +99,15 @@ pub struct Config {
     #[arg(long, env = "FERRY_LISTEN_ADDR", default_value = "0.0.0.0:9090", value_parser = parse_addr)]
     pub listen_addr: SocketAddr,
 
+    /// Pub/Sub only: read the subscription's backlog, oldest message age and the DLQ depth
+    /// from Cloud Monitoring (needs roles/monitoring.viewer; the numbers lag 1-3 minutes).
+    #[arg(long, env = "FERRY_PUBSUB_MONITORING", default_value_t = false, action = clap::ArgAction::Set, value_parser = parse_bool("FERRY_PUBSUB_MONITORING"))]
+    pub pubsub_monitoring: bool,
+
+    /// Cloud Monitoring endpoint; anything but the default is called without credentials.
+    #[arg(long, env = "FERRY_MONITORING_ENDPOINT", default_value = ferry_queues::monitoring::DEFAULT_ENDPOINT)]
+    pub monitoring_endpoint: String,
+
     /// Log format: text or json.
     #[arg(long, env = "FERRY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -145,6 +154,11 @@ impl Config {
             // Enough to keep every worker slot busy while the next messages are on their way;
             // the client library keeps these leased, so holding them costs no redelivery.
             max_outstanding: self.concurrency * 2,
+            monitoring: (self.provider == Provider::PubSub && self.pubsub_monitoring).then(|| {
+                ferry_queues::monitoring::MonitoringConfig {
+                    endpoint: self.monitoring_endpoint.clone(),
+                }
+            }),
         }
     }
 }
@@ -162,6 +176,14 @@ fn parse_provider(value: &str) -> Result<Provider, String> {
     value
         .parse()
         .map_err(|e: String| format!("FERRY_PROVIDER: {e}"))
+}
+
+fn parse_bool(variable: &'static str) -> impl Fn(&str) -> Result<bool, String> + Clone {
+    move |value| match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err(format!("{variable} must be true or false, got {value:?}")),
+    }
 }
 
 fn parse_url(value: &str) -> Result<String, String> {
@@ -356,8 +378,14 @@ mod tests {
     #[test]
     fn provider_and_queue_are_required_by_name() {
         let err = parse(&[]).unwrap().validate().unwrap_err();
-        assert!(err.contains("FERRY_PROVIDER (--provider) is required"), "{err}");
-        let err = parse(&["--provider", "sqs"]).unwrap().validate().unwrap_err();
+        assert!(
+            err.contains("FERRY_PROVIDER (--provider) is required"),
+            "{err}"
+        );
+        let err = parse(&["--provider", "sqs"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
         assert!(err.contains("FERRY_QUEUE (--queue) is required"), "{err}");
     }
 

@@ -424,10 +424,13 @@ impl Pump {
         self.queue.close().await;
         let all = self.settings.concurrency as u32;
         match tokio::time::timeout(deadline, self.slots.acquire_many(all)).await {
-            Ok(_) => DrainReport {
-                drained: true,
-                still_in_flight: 0,
-            },
+            Ok(_) => {
+                self.queue.flush().await;
+                DrainReport {
+                    drained: true,
+                    still_in_flight: 0,
+                }
+            }
             Err(_) => DrainReport {
                 drained: false,
                 still_in_flight: self.settings.concurrency - self.slots.available_permits(),

@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod model;
+pub mod monitoring;
 pub mod provision;
 pub mod pubsub;
 pub mod sqs;
@@ -65,6 +66,10 @@ pub trait MessageQueue: Send + Sync + 'static {
     /// Stops taking new messages from the provider and hands back what it pre-fetched.
     async fn close(&self);
 
+    /// Waits until every settlement made so far has reached the provider; called after a
+    /// drain, before the process exits.
+    async fn flush(&self);
+
     /// The queue's short name, used as the `queue` metric label and `X-Aws-Sqsd-Queue`.
     fn queue_name(&self) -> &str;
 
@@ -88,6 +93,8 @@ pub struct ConsumerTarget {
     pub lease: Duration,
     /// Pub/Sub only: how many unacknowledged messages the server may push to this client.
     pub max_outstanding: usize,
+    /// Pub/Sub only: read the backlog from Cloud Monitoring.
+    pub monitoring: Option<monitoring::MonitoringConfig>,
 }
 
 /// Connects to the queue described by `target`.

@@ -18,6 +18,7 @@ use google_cloud_pubsub::subscriber::{ShutdownBehavior, ShutdownToken};
 use tokio::sync::{Mutex, OnceCell, mpsc, watch};
 
 use crate::model::LeaseInner;
+use crate::monitoring::CloudMonitoring;
 use crate::{
     ConsumerTarget, DeadLetterReason, Lease, MessageQueue, Provider, QueueError, QueueErrorKind,
     QueueStats, ReceivedMessage,
@@ -39,6 +40,7 @@ pub struct PubSubQueue {
     closed: AtomicBool,
     /// The live stream's shutdown handle; the stream is rebuilt after it ends on an error.
     current_stream: Arc<SyncMutex<Option<ShutdownToken>>>,
+    monitoring: Option<CloudMonitoring>,
 }
 
 /// The endpoint to use, if any: `FERRY_ENDPOINT` first, then `PUBSUB_EMULATOR_HOST`, which
@@ -164,6 +166,7 @@ impl PubSubQueue {
         tokio::spawn(pump_stream(
             StreamParams {
                 subscriber,
+                emulator: endpoint.is_some(),
                 subscription: target.queue.clone(),
                 max_outstanding: target.max_outstanding.max(1) as i64,
                 lease: target.lease,
@@ -184,6 +187,13 @@ impl PubSubQueue {
             closing,
             closed: AtomicBool::new(false),
             current_stream,
+            monitoring: target
+                .monitoring
+                .as_ref()
+                .map(|config| {
+                    CloudMonitoring::new(config, &target.queue, target.dead_letter.as_deref())
+                })
+                .transpose()?,
         })
     }
 
@@ -230,8 +240,24 @@ impl PubSubQueue {
     }
 }
 
+/// Google's Pub/Sub emulator mishandles a streaming pull that is cancelled (its handler of
+/// the client's RST_STREAM fails with a NoSuchMethodError) and loses track of messages nacked
+/// on a stream that then goes away: they are never delivered to another consumer, and the
+/// subscription can stop delivering to new streams at all. A closed connection is handled
+/// correctly. So against the emulator (an endpoint override) the sidecar's drain neither
+/// cancels the stream nor nacks what it prefetched: it stops reading, and the process exit
+/// closes the connection, after which the emulator redelivers everything not acked. Against
+/// Google the drain nacks prefetched messages at once and cancels the stream.
+const EMULATOR_CANCELLATION: () = ();
+
+/// Against the emulator the stream is never shut down, so nothing signals when the client's
+/// acks have been sent; they are flushed every 100 ms, so this is several flushes.
+const EMULATOR_ACK_FLUSH: Duration = Duration::from_millis(600);
+
 struct StreamParams {
     subscriber: Subscriber,
+    /// Talking to the Pub/Sub emulator, see [`EMULATOR_CANCELLATION`].
+    emulator: bool,
     subscription: String,
     max_outstanding: i64,
     lease: Duration,
@@ -269,6 +295,11 @@ async fn pump_stream(
                 Err(e) => Err(map_gax_error("StreamingPull", &e)),
             };
             if tx.send(item).await.is_err() {
+                if params.emulator {
+                    // Dropping the stream would cancel it; see EMULATOR_CANCELLATION. The
+                    // process exit closes the connection instead.
+                    std::future::pending::<()>().await;
+                }
                 return;
             }
         }
@@ -438,9 +469,12 @@ impl MessageQueue for PubSubQueue {
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
-        // Pub/Sub exposes backlog only through Cloud Monitoring; the sidecar reports what it
-        // sees itself (receive rate, age at receipt, in flight) instead.
-        Ok(QueueStats::default())
+        // Pub/Sub exposes backlog only through Cloud Monitoring; without it the sidecar
+        // reports what it sees itself (receive rate, age at receipt, in flight) instead.
+        match &self.monitoring {
+            Some(monitoring) => monitoring.backlog(SystemTime::now()).await,
+            None => Ok(QueueStats::default()),
+        }
     }
 
     async fn check(&self) -> Result<(), QueueError> {
@@ -457,9 +491,15 @@ impl MessageQueue for PubSubQueue {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
+        if self.endpoint.is_some() {
+            // See EMULATOR_CANCELLATION: the emulator loses track of messages that are nacked
+            // or cancelled while the sidecar goes away; left alone, they return when the
+            // process exit closes the connection.
+            return;
+        }
         self.closing.send_replace(true);
         // Stop the stream first so nothing new arrives, then hand back what was prefetched.
-        let shutdown = self.current_stream.lock().expect("stream lock").take();
+        let shutdown = self.current_stream.lock().expect("stream lock").clone();
         let mut prefetched = self.prefetched.lock().await;
         prefetched.close();
         while let Ok(item) = prefetched.try_recv() {
@@ -468,8 +508,21 @@ impl MessageQueue for PubSubQueue {
             }
         }
         drop(prefetched);
-        if let Some(shutdown) = shutdown {
+        if let Some(shutdown) = shutdown.filter(|_| self.endpoint.is_none()) {
             tokio::spawn(async move { shutdown.shutdown().await });
+        }
+    }
+
+    async fn flush(&self) {
+        let _ = EMULATOR_CANCELLATION;
+        if self.endpoint.is_some() {
+            tokio::time::sleep(EMULATOR_ACK_FLUSH).await;
+            return;
+        }
+        let shutdown = self.current_stream.lock().expect("stream lock").clone();
+        if let Some(shutdown) = shutdown {
+            // Completes once every ack and nack the client holds has been sent.
+            let _ = tokio::time::timeout(Duration::from_secs(10), shutdown.shutdown()).await;
         }
     }
 

@@ -610,6 +610,9 @@ impl MessageQueue for SqsQueue {
 
     async fn close(&self) {}
 
+    /// Deletes are awaited by the delivery that made them, so nothing is left to send.
+    async fn flush(&self) {}
+
     fn queue_name(&self) -> &str {
         &self.name
     }

@@ -15,7 +15,9 @@ use ferry_tests::sidecar::metric_value;
 use ferry_tests::{free_port, log_dir, unique_name};
 
 #[derive(Parser, Debug)]
-#[command(about = "Runs ferry-consumer against a local queue emulator with an example worker and shows what happens")]
+#[command(
+    about = "Runs ferry-consumer against a local queue emulator with an example worker and shows what happens"
+)]
 struct Options {
     /// Queue provider: pubsub (Google's emulator) or sqs (moto).
     #[arg(long, default_value = "pubsub")]
@@ -44,7 +46,10 @@ struct Process(Child, &'static str);
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
@@ -58,8 +63,14 @@ impl Drop for Process {
 }
 
 fn sibling_binary(name: &str) -> PathBuf {
-    let path = std::env::current_exe().expect("current exe").with_file_name(name);
-    assert!(path.exists(), "{} is not built: run `cargo build -p ferry-consumer -p ferry-example-worker` (scripts/demo.sh does)", path.display());
+    let path = std::env::current_exe()
+        .expect("current exe")
+        .with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build -p ferry-consumer -p ferry-example-worker` (scripts/demo.sh does)",
+        path.display()
+    );
     path
 }
 
@@ -80,7 +91,14 @@ fn spawn(name: &'static str, mut command: Command) -> Process {
 async fn main() -> anyhow::Result<()> {
     let options = Options::parse();
     let provider: Provider = options.provider.parse().map_err(anyhow::Error::msg)?;
-    println!("starting the {} emulator ...", if provider == Provider::Sqs { "SQS (moto)" } else { "Pub/Sub" });
+    println!(
+        "starting the {} emulator ...",
+        if provider == Provider::Sqs {
+            "SQS (moto)"
+        } else {
+            "Pub/Sub"
+        }
+    );
     let endpoint = match provider {
         Provider::Sqs => emulators::moto().url(),
         Provider::PubSub => emulators::pubsub().host_port(),
@@ -97,7 +115,10 @@ async fn main() -> anyhow::Result<()> {
         retry_backoff: Some((Duration::from_secs(1), Duration::from_secs(10))),
     })
     .await?;
-    println!("queue {}\n  dead-letter queue {} (after {max_deliveries} deliveries)", queue.queue, queue.dead_letter);
+    println!(
+        "queue {}\n  dead-letter queue {} (after {max_deliveries} deliveries)",
+        queue.queue, queue.dead_letter
+    );
 
     let worker_port = free_port();
     let mut worker = Command::new(sibling_binary("ferry-example-worker"));
@@ -114,7 +135,10 @@ async fn main() -> anyhow::Result<()> {
         .env("FERRY_QUEUE", &queue.queue)
         .env("FERRY_DEAD_LETTER", &queue.dead_letter)
         .env("FERRY_ENDPOINT", &endpoint)
-        .env("FERRY_DELIVERY_URL", format!("http://127.0.0.1:{worker_port}/"))
+        .env(
+            "FERRY_DELIVERY_URL",
+            format!("http://127.0.0.1:{worker_port}/"),
+        )
         .env("FERRY_CONCURRENCY", options.concurrency.to_string())
         .env("FERRY_PERMANENT_FAILURE_STATUSES", "422")
         .env("FERRY_RETRY_BACKOFF_MIN", "1")
@@ -127,24 +151,46 @@ async fn main() -> anyhow::Result<()> {
     let _sidecar = spawn("ferry-consumer", sidecar);
     println!("sidecar metrics: curl -s http://127.0.0.1:{metrics_port}/metrics | grep ^ferry_\n");
 
-    let poison_every = if options.poison == 0 { usize::MAX } else { (options.messages / options.poison).max(1) };
+    let poison_every = options
+        .messages
+        .checked_div(options.poison)
+        .map_or(usize::MAX, |every| every.max(1));
     let messages: Vec<OutgoingMessage> = (0..options.messages)
         .map(|i| {
-            let kind = if i % poison_every == poison_every - 1 { "poison" } else { "order" };
-            OutgoingMessage { body: format!("{{\"{kind}\":{i}}}").into_bytes(), attributes: vec![("source".into(), "demo".into())], ordering_group: None }
+            let kind = if i % poison_every == poison_every - 1 {
+                "poison"
+            } else {
+                "order"
+            };
+            OutgoingMessage {
+                body: format!("{{\"{kind}\":{i}}}").into_bytes(),
+                attributes: vec![("source".into(), "demo".into())],
+                ordering_group: None,
+            }
         })
         .collect();
-    let poison = messages.iter().filter(|m| m.body.starts_with(b"{\"poison")).count();
+    let poison = messages
+        .iter()
+        .filter(|m| m.body.starts_with(b"{\"poison"))
+        .count();
     let started = Instant::now();
     publish(provider, Some(&endpoint), &queue.publish_to, messages).await?;
-    println!("published {} messages ({poison} poison) in {:.1}s\n", options.messages, started.elapsed().as_secs_f64());
+    println!(
+        "published {} messages ({poison} poison) in {:.1}s\n",
+        options.messages,
+        started.elapsed().as_secs_f64()
+    );
 
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(options.timeout);
     let mut last = String::new();
     let summary = loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let text = match client.get(format!("http://127.0.0.1:{metrics_port}/metrics")).send().await {
+        let text = match client
+            .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+            .send()
+            .await
+        {
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(_) => continue,
         };
@@ -162,8 +208,10 @@ async fn main() -> anyhow::Result<()> {
             retried,
             dead,
             m("ferry_in_flight"),
-            metric_value(&text, "ferry_queue_messages{state=\"visible\"").map_or("n/a".into(), |v| v.to_string()),
-            metric_value(&text, "ferry_dead_letter_messages").map_or("n/a".into(), |v| v.to_string()),
+            metric_value(&text, "ferry_queue_messages{state=\"visible\"")
+                .map_or("n/a".into(), |v| v.to_string()),
+            metric_value(&text, "ferry_dead_letter_messages")
+                .map_or("n/a".into(), |v| v.to_string()),
             age_sum / age_count,
         );
         if line != last {
@@ -182,7 +230,11 @@ async fn main() -> anyhow::Result<()> {
             });
         }
         if Instant::now() > deadline {
-            anyhow::bail!("timed out after {}s; see the logs in {}", options.timeout, log_dir().display());
+            anyhow::bail!(
+                "timed out after {}s; see the logs in {}",
+                options.timeout,
+                log_dir().display()
+            );
         }
     };
     let dlq = ferry_queues::connect(&ConsumerTarget {
@@ -193,6 +245,7 @@ async fn main() -> anyhow::Result<()> {
         endpoint: Some(endpoint.clone()),
         lease: Duration::from_secs(30),
         max_outstanding: 100,
+        monitoring: None,
     })
     .await?;
     let mut in_dlq = 0;
@@ -200,12 +253,21 @@ async fn main() -> anyhow::Result<()> {
     while Instant::now() < peek_until && in_dlq < poison {
         for m in dlq.receive(10, Duration::from_secs(1)).await? {
             in_dlq += 1;
-            println!("dead letter: {} (reason: {})", String::from_utf8_lossy(&m.body), m.attributes.get("ferry-dead-letter-reason").map_or("", String::as_str));
+            println!(
+                "dead letter: {} (reason: {})",
+                String::from_utf8_lossy(&m.body),
+                m.attributes
+                    .get("ferry-dead-letter-reason")
+                    .map_or("", String::as_str)
+            );
             dlq.release(vec![m.lease]).await?;
         }
     }
     dlq.close().await;
     println!("\n{summary}");
-    anyhow::ensure!(in_dlq >= poison, "expected {poison} messages in the dead-letter queue, found {in_dlq}");
+    anyhow::ensure!(
+        in_dlq >= poison,
+        "expected {poison} messages in the dead-letter queue, found {in_dlq}"
+    );
     Ok(())
 }
