@@ -16,6 +16,7 @@ pub mod apply;
 pub mod cluster;
 pub mod controllers;
 pub mod defaults;
+pub mod discovery;
 pub mod error;
 pub mod gc;
 pub mod kubelet;
@@ -27,7 +28,9 @@ pub mod schema;
 pub mod selectors;
 pub mod server;
 pub mod store;
+pub mod subresources;
 pub mod table;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

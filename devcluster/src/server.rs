@@ -1,6 +1,6 @@
-//! The HTTP face: REST paths, discovery, list/watch, Table responses, the scale subresource.
+//! The HTTP face: path routing, request options, get/list (with Tables), create, update, patch
+//! and delete. Discovery, watch and the scale/log subresources live in their own modules.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,15 +10,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
 
-use crate::cluster::{
-    Cluster, DeleteOptions, PatchType, Sub, WriteOptions, as_version, meta_str, qualified,
-};
+use crate::cluster::{Cluster, DeleteOptions, PatchType, Sub, WriteOptions, as_version, meta_str};
 use crate::error::{ApiError, ApiResult};
 use crate::registry::ResourceInfo;
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::store::{ChangeEvent, EventType, WatchOrigin};
 use crate::table;
 
 #[derive(Clone)]
@@ -33,7 +29,7 @@ pub fn router(state: AppState) -> Router {
     Router::new().fallback(handle).with_state(state)
 }
 
-fn json_response(code: u16, v: &Value) -> Response {
+pub fn json_response(code: u16, v: &Value) -> Response {
     let body = serde_json::to_vec(v).unwrap_or_default();
     Response::builder()
         .status(StatusCode::from_u16(code).unwrap_or(StatusCode::OK))
@@ -83,14 +79,14 @@ impl Query {
         )
     }
 
-    fn get(&self, k: &str) -> Option<&str> {
+    pub fn get(&self, k: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(kk, _)| kk == k)
             .map(|(_, v)| v.as_str())
     }
 
-    fn flag(&self, k: &str) -> bool {
+    pub fn flag(&self, k: &str) -> bool {
         matches!(self.get(k), Some("true" | "1" | ""))
     }
 }
@@ -120,14 +116,14 @@ async fn handle(
                 .body(Body::from("ok"))
                 .unwrap_or_else(|_| StatusCode::OK.into_response());
         }
-        "/version" => return json_response(200, &version()),
+        "/version" => return json_response(200, &crate::discovery::version()),
         "/api" => {
             return json_response(
                 200,
                 &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]}),
             );
         }
-        "/apis" => return json_response(200, &group_list(&st.cluster)),
+        "/apis" => return json_response(200, &crate::discovery::group_list(&st.cluster)),
         "/openapi/v3" => return json_response(200, &crate::openapi::root(&st.cluster)),
         _ => {}
     }
@@ -141,7 +137,7 @@ async fn handle(
     let (group, version, rest) = match segs.as_slice() {
         ["api", v, rest @ ..] => ("", *v, rest),
         ["apis", g] => {
-            return match group_entry(&st.cluster, g) {
+            return match crate::discovery::group_entry(&st.cluster, g) {
                 Some(g) => json_response(200, &g),
                 None => error_response(&ApiError::not_found_path(&path)),
             };
@@ -150,7 +146,7 @@ async fn handle(
         _ => return error_response(&ApiError::not_found_path(&path)),
     };
     if rest.is_empty() {
-        return match resource_list(&st.cluster, group, version) {
+        return match crate::discovery::resource_list(&st.cluster, group, version) {
             Some(l) => json_response(200, &l),
             None => error_response(&ApiError::not_found_path(&path)),
         };
@@ -198,115 +194,7 @@ async fn handle(
     }
 }
 
-fn version() -> Value {
-    json!({
-        "major": "1", "minor": "32", "gitVersion": "v1.32.0-devcluster", "gitCommit": "devcluster",
-        "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23",
-        "compiler": "gc", "platform": "linux/amd64"
-    })
-}
-
-fn groups(cluster: &Cluster) -> Vec<(String, Vec<String>)> {
-    let mut out: Vec<(String, Vec<String>)> = Vec::new();
-    for r in cluster.registry.all() {
-        if r.group.is_empty() {
-            continue;
-        }
-        match out.iter_mut().find(|(g, _)| *g == r.group) {
-            Some((_, vs)) => {
-                if !vs.contains(&r.version) {
-                    vs.push(r.version.clone());
-                }
-            }
-            None => out.push((r.group.clone(), vec![r.version.clone()])),
-        }
-    }
-    out
-}
-
-fn group_json(g: &str, versions: &[String]) -> Value {
-    let vs: Vec<Value> = versions
-        .iter()
-        .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
-        .collect();
-    json!({"name": g, "versions": vs, "preferredVersion": vs[0]})
-}
-
-fn group_list(cluster: &Cluster) -> Value {
-    let gs: Vec<Value> = groups(cluster)
-        .iter()
-        .map(|(g, vs)| group_json(g, vs))
-        .collect();
-    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": gs})
-}
-
-fn group_entry(cluster: &Cluster, group: &str) -> Option<Value> {
-    groups(cluster)
-        .iter()
-        .find(|(g, _)| g == group)
-        .map(|(g, vs)| {
-            let mut v = group_json(g, vs);
-            v["kind"] = json!("APIGroup");
-            v["apiVersion"] = json!("v1");
-            v
-        })
-}
-
-fn resource_list(cluster: &Cluster, group: &str, version: &str) -> Option<Value> {
-    let infos: Vec<ResourceInfo> = cluster
-        .registry
-        .all()
-        .into_iter()
-        .filter(|r| r.group == group && r.version == version)
-        .collect();
-    if infos.is_empty() {
-        return None;
-    }
-    let mut resources = Vec::new();
-    for r in &infos {
-        let verbs: &[&str] = if r.group == "authorization.k8s.io" {
-            &["create"]
-        } else {
-            &[
-                "create",
-                "delete",
-                "deletecollection",
-                "get",
-                "list",
-                "patch",
-                "update",
-                "watch",
-            ]
-        };
-        let mut e = json!({
-            "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
-            "kind": r.kind, "verbs": verbs,
-        });
-        if !r.short_names.is_empty() {
-            e["shortNames"] = json!(r.short_names);
-        }
-        if !r.categories.is_empty() {
-            e["categories"] = json!(r.categories);
-        }
-        resources.push(e);
-        if r.status {
-            resources.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]}));
-        }
-        if r.scale.is_some() {
-            resources.push(json!({"name": format!("{}/scale", r.plural), "singularName": "", "namespaced": r.namespaced, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
-        }
-    }
-    let gv = if group.is_empty() {
-        version.to_string()
-    } else {
-        format!("{group}/{version}")
-    };
-    Some(
-        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
-    )
-}
-
-fn parse_body(body: &Bytes) -> ApiResult<Value> {
+pub fn parse_body(body: &Bytes) -> ApiResult<Value> {
     if body.is_empty() {
         return Ok(Value::Null);
     }
@@ -326,7 +214,7 @@ fn parse_body(body: &Bytes) -> ApiResult<Value> {
     })
 }
 
-fn write_opts(q: &Query, headers: &HeaderMap) -> WriteOptions {
+pub fn write_opts(q: &Query, headers: &HeaderMap) -> WriteOptions {
     let agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -341,7 +229,7 @@ fn write_opts(q: &Query, headers: &HeaderMap) -> WriteOptions {
     }
 }
 
-fn wants_table(headers: &HeaderMap) -> bool {
+pub fn wants_table(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -380,14 +268,14 @@ async fn dispatch(
             return Err(ApiError::not_found_path("scale"));
         }
         let name = r.name.as_deref().unwrap_or("");
-        return scale(st, method, info, ns, name, q, headers, body);
+        return crate::subresources::scale(st, method, info, ns, name, q, headers, body);
     }
     if r.sub.as_deref() == Some("log")
         && info.group.is_empty()
         && info.plural == "pods"
         && *method == Method::GET
     {
-        return pod_log(st, ns, r.name.as_deref().unwrap_or(""), q).await;
+        return crate::subresources::pod_log(st, ns, r.name.as_deref().unwrap_or(""), q).await;
     }
     if r.sub.as_deref() == Some("status") && sub.is_none() {
         return Err(ApiError::not_found_path("status"));
@@ -414,7 +302,7 @@ async fn dispatch(
     match (method.clone(), r.name.as_deref()) {
         (Method::GET, None) => {
             if r.watch_path || q.flag("watch") && q.get("watch").is_some() {
-                watch(st, info, r.namespace.as_deref(), q, headers)
+                crate::watch::watch(st, info, r.namespace.as_deref(), q, headers)
             } else {
                 list(c, info, r.namespace.as_deref(), q, headers)
             }
@@ -423,7 +311,7 @@ async fn dispatch(
             if r.watch_path {
                 let mut q2 = Query(q.0.clone());
                 q2.0.push(("fieldSelector".into(), format!("metadata.name={name}")));
-                return watch(st, info, r.namespace.as_deref(), &q2, headers);
+                return crate::watch::watch(st, info, r.namespace.as_deref(), &q2, headers);
             }
             let obj = c.get(info, ns, name)?;
             if wants_table(headers) {
@@ -533,7 +421,7 @@ fn delete_opts(q: &Query, body: &Bytes) -> ApiResult<DeleteOptions> {
     })
 }
 
-fn selectors(q: &Query) -> ApiResult<(LabelSelector, FieldSelector)> {
+pub fn selectors(q: &Query) -> ApiResult<(LabelSelector, FieldSelector)> {
     let l = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))
         .map_err(ApiError::bad_request)?;
     let f = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))
@@ -541,7 +429,7 @@ fn selectors(q: &Query) -> ApiResult<(LabelSelector, FieldSelector)> {
     Ok((l, f))
 }
 
-fn matches(l: &LabelSelector, f: &FieldSelector, obj: &Value) -> bool {
+pub fn matches(l: &LabelSelector, f: &FieldSelector, obj: &Value) -> bool {
     l.matches(obj.pointer("/metadata/labels")) && (f.is_empty() || f.matches(obj))
 }
 
@@ -657,435 +545,4 @@ fn list(
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
-}
-
-struct WatchSpec {
-    info: ResourceInfo,
-    ns: Option<String>,
-    labels: LabelSelector,
-    fields: FieldSelector,
-    table: bool,
-    include_object: String,
-    bookmarks: bool,
-}
-
-impl WatchSpec {
-    fn selected(&self, obj: &Value) -> bool {
-        let ns_ok = self
-            .ns
-            .as_deref()
-            .is_none_or(|n| meta_str(obj, "namespace") == Some(n));
-        ns_ok && matches(&self.labels, &self.fields, obj)
-    }
-
-    fn render(&self, kind: &str, obj: &Value, headers: bool) -> Bytes {
-        let o = as_version(&self.info, obj);
-        let object = if self.table && kind != "BOOKMARK" {
-            let rv = meta_str(&o, "resourceVersion").unwrap_or("").to_string();
-            table::table(&self.info, &[o], &rv, None, &self.include_object, headers)
-        } else {
-            o
-        };
-        let mut line =
-            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
-        line.push(b'\n');
-        Bytes::from(line)
-    }
-
-    /// The watch event an object change becomes for this watcher, honouring selectors.
-    fn translate(&self, ev: &ChangeEvent) -> Option<(&'static str, Arc<Value>)> {
-        if ev.gr != self.info.gr() {
-            return None;
-        }
-        let now = self.selected(&ev.object);
-        let before = ev.old.as_deref().is_some_and(|o| self.selected(o));
-        match ev.kind {
-            EventType::Added if now => Some(("ADDED", ev.object.clone())),
-            EventType::Modified if now && before => Some(("MODIFIED", ev.object.clone())),
-            EventType::Modified if now => Some(("ADDED", ev.object.clone())),
-            EventType::Modified if before => Some(("DELETED", ev.object.clone())),
-            EventType::Deleted if before || now => Some(("DELETED", ev.object.clone())),
-            _ => None,
-        }
-    }
-}
-
-fn bookmark(info: &ResourceInfo, rv: u64, initial_end: bool) -> Value {
-    let mut meta = json!({"resourceVersion": rv.to_string()});
-    if initial_end {
-        meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
-    }
-    json!({"kind": info.kind, "apiVersion": info.api_version(), "metadata": meta})
-}
-
-fn watch(
-    st: &AppState,
-    info: &ResourceInfo,
-    ns: Option<&str>,
-    q: &Query,
-    headers: &HeaderMap,
-) -> ApiResult<Response> {
-    let (labels, fields) = selectors(q)?;
-    let spec = WatchSpec {
-        info: info.clone(),
-        ns: ns.map(str::to_string),
-        labels,
-        fields,
-        table: wants_table(headers),
-        include_object: q.get("includeObject").unwrap_or("Metadata").to_string(),
-        bookmarks: q.flag("allowWatchBookmarks") && q.get("allowWatchBookmarks").is_some(),
-    };
-    let send_initial = q.get("sendInitialEvents") == Some("true");
-    let start_rv = match q.get("resourceVersion") {
-        None | Some("") | Some("0") => None,
-        Some(v) => Some(
-            v.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid resource version {v:?}")))?,
-        ),
-    };
-    let start_rv = if send_initial { None } else { start_rv };
-    let timeout = q
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse::<u64>().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(Duration::from_secs(1800));
-    let (rx, cur_rv, origin) = st.cluster.store.watch_from(&info.gr(), ns, start_rv);
-    let (tx, out) = mpsc::channel::<Result<Bytes, Infallible>>(256);
-    let interval = st.bookmark_interval;
-    tokio::spawn(run_watch(
-        spec,
-        rx,
-        cur_rv,
-        origin,
-        start_rv,
-        send_initial,
-        timeout,
-        interval,
-        tx,
-    ));
-    let stream = futures::stream::unfold(
-        out,
-        |mut rx| async move { rx.recv().await.map(|x| (x, rx)) },
-    );
-    Ok(Response::builder()
-        .status(200)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::CACHE_CONTROL, "no-cache, private")
-        .body(Body::from_stream(stream))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_watch(
-    spec: WatchSpec,
-    mut rx: broadcast::Receiver<Arc<ChangeEvent>>,
-    cur_rv: u64,
-    origin: Result<WatchOrigin, ()>,
-    start_rv: Option<u64>,
-    send_initial: bool,
-    timeout: Duration,
-    bookmark_every: Duration,
-    tx: mpsc::Sender<Result<Bytes, Infallible>>,
-) {
-    let expired = |rv: Option<u64>| {
-        let e = ApiError::gone(format!(
-            "too old resource version: {} ({})",
-            rv.unwrap_or(0),
-            cur_rv
-        ));
-        let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()}))
-            .unwrap_or_default();
-        line.push(b'\n');
-        Bytes::from(line)
-    };
-    let mut headers = true;
-    let mut last = cur_rv;
-    match origin {
-        Err(()) => {
-            let _ = tx.send(Ok(expired(start_rv))).await;
-            return;
-        }
-        Ok(WatchOrigin::List(items)) => {
-            for o in items.iter().filter(|o| spec.selected(o)) {
-                if tx.send(Ok(spec.render("ADDED", o, headers))).await.is_err() {
-                    return;
-                }
-                headers = false;
-            }
-            if send_initial {
-                let b = spec.render("BOOKMARK", &bookmark(&spec.info, cur_rv, true), false);
-                if tx.send(Ok(b)).await.is_err() {
-                    return;
-                }
-            }
-        }
-        Ok(WatchOrigin::Replay(events)) => {
-            for ev in &events {
-                if let Some((kind, obj)) = spec.translate(ev) {
-                    if tx.send(Ok(spec.render(kind, &obj, headers))).await.is_err() {
-                        return;
-                    }
-                    headers = false;
-                }
-            }
-        }
-    }
-    let deadline = tokio::time::sleep(timeout);
-    tokio::pin!(deadline);
-    let mut ticker = tokio::time::interval(bookmark_every);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            _ = &mut deadline => return,
-            _ = tx.closed() => return,
-            _ = ticker.tick(), if spec.bookmarks => {
-                if tx.send(Ok(spec.render("BOOKMARK", &bookmark(&spec.info, last, false), false))).await.is_err() {
-                    return;
-                }
-            }
-            ev = rx.recv() => match ev {
-                Ok(ev) => {
-                    if ev.rv <= last && ev.rv <= cur_rv {
-                        continue;
-                    }
-                    last = last.max(ev.rv);
-                    if let Some((kind, obj)) = spec.translate(&ev) {
-                        if tx.send(Ok(spec.render(kind, &obj, headers))).await.is_err() {
-                            return;
-                        }
-                        headers = false;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let _ = tx.send(Ok(expired(Some(last)))).await;
-                    return;
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    }
-}
-
-fn pointer_of(path: &str) -> String {
-    path.trim_start_matches('.')
-        .split('.')
-        .fold(String::new(), |acc, s| format!("{acc}/{s}"))
-}
-
-fn scale_of(info: &ResourceInfo, obj: &Value) -> Value {
-    let sp = info.scale.as_ref().expect("scale paths");
-    let spec_r = obj
-        .pointer(&pointer_of(&sp.spec_replicas))
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
-    let status_r = obj
-        .pointer(&pointer_of(&sp.status_replicas))
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
-    let selector = if info.crd.is_none() {
-        obj.pointer("/spec/selector")
-            .map(|s| LabelSelector::from_object(s).to_query())
-    } else {
-        sp.label_selector
-            .as_ref()
-            .and_then(|p| obj.pointer(&pointer_of(p)))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
-    let m = obj.get("metadata").cloned().unwrap_or(json!({}));
-    let mut status = json!({"replicas": status_r});
-    if let Some(s) = selector {
-        status["selector"] = json!(s);
-    }
-    json!({
-        "kind": "Scale", "apiVersion": "autoscaling/v1",
-        "metadata": {"name": m.get("name"), "namespace": m.get("namespace"), "uid": m.get("uid"),
-                      "resourceVersion": m.get("resourceVersion"), "creationTimestamp": m.get("creationTimestamp")},
-        "spec": {"replicas": spec_r},
-        "status": status,
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn scale(
-    st: &AppState,
-    method: &Method,
-    info: &ResourceInfo,
-    ns: &str,
-    name: &str,
-    q: &Query,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> ApiResult<Response> {
-    let c = &st.cluster;
-    let obj = c.get(info, ns, name)?;
-    let current = scale_of(info, &obj);
-    let desired = match *method {
-        Method::GET => return Ok(json_response(200, &current)),
-        Method::PUT => parse_body(body)?,
-        Method::PATCH => {
-            let ct = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            let patch = parse_body(body)?;
-            let mut s = current.clone();
-            match PatchType::from_content_type(ct) {
-                Some(PatchType::Json) => crate::patch::json_patch(&mut s, &patch)?,
-                Some(PatchType::Merge) | Some(PatchType::Strategic) | Some(PatchType::Apply) => {
-                    crate::patch::json_merge(&mut s, &patch)
-                }
-                None => {
-                    return Err(ApiError::unsupported_media(format!(
-                        "unsupported patch type {ct:?}"
-                    )));
-                }
-            }
-            s
-        }
-        _ => {
-            return Err(ApiError::method_not_allowed(
-                "scale supports get, update and patch",
-            ));
-        }
-    };
-    let replicas = desired
-        .pointer("/spec/replicas")
-        .and_then(Value::as_i64)
-        .ok_or_else(|| {
-            ApiError::invalid(
-                "Scale",
-                "autoscaling",
-                name,
-                vec![("spec.replicas".into(), "Required value".into())],
-            )
-        })?;
-    if replicas < 0 {
-        return Err(ApiError::invalid(
-            "Scale",
-            "autoscaling",
-            name,
-            vec![(
-                "spec.replicas".into(),
-                format!("Invalid value: {replicas}: must be greater than or equal to 0"),
-            )],
-        ));
-    }
-    let want_rv = desired
-        .pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let opts = write_opts(q, headers);
-    let manager = opts.field_manager.clone().unwrap_or_default();
-    let ptr = pointer_of(&info.scale.as_ref().expect("scale").spec_replicas);
-    let updated = c.modify(info, ns, name, &manager, |old| {
-        let mut new = old.clone();
-        if let Some(rv) = &want_rv
-            && !rv.is_empty()
-        {
-            new["metadata"]["resourceVersion"] = json!(rv);
-        } else if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.remove("resourceVersion");
-        }
-        set_pointer(&mut new, &ptr, json!(replicas));
-        Some(new)
-    })?;
-    let _ = qualified(info);
-    Ok(json_response(200, &scale_of(info, &updated)))
-}
-
-fn set_pointer(obj: &mut Value, ptr: &str, v: Value) {
-    let mut cur = obj;
-    let parts: Vec<&str> = ptr.split('/').filter(|s| !s.is_empty()).collect();
-    for (i, p) in parts.iter().enumerate() {
-        if i == parts.len() - 1 {
-            if let Some(m) = cur.as_object_mut() {
-                m.insert(p.to_string(), v);
-            }
-            return;
-        }
-        if !cur.get(*p).is_some_and(Value::is_object) {
-            cur[*p] = json!({});
-        }
-        cur = &mut cur[*p];
-    }
-}
-
-/// `pods/{name}/log`: the container's log file; `follow` keeps streaming until the pod is gone.
-async fn pod_log(st: &AppState, ns: &str, name: &str, q: &Query) -> ApiResult<Response> {
-    let pods = st.cluster.resource("", "v1", "pods")?;
-    let pod = st.cluster.get(&pods, ns, name)?;
-    let containers: Vec<String> = pod
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .map(|cs| {
-            cs.iter()
-                .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    let container = match q.get("container") {
-        Some(c) if containers.iter().any(|x| x == c) => c.to_string(),
-        Some(c) => {
-            return Err(ApiError::bad_request(format!(
-                "container {c} is not valid for pod {name}"
-            )));
-        }
-        None if containers.len() == 1 => containers[0].clone(),
-        None => {
-            return Err(ApiError::bad_request(format!(
-                "a container name must be specified for pod {name}, choose one of: [{}]",
-                containers.join(" ")
-            )));
-        }
-    };
-    let Some(dir) = &st.logs_dir else {
-        return Err(ApiError::bad_request(
-            "this devcluster runs no kubelet, so there are no logs",
-        ));
-    };
-    let path = dir.join(format!("{ns}_{name}_{container}.log"));
-    let content = std::fs::read(&path).unwrap_or_default();
-    let mut text = String::from_utf8_lossy(&content).into_owned();
-    if let Some(n) = q.get("tailLines").and_then(|t| t.parse::<usize>().ok()) {
-        let lines: Vec<&str> = text.lines().collect();
-        let start = lines.len().saturating_sub(n);
-        text = lines[start..].iter().map(|l| format!("{l}\n")).collect();
-    }
-    let plain = |body: Body| {
-        Response::builder()
-            .status(200)
-            .header(header::CONTENT_TYPE, "text/plain")
-            .body(body)
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-    };
-    if q.get("follow") != Some("true") {
-        return Ok(plain(Body::from(text)));
-    }
-    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);
-    let cluster = st.cluster.clone();
-    let (ns, name) = (ns.to_string(), name.to_string());
-    let mut offset = content.len() as u64;
-    tokio::spawn(async move {
-        if tx.send(Ok(Bytes::from(text))).await.is_err() {
-            return;
-        }
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let now = std::fs::read(&path).unwrap_or_default();
-            if (now.len() as u64) > offset {
-                let chunk = Bytes::copy_from_slice(&now[offset as usize..]);
-                offset = now.len() as u64;
-                if tx.send(Ok(chunk)).await.is_err() {
-                    return;
-                }
-            }
-            if cluster.try_get(&pods, &ns, &name).is_none() || tx.is_closed() {
-                return;
-            }
-        }
-    });
-    let stream =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
-    Ok(plain(Body::from_stream(stream)))
 }
