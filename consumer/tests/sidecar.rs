@@ -639,6 +639,59 @@ async fn a_missing_queue_makes_the_sidecar_unready_not_crash(provider: Provider)
     assert!(sidecar.wait_exit(Duration::from_secs(10)).await.success());
 }
 
+/// With Cloud Monitoring configured, a Pub/Sub sidecar exports the subscription's backlog,
+/// and the dead-letter subscription's depth, from it. (Google offers no Monitoring emulator;
+/// the stand-in answers the documented `timeSeries.list` shape.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_backlog_comes_from_cloud_monitoring_when_configured() {
+    let setup = provision(Provider::PubSub, false, 5).await;
+    let monitoring = ferry_tests::monitoring::FakeMonitoring::start().await;
+    let subscription_id = setup.queue.queue.rsplit('/').next().unwrap().to_string();
+    let dlq_id = setup
+        .queue
+        .dead_letter
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    monitoring.set(
+        "pubsub.googleapis.com/subscription/num_undelivered_messages",
+        &subscription_id,
+        1234,
+    );
+    monitoring.set(
+        "pubsub.googleapis.com/subscription/num_undelivered_messages",
+        &dlq_id,
+        7,
+    );
+    let worker = Worker::start(|_| Reply::ok()).await;
+    let sidecar = start(
+        &setup
+            .env(&worker.url())
+            .set("FERRY_PUBSUB_MONITORING", "true")
+            .set("FERRY_MONITORING_ENDPOINT", monitoring.url()),
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the backlog from Cloud Monitoring",
+        async || {
+            let visible = sidecar
+                .metric("ferry_queue_messages{state=\"visible\"")
+                .await?;
+            let dead = sidecar.metric("ferry_dead_letter_messages").await?;
+            (visible == 1234.0 && dead == 7.0).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        monitoring.filters().iter().any(|f| f.contains(&format!(
+            "resource.labels.subscription_id=\"{subscription_id}\""
+        ))),
+        "{:?}",
+        monitoring.filters()
+    );
+}
+
 #[test]
 fn bad_configuration_exits_2_naming_the_variable() {
     let out = std::process::Command::new(BINARY)

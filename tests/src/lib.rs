@@ -5,6 +5,7 @@
 //! a message that says how to install it. Nothing is skipped.
 
 pub mod emulators;
+pub mod monitoring;
 pub mod sidecar;
 pub mod worker;
 
