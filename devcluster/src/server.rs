@@ -454,12 +454,15 @@ fn list_json(info: &ResourceInfo, items: Vec<Value>, rv: &str) -> Value {
     json!({"kind": format!("{}List", info.kind), "apiVersion": info.api_version(), "metadata": {"resourceVersion": rv}, "items": items})
 }
 
-fn encode_continue(ns: &str, name: &str) -> String {
-    let raw = serde_json::to_string(&[ns, name]).unwrap_or_default();
+/// A continue token: the first page's resourceVersion and the last key returned. Every page
+/// reports the first page's version, so a watch started from it replays whatever changed while
+/// the pages were fetched (pages are not a snapshot; see README).
+fn encode_continue(rv: u64, ns: &str, name: &str) -> String {
+    let raw = serde_json::to_string(&(rv, ns, name)).unwrap_or_default();
     raw.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-fn decode_continue(token: &str) -> ApiResult<(String, String)> {
+fn decode_continue(token: &str) -> ApiResult<(u64, (String, String))> {
     let bytes: Option<Vec<u8>> = (0..token.len())
         .step_by(2)
         .map(|i| {
@@ -469,11 +472,9 @@ fn decode_continue(token: &str) -> ApiResult<(String, String)> {
         })
         .collect();
     let bad = || ApiError::bad_request("continue key is not valid");
-    let v: Vec<String> = serde_json::from_slice(&bytes.ok_or_else(bad)?).map_err(|_| bad())?;
-    match v.as_slice() {
-        [a, b] => Ok((a.clone(), b.clone())),
-        _ => Err(bad()),
-    }
+    let (rv, ns, name): (u64, String, String) =
+        serde_json::from_slice(&bytes.ok_or_else(bad)?).map_err(|_| bad())?;
+    Ok((rv, (ns, name)))
 }
 
 fn list(
@@ -484,9 +485,12 @@ fn list(
     headers: &HeaderMap,
 ) -> ApiResult<Response> {
     let (l, f) = selectors(q)?;
-    let after = match q.get("continue").filter(|t| !t.is_empty()) {
-        Some(token) => Some(decode_continue(token)?),
-        None => None,
+    let (first_rv, after) = match q.get("continue").filter(|t| !t.is_empty()) {
+        Some(token) => {
+            let (rv, key) = decode_continue(token)?;
+            (Some(rv), Some(key))
+        }
+        None => (None, None),
     };
     let limit = q
         .get("limit")
@@ -495,8 +499,10 @@ fn list(
     let (items, rv, more) = c.store.scan(&info.gr(), ns, after.as_ref(), limit, |o| {
         matches(&l, &f, o)
     });
+    let rv = first_rv.unwrap_or(rv);
     let cont = match items.last() {
         Some(last) if more => Some(encode_continue(
+            rv,
             meta_str(last, "namespace").unwrap_or(""),
             meta_str(last, "name").unwrap_or(""),
         )),

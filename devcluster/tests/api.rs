@@ -945,3 +945,45 @@ async fn server_side_apply_to_the_status_subresource() {
     );
     assert_eq!(out.data["spec"]["replicas"], 1, "spec untouched");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paginated_list_version_lets_a_watch_catch_up_with_changes_between_pages() {
+    let dc = quiet().await;
+    let cms: Api<ConfigMap> = Api::namespaced(dc.client(), "default");
+    for n in ["a", "b", "c", "d"] {
+        cms.create(&PostParams::default(), &cm(n, json!({})))
+            .await
+            .expect("create");
+    }
+    let first = cms
+        .list(&ListParams::default().limit(2))
+        .await
+        .expect("page 1");
+    // A change to an object already listed, made while paging.
+    cms.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"k": "changed"}})),
+    )
+    .await
+    .expect("patch");
+    let token = first.metadata.continue_.clone().expect("token");
+    let last = cms
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .expect("page 2");
+    assert_eq!(
+        last.metadata.resource_version, first.metadata.resource_version,
+        "pages report the first page's version"
+    );
+    let rv = last.metadata.resource_version.expect("rv");
+    let mut stream = cms
+        .watch(&WatchParams::default().timeout(3), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    match stream.try_next().await.expect("event").expect("an event") {
+        WatchEvent::Modified(c) => assert_eq!(c.metadata.name.as_deref(), Some("a")),
+        other => panic!("expected the change made between pages, got {other:?}"),
+    }
+}
