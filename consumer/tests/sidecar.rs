@@ -156,6 +156,7 @@ for_both_providers!(
     a_worker_that_is_down_loses_nothing,
     sigterm_finishes_in_flight_work_and_hands_back_the_rest,
     sigkill_loses_nothing,
+    the_drain_endpoint_answers_once_in_flight_work_is_done,
     ordering_groups_are_delivered_one_at_a_time_in_order,
     a_missing_queue_makes_the_sidecar_unready_not_crash,
 );
@@ -520,6 +521,43 @@ async fn sigterm_finishes_in_flight_work_and_hands_back_the_rest(provider: Provi
         delivered, expected,
         "nothing lost and nothing processed twice"
     );
+}
+
+/// `/drain` (the preStop hook) stops receiving and answers only when the deliveries in
+/// flight have finished; readiness turns false; SIGTERM afterwards exits at once.
+async fn the_drain_endpoint_answers_once_in_flight_work_is_done(provider: Provider) {
+    let setup = provision(provider, false, 10).await;
+    let worker = Worker::start(|_| Reply::ok().after(Duration::from_secs(2))).await;
+    let mut sidecar = start(&setup.env(&worker.url()).set("FERRY_CONCURRENCY", 1));
+    setup.publish_bodies(&bodies("drain", 3)).await;
+    eventually(
+        Duration::from_secs(20),
+        "a delivery in flight",
+        async || (!worker.deliveries().is_empty()).then_some(()),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let (status, body) = sidecar.get("/drain").await.expect("drain answers");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, r#"{"drained":true,"in_flight":0}"#);
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "drain waited for the delivery"
+    );
+    assert!(worker.deliveries().iter().all(|d| d.answered == Some(200)));
+    let delivered = worker.deliveries().len();
+    let (ready, reason) = sidecar.get("/readyz").await.unwrap();
+    assert_eq!(ready, 503);
+    assert!(reason.contains("draining"), "{reason}");
+    assert_eq!(sidecar.metric("ferry_draining").await, Some(1.0));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        worker.deliveries().len(),
+        delivered,
+        "nothing is delivered after a drain"
+    );
+    sidecar.signal("TERM");
+    assert!(sidecar.wait_exit(Duration::from_secs(5)).await.success());
 }
 
 /// SIGKILL mid-delivery: the lease runs out and the queue redelivers to the next sidecar.

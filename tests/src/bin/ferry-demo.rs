@@ -37,6 +37,12 @@ struct Options {
     /// FERRY_CONCURRENCY for the sidecar.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Deliver to your own worker at this URL instead of starting the example worker.
+    #[arg(long)]
+    worker_url: Option<String>,
+    /// Publish this file's content as every message body (poison messages still get theirs).
+    #[arg(long)]
+    body_file: Option<PathBuf>,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 180)]
     timeout: u64,
@@ -120,13 +126,31 @@ async fn main() -> anyhow::Result<()> {
         queue.queue, queue.dead_letter
     );
 
-    let worker_port = free_port();
-    let mut worker = Command::new(sibling_binary("ferry-example-worker"));
-    worker
-        .arg(format!("--listen=127.0.0.1:{worker_port}"))
-        .arg(format!("--latency-ms={}", options.latency_ms))
-        .arg(format!("--failure-rate={}", options.failure_rate));
-    let _worker = spawn("worker", worker);
+    let (_worker, worker_url) = match &options.worker_url {
+        Some(url) => {
+            println!("delivering to your worker at {url}");
+            (None, url.clone())
+        }
+        None => {
+            let worker_port = free_port();
+            let mut worker = Command::new(sibling_binary("ferry-example-worker"));
+            worker
+                .arg(format!("--listen=127.0.0.1:{worker_port}"))
+                .arg(format!("--latency-ms={}", options.latency_ms))
+                .arg(format!("--failure-rate={}", options.failure_rate));
+            (
+                Some(spawn("worker", worker)),
+                format!("http://127.0.0.1:{worker_port}/"),
+            )
+        }
+    };
+    let body = match &options.body_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("--body-file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
 
     let metrics_port = free_port();
     let mut sidecar = Command::new(sibling_binary("ferry-consumer"));
@@ -135,10 +159,7 @@ async fn main() -> anyhow::Result<()> {
         .env("FERRY_QUEUE", &queue.queue)
         .env("FERRY_DEAD_LETTER", &queue.dead_letter)
         .env("FERRY_ENDPOINT", &endpoint)
-        .env(
-            "FERRY_DELIVERY_URL",
-            format!("http://127.0.0.1:{worker_port}/"),
-        )
+        .env("FERRY_DELIVERY_URL", &worker_url)
         .env("FERRY_CONCURRENCY", options.concurrency.to_string())
         .env("FERRY_PERMANENT_FAILURE_STATUSES", "422")
         .env("FERRY_RETRY_BACKOFF_MIN", "1")
@@ -162,8 +183,12 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 "order"
             };
+            let generated = format!("{{\"{kind}\":{i}}}").into_bytes();
             OutgoingMessage {
-                body: format!("{{\"{kind}\":{i}}}").into_bytes(),
+                body: match (&body, kind) {
+                    (Some(body), "order") => body.clone(),
+                    _ => generated,
+                },
                 attributes: vec![("source".into(), "demo".into())],
                 ordering_group: None,
             }
