@@ -60,6 +60,8 @@ pub struct DeleteOptions {
 pub struct Cluster {
     pub store: Store,
     pub registry: Registry,
+    /// Next Service cluster IP (10.96.0.0/12, as kubeadm clusters use; nothing routes to it).
+    next_cluster_ip: std::sync::atomic::AtomicU32,
 }
 
 pub fn now() -> String {
@@ -157,6 +159,7 @@ impl Cluster {
         Self {
             store: Store::new(history_limit),
             registry: Registry::new(),
+            next_cluster_ip: std::sync::atomic::AtomicU32::new(1),
         }
     }
 
@@ -387,6 +390,9 @@ impl Cluster {
         if info.plural == "namespaces" {
             obj["spec"] = json!({"finalizers": ["kubernetes"]});
         }
+        if info.group.is_empty() && info.plural == "services" {
+            self.allocate_cluster_ip(&mut obj);
+        }
         self.admit(info, &mut obj, None, strict)?;
         Ok(obj)
     }
@@ -414,6 +420,36 @@ impl Cluster {
             return self.get(info, "", &name);
         }
         Ok(as_version(info, &stored))
+    }
+
+    fn allocate_cluster_ip(&self, svc: &mut Value) {
+        let Some(spec) = svc.get_mut("spec").and_then(Value::as_object_mut) else {
+            return;
+        };
+        let external = spec.get("type").and_then(Value::as_str) == Some("ExternalName");
+        if external
+            || spec
+                .get("clusterIP")
+                .and_then(Value::as_str)
+                .is_some_and(|ip| !ip.is_empty())
+        {
+            return;
+        }
+        let n = self
+            .next_cluster_ip
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ip = format!(
+            "10.{}.{}.{}",
+            96 + (n >> 16) % 16,
+            (n >> 8) & 0xff,
+            n & 0xff
+        );
+        spec.insert("clusterIP".into(), json!(ip));
+        spec.insert("clusterIPs".into(), json!([ip]));
+        spec.insert("ipFamilies".into(), json!(["IPv4"]));
+        spec.insert("ipFamilyPolicy".into(), json!("SingleStack"));
+        spec.entry("internalTrafficPolicy")
+            .or_insert(json!("Cluster"));
     }
 
     fn register_crd(&self, crd: &Value) -> ApiResult<()> {
@@ -559,6 +595,17 @@ impl Cluster {
         }
         if info.plural == "namespaces" {
             new["spec"] = old.get("spec").cloned().unwrap_or(json!({}));
+        }
+        if info.group.is_empty() && info.plural == "services" {
+            // clusterIP is immutable; an update that omits it keeps the allocated one.
+            for f in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+                if new.pointer(&format!("/spec/{f}")).is_none()
+                    && let Some(v) = old.pointer(&format!("/spec/{f}"))
+                    && new.get("spec").is_some_and(Value::is_object)
+                {
+                    new["spec"][f] = v.clone();
+                }
+            }
         }
         self.admit(info, &mut new, Some(old), strict)?;
         if info.tracks_generation && spec_part(info, old) != spec_part(info, &new) {

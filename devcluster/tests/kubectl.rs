@@ -460,6 +460,16 @@ async fn kubectl_generator_commands_send_protobuf_that_is_understood() {
             panic!("{}: {e}\nwant: {want}\ngot: {got}", create.join(" "));
         }
     }
+    let ip = kubectl(
+        &dc,
+        &["get", "svc", "svc1", "-o", "jsonpath={.spec.clusterIP}"],
+    )
+    .await;
+    assert!(
+        ip.stdout.starts_with("10.96."),
+        "cluster IP allocated: {}",
+        ip.stdout
+    );
     // The generated pod and deployment really run.
     let dc_ref = &dc;
     eventually(30, "d1 available", || async move {
