@@ -170,7 +170,21 @@ pub fn pod_ready(pod: &Value) -> bool {
 /// Kubernetes' hash alphabet, so names look like `web-5d8f7c9b6d`.
 fn template_hash(template: &Value) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let bytes = serde_json::to_vec(template).unwrap_or_default();
+    // Hash what the template means, not how a client spelled it: `"creationTimestamp": null`
+    // (which typed clients such as `kubectl rollout undo` send) must not change the hash.
+    fn without_nulls(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), without_nulls(v)))
+                    .collect(),
+            ),
+            Value::Array(a) => Value::Array(a.iter().map(without_nulls).collect()),
+            other => other.clone(),
+        }
+    }
+    let bytes = serde_json::to_vec(&without_nulls(template)).unwrap_or_default();
     let mut h: u64 = 0xcbf29ce484222325;
     for b in bytes {
         h ^= u64::from(b);
@@ -311,6 +325,39 @@ fn reconcile_deployment(
     }
     let new_rs = new_rs.expect("new ReplicaSet exists");
     let new_name = meta_str(&new_rs, "name").unwrap_or("").to_string();
+    // The current ReplicaSet carries the highest revision (a rollback re-activates an old one),
+    // and the Deployment mirrors it; `kubectl rollout history/undo` read these annotations.
+    let revision_of = |r: &Value| {
+        r.pointer("/metadata/annotations/deployment.kubernetes.io~1revision")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    let mut revision = revision_of(&new_rs);
+    if old_rs.iter().any(|r| revision_of(r) > revision) {
+        revision = max_rev + 1;
+        cluster.modify(&infos.rs, ns, &new_name, MANAGER, |cur| {
+            let mut new = cur.clone();
+            new["metadata"]["annotations"]["deployment.kubernetes.io/revision"] =
+                json!(revision.to_string());
+            Some(new)
+        })?;
+    }
+    if dep
+        .pointer("/metadata/annotations/deployment.kubernetes.io~1revision")
+        .and_then(Value::as_str)
+        != Some(revision.to_string().as_str())
+    {
+        cluster.modify(&infos.deploy, ns, name, MANAGER, |cur| {
+            let mut new = cur.clone();
+            if !new["metadata"]["annotations"].is_object() {
+                new["metadata"]["annotations"] = json!({});
+            }
+            new["metadata"]["annotations"]["deployment.kubernetes.io/revision"] =
+                json!(revision.to_string());
+            Some(new)
+        })?;
+    }
     let new_spec = i(new_rs.pointer("/spec/replicas"));
     let new_ready = i(new_rs.pointer("/status/availableReplicas"));
     let old_available: i64 = old_rs

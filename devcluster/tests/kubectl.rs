@@ -488,3 +488,78 @@ async fn kubectl_generator_commands_send_protobuf_that_is_understood() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_status_history_and_undo() {
+    let dc = cluster().await;
+    ok(
+        &kubectl(
+            &dc,
+            &[
+                "create",
+                "deployment",
+                "u",
+                "--image=example.com/sleeper:1",
+                "--",
+                "sleep",
+                "300",
+            ],
+        )
+        .await,
+        "create",
+    );
+    ok(
+        &kubectl(&dc, &["rollout", "status", "deployment/u", "--timeout=30s"]).await,
+        "status 1",
+    );
+    ok(
+        &kubectl(
+            &dc,
+            &[
+                "set",
+                "image",
+                "deployment/u",
+                "sleeper=example.com/sleeper:2",
+            ],
+        )
+        .await,
+        "set image",
+    );
+    ok(
+        &kubectl(&dc, &["rollout", "status", "deployment/u", "--timeout=30s"]).await,
+        "status 2",
+    );
+    let rs = kubectl(&dc, &["get", "rs", "-o", "name"]).await;
+    assert_eq!(rs.stdout.lines().count(), 2, "{}", rs.stdout);
+    ok(
+        &kubectl(&dc, &["rollout", "undo", "deployment/u"]).await,
+        "undo",
+    );
+    ok(
+        &kubectl(&dc, &["rollout", "status", "deployment/u", "--timeout=30s"]).await,
+        "status 3",
+    );
+    let image = kubectl(
+        &dc,
+        &[
+            "get",
+            "deploy",
+            "u",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ],
+    )
+    .await;
+    assert_eq!(image.stdout.trim(), "example.com/sleeper:1");
+    // The rollback re-activated the first ReplicaSet as revision 3 instead of creating a new one.
+    let rs = kubectl(&dc, &["get", "rs", "-o", "name"]).await;
+    assert_eq!(rs.stdout.lines().count(), 2, "{}", rs.stdout);
+    let history = kubectl(&dc, &["rollout", "history", "deployment/u"]).await;
+    let revisions: Vec<&str> = history
+        .stdout
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(revisions, ["2", "3"], "{}", history.stdout);
+}
