@@ -38,6 +38,7 @@ async fn provision(provider: Provider, ordered: bool, max_deliveries: u32) -> Se
         ordered,
         // Short, so retries in tests take seconds.
         retry_backoff: Some((Duration::from_millis(100), Duration::from_secs(1))),
+        ..QueueRequest::new(provider, "")
     };
     let queue = ensure_queue(&request)
         .await

@@ -13,6 +13,8 @@ pub enum QueueErrorKind {
     Unavailable,
     /// The request itself was wrong (bad configuration); retrying will not help.
     Invalid,
+    /// The queue exists and belongs to someone else.
+    Conflict,
     /// The lease (receipt handle / ack id) is no longer valid; the message will be redelivered.
     LeaseExpired,
     Other,
@@ -27,6 +29,7 @@ impl QueueErrorKind {
             Self::Throttled => "throttled",
             Self::Unavailable => "unavailable",
             Self::Invalid => "invalid",
+            Self::Conflict => "conflict",
             Self::LeaseExpired => "lease_expired",
             Self::Other => "other",
         }
@@ -42,6 +45,9 @@ impl QueueErrorKind {
             Self::Throttled => "nothing: Ferry backs off; raise the provider quota if it persists",
             Self::Unavailable => "check the endpoint and network; Ferry retries with backoff",
             Self::Invalid => "fix the configuration named in the message",
+            Self::Conflict => {
+                "choose another queue name, or set adopt: true to take the existing queue over"
+            }
             Self::LeaseExpired => {
                 "nothing: the message will be redelivered; raise FERRY_LEASE_SECONDS if deliveries are slow"
             }

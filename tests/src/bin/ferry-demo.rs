@@ -119,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
         lease: Duration::from_secs(30),
         ordered: false,
         retry_backoff: Some((Duration::from_secs(1), Duration::from_secs(10))),
+        ..QueueRequest::new(provider, "")
     })
     .await?;
     println!(

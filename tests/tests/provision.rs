@@ -1,0 +1,188 @@
+//! Provisioning against moto's SQS server and Google's Pub/Sub emulator: queue + DLQ +
+//! redrive, convergence, drift correction, ownership, and deletion that refuses to drop
+//! dead letters.
+
+use std::time::Duration;
+
+use ferry_queues::provision::{
+    DeleteOutcome, OutgoingMessage, Owner, QueueRequest, delete_queue, ensure_queue, publish,
+};
+use ferry_queues::{Provider, QueueErrorKind};
+use ferry_tests::emulators::{self, PUBSUB_PROJECT};
+use ferry_tests::unique_name;
+
+fn request(provider: Provider) -> QueueRequest {
+    let endpoint = match provider {
+        Provider::Sqs => emulators::moto().url(),
+        Provider::PubSub => emulators::pubsub().host_port(),
+    };
+    QueueRequest {
+        project: Some(PUBSUB_PROJECT.into()),
+        endpoint: Some(endpoint),
+        max_deliveries: 5,
+        lease: Duration::from_secs(30),
+        owner: Some(Owner {
+            cluster: "test".into(),
+            namespace: "shop".into(),
+            name: "orders".into(),
+        }),
+        ..QueueRequest::new(provider, unique_name("prov"))
+    }
+}
+
+macro_rules! for_both_providers {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqs() {
+                super::$scenario(ferry_queues::Provider::Sqs).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pubsub() {
+                super::$scenario(ferry_queues::Provider::PubSub).await
+            }
+        }
+    )*};
+}
+
+for_both_providers!(
+    creating_is_idempotent_and_drift_is_corrected,
+    a_queue_owned_by_someone_else_is_refused_unless_adopted,
+    deletion_refuses_while_dead_letters_wait_unless_forced,
+);
+
+/// The first call creates queue, DLQ (and the Pub/Sub topics and DLQ subscription); a second
+/// identical call changes nothing; a setting changed behind Ferry's back is put back.
+async fn creating_is_idempotent_and_drift_is_corrected(provider: Provider) {
+    let request = request(provider);
+    let first = ensure_queue(&request).await.expect("create");
+    let expected_created = if provider == Provider::Sqs { 2 } else { 4 };
+    assert_eq!(first.created.len(), expected_created, "{:?}", first.created);
+    assert!(first.corrected.is_empty(), "{:?}", first.corrected);
+    assert!(first.queue.contains(&request.name) && first.dead_letter.contains("-dlq"));
+
+    let again = ensure_queue(&request).await.expect("converge");
+    assert!(
+        again.created.is_empty() && again.corrected.is_empty(),
+        "{again:?}"
+    );
+    assert_eq!(again.queue, first.queue);
+
+    // Someone changes the lease and the redrive threshold outside Ferry.
+    let drifted = QueueRequest {
+        lease: Duration::from_secs(45),
+        max_deliveries: 7,
+        ..request.clone()
+    };
+    let changed = ensure_queue(&drifted)
+        .await
+        .expect("apply the other settings");
+    assert!(!changed.corrected.is_empty());
+    let restored = ensure_queue(&request).await.expect("correct the drift");
+    let corrected = restored.corrected.join(", ");
+    let (lease_field, redrive_field) = match provider {
+        Provider::Sqs => ("VisibilityTimeout", "RedrivePolicy"),
+        Provider::PubSub => ("ack_deadline_seconds", "dead_letter_policy"),
+    };
+    assert!(
+        corrected.contains(lease_field) && corrected.contains(redrive_field),
+        "{corrected}"
+    );
+    assert!(
+        ensure_queue(&request).await.unwrap().corrected.is_empty(),
+        "converged after correcting"
+    );
+}
+
+/// A queue with the same name that another QueueConsumer (or nobody in Ferry) owns is never
+/// taken over silently; with `adopt` it is, and it is then ours.
+async fn a_queue_owned_by_someone_else_is_refused_unless_adopted(provider: Provider) {
+    let request = request(provider);
+    ensure_queue(&request).await.expect("create as shop/orders");
+    let intruder = QueueRequest {
+        owner: Some(Owner {
+            cluster: "test".into(),
+            namespace: "billing".into(),
+            name: "orders".into(),
+        }),
+        ..request.clone()
+    };
+    let err = ensure_queue(&intruder)
+        .await
+        .expect_err("owned by shop/orders");
+    assert_eq!(err.kind, QueueErrorKind::Conflict);
+    assert!(
+        err.to_string().contains("shop/orders") && err.to_string().contains("adopt"),
+        "{err}"
+    );
+    let err = delete_queue(&intruder, true)
+        .await
+        .expect_err("never delete what is not ours");
+    assert_eq!(err.kind, QueueErrorKind::Conflict);
+
+    let adopted = ensure_queue(&QueueRequest {
+        adopt: true,
+        ..intruder.clone()
+    })
+    .await
+    .expect("adopt");
+    assert!(
+        adopted.corrected.iter().any(|c| c.contains("adopted")),
+        "{:?}",
+        adopted.corrected
+    );
+    if provider == Provider::Sqs {
+        // Google's Pub/Sub emulator cannot update labels, so the adoption is not recorded there.
+        assert!(
+            ensure_queue(&intruder).await.is_ok(),
+            "after adoption the new owner converges without adopt"
+        );
+        assert_eq!(
+            ensure_queue(&request)
+                .await
+                .expect_err("the old owner lost it")
+                .kind,
+            QueueErrorKind::Conflict
+        );
+    }
+}
+
+/// Deleting refuses while the DLQ holds messages, says how many, and deletes with `force`.
+async fn deletion_refuses_while_dead_letters_wait_unless_forced(provider: Provider) {
+    let request = request(provider);
+    let queue = ensure_queue(&request).await.expect("create");
+    publish(
+        provider,
+        request.endpoint.as_deref(),
+        &queue.dead_letter_publish_to,
+        vec![OutgoingMessage {
+            body: b"{\"dead\":1}".to_vec(),
+            ..Default::default()
+        }],
+    )
+    .await
+    .expect("put a dead letter");
+    let outcome = delete_queue(&request, false)
+        .await
+        .expect("delete without force");
+    assert!(
+        matches!(outcome, DeleteOutcome::DeadLetterNotEmpty(n) if n >= 1),
+        "{outcome:?}"
+    );
+    assert!(
+        ensure_queue(&request).await.unwrap().created.is_empty(),
+        "nothing was deleted"
+    );
+
+    assert_eq!(
+        delete_queue(&request, true).await.expect("forced"),
+        DeleteOutcome::Deleted
+    );
+    assert_eq!(
+        delete_queue(&request, false).await.expect("again"),
+        DeleteOutcome::Deleted,
+        "idempotent"
+    );
+    let recreated = ensure_queue(&request).await.expect("recreate");
+    assert!(!recreated.created.is_empty(), "the queues were really gone");
+}
