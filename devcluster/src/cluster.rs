@@ -159,7 +159,7 @@ impl Cluster {
         Self {
             store: Store::new(history_limit),
             registry: Registry::new(),
-            next_cluster_ip: std::sync::atomic::AtomicU32::new(1),
+            next_cluster_ip: std::sync::atomic::AtomicU32::new(10),
         }
     }
 
@@ -415,6 +415,16 @@ impl Cluster {
                 Ok(Mutation::Put(obj))
             })?;
         let stored = stored.ok_or_else(|| ApiError::internal("create stored nothing"))?;
+        if info.group.is_empty() && info.plural == "namespaces" {
+            // What the service-account controller does for every namespace.
+            if let Ok(sa) = self.resource("", "v1", "serviceaccounts") {
+                let opts = WriteOptions {
+                    field_manager: Some("kube-controller-manager".into()),
+                    ..Default::default()
+                };
+                let _ = self.create(&sa, &name, json!({"metadata": {"name": "default"}}), &opts);
+            }
+        }
         if info.plural == "customresourcedefinitions" {
             self.mark_crd_established(&name);
             return self.get(info, "", &name);

@@ -285,13 +285,13 @@ fn bootstrap(cluster: &Cluster) {
             let _ = cluster.create(&ns, "", json!({"metadata": {"name": n}}), &opts);
         }
     }
-    if let Ok(sa) = cluster.resource("", "v1", "serviceaccounts") {
-        let _ = cluster.create(
-            &sa,
-            "default",
-            json!({"metadata": {"name": "default"}}),
-            &opts,
-        );
+    if let Ok(svc) = cluster.resource("", "v1", "services") {
+        let kubernetes = json!({
+            "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.1",
+                     "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
+        });
+        let _ = cluster.create(&svc, "default", kubernetes, &opts);
     }
     if let Ok(nodes) = cluster.resource("", "v1", "nodes") {
         let _ = cluster.create(&nodes, "", json!({"metadata": {"name": kubelet::NODE_NAME, "labels": {"kubernetes.io/hostname": kubelet::NODE_NAME}}}), &opts);

@@ -885,6 +885,11 @@ async fn deleting_a_namespace_removes_its_contents() {
     )
     .await
     .expect("ns");
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(dc.client(), "tmp");
+    assert!(
+        sas.get_opt("default").await.expect("get").is_some(),
+        "every namespace gets a default service account"
+    );
     let cms: Api<ConfigMap> = Api::namespaced(dc.client(), "tmp");
     cms.create(&PostParams::default(), &cm("a", json!({})))
         .await
