@@ -158,6 +158,7 @@ for_both_providers!(
     sigterm_finishes_in_flight_work_and_hands_back_the_rest,
     sigkill_loses_nothing,
     the_drain_endpoint_answers_once_in_flight_work_is_done,
+    retry_after_from_the_worker_is_honoured,
     ordering_groups_are_delivered_one_at_a_time_in_order,
     a_missing_queue_makes_the_sidecar_unready_not_crash,
 );
@@ -559,6 +560,42 @@ async fn the_drain_endpoint_answers_once_in_flight_work_is_done(provider: Provid
     );
     sidecar.signal("TERM");
     assert!(sidecar.wait_exit(Duration::from_secs(5)).await.success());
+}
+
+/// A 429 with `Retry-After: 3` holds the message back for three seconds (not the 0.2 s
+/// backoff the sidecar would otherwise use), then it is delivered again.
+async fn retry_after_from_the_worker_is_honoured(provider: Provider) {
+    let setup = provision(provider, false, 10).await;
+    let worker = Worker::start(|d| {
+        if d.seen == 1 {
+            Reply {
+                retry_after: Some("3".into()),
+                ..Reply::status(429)
+            }
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let _sidecar = start(&setup.env(&worker.url()));
+    setup.publish_bodies(&["{\"busy\":1}".to_string()]).await;
+    eventually(
+        Duration::from_secs(30),
+        "the retried delivery",
+        async || (worker.succeeded_ids().len() == 1).then_some(()),
+    )
+    .await;
+    let deliveries = worker.deliveries();
+    assert_eq!(deliveries.len(), 2);
+    let gap = deliveries[1].started - deliveries[0].started;
+    assert!(
+        gap >= Duration::from_millis(2900),
+        "Retry-After: 3 honoured, got {gap:?}"
+    );
+    assert!(
+        gap < Duration::from_secs(10),
+        "not held much longer than asked: {gap:?}"
+    );
 }
 
 /// SIGKILL mid-delivery: the lease runs out and the queue redelivers to the next sidecar.
