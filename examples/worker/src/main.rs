@@ -18,7 +18,10 @@ use axum::http::{HeaderMap, StatusCode};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "An example Ferry worker with configurable latency and failures")]
+#[command(
+    version,
+    about = "An example Ferry worker with configurable latency and failures"
+)]
 struct Options {
     /// Address to listen on.
     #[arg(long, env = "WORKER_LISTEN", default_value = "127.0.0.1:8080")]
@@ -45,21 +48,31 @@ fn unit_hash(parts: impl Hash) -> f64 {
 }
 
 async fn work(State(options): State<Arc<Options>>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
     let id = header("ferry-message-id");
     let attempt = header("ferry-delivery-attempt");
     let spread = unit_hash((&id, "latency"));
     let latency = Duration::from_millis((options.latency_ms as f64 * (0.5 + spread)) as u64);
     tokio::time::sleep(latency).await;
-    let status = if !options.poison.is_empty() && String::from_utf8_lossy(&body).contains(&options.poison) {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else if unit_hash((&id, &attempt, "failure")) < options.failure_rate {
-        StatusCode::INTERNAL_SERVER_ERROR
-    } else {
-        StatusCode::OK
-    };
+    let status =
+        if !options.poison.is_empty() && String::from_utf8_lossy(&body).contains(&options.poison) {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else if unit_hash((&id, &attempt, "failure")) < options.failure_rate {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::OK
+        };
     if options.verbose {
-        println!("{} message={id} attempt={attempt} latency={latency:?}", status.as_u16());
+        println!(
+            "{} message={id} attempt={attempt} latency={latency:?}",
+            status.as_u16()
+        );
     }
     status
 }
@@ -67,7 +80,10 @@ async fn work(State(options): State<Arc<Options>>, headers: HeaderMap, body: Byt
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let options = Arc::new(Options::parse());
-    assert!((0.0..=1.0).contains(&options.failure_rate), "--failure-rate must be between 0 and 1");
+    assert!(
+        (0.0..=1.0).contains(&options.failure_rate),
+        "--failure-rate must be between 0 and 1"
+    );
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .unwrap_or_else(|e| panic!("cannot listen on {}: {e}", options.listen));
