@@ -71,7 +71,13 @@ async fn main() -> anyhow::Result<()> {
     }
     let dc = b.start().await?;
     tracing::info!(url = dc.url(), kubeconfig = %dc.kubeconfig().display(), "devcluster ready");
-    tokio::signal::ctrl_c().await?;
+    // Stop on SIGINT or SIGTERM, and stop the pods' processes with us.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping pods and shutting down");
     dc.shutdown().await;
     Ok(())
 }

@@ -992,3 +992,31 @@ async fn paginated_list_version_lets_a_watch_catch_up_with_changes_between_pages
         other => panic!("expected the change made between pages, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_written_kubeconfig_works_for_kube_rs() {
+    let dc = quiet().await;
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(dc.kubeconfig()).expect("kubeconfig parses");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    assert_eq!(config.default_namespace, "default");
+    let client = kube::Client::try_from(config).expect("client");
+    let nss: Api<Namespace> = Api::all(client);
+    let names: Vec<String> = nss
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    assert!(names.contains(&"kube-system".to_string()), "{names:?}");
+    // And the server answers /readyz once it serves.
+    let req = http::Request::get("/readyz")
+        .body(Vec::new())
+        .expect("request");
+    let body = dc.client().request_text(req).await.expect("readyz");
+    assert_eq!(body, "ok");
+}

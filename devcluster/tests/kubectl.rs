@@ -563,3 +563,56 @@ async fn rollout_status_history_and_undo() {
         .collect();
     assert_eq!(revisions, ["2", "3"], "{}", history.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serve_binary_writes_a_kubeconfig_and_answers_readyz() {
+    let dir = std::env::temp_dir().join(format!("ferry-dc-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let kubeconfig = dir.join("kubeconfig");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry-devcluster"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--kubeconfig",
+        ])
+        .arg(&kubeconfig)
+        .args(["--image", "example.com/sleeper:*=sleep", "--work-dir"])
+        .arg(dir.join("work"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn serve");
+    let ready = eventually(20, "/readyz", || async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await.ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        out.ends_with("ok").then_some(out)
+    })
+    .await;
+    assert!(
+        ready.starts_with("HTTP/1.0 200") || ready.starts_with("HTTP/1.1 200"),
+        "{ready}"
+    );
+    let out = tokio::process::Command::new("kubectl")
+        .env("KUBECONFIG", &kubeconfig)
+        .args(["get", "namespaces", "-o", "name"])
+        .output()
+        .await
+        .expect("kubectl");
+    let names = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        names.contains("namespace/default") && names.contains("namespace/kube-system"),
+        "{names}"
+    );
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
