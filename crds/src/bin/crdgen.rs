@@ -1,0 +1,5 @@
+//! Prints the QueueConsumer CRD: `cargo run -p ferry-crds --bin crdgen > crds/queueconsumer.yaml`.
+
+fn main() {
+    print!("{}", ferry_crds::crd::crd_yaml());
+}

@@ -1,0 +1,148 @@
+//! `status` of a QueueConsumer, written by the operator.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+/// The condition types a QueueConsumer reports. `Ready` is true when the queue is ready and
+/// the workload is ready; the others say which part is not.
+pub mod condition_type {
+    /// Everything below is in order: messages are being consumed (or can be, at zero replicas).
+    pub const READY: &str = "Ready";
+    /// The queue, its dead-letter queue and the redrive policy exist as the spec asks.
+    pub const QUEUE_READY: &str = "QueueReady";
+    /// The ServiceAccount and the Deployment exist and the Deployment has rolled out.
+    pub const WORKLOAD_READY: &str = "WorkloadReady";
+    /// The autoscaler has fresh signals and is scaling; false while it holds (signals
+    /// missing or stale).
+    pub const SCALING_ACTIVE: &str = "ScalingActive";
+}
+
+/// What Ferry observed and did, written by the operator: conditions, the provisioned queue
+/// and dead-letter queue, the backlog, replicas and the last scaling decision.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueConsumerStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `QueueReady`, `WorkloadReady` and `ScalingActive`, each with a reason and a
+    /// message saying what to do when it is not `True`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The queue Ferry provisioned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueReference>,
+    /// The dead-letter queue Ferry provisioned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<QueueReference>,
+    /// The queue's backlog at the last poll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<BacklogStatus>,
+    /// Pods of the worker Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Pods of the worker Deployment that are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Replicas the autoscaler last asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+    /// The last scaling decision that changed the replica count, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scaling: Option<ScalingRecord>,
+}
+
+/// Identifies a provisioned queue (or dead-letter queue).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueReference {
+    /// Short name (SQS queue name; Pub/Sub subscription name).
+    pub name: String,
+    /// What the sidecar consumes: the SQS queue URL, or the Pub/Sub subscription path
+    /// `projects/<project>/subscriptions/<name>`.
+    pub id: String,
+    /// SQS only: the queue's ARN (what a redrive policy names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    /// Pub/Sub only: the topic path `projects/<project>/topics/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+}
+
+/// Message counts. A count the provider does not report is absent, never zero (Pub/Sub has
+/// no real-time backlog API).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BacklogStatus {
+    /// Messages waiting to be received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visible: Option<i64>,
+    /// Messages received and not yet deleted/acked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<i64>,
+    /// Messages not yet visible (SQS delay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delayed: Option<i64>,
+    /// Messages in the dead-letter queue: when it grows, the worker fails on some messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<i64>,
+    /// When these counts were read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<Time>,
+}
+
+/// A scaling decision as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingRecord {
+    /// Replicas before.
+    pub from: i32,
+    /// Replicas after.
+    pub to: i32,
+    /// Why, as a CamelCase word (e.g. `LatencyTarget`, `Activate`, `Idle`).
+    pub reason: String,
+    /// Why, in a sentence with the numbers.
+    pub message: String,
+    /// When the decision was made.
+    pub time: Time,
+    /// The numbers the decision was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signals: Option<ScalingSignalsRecord>,
+}
+
+/// The autoscaler's inputs and estimates behind a decision.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingSignalsRecord {
+    /// Visible messages.
+    pub visible: i64,
+    /// Messages in flight.
+    pub in_flight: i64,
+    /// Delayed messages.
+    pub delayed: i64,
+    /// Ready replicas.
+    pub ready_replicas: i32,
+    /// Seconds between the signals' sampling and the decision.
+    pub age_seconds: f64,
+    /// Estimated messages per second arriving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrival_rate: Option<f64>,
+    /// Smoothed mean seconds per delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_seconds: Option<f64>,
+    /// Messages per second one replica can complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_replica_capacity: Option<f64>,
+    /// Share of delivery slots busy (0-1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saturation: Option<f64>,
+    /// Mean seconds messages had waited when received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_age_at_receipt_seconds: Option<f64>,
+    /// Replicas the queue needs by the rule in `basis`.
+    pub needed_replicas: i32,
+    /// The rule: `LatencyTarget`, `BacklogPerReplica` or `BacklogFallback`.
+    pub basis: String,
+}
