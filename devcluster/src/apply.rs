@@ -479,7 +479,8 @@ pub fn apply(
         }
         for e in entries
             .iter()
-            .filter(|e| !is_mine(e) && e.subresource == ctx.subresource)
+            // Status is its own world; main-resource and /scale writes own the same fields.
+            .filter(|e| !is_mine(e) && (e.subresource == "status") == (ctx.subresource == "status"))
         {
             if e.fields.contains_leaf(&leaf) {
                 conflicts.push((e.manager.clone(), display(&leaf)));

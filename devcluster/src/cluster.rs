@@ -16,6 +16,8 @@ use crate::{defaults, patch};
 pub enum Sub {
     Main,
     Status,
+    /// Writes through `/scale`: main-resource semantics, recorded as subresource "scale".
+    Scale,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -567,13 +569,13 @@ impl Cluster {
                 }
                 new = base;
             }
-            Sub::Main if info.status => match old.get("status") {
+            Sub::Main | Sub::Scale if info.status => match old.get("status") {
                 Some(s) => new["status"] = s.clone(),
                 None => {
                     new.as_object_mut().map(|m| m.remove("status"));
                 }
             },
-            Sub::Main => {}
+            Sub::Main | Sub::Scale => {}
         }
         {
             let om = meta(old).cloned().unwrap_or_default();
@@ -627,7 +629,11 @@ impl Cluster {
         }
         if track {
             let now = now();
-            let subresource = if sub == Sub::Status { "status" } else { "" };
+            let subresource = match sub {
+                Sub::Status => "status",
+                Sub::Scale => "scale",
+                Sub::Main => "",
+            };
             let part = if sub == Sub::Status {
                 Part::Status
             } else {
@@ -1052,6 +1058,19 @@ impl Cluster {
         manager: &str,
         f: impl FnOnce(&Value) -> Option<Value>,
     ) -> ApiResult<Value> {
+        self.modify_as(info, ns, name, manager, Sub::Main, f)
+    }
+
+    /// Like `modify`, recording the write against a subresource (`/scale` writes).
+    pub fn modify_as(
+        &self,
+        info: &ResourceInfo,
+        ns: &str,
+        name: &str,
+        manager: &str,
+        sub: Sub,
+        f: impl FnOnce(&Value) -> Option<Value>,
+    ) -> ApiResult<Value> {
         let out = self
             .store
             .mutate(&info.gr(), &Self::key(info, ns, name), |old, _| {
@@ -1060,7 +1079,7 @@ impl Cluster {
                 };
                 match f(old) {
                     None => Ok(Mutation::Unchanged),
-                    Some(new) => self.commit(info, Sub::Main, old, new, manager, true, false),
+                    Some(new) => self.commit(info, sub, old, new, manager, true, false),
                 }
             });
         self.finish_write(info, ns, name, out)

@@ -127,18 +127,25 @@ pub fn scale(
     let opts = write_opts(q, headers);
     let manager = opts.field_manager.clone().unwrap_or_default();
     let ptr = pointer_of(&info.scale.as_ref().expect("scale").spec_replicas);
-    let updated = c.modify(info, ns, name, &manager, |old| {
-        let mut new = old.clone();
-        if let Some(rv) = &want_rv
-            && !rv.is_empty()
-        {
-            new["metadata"]["resourceVersion"] = json!(rv);
-        } else if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.remove("resourceVersion");
-        }
-        set_pointer(&mut new, &ptr, json!(replicas));
-        Some(new)
-    })?;
+    let updated = c.modify_as(
+        info,
+        ns,
+        name,
+        &manager,
+        crate::cluster::Sub::Scale,
+        |old| {
+            let mut new = old.clone();
+            if let Some(rv) = &want_rv
+                && !rv.is_empty()
+            {
+                new["metadata"]["resourceVersion"] = json!(rv);
+            } else if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.remove("resourceVersion");
+            }
+            set_pointer(&mut new, &ptr, json!(replicas));
+            Some(new)
+        },
+    )?;
     let _ = qualified(info);
     Ok(json_response(200, &scale_of(info, &updated)))
 }

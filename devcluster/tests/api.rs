@@ -742,6 +742,16 @@ async fn status_and_scale_subresources_and_generation() {
         Some(2),
         "spec change bumps generation"
     );
+    let scale_entry = after
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| m.subresource.as_deref() == Some("scale"));
+    assert!(
+        scale_entry.is_some(),
+        "the /scale write is recorded against the scale subresource"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
