@@ -87,6 +87,8 @@ pub struct Kubelet {
     pods: Mutex<HashMap<String, PodRun>>,
     ips: Mutex<HashSet<u32>>,
     pod_info: ResourceInfo,
+    /// Set on shutdown: no new pod starts, so stopping cannot race with a controller.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 fn pod_key(pod: &Value) -> String {
@@ -110,6 +112,7 @@ impl Kubelet {
             pods: Mutex::new(HashMap::new()),
             ips: Mutex::new(HashSet::new()),
             pod_info,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -199,6 +202,9 @@ impl Kubelet {
                 );
             }
             None => {
+                if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
                 let phase = pod
                     .pointer("/status/phase")
                     .and_then(Value::as_str)
@@ -238,6 +244,8 @@ impl Kubelet {
 
     /// SIGKILL every pod process (used on drop).
     pub fn kill_all(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         for run in self.lock_pods().values() {
             let _ = run.stop.send(true);
             for pg in run.pgids.lock().unwrap_or_else(|e| e.into_inner()).values() {
@@ -248,6 +256,8 @@ impl Kubelet {
 
     /// Delete every pod gracefully and wait (bounded) for their processes to stop.
     pub async fn stop_all(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         for p in self.cluster.store.list(&self.pod_info.gr(), None).items {
             let _ = self.cluster.delete(
                 &self.pod_info,

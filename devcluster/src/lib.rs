@@ -139,6 +139,7 @@ pub struct DevCluster {
     owns_work_dir: bool,
     cluster: Arc<Cluster>,
     kubelet: Option<Arc<kubelet::Kubelet>>,
+    controllers: Option<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -187,8 +188,9 @@ impl DevCluster {
             }
         }));
         tasks.push(tokio::spawn(gc::run(cluster.clone())));
+        let mut controllers_task = None;
         if b.controllers {
-            tasks.push(tokio::spawn(controllers::run(cluster.clone())));
+            controllers_task = Some(tokio::spawn(controllers::run(cluster.clone())));
         }
         let kubelet = if b.kubelet {
             let k = Arc::new(kubelet::Kubelet::new(
@@ -210,6 +212,7 @@ impl DevCluster {
             owns_work_dir,
             cluster,
             kubelet,
+            controllers: controllers_task,
             tasks,
         })
     }
@@ -252,8 +255,13 @@ impl DevCluster {
 
     /// Stop serving and stop every pod process (gracefully, within each pod's grace period).
     pub async fn shutdown(mut self) {
+        // Controllers first, or they would replace the pods being stopped.
+        if let Some(c) = self.controllers.take() {
+            c.abort();
+        }
         if let Some(k) = self.kubelet.take() {
             k.stop_all().await;
+            k.kill_all();
         }
         for t in self.tasks.drain(..) {
             t.abort();
@@ -263,6 +271,9 @@ impl DevCluster {
 
 impl Drop for DevCluster {
     fn drop(&mut self) {
+        if let Some(c) = &self.controllers {
+            c.abort();
+        }
         if let Some(k) = &self.kubelet {
             k.kill_all();
         }

@@ -428,3 +428,44 @@ async fn deployment_status_and_deletion_cost_aware_scale_down() {
     .await;
     assert_eq!(r.stdout.lines().count(), 2, "{}", r.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_every_pod_process_even_under_a_deployment() {
+    let dc = cluster().await;
+    let deps: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(dc.client(), "default");
+    let pods: Api<Pod> = Api::namespaced(dc.client(), "default");
+    let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "bye"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "bye"}},
+                 "template": {"metadata": {"labels": {"app": "bye"}},
+                              "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": "example.com/shell:1", "args": ["sleep 300"]}]}}}
+    }))
+    .expect("deployment");
+    deps.create(&PostParams::default(), &d)
+        .await
+        .expect("create");
+    let pids: Vec<i32> = eventually(30, "two running processes", || async {
+        let list = pods.list(&Default::default()).await.ok()?;
+        let pids: Vec<i32> = list
+            .items
+            .iter()
+            .filter_map(|p| {
+                p.status
+                    .as_ref()?
+                    .container_statuses
+                    .as_ref()?
+                    .first()?
+                    .container_id
+                    .clone()
+            })
+            .filter_map(|id| id.strip_prefix("devcluster://")?.parse().ok())
+            .collect();
+        (pids.len() == 2).then_some(pids)
+    })
+    .await;
+    dc.shutdown().await;
+    for pid in pids {
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        assert!(!alive, "process {pid} outlived the devcluster");
+    }
+}
