@@ -102,6 +102,20 @@ pub fn apply(info: &ResourceInfo, obj: &mut Value) {
         ("", "secrets") => {
             if let Some(o) = obj.as_object_mut() {
                 set_default(o, "type", json!("Opaque"));
+                // stringData is write-only: it is folded into data (base64), as upstream does.
+                if let Some(Value::Object(string_data)) = o.remove("stringData") {
+                    use base64::Engine;
+                    let data = o.entry("data").or_insert_with(|| json!({}));
+                    if let Some(d) = data.as_object_mut() {
+                        for (k, v) in string_data {
+                            let text = v.as_str().unwrap_or("").as_bytes().to_vec();
+                            d.insert(
+                                k,
+                                json!(base64::engine::general_purpose::STANDARD.encode(text)),
+                            );
+                        }
+                    }
+                }
             }
         }
         _ => {}

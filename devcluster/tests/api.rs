@@ -1030,3 +1030,28 @@ async fn the_written_kubeconfig_works_for_kube_rs() {
     let body = dc.client().request_text(req).await.expect("readyz");
     assert_eq!(body, "ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_string_data_is_folded_into_data() {
+    let dc = quiet().await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(dc.client(), "default");
+    let s: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "creds"}, "stringData": {"token": "s3cret"}, "data": {"other": "eA=="}
+    }))
+    .expect("secret");
+    let made = secrets
+        .create(&PostParams::default(), &s)
+        .await
+        .expect("create");
+    assert!(made.string_data.is_none());
+    let data = made.data.expect("data");
+    assert_eq!(
+        data.get("token").map(|b| b.0.as_slice()),
+        Some(b"s3cret".as_slice())
+    );
+    assert_eq!(
+        data.get("other").map(|b| b.0.as_slice()),
+        Some(b"x".as_slice())
+    );
+    assert_eq!(made.type_.as_deref(), Some("Opaque"));
+}
