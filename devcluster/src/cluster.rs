@@ -64,6 +64,15 @@ pub struct Cluster {
     pub registry: Registry,
     /// Next Service cluster IP (10.96.0.0/12, as kubeadm clusters use; nothing routes to it).
     next_cluster_ip: std::sync::atomic::AtomicU32,
+    /// Counters tests use to prove a path was exercised (e.g. that watchers really got 410s).
+    pub stats: Stats,
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Watches answered with `410 Expired` (compacted history or a lagging watcher).
+    pub watches_expired: std::sync::atomic::AtomicU64,
+    pub watches_started: std::sync::atomic::AtomicU64,
 }
 
 pub fn now() -> String {
@@ -162,6 +171,7 @@ impl Cluster {
             store: Store::new(history_limit),
             registry: Registry::new(),
             next_cluster_ip: std::sync::atomic::AtomicU32::new(10),
+            stats: Stats::default(),
         }
     }
 

@@ -20,6 +20,7 @@ use crate::store::{ChangeEvent, EventType, WatchOrigin};
 use crate::table;
 
 struct WatchSpec {
+    cluster: Arc<crate::cluster::Cluster>,
     info: ResourceInfo,
     ns: Option<String>,
     labels: LabelSelector,
@@ -86,7 +87,12 @@ pub fn watch(
     headers: &HeaderMap,
 ) -> ApiResult<Response> {
     let (labels, fields) = selectors(q)?;
+    st.cluster
+        .stats
+        .watches_started
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let spec = WatchSpec {
+        cluster: st.cluster.clone(),
         info: info.clone(),
         ns: ns.map(str::to_string),
         labels,
@@ -148,6 +154,10 @@ async fn run_watch(
     tx: mpsc::Sender<Result<Bytes, Infallible>>,
 ) {
     let expired = |rv: Option<u64>| {
+        spec.cluster
+            .stats
+            .watches_expired
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let e = ApiError::gone(format!(
             "too old resource version: {} ({})",
             rv.unwrap_or(0),
