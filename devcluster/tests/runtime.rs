@@ -200,6 +200,39 @@ async fn controller_reconciles_every_object() {
         }
     })
     .await;
+    // Let the two-second watch expire: the controller resumes from its last bookmark (no relist,
+    // no 410) and still sees a change made afterwards.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    cms.create(&PostParams::default(), &cm("c-late"))
+        .await
+        .expect("create late");
+    eventually(10, "late object reconciled", || {
+        let cms = cms.clone();
+        async move {
+            let c = cms.get("c-late").await.ok()?;
+            c.metadata
+                .annotations
+                .as_ref()?
+                .get("reconciled")
+                .map(|_| ())
+        }
+    })
+    .await;
+    let stats = &dc.state().stats;
+    assert!(
+        stats
+            .watches_started
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2,
+        "the watch was resumed"
+    );
+    assert_eq!(
+        stats
+            .watches_expired
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "resumed without a relist"
+    );
     handle.abort();
 }
 

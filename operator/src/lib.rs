@@ -1,4 +1,5 @@
 //! ferry-operator: the QueueConsumer controller and its autoscaler.
 
 pub mod autoscaler;
+pub mod builders;
 pub mod sim;

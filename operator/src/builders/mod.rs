@@ -1,0 +1,29 @@
+//! The pure build step: a `QueueConsumer` in, the desired child objects out. No client, no
+//! clock, no randomness, so that the reconciler only orchestrates (read → build → apply →
+//! status) and every rule about what the children look like is a plain unit test.
+
+mod conditions;
+mod deployment;
+mod metadata;
+mod scaling;
+mod security;
+mod service_account;
+mod settings;
+mod sidecar;
+
+pub use conditions::{ConditionStatus, ConditionUpdate, ready_summary, set_condition};
+pub use deployment::{BuildError, desired_deployment};
+pub use metadata::{
+    MANAGED_BY_LABEL, MANAGED_BY_VALUE, QUEUE_CONSUMER_LABEL, child_labels, owner_reference,
+    selector_labels, worker_name,
+};
+pub use scaling::autoscaler_spec;
+pub use service_account::desired_service_account;
+pub use settings::{OperatorSettings, ProvisionedNames};
+pub use sidecar::{
+    DRAIN_PATH, LIVENESS_PATH, METRICS_PORT, METRICS_PORT_NAME, READINESS_PATH, SIDECAR_NAME,
+    drain_timeout_seconds, sidecar_env,
+};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,66 @@
+//! What the builders need besides the QueueConsumer: the operator's installation settings and
+//! the identifiers of the queues the reconciler provisioned.
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+/// Operator-wide settings that shape every worker pod (from the Helm values / flags).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperatorSettings {
+    /// The ferry-consumer image, unless a QueueConsumer overrides it in `spec.sidecar.image`.
+    pub sidecar_image: String,
+    /// `imagePullPolicy` of the sidecar; `None` keeps Kubernetes' default for the tag.
+    pub sidecar_image_pull_policy: Option<String>,
+    /// Sidecar resources unless `spec.sidecar.resources` sets them.
+    pub sidecar_resources: ResourceRequirements,
+    /// `FERRY_ENDPOINT`: an SQS-compatible server or the Pub/Sub emulator, for local clusters
+    /// and tests; `None` in production.
+    pub queue_endpoint: Option<String>,
+    /// `FERRY_LOG_FORMAT` of the sidecar: `json` for log collectors, `text` for people.
+    pub sidecar_log_format: String,
+    /// Extra environment for every sidecar (e.g. credentials of a local SQS-compatible
+    /// server); appended after Ferry's own variables, so they cannot replace them.
+    pub sidecar_extra_env: Vec<EnvVar>,
+}
+
+impl OperatorSettings {
+    pub fn new(sidecar_image: impl Into<String>) -> Self {
+        Self {
+            sidecar_image: sidecar_image.into(),
+            sidecar_image_pull_policy: None,
+            sidecar_resources: default_sidecar_resources(),
+            queue_endpoint: None,
+            sidecar_log_format: "json".into(),
+            sidecar_extra_env: Vec::new(),
+        }
+    }
+}
+
+/// The sidecar mostly waits on the network: a small CPU request, and a memory limit because
+/// it buffers at most `2 × concurrency` messages (Pub/Sub flow control).
+fn default_sidecar_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(
+            [
+                ("cpu".to_string(), Quantity("50m".into())),
+                ("memory".to_string(), Quantity("64Mi".into())),
+            ]
+            .into(),
+        ),
+        limits: Some([("memory".to_string(), Quantity("256Mi".into()))].into()),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// The provisioned queue identifiers the sidecar is configured with (the reconciler learns
+/// them from provisioning and records them in `status.queue` / `status.deadLetter`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisionedNames {
+    /// `FERRY_QUEUE`: the SQS queue URL, or `projects/<p>/subscriptions/<s>`.
+    pub queue: String,
+    /// `FERRY_DEAD_LETTER`: the DLQ URL, or the dead-letter topic's subscription path.
+    pub dead_letter: Option<String>,
+    /// `FERRY_DEAD_LETTER_TOPIC` (Pub/Sub): where permanent failures are published; the
+    /// sidecar reads it from the subscription's dead-letter policy when unset.
+    pub dead_letter_topic: Option<String>,
+}

@@ -1,0 +1,178 @@
+//! The injected `ferry-consumer` container, configured per its contract (docs/consumer.md).
+
+use ferry_crds::{QueueConsumer, QueueProvider};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, HTTPGetAction, Lifecycle, LifecycleHandler, Probe,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::security::sidecar_security_context;
+use super::settings::{OperatorSettings, ProvisionedNames};
+
+pub const SIDECAR_NAME: &str = "ferry-consumer";
+/// `/metrics`, `/healthz`, `/readyz` and `/drain` (`FERRY_LISTEN_ADDR`).
+pub const METRICS_PORT: i32 = 9090;
+/// The autoscaler and Prometheus find the sidecars' metrics by this port name.
+pub const METRICS_PORT_NAME: &str = "metrics";
+pub const READINESS_PATH: &str = "/readyz";
+pub const LIVENESS_PATH: &str = "/healthz";
+pub const DRAIN_PATH: &str = "/drain";
+
+/// Seconds in-flight deliveries get when a pod stops: as long as one delivery may take, so a
+/// removed pod finishes its work instead of leaving it to be redelivered after the lease.
+pub fn drain_timeout_seconds(qc: &QueueConsumer) -> i64 {
+    i64::from(qc.spec.delivery.timeout_seconds.max(1))
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+/// Integral seconds print without a fraction, so the env does not change form between
+/// releases (server-side apply would report every such change as a diff).
+fn seconds(s: f64) -> String {
+    if s.fract() == 0.0 {
+        format!("{}", s as i64)
+    } else {
+        s.to_string()
+    }
+}
+
+/// The sidecar's environment, in a fixed order (a reordering would be a spurious rollout).
+pub fn sidecar_env(
+    qc: &QueueConsumer,
+    settings: &OperatorSettings,
+    names: &ProvisionedNames,
+) -> Vec<EnvVar> {
+    let delivery = &qc.spec.delivery;
+    let mut vars = vec![
+        env("FERRY_PROVIDER", qc.spec.queue.provider.as_str()),
+        env("FERRY_QUEUE", names.queue.clone()),
+    ];
+    if let Some(dlq) = &names.dead_letter {
+        vars.push(env("FERRY_DEAD_LETTER", dlq.clone()));
+    }
+    if let Some(topic) = &names.dead_letter_topic {
+        vars.push(env("FERRY_DEAD_LETTER_TOPIC", topic.clone()));
+    }
+    if let Some(endpoint) = &settings.queue_endpoint {
+        vars.push(env("FERRY_ENDPOINT", endpoint.clone()));
+    }
+    // The worker shares the pod's network namespace; loopback keeps deliveries off the network.
+    vars.push(env(
+        "FERRY_DELIVERY_URL",
+        format!("http://127.0.0.1:{}{}", delivery.port, delivery.path),
+    ));
+    vars.push(env("FERRY_CONCURRENCY", delivery.concurrency.to_string()));
+    vars.push(env(
+        "FERRY_DELIVERY_TIMEOUT",
+        delivery.timeout_seconds.to_string(),
+    ));
+    vars.push(env("FERRY_CONTENT_TYPE", delivery.content_type.clone()));
+    if !delivery.permanent_failure_statuses.is_empty() {
+        let mut statuses = delivery.permanent_failure_statuses.clone();
+        statuses.sort_unstable();
+        statuses.dedup();
+        let list: Vec<String> = statuses.iter().map(i32::to_string).collect();
+        vars.push(env("FERRY_PERMANENT_FAILURE_STATUSES", list.join(",")));
+    }
+    vars.push(env(
+        "FERRY_RETRY_BACKOFF_MIN",
+        seconds(delivery.retry_backoff.min_seconds),
+    ));
+    vars.push(env(
+        "FERRY_RETRY_BACKOFF_MAX",
+        seconds(delivery.retry_backoff.max_seconds),
+    ));
+    vars.push(env(
+        "FERRY_DRAIN_TIMEOUT",
+        drain_timeout_seconds(qc).to_string(),
+    ));
+    vars.push(env("FERRY_LISTEN_ADDR", format!("0.0.0.0:{METRICS_PORT}")));
+    vars.push(env("FERRY_LOG_FORMAT", settings.sidecar_log_format.clone()));
+    if qc.spec.queue.provider == QueueProvider::Sqs
+        && let Some(region) = qc.spec.queue.sqs.as_ref().and_then(|s| s.region.clone())
+    {
+        // The SDK's default chain reads it; otherwise the region comes from the queue URL.
+        vars.push(env("AWS_REGION", region));
+    }
+    vars.extend(settings.sidecar_extra_env.iter().cloned());
+    vars
+}
+
+fn http_get(path: &str) -> HTTPGetAction {
+    HTTPGetAction {
+        path: Some(path.into()),
+        port: IntOrString::String(METRICS_PORT_NAME.into()),
+        ..HTTPGetAction::default()
+    }
+}
+
+/// The hook that makes a stopping pod finish its in-flight deliveries: `/drain` stops
+/// receiving and answers once they are done (or the drain timeout passed). The worker
+/// containers get the same hook (with the port as a number, since the name is the
+/// sidecar's), so they keep serving until the sidecar has drained.
+pub(super) fn drain_hook(port: IntOrString) -> Lifecycle {
+    Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            http_get: Some(HTTPGetAction {
+                path: Some(DRAIN_PATH.into()),
+                port,
+                ..HTTPGetAction::default()
+            }),
+            ..LifecycleHandler::default()
+        }),
+        ..Lifecycle::default()
+    }
+}
+
+pub(super) fn sidecar_container(
+    qc: &QueueConsumer,
+    settings: &OperatorSettings,
+    names: &ProvisionedNames,
+) -> Container {
+    let overrides = qc.spec.sidecar.as_ref();
+    Container {
+        name: SIDECAR_NAME.into(),
+        image: Some(
+            overrides
+                .and_then(|s| s.image.clone())
+                .unwrap_or_else(|| settings.sidecar_image.clone()),
+        ),
+        image_pull_policy: settings.sidecar_image_pull_policy.clone(),
+        env: Some(sidecar_env(qc, settings, names)),
+        ports: Some(vec![ContainerPort {
+            name: Some(METRICS_PORT_NAME.into()),
+            container_port: METRICS_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        // Unready while the queue is missing, credentials are refused, or while draining:
+        // the Deployment's availability then says the consumer cannot consume.
+        readiness_probe: Some(Probe {
+            http_get: Some(http_get(READINESS_PATH)),
+            period_seconds: Some(5),
+            failure_threshold: Some(2),
+            ..Probe::default()
+        }),
+        // /healthz answers while the process runs; queue trouble must not restart it.
+        liveness_probe: Some(Probe {
+            http_get: Some(http_get(LIVENESS_PATH)),
+            period_seconds: Some(10),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        }),
+        lifecycle: Some(drain_hook(IntOrString::String(METRICS_PORT_NAME.into()))),
+        resources: Some(
+            overrides
+                .and_then(|s| s.resources.clone())
+                .unwrap_or_else(|| settings.sidecar_resources.clone()),
+        ),
+        security_context: Some(sidecar_security_context()),
+        ..Container::default()
+    }
+}

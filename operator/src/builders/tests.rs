@@ -1,0 +1,396 @@
+//! The desired children of example QueueConsumers.
+
+use ferry_crds::QueueConsumer;
+use k8s_openapi::api::core::v1::{Container, EnvVar};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::json;
+
+use super::*;
+
+fn consumer(spec: serde_json::Value) -> QueueConsumer {
+    serde_json::from_value(json!({
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "QueueConsumer",
+        "metadata": {"name": "orders", "namespace": "shop", "uid": "uid-1", "generation": 3},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn sqs_consumer() -> QueueConsumer {
+    consumer(json!({
+        "queue": {"provider": "sqs", "sqs": {"region": "eu-west-1"}},
+        "worker": {
+            "metadata": {"labels": {"team": "shop"}, "annotations": {"note": "kept"}},
+            "spec": {"containers": [{"name": "worker", "image": "shop/orders:1"}]},
+        },
+        "delivery": {"path": "/jobs", "port": 3000, "concurrency": 20, "timeoutSeconds": 45,
+                     "permanentFailureStatuses": [422, 400],
+                     "retryBackoff": {"minSeconds": 0.5, "maxSeconds": 60}},
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/orders"}},
+    }))
+}
+
+fn names() -> ProvisionedNames {
+    ProvisionedNames {
+        queue: "http://127.0.0.1:5000/000000000000/shop-orders".into(),
+        dead_letter: Some("http://127.0.0.1:5000/000000000000/shop-orders-dead-letter".into()),
+        dead_letter_topic: None,
+    }
+}
+
+fn settings() -> OperatorSettings {
+    OperatorSettings {
+        queue_endpoint: Some("http://127.0.0.1:5000".into()),
+        ..OperatorSettings::new("ghcr.io/ferry-dev/ferry-consumer:0.1.0")
+    }
+}
+
+fn containers(qc: &QueueConsumer) -> Vec<Container> {
+    let d = desired_deployment(qc, &settings(), &names()).unwrap();
+    d.spec.template.spec.unwrap().containers
+}
+
+fn env_value<'a>(env: &'a [EnvVar], name: &str) -> Option<&'a str> {
+    env.iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.as_deref())
+}
+
+#[test]
+fn the_sidecar_is_configured_per_its_contract() {
+    let env = sidecar_env(&sqs_consumer(), &settings(), &names());
+    let expect = [
+        ("FERRY_PROVIDER", "sqs"),
+        (
+            "FERRY_QUEUE",
+            "http://127.0.0.1:5000/000000000000/shop-orders",
+        ),
+        (
+            "FERRY_DEAD_LETTER",
+            "http://127.0.0.1:5000/000000000000/shop-orders-dead-letter",
+        ),
+        ("FERRY_ENDPOINT", "http://127.0.0.1:5000"),
+        ("FERRY_DELIVERY_URL", "http://127.0.0.1:3000/jobs"),
+        ("FERRY_CONCURRENCY", "20"),
+        ("FERRY_DELIVERY_TIMEOUT", "45"),
+        ("FERRY_CONTENT_TYPE", "application/json"),
+        ("FERRY_PERMANENT_FAILURE_STATUSES", "400,422"),
+        ("FERRY_RETRY_BACKOFF_MIN", "0.5"),
+        ("FERRY_RETRY_BACKOFF_MAX", "60"),
+        ("FERRY_DRAIN_TIMEOUT", "45"),
+        ("FERRY_LISTEN_ADDR", "0.0.0.0:9090"),
+        ("FERRY_LOG_FORMAT", "json"),
+        ("AWS_REGION", "eu-west-1"),
+    ];
+    for (name, value) in expect {
+        assert_eq!(env_value(&env, name), Some(value), "{name}");
+    }
+    assert_eq!(
+        env.len(),
+        expect.len(),
+        "no variable beyond the contract: {env:?}"
+    );
+}
+
+#[test]
+fn optional_sidecar_settings_are_left_out_when_unset() {
+    let qc = consumer(json!({
+        "queue": {"provider": "pubsub"},
+        "worker": {"spec": {"containers": [{"name": "w", "image": "w"}]}},
+    }));
+    let names = ProvisionedNames {
+        queue: "projects/p/subscriptions/shop-orders".into(),
+        dead_letter: None,
+        dead_letter_topic: Some("projects/p/topics/shop-orders-dead-letter".into()),
+    };
+    let env = sidecar_env(&qc, &OperatorSettings::new("img"), &names);
+    assert_eq!(env_value(&env, "FERRY_PROVIDER"), Some("pubsub"));
+    assert_eq!(
+        env_value(&env, "FERRY_DELIVERY_URL"),
+        Some("http://127.0.0.1:8080/")
+    );
+    assert_eq!(
+        env_value(&env, "FERRY_DEAD_LETTER_TOPIC"),
+        Some("projects/p/topics/shop-orders-dead-letter")
+    );
+    for absent in [
+        "FERRY_DEAD_LETTER",
+        "FERRY_ENDPOINT",
+        "FERRY_PERMANENT_FAILURE_STATUSES",
+        "AWS_REGION",
+    ] {
+        assert_eq!(env_value(&env, absent), None, "{absent}");
+    }
+}
+
+#[test]
+fn extra_env_comes_after_ferrys_own() {
+    let mut s = settings();
+    s.sidecar_extra_env.push(EnvVar {
+        name: "AWS_ACCESS_KEY_ID".into(),
+        value: Some("test".into()),
+        value_from: None,
+    });
+    let env = sidecar_env(&sqs_consumer(), &s, &names());
+    assert_eq!(env.last().unwrap().name, "AWS_ACCESS_KEY_ID");
+}
+
+#[test]
+fn the_deployment_is_named_labelled_owned_and_leaves_replicas_to_the_autoscaler() {
+    let qc = sqs_consumer();
+    let d = desired_deployment(&qc, &settings(), &names()).unwrap();
+    assert_eq!(d.metadata.name.as_deref(), Some("orders-worker"));
+    assert_eq!(d.metadata.namespace.as_deref(), Some("shop"));
+    let labels = d.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels[MANAGED_BY_LABEL], "ferry");
+    assert_eq!(labels[QUEUE_CONSUMER_LABEL], "orders");
+    let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(owner.kind, "QueueConsumer");
+    assert_eq!(owner.api_version, "ferry.dev/v1alpha1");
+    assert_eq!(owner.uid, "uid-1");
+    assert_eq!(owner.controller, Some(true));
+    let spec = d.spec;
+    assert_eq!(spec.replicas, None);
+    assert_eq!(spec.selector.match_labels, Some(selector_labels(&qc)));
+    let meta = spec.template.metadata.unwrap();
+    let pod_labels = meta.labels.unwrap();
+    assert_eq!(pod_labels["team"], "shop");
+    assert_eq!(pod_labels[QUEUE_CONSUMER_LABEL], "orders");
+    let annotations = meta.annotations.unwrap();
+    assert_eq!(annotations["note"], "kept");
+    assert_eq!(
+        annotations["kubectl.kubernetes.io/default-container"],
+        "worker"
+    );
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("orders-worker"));
+    // Drain (the delivery timeout, 45 s) plus the margin for the containers to exit.
+    assert_eq!(pod.termination_grace_period_seconds, Some(60));
+}
+
+#[test]
+fn the_sidecar_has_probes_a_drain_hook_a_metrics_port_and_resources() {
+    let all = containers(&sqs_consumer());
+    assert_eq!(all.len(), 2);
+    let sidecar = &all[1];
+    assert_eq!(sidecar.name, SIDECAR_NAME);
+    assert_eq!(
+        sidecar.image.as_deref(),
+        Some("ghcr.io/ferry-dev/ferry-consumer:0.1.0")
+    );
+    let port = &sidecar.ports.as_ref().unwrap()[0];
+    assert_eq!(
+        (port.name.as_deref(), port.container_port),
+        (Some(METRICS_PORT_NAME), METRICS_PORT)
+    );
+    let path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(path(&sidecar.readiness_probe), READINESS_PATH);
+    assert_eq!(path(&sidecar.liveness_probe), LIVENESS_PATH);
+    let pre_stop = sidecar
+        .lifecycle
+        .as_ref()
+        .unwrap()
+        .pre_stop
+        .as_ref()
+        .unwrap();
+    let hook = pre_stop.http_get.as_ref().unwrap();
+    assert_eq!(hook.path.as_deref(), Some(DRAIN_PATH));
+    assert_eq!(hook.port, IntOrString::String(METRICS_PORT_NAME.into()));
+    let resources = sidecar.resources.as_ref().unwrap();
+    assert!(resources.requests.as_ref().unwrap().contains_key("cpu"));
+    assert!(resources.limits.as_ref().unwrap().contains_key("memory"));
+}
+
+#[test]
+fn spec_sidecar_overrides_image_and_resources() {
+    let mut qc = sqs_consumer();
+    qc.spec.sidecar = serde_json::from_value(json!({
+        "image": "registry.local/ferry-consumer:dev",
+        "resources": {"requests": {"cpu": "10m"}},
+    }))
+    .unwrap();
+    let sidecar = containers(&qc).pop().unwrap();
+    assert_eq!(
+        sidecar.image.as_deref(),
+        Some("registry.local/ferry-consumer:dev")
+    );
+    let resources = sidecar.resources.unwrap();
+    assert_eq!(resources.requests.unwrap()["cpu"].0, "10m");
+    assert_eq!(resources.limits, None);
+}
+
+#[test]
+fn restricted_security_is_the_default_and_user_choices_stay() {
+    let qc = consumer(json!({
+        "queue": {"provider": "sqs"},
+        "worker": {"spec": {
+            "securityContext": {"runAsUser": 1000},
+            "initContainers": [{"name": "migrate", "image": "m"}],
+            "containers": [
+                {"name": "worker", "image": "w"},
+                {"name": "helper", "image": "h", "securityContext": {
+                    "allowPrivilegeEscalation": true,
+                    "capabilities": {"add": ["NET_BIND_SERVICE"]},
+                }},
+            ],
+        }},
+    }));
+    let d = desired_deployment(&qc, &settings(), &names()).unwrap();
+    let pod = d.spec.template.spec.unwrap();
+    let pod_ctx = pod.security_context.unwrap();
+    assert_eq!(pod_ctx.run_as_user, Some(1000));
+    assert_eq!(pod_ctx.run_as_non_root, Some(true));
+    assert_eq!(pod_ctx.seccomp_profile.unwrap().type_, "RuntimeDefault");
+    let ctx = |c: &Container| c.security_context.clone().unwrap();
+    let init = ctx(&pod.init_containers.unwrap()[0]);
+    assert_eq!(init.allow_privilege_escalation, Some(false));
+    let worker = ctx(&pod.containers[0]);
+    assert_eq!(worker.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        worker.capabilities.unwrap().drop,
+        Some(vec!["ALL".to_string()])
+    );
+    let helper = ctx(&pod.containers[1]);
+    assert_eq!(helper.allow_privilege_escalation, Some(true));
+    let caps = helper.capabilities.unwrap();
+    assert_eq!(caps.add, Some(vec!["NET_BIND_SERVICE".to_string()]));
+    assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+    let sidecar = ctx(&pod.containers[2]);
+    assert_eq!(sidecar.run_as_non_root, Some(true));
+    assert_eq!(sidecar.allow_privilege_escalation, Some(false));
+    assert_eq!(sidecar.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        sidecar.capabilities.unwrap().drop,
+        Some(vec!["ALL".to_string()])
+    );
+    assert_eq!(sidecar.seccomp_profile.unwrap().type_, "RuntimeDefault");
+}
+
+#[test]
+fn workers_wait_for_the_drain_unless_they_have_their_own_pre_stop() {
+    let qc = consumer(json!({
+        "queue": {"provider": "sqs"},
+        "worker": {"spec": {"containers": [
+            {"name": "worker", "image": "w"},
+            {"name": "own", "image": "o", "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}}},
+        ]}},
+    }));
+    let all = containers(&qc);
+    let hook = all[0]
+        .lifecycle
+        .as_ref()
+        .unwrap()
+        .pre_stop
+        .as_ref()
+        .unwrap();
+    let get = hook.http_get.as_ref().unwrap();
+    assert_eq!(
+        (get.path.as_deref(), &get.port),
+        (Some(DRAIN_PATH), &IntOrString::Int(METRICS_PORT))
+    );
+    let own = all[1]
+        .lifecycle
+        .as_ref()
+        .unwrap()
+        .pre_stop
+        .as_ref()
+        .unwrap();
+    assert!(own.exec.is_some() && own.http_get.is_none());
+}
+
+#[test]
+fn a_longer_user_grace_period_is_kept() {
+    let qc = consumer(json!({
+        "queue": {"provider": "sqs"},
+        "worker": {"spec": {"terminationGracePeriodSeconds": 600, "containers": [{"name": "w", "image": "w"}]}},
+    }));
+    let d = desired_deployment(&qc, &settings(), &names()).unwrap();
+    let pod = d.spec.template.spec.unwrap();
+    assert_eq!(pod.termination_grace_period_seconds, Some(600));
+}
+
+#[test]
+fn conflicts_with_the_sidecar_are_build_errors() {
+    let taken_name = consumer(json!({
+        "queue": {"provider": "sqs"},
+        "worker": {"spec": {"containers": [{"name": "ferry-consumer", "image": "w"}]}},
+    }));
+    let err = desired_deployment(&taken_name, &settings(), &names()).unwrap_err();
+    assert_eq!(err.reason(), "SidecarNameTaken");
+    let taken_port = consumer(json!({
+        "queue": {"provider": "sqs"},
+        "worker": {"spec": {"containers": [{"name": "w", "image": "w", "ports": [{"containerPort": 9090}]}]}},
+    }));
+    let err = desired_deployment(&taken_port, &settings(), &names()).unwrap_err();
+    assert!(err.to_string().contains("port 9090"), "{err}");
+    let empty = consumer(json!({"queue": {"provider": "sqs"}, "worker": {}}));
+    assert_eq!(
+        desired_deployment(&empty, &settings(), &names()),
+        Err(BuildError::NoWorkerContainer)
+    );
+}
+
+#[test]
+fn the_service_account_carries_the_identity_annotations() {
+    let sa = desired_service_account(&sqs_consumer()).unwrap();
+    assert_eq!(sa.metadata.name.as_deref(), Some("orders-worker"));
+    assert_eq!(sa.metadata.namespace.as_deref(), Some("shop"));
+    let annotations = sa.metadata.annotations.unwrap();
+    assert_eq!(
+        annotations["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::1:role/orders"
+    );
+    assert_eq!(sa.metadata.labels.unwrap()[MANAGED_BY_LABEL], "ferry");
+    assert_eq!(sa.metadata.owner_references.unwrap()[0].name, "orders");
+}
+
+#[test]
+fn no_service_account_when_the_worker_names_its_own() {
+    let qc = consumer(json!({
+        "queue": {"provider": "sqs"},
+        "worker": {"spec": {"serviceAccountName": "shared", "containers": [{"name": "w", "image": "w"}]}},
+    }));
+    assert_eq!(desired_service_account(&qc), None);
+    let d = desired_deployment(&qc, &settings(), &names()).unwrap();
+    let pod = d.spec.template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("shared"));
+}
+
+#[test]
+fn building_twice_gives_the_same_objects() {
+    // Server-side apply of an identical object is a no-op: no rollout, no status churn.
+    let qc = sqs_consumer();
+    assert_eq!(
+        desired_deployment(&qc, &settings(), &names()),
+        desired_deployment(&qc, &settings(), &names())
+    );
+}
+
+#[test]
+fn scaling_maps_onto_the_autoscaler_spec_and_validates() {
+    let qc = sqs_consumer();
+    let spec = autoscaler_spec(&qc.spec.scaling);
+    assert_eq!(spec, crate::autoscaler::ScalingSpec::default());
+    assert_eq!(spec.validate(), Ok(()));
+    let backlog_only = ferry_crds::ScalingSpec {
+        min_replicas: 1,
+        max_replicas: 5,
+        backlog_per_replica: Some(10),
+        ..ferry_crds::ScalingSpec::default()
+    };
+    let spec = autoscaler_spec(&backlog_only);
+    assert_eq!(spec.target_latency_seconds, None);
+    assert_eq!(spec.backlog_per_replica, Some(10));
+    assert_eq!((spec.min_replicas, spec.max_replicas), (1, 5));
+    assert_eq!(spec.validate(), Ok(()));
+}
