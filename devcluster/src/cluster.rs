@@ -689,9 +689,6 @@ impl Cluster {
             .field_manager
             .clone()
             .unwrap_or_else(|| "unknown".into());
-        if info.plural == "customresourcedefinitions" {
-            self.register_crd(&body)?;
-        }
         let out = self
             .store
             .mutate(&info.gr(), &Self::key(info, ns, name), |old, _| {
@@ -724,8 +721,14 @@ impl Cluster {
     ) -> ApiResult<Value> {
         match out {
             Ok(Some(v)) => {
+                // A CRD serves what was stored, only after the write was admitted.
                 if info.plural == "customresourcedefinitions" {
-                    self.mark_crd_established(name);
+                    if self.try_get(info, ns, name).is_some() {
+                        let _ = self.register_crd(&v);
+                        self.mark_crd_established(name);
+                    } else {
+                        self.drop_crd(&v);
+                    }
                 }
                 Ok(as_version(info, &v))
             }
@@ -774,7 +777,6 @@ impl Cluster {
                 return self.apply_create(info, ns, name, body, &manager, opts);
             }
         }
-        let crd_before = info.plural == "customresourcedefinitions";
         let out = self.store.mutate(&info.gr(), &Self::key(info, ns, name), |old, _| {
             let Some(old) = old else {
                 return Err(ApiError::not_found(&qualified(info), name));
@@ -820,9 +822,6 @@ impl Cluster {
                     (c, false)
                 }
             };
-            if crd_before {
-                self.register_crd(&candidate)?;
-            }
             let m = self.commit(info, sub, old, to_storage(info, candidate), &manager, track, opts.strict)?;
             if opts.dry_run {
                 return Err(dry_run_result(m, old));

@@ -1055,3 +1055,54 @@ async fn secret_string_data_is_folded_into_data() {
     );
     assert_eq!(made.type_.as_deref(), Some("Opaque"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crd_updates_take_effect_only_when_admitted() {
+    let dc = quiet().await;
+    install_widgets(&dc).await;
+    let crds: Api<DynamicObject> = Api::all_with(
+        dc.client(),
+        &kube::core::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk(
+                "apiextensions.k8s.io",
+                "v1",
+                "CustomResourceDefinition",
+            ),
+            "customresourcedefinitions",
+        ),
+    );
+    let ptr = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties";
+    // A broken CEL rule is rejected and the served schema stays as it was.
+    let mut broken = common::widget_crd();
+    broken.pointer_mut(ptr).expect("props")["color"] =
+        json!({"type": "string", "x-kubernetes-validations": [{"rule": "self.size( >"}]});
+    let pp = PatchParams::apply("test").force();
+    let err = crds
+        .patch("widgets.example.com", &pp, &Patch::Apply(&broken))
+        .await
+        .expect_err("invalid CEL");
+    assert_eq!(api_status(err).0, 422);
+    let w = widget_api(&dc.client(), "default");
+    let obj = |name: &str| -> DynamicObject {
+        serde_json::from_value(json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": name}, "spec": {"replicas": 1, "color": "red"}})).expect("w")
+    };
+    let pruned = w
+        .create(&PostParams::default(), &obj("before"))
+        .await
+        .expect("create");
+    assert!(
+        pruned.data["spec"].get("color").is_none(),
+        "old schema still served"
+    );
+    // A valid change is served at once.
+    let mut fixed = common::widget_crd();
+    fixed.pointer_mut(ptr).expect("props")["color"] = json!({"type": "string"});
+    crds.patch("widgets.example.com", &pp, &Patch::Apply(&fixed))
+        .await
+        .expect("valid update");
+    let kept = w
+        .create(&PostParams::default(), &obj("after"))
+        .await
+        .expect("create");
+    assert_eq!(kept.data["spec"]["color"], "red");
+}
