@@ -630,6 +630,10 @@ impl Cluster {
             }
         }
         self.admit(info, &mut new, Some(old), strict)?;
+        let immutable = defaults::immutable_violations(info, old, &new);
+        if !immutable.is_empty() {
+            return Err(ApiError::invalid(&info.kind, &info.group, &name, immutable));
+        }
         if info.tracks_generation && spec_part(info, old) != spec_part(info, &new) {
             let g = meta(old)
                 .and_then(|m| m.get("generation"))

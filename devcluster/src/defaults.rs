@@ -227,3 +227,45 @@ pub fn validate_name(info: &ResourceInfo, name: &str) -> Option<String> {
     }
     None
 }
+
+/// Fields upstream refuses to change after creation (the ones Ferry's users can trip over).
+pub fn immutable_violations(
+    info: &ResourceInfo,
+    old: &Value,
+    new: &Value,
+) -> Vec<(String, String)> {
+    let mut errs = Vec::new();
+    let changed = |ptr: &str| old.pointer(ptr) != new.pointer(ptr);
+    match (info.group.as_str(), info.plural.as_str()) {
+        ("apps", "deployments") | ("apps", "replicasets") if changed("/spec/selector") => errs
+            .push((
+                "spec.selector".into(),
+                format!(
+                    "Invalid value: {}: field is immutable",
+                    new.pointer("/spec/selector")
+                        .cloned()
+                        .unwrap_or(Value::Null)
+                ),
+            )),
+        ("", "configmaps") | ("", "secrets")
+            if old.get("immutable") == Some(&Value::Bool(true)) =>
+        {
+            for f in ["data", "binaryData"] {
+                if old.get(f) != new.get(f) {
+                    errs.push((
+                        f.into(),
+                        "Forbidden: field is immutable when `immutable` is set".into(),
+                    ));
+                }
+            }
+            if new.get("immutable") != Some(&Value::Bool(true)) {
+                errs.push((
+                    "immutable".into(),
+                    "Forbidden: field is immutable when `immutable` is set".into(),
+                ));
+            }
+        }
+        _ => {}
+    }
+    errs
+}

@@ -1106,3 +1106,41 @@ async fn crd_updates_take_effect_only_when_admitted() {
         .expect("create");
     assert_eq!(kept.data["spec"]["color"], "red");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immutable_fields_are_refused() {
+    let dc = quiet().await;
+    let deps: Api<Deployment> = Api::namespaced(dc.client(), "default");
+    deps.create(&PostParams::default(), &deployment("imm", 1))
+        .await
+        .expect("create");
+    let change = json!({"spec": {"selector": {"matchLabels": {"app": "imm", "x": "y"}},
+                                 "template": {"metadata": {"labels": {"app": "imm", "x": "y"}}}}});
+    let err = deps
+        .patch("imm", &PatchParams::default(), &Patch::Strategic(change))
+        .await
+        .expect_err("selector is immutable");
+    assert_eq!(api_status(err), (422, "Invalid".into()));
+    let cms: Api<ConfigMap> = Api::namespaced(dc.client(), "default");
+    let mut c = cm("frozen", json!({}));
+    c.immutable = Some(true);
+    cms.create(&PostParams::default(), &c)
+        .await
+        .expect("create");
+    let err = cms
+        .patch(
+            "frozen",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"k": "other"}})),
+        )
+        .await
+        .expect_err("immutable data");
+    assert_eq!(api_status(err).0, 422);
+    cms.patch(
+        "frozen",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"ok": "yes"}}})),
+    )
+    .await
+    .expect("metadata still changes");
+}
