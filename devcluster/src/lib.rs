@@ -241,11 +241,23 @@ impl DevCluster {
         self.work_dir.join("logs")
     }
 
-    /// A `kubectl` command already pointed at this cluster.
+    /// A blocking `kubectl` command already pointed at this cluster (from async tests prefer
+    /// [`DevCluster::kubectl_output`]).
     pub fn kubectl(&self) -> std::process::Command {
         let mut c = std::process::Command::new("kubectl");
         c.env("KUBECONFIG", &self.kubeconfig);
         c
+    }
+
+    /// Run kubectl against this cluster without blocking the runtime the server lives on.
+    pub async fn kubectl_output(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
+        tokio::process::Command::new("kubectl")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
     }
 
     /// The in-process state, for tests that inspect the store directly.

@@ -144,6 +144,11 @@ async fn pods_run_as_processes_with_ips_env_probes_and_graceful_deletion() {
         .await
         .expect("logs");
     assert!(logs.contains(&format!("serving on {ip}")), "{logs}");
+    let out = dc
+        .kubectl_output(&["logs", "worker", "--tail=-1"])
+        .await
+        .expect("kubectl logs");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("serving on"));
     let r = common::kubectl(&dc, &["logs", "worker"]).await;
     assert!(
         r.ok && r.stdout.contains("serving on"),
