@@ -75,6 +75,13 @@ struct ContainerState {
     waiting: Option<(String, String)>,
 }
 
+/// Init containers of one pod and whether they all completed.
+#[derive(Default)]
+struct InitStatus {
+    states: Mutex<Vec<ContainerState>>,
+    done: std::sync::atomic::AtomicBool,
+}
+
 struct PodRun {
     stop: watch::Sender<bool>,
     pgids: Arc<Mutex<HashMap<String, u32>>>,
@@ -321,9 +328,28 @@ impl Kubelet {
                 })
                 .collect(),
         ));
+        let init_containers: Vec<Value> = pod
+            .pointer("/spec/initContainers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let init = Arc::new(InitStatus {
+            states: Mutex::new(
+                init_containers
+                    .iter()
+                    .map(|c| ContainerState {
+                        name: c.get("name").and_then(Value::as_str).unwrap_or("").into(),
+                        image: c.get("image").and_then(Value::as_str).unwrap_or("").into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            done: std::sync::atomic::AtomicBool::new(init_containers.is_empty()),
+        });
         let changed = Arc::new(Notify::new());
         let unmapped: Vec<String> = containers
             .iter()
+            .chain(init_containers.iter())
             .filter_map(|c| c.get("image").and_then(Value::as_str))
             .filter(|i| self.mapping(i).is_none())
             .map(str::to_string)
@@ -342,8 +368,15 @@ impl Kubelet {
                     };
                     s.waiting = Some(("ImageNotMapped".into(), msg));
                 }
+                let mut ist = init.states.lock().unwrap_or_else(|e| e.into_inner());
+                for s in ist.iter_mut() {
+                    s.waiting = Some((
+                        "ImageNotMapped".into(),
+                        format!("no local command is mapped to image {:?}", s.image),
+                    ));
+                }
             }
-            self.write_pod_status(&ns, &name, &ip, &started, &states, "Pending");
+            self.write_pod_status(&ns, &name, &ip, &started, &states, &init, "Pending");
             self.cluster.record_event(
                 &pod,
                 "Warning",
@@ -373,6 +406,101 @@ impl Kubelet {
             .unwrap_or("Always")
             .to_string();
         let env_ctx = EnvContext::new(&self.cluster, &pod, &ip);
+        // Init containers run one at a time, each to success, before any app container starts.
+        for (idx, c) in init_containers.iter().enumerate() {
+            if c.get("restartPolicy").and_then(Value::as_str) == Some("Always") {
+                // Native sidecars are not run: say so instead of pretending.
+                {
+                    let mut ist = init.states.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(s) = ist.get_mut(idx) {
+                        s.waiting = Some((
+                            "Unsupported".into(),
+                            "devcluster does not run restartable init containers (native sidecars)"
+                                .into(),
+                        ));
+                    }
+                }
+                self.write_pod_status(&ns, &name, &ip, &started, &states, &init, "Pending");
+                let _ = stop.wait_for(|s| *s).await;
+                self.finish_pod(&ns, &name, &ip);
+                return;
+            }
+            let mapping = self
+                .mapping(c.get("image").and_then(Value::as_str).unwrap_or(""))
+                .cloned()
+                .expect("checked above");
+            let env = env_ctx.env_for(c);
+            let argv = build_argv(&mapping, c, &env);
+            let log = self.logs_dir.join(format!(
+                "{ns}_{name}_{}.log",
+                c.get("name").and_then(Value::as_str).unwrap_or("")
+            ));
+            let init_states = Arc::new(Mutex::new(
+                init.states
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+            ));
+            let runner = ContainerRunner {
+                idx,
+                spec: c.clone(),
+                argv,
+                env,
+                log,
+                restart_policy: if restart_policy == "Never" {
+                    "Never".into()
+                } else {
+                    "OnFailure".into()
+                },
+                states: init_states.clone(),
+                changed: changed.clone(),
+                pgids: pgids.clone(),
+                ip: ip.clone(),
+                stop: stop.clone(),
+            };
+            let mut task = tokio::spawn(runner.run());
+            let sync = |init: &InitStatus| {
+                let st = init_states.lock().unwrap_or_else(|e| e.into_inner());
+                let mut ist = init.states.lock().unwrap_or_else(|e| e.into_inner());
+                if let (Some(dst), Some(src)) = (ist.get_mut(idx), st.get(idx)) {
+                    *dst = src.clone();
+                    dst.ready = false;
+                }
+            };
+            let stopped = loop {
+                sync(&init);
+                self.write_pod_status(&ns, &name, &ip, &started, &states, &init, "Pending");
+                tokio::select! {
+                    _ = changed.notified() => {}
+                    _ = stop.wait_for(|s| *s) => break true,
+                    _ = &mut task => break false,
+                }
+            };
+            sync(&init);
+            if stopped {
+                self.kill_groups(&pgids, Signal::SIGKILL);
+                let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+                self.finish_pod(&ns, &name, &ip);
+                return;
+            }
+            let failed = init
+                .states
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(idx)
+                .and_then(|s| s.terminated.as_ref())
+                .and_then(|t| t.get("exitCode"))
+                .and_then(Value::as_i64)
+                .unwrap_or(1)
+                != 0;
+            if failed {
+                self.write_pod_status(&ns, &name, &ip, &started, &states, &init, "Failed");
+                let _ = stop.wait_for(|s| *s).await;
+                self.finish_pod(&ns, &name, &ip);
+                return;
+            }
+        }
+        init.done.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut tasks = Vec::new();
         for (idx, c) in containers.iter().enumerate() {
             let mapping = self
@@ -415,7 +543,7 @@ impl Kubelet {
                     "Pending"
                 }
             };
-            self.write_pod_status(&ns, &name, &ip, &started, &states, phase);
+            self.write_pod_status(&ns, &name, &ip, &started, &states, &init, phase);
             tokio::select! {
                 _ = changed.notified() => {}
                 _ = stop.wait_for(|s| *s) => break None,
@@ -434,7 +562,7 @@ impl Kubelet {
                     s.ready = false;
                 }
             }
-            self.write_pod_status(&ns, &name, &ip, &started, &states, phase);
+            self.write_pod_status(&ns, &name, &ip, &started, &states, &init, phase);
             let _ = stop.wait_for(|s| *s).await;
             self.release_ip(&ip);
             let _ = self.cluster.delete(
@@ -519,6 +647,26 @@ impl Kubelet {
         );
     }
 
+    fn kill_groups(&self, pgids: &Arc<Mutex<HashMap<String, u32>>>, sig: Signal) {
+        for pg in pgids.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            let _ = killpg(Pid::from_raw(*pg as i32), sig);
+        }
+    }
+
+    /// The pod's processes are gone: release its address and let the object go.
+    fn finish_pod(&self, ns: &str, name: &str, ip: &str) {
+        self.release_ip(ip);
+        let _ = self.cluster.delete(
+            &self.pod_info,
+            ns,
+            name,
+            &DeleteOptions {
+                grace_seconds: Some(0),
+                ..Default::default()
+            },
+        );
+    }
+
     fn write_pod_status(
         &self,
         ns: &str,
@@ -526,9 +674,16 @@ impl Kubelet {
         ip: &str,
         started: &str,
         states: &Arc<Mutex<Vec<ContainerState>>>,
+        init: &InitStatus,
         phase: &str,
     ) {
         let st = states.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let init_st = init
+            .states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let initialized = init.done.load(std::sync::atomic::Ordering::SeqCst);
         let Some(cur) = self.cluster.try_get(&self.pod_info, ns, name) else {
             return;
         };
@@ -562,34 +717,13 @@ impl Kubelet {
         } else {
             Some("ContainersNotReady")
         };
-        let statuses: Vec<Value> = st
-            .iter()
-            .map(|s| {
-                let state = if let Some(t) = &s.terminated {
-                    json!({"terminated": t})
-                } else if let Some(since) = &s.running_since {
-                    json!({"running": {"startedAt": since}})
-                } else if let Some((reason, msg)) = &s.waiting {
-                    json!({"waiting": {"reason": reason, "message": msg}})
-                } else {
-                    json!({"waiting": {"reason": "ContainerCreating"}})
-                };
-                let mut v = json!({
-                    "name": s.name, "image": s.image, "imageID": format!("devcluster://{}", s.image),
-                    "ready": s.ready, "restartCount": s.restarts, "started": s.running_since.is_some(),
-                    "state": state, "lastState": s.last_terminated.as_ref().map(|t| json!({"terminated": t})).unwrap_or(json!({})),
-                });
-                if let Some(pid) = s.pid {
-                    v["containerID"] = json!(format!("devcluster://{pid}"));
-                }
-                v
-            })
-            .collect();
+        let statuses: Vec<Value> = st.iter().map(container_status).collect();
+        let init_statuses: Vec<Value> = init_st.iter().map(container_status).collect();
         let status = json!({
             "phase": phase,
             "conditions": [
                 cond("PodReadyToStartContainers", true, None),
-                cond("Initialized", true, None),
+                cond("Initialized", initialized, (!initialized).then_some("ContainersNotInitialized")),
                 cond("Ready", all_ready, not_ready_reason),
                 cond("ContainersReady", all_ready, not_ready_reason),
                 cond("PodScheduled", true, None),
@@ -600,6 +734,7 @@ impl Kubelet {
             "podIPs": [{"ip": ip}],
             "startTime": started,
             "containerStatuses": statuses,
+            "initContainerStatuses": init_statuses,
             "qosClass": cur.pointer("/status/qosClass").cloned().unwrap_or(json!("BestEffort")),
         });
         if cur.get("status") == Some(&status) {
@@ -609,6 +744,27 @@ impl Kubelet {
             .cluster
             .write_status(&self.pod_info, ns, name, status, "kubelet");
     }
+}
+
+fn container_status(s: &ContainerState) -> Value {
+    let state = if let Some(t) = &s.terminated {
+        json!({"terminated": t})
+    } else if let Some(since) = &s.running_since {
+        json!({"running": {"startedAt": since}})
+    } else if let Some((reason, msg)) = &s.waiting {
+        json!({"waiting": {"reason": reason, "message": msg}})
+    } else {
+        json!({"waiting": {"reason": "ContainerCreating"}})
+    };
+    let mut v = json!({
+        "name": s.name, "image": s.image, "imageID": format!("devcluster://{}", s.image),
+        "ready": s.ready, "restartCount": s.restarts, "started": s.running_since.is_some(),
+        "state": state, "lastState": s.last_terminated.as_ref().map(|t| json!({"terminated": t})).unwrap_or(json!({})),
+    });
+    if let Some(pid) = s.pid {
+        v["containerID"] = json!(format!("devcluster://{pid}"));
+    }
+    v
 }
 
 /// Resolves env values: literals with `$(VAR)` expansion, fieldRef, configMap/secret refs.

@@ -474,3 +474,64 @@ async fn shutdown_stops_every_pod_process_even_under_a_deployment() {
         assert!(!alive, "process {pid} outlived the devcluster");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_containers_run_to_completion_first() {
+    let dc = cluster().await;
+    let pods: Api<Pod> = Api::namespaced(dc.client(), "default");
+    let dir = std::env::temp_dir().join(format!("ferry-dc-init-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let marker = dir.join("initialized");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "inited"},
+        "spec": {
+            "initContainers": [{"name": "prepare", "image": "example.com/shell:1", "args": [format!("sleep 0.5; touch {}", marker.display())]}],
+            "containers": [{"name": "main", "image": "example.com/shell:1", "args": [format!("test -f {} && sleep 300", marker.display())]}]
+        }
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
+    let p = wait_pod(&pods, "inited", "main running after init", ready).await;
+    let st = p.status.expect("status");
+    let init = st.init_container_statuses.expect("init statuses");
+    let term = init[0]
+        .state
+        .clone()
+        .and_then(|s| s.terminated)
+        .expect("init terminated");
+    assert_eq!(term.exit_code, 0);
+    assert!(
+        st.conditions
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Initialized" && c.status == "True")
+    );
+    // A failing init container with restartPolicy Never fails the pod; the app never starts.
+    let bad: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "badinit"},
+        "spec": {
+            "restartPolicy": "Never",
+            "initContainers": [{"name": "prepare", "image": "example.com/shell:1", "args": ["exit 7"]}],
+            "containers": [{"name": "main", "image": "example.com/shell:1", "args": ["sleep 300"]}]
+        }
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &bad)
+        .await
+        .expect("create");
+    let failed = wait_pod(&pods, "badinit", "pod failed", |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
+    })
+    .await;
+    let st = failed.status.expect("status");
+    assert!(
+        st.container_statuses.unwrap_or_default().iter().all(|c| c
+            .state
+            .as_ref()
+            .and_then(|s| s.running.as_ref())
+            .is_none())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
