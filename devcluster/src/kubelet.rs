@@ -667,6 +667,7 @@ impl Kubelet {
         );
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn write_pod_status(
         &self,
         ns: &str,
