@@ -67,3 +67,21 @@ pub async fn eventually<T>(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Runs each scenario `async fn name(provider: Provider)` as two tests, `name::sqs` and
+/// `name::pubsub`, so every behaviour is pinned on both providers.
+#[macro_export]
+macro_rules! for_both_providers {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqs() {
+                super::$scenario(ferry_queues::Provider::Sqs).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pubsub() {
+                super::$scenario(ferry_queues::Provider::PubSub).await
+            }
+        }
+    )*};
+}

@@ -98,6 +98,14 @@ impl Sidecar {
         Some((status, response.text().await.ok()?))
     }
 
+    /// `ferry_messages_completed_total{outcome}`: how many deliveries ended that way.
+    pub async fn completed(&self, outcome: &str) -> Option<f64> {
+        self.metric(&format!(
+            "ferry_messages_completed_total{{outcome=\"{outcome}\""
+        ))
+        .await
+    }
+
     /// The value of one series in `/metrics`, e.g. `ferry_messages_completed_total{outcome="succeeded"`
     /// (the label set may be a prefix of the exposed one).
     pub async fn metric(&self, series: &str) -> Option<f64> {

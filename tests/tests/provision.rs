@@ -30,22 +30,7 @@ fn request(provider: Provider) -> QueueRequest {
     }
 }
 
-macro_rules! for_both_providers {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqs() {
-                super::$scenario(ferry_queues::Provider::Sqs).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn pubsub() {
-                super::$scenario(ferry_queues::Provider::PubSub).await
-            }
-        }
-    )*};
-}
-
-for_both_providers!(
+ferry_tests::for_both_providers!(
     creating_is_idempotent_and_drift_is_corrected,
     a_queue_owned_by_someone_else_is_refused_unless_adopted,
     deletion_refuses_while_dead_letters_wait_unless_forced,
