@@ -2,4 +2,5 @@
 
 pub mod autoscaler;
 pub mod builders;
+pub mod leader;
 pub mod sim;
