@@ -1,0 +1,83 @@
+//! CPU time and peak memory of a process and its descendants, from /proc.
+
+use std::collections::HashMap;
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK`; 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+struct Stat {
+    ppid: u32,
+    /// utime + stime + cutime + cstime, in ticks.
+    ticks: u64,
+}
+
+fn stat(pid: u32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces; fields follow the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14).
+    let num = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    Some(Stat {
+        ppid: num(1)? as u32,
+        ticks: num(11)? + num(12)? + num(13)? + num(14)?,
+    })
+}
+
+/// `pid` and every live process below it.
+pub fn tree(pid: u32) -> Vec<u32> {
+    let mut parents: HashMap<u32, Vec<u32>> = HashMap::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            if let Some(child) = entry.file_name().to_str().and_then(|n| n.parse().ok())
+                && let Some(s) = stat(child)
+            {
+                parents.entry(s.ppid).or_default().push(child);
+            }
+        }
+    }
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        if let Some(children) = parents.get(&out[i]) {
+            out.extend(children);
+        }
+        i += 1;
+    }
+    out
+}
+
+/// CPU seconds (user + system, children included) used so far by `pid`'s tree.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    tree(pid)
+        .into_iter()
+        .filter_map(stat)
+        .map(|s| s.ticks as f64 / TICKS_PER_SECOND)
+        .sum()
+}
+
+/// Peak resident memory (VmHWM) of `pid`'s tree, in MiB.
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    tree(pid)
+        .into_iter()
+        .filter_map(|p| {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .sum::<f64>()
+        / 1024.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id();
+        assert!(cpu_seconds(me) >= 0.0);
+        assert!(peak_rss_mib(me) > 0.0);
+        assert_eq!(tree(me)[0], me);
+    }
+}
