@@ -98,6 +98,21 @@ async fn watcher_survives_reconnects_and_410_relists_without_missing_changes() {
         }
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
+    // Reconnects keep resuming from the last ConfigMap change while the noise continues, so a
+    // 410 relist is bound to happen; wait for one before letting the noise stop.
+    let state = dc.state().clone();
+    eventually(20, "a 410 relist", || {
+        let state = state.clone();
+        async move {
+            (state
+                .stats
+                .watches_expired
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0)
+            .then_some(())
+        }
+    })
+    .await;
     for n in &noise {
         n.abort();
     }
