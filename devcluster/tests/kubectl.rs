@@ -267,25 +267,30 @@ async fn custom_resources_with_printer_columns_watch_scale_and_validation() {
         .kill_on_drop(true)
         .spawn()
         .expect("kubectl get -w");
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let mut out = watch.stdout.take().expect("stdout");
+    let mut seen = String::new();
+    // Read until `want` shows up; the watch resumes from its list's version, so nothing that
+    // happens after the initial listing can be missed.
+    async fn read_until(out: &mut tokio::process::ChildStdout, seen: &mut String, want: &str) {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            while !seen.contains(want) {
+                let n = out.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+        .await;
+    }
+    read_until(&mut out, &mut seen, "ADDED").await;
     ok(
         &kubectl(&dc, &["scale", "widget/w1", "--replicas=5"]).await,
         "scale widget",
     );
-    let mut out = watch.stdout.take().expect("stdout");
-    let mut seen = String::new();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        use tokio::io::AsyncReadExt;
-        let mut buf = [0u8; 4096];
-        while !seen.contains("MODIFIED") {
-            let n = out.read(&mut buf).await.unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    })
-    .await;
+    read_until(&mut out, &mut seen, "MODIFIED").await;
     let _ = watch.kill().await;
     assert!(
         seen.contains("ADDED") && seen.contains("MODIFIED") && seen.contains("5"),
