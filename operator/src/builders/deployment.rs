@@ -69,6 +69,15 @@ fn check_worker_containers(containers: &[Container]) -> Result<(), BuildError> {
     Ok(())
 }
 
+/// `protocol` is part of the ports list's merge key (`containerPort`, `protocol`). Sent
+/// without it, a server that merges before defaulting sees a new port on every apply and
+/// appends a duplicate; spelling out the default makes the key match what is stored.
+fn default_port_protocols(container: &mut Container) {
+    for port in container.ports.iter_mut().flatten() {
+        port.protocol.get_or_insert_with(|| "TCP".into());
+    }
+}
+
 /// The worker Deployment `<name>-worker`: the user's pod template, restricted security
 /// settings filled in where unset, a preStop drain hook on worker containers that have none,
 /// the ferry-consumer sidecar appended, Ferry's labels and the owner reference.
@@ -85,9 +94,11 @@ pub fn desired_deployment(
     restrict_pod(&mut pod);
     for c in pod.init_containers.iter_mut().flatten() {
         restrict_container(c);
+        default_port_protocols(c);
     }
     for c in &mut pod.containers {
         restrict_container(c);
+        default_port_protocols(c);
         // Without it the worker would get SIGTERM while the sidecar is still delivering to
         // it; with it, the worker stops only after the sidecar has drained.
         let lifecycle = c.lifecycle.get_or_insert_with(Default::default);

@@ -394,3 +394,17 @@ fn scaling_maps_onto_the_autoscaler_spec_and_validates() {
     assert_eq!((spec.min_replicas, spec.max_replicas), (1, 5));
     assert_eq!(spec.validate(), Ok(()));
 }
+
+#[test]
+fn worker_ports_spell_out_the_default_protocol() {
+    let qc = consumer(json!({
+        "queue": {"provider": "sqs"},
+        "worker": {"spec": {"containers": [{"name": "w", "image": "w", "ports": [
+            {"containerPort": 8080},
+            {"containerPort": 5353, "protocol": "UDP"},
+        ]}]}},
+    }));
+    let ports = containers(&qc)[0].ports.clone().unwrap();
+    let protocols: Vec<_> = ports.iter().map(|p| p.protocol.as_deref()).collect();
+    assert_eq!(protocols, [Some("TCP"), Some("UDP")]);
+}
