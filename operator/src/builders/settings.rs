@@ -1,6 +1,7 @@
 //! What the builders need besides the QueueConsumer: the operator's installation settings and
 //! the identifiers of the queues the reconciler provisioned.
 
+use ferry_crds::QueueConsumerStatus;
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -63,4 +64,19 @@ pub struct ProvisionedNames {
     /// `FERRY_DEAD_LETTER_TOPIC` (Pub/Sub): where permanent failures are published; the
     /// sidecar reads it from the subscription's dead-letter policy when unset.
     pub dead_letter_topic: Option<String>,
+}
+
+impl ProvisionedNames {
+    /// The names recorded in `status.queue` / `status.deadLetter`, so a reconcile that did not
+    /// provision (nothing changed) still builds the same sidecar. `None` before the queue was
+    /// ever provisioned.
+    pub fn from_status(status: &QueueConsumerStatus) -> Option<Self> {
+        let queue = status.queue.as_ref()?;
+        let dead_letter = status.dead_letter.as_ref();
+        Some(Self {
+            queue: queue.id.clone(),
+            dead_letter: dead_letter.map(|d| d.id.clone()),
+            dead_letter_topic: dead_letter.and_then(|d| d.topic.clone()),
+        })
+    }
 }

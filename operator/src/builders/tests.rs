@@ -408,3 +408,37 @@ fn worker_ports_spell_out_the_default_protocol() {
     let protocols: Vec<_> = ports.iter().map(|p| p.protocol.as_deref()).collect();
     assert_eq!(protocols, [Some("TCP"), Some("UDP")]);
 }
+
+#[test]
+fn provisioned_names_come_back_from_status() {
+    use ferry_crds::{QueueConsumerStatus, QueueReference};
+    assert_eq!(
+        ProvisionedNames::from_status(&QueueConsumerStatus::default()),
+        None
+    );
+    let status = QueueConsumerStatus {
+        queue: Some(QueueReference {
+            name: "shop-orders".into(),
+            id: "projects/p/subscriptions/shop-orders".into(),
+            arn: None,
+            topic: Some("projects/p/topics/shop-orders".into()),
+        }),
+        dead_letter: Some(QueueReference {
+            name: "shop-orders-dead-letter".into(),
+            id: "projects/p/subscriptions/shop-orders-dead-letter".into(),
+            arn: None,
+            topic: Some("projects/p/topics/shop-orders-dead-letter".into()),
+        }),
+        ..QueueConsumerStatus::default()
+    };
+    let names = ProvisionedNames::from_status(&status).unwrap();
+    assert_eq!(names.queue, "projects/p/subscriptions/shop-orders");
+    assert_eq!(
+        names.dead_letter.as_deref(),
+        Some("projects/p/subscriptions/shop-orders-dead-letter")
+    );
+    assert_eq!(
+        names.dead_letter_topic.as_deref(),
+        Some("projects/p/topics/shop-orders-dead-letter")
+    );
+}
