@@ -209,8 +209,10 @@ fn step<'a>(cur: &'a Value, p: &str) -> Option<&'a Value> {
 }
 
 fn item_has(item: &Value, want: &Value) -> bool {
-    want.as_object()
-        .is_some_and(|w| w.iter().all(|(k, v)| item.get(k) == Some(v)))
+    want.as_object().is_some_and(|w| {
+        w.iter()
+            .all(|(k, v)| crate::patch::key_field(item, k).as_ref() == Some(v))
+    })
 }
 
 /// Remove the field a path addresses (a `.` leaf removes the list item itself).

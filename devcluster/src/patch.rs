@@ -228,11 +228,20 @@ fn merge_list(
 }
 
 /// The item key used by managed fields for a keyed list item: `k:{"name":"x"}`.
+/// A key field of a list item, with upstream's default applied: ports omit `protocol` for TCP,
+/// and an applied port without it must still match the stored (defaulted) one.
+pub fn key_field(item: &Value, key: &str) -> Option<Value> {
+    match (key, item.get(key)) {
+        ("protocol", None) if item.is_object() => Some(Value::String("TCP".into())),
+        (_, v) => v.cloned(),
+    }
+}
+
 pub fn item_key(item: &Value, keys: &[String]) -> String {
     let mut m = Map::new();
     for k in keys {
-        if let Some(v) = item.get(k) {
-            m.insert(k.clone(), v.clone());
+        if let Some(v) = key_field(item, k) {
+            m.insert(k.clone(), v);
         }
     }
     format!("k:{}", Value::Object(m))

@@ -1144,3 +1144,34 @@ async fn immutable_fields_are_refused() {
     .await
     .expect("metadata still changes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_matches_ports_without_protocol_to_their_defaulted_twin() {
+    let dc = quiet().await;
+    let deps: Api<Deployment> = Api::namespaced(dc.client(), "default");
+    let mut d = serde_json::to_value(deployment("ports", 1)).expect("json");
+    d["apiVersion"] = json!("apps/v1");
+    d["kind"] = json!("Deployment");
+    d["spec"]["template"]["spec"]["containers"][0]["ports"] =
+        json!([{"name": "http", "containerPort": 8080}]);
+    let ssa = PatchParams::apply("ferry").force();
+    for _ in 0..3 {
+        deps.patch("ports", &ssa, &Patch::Apply(&d))
+            .await
+            .expect("apply");
+    }
+    let got = deps.get("ports").await.expect("get");
+    let ports = got.spec.template.spec.expect("pod").containers[0]
+        .ports
+        .clone()
+        .unwrap_or_default();
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert_eq!(ports[0].protocol.as_deref(), Some("TCP"));
+    // No self-conflict and no spurious change: a fourth identical apply keeps the resourceVersion.
+    let rv = got.metadata.resource_version.clone();
+    let again = deps
+        .patch("ports", &PatchParams::apply("ferry"), &Patch::Apply(&d))
+        .await
+        .expect("apply again");
+    assert_eq!(again.metadata.resource_version, rv);
+}
