@@ -252,6 +252,13 @@ async fn custom_resources_with_printer_columns_watch_scale_and_validation() {
         "{}",
         r.stdout
     );
+    let explain = kubectl(&dc, &["explain", "widget.spec"]).await;
+    ok(&explain, "explain");
+    assert!(
+        explain.stdout.contains("minReplicas") && explain.stdout.contains("<integer>"),
+        "{}",
+        explain.stdout
+    );
     // get -w prints the change as it happens.
     let mut watch = tokio::process::Command::new("kubectl")
         .env("KUBECONFIG", dc.kubeconfig())
