@@ -2,5 +2,6 @@
 
 pub mod autoscaler;
 pub mod builders;
+pub mod controller;
 pub mod leader;
 pub mod sim;

@@ -1,0 +1,268 @@
+//! The QueueConsumer controller: read → build → apply → status, with one finalizer entry
+//! point for the deletion policy. Everything it decides comes from the pure builders and
+//! `queue_request`; this module only orchestrates calls.
+
+mod queue_request;
+mod status;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_crds::{DeletionPolicy, QueueConsumer};
+use ferry_queues::QueueErrorKind;
+use ferry_queues::provision::{DeleteOutcome, ProvisionedQueue, delete_queue, ensure_queue};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+
+pub use queue_request::{CloudSettings, queue_request};
+
+use crate::builders::{
+    OperatorSettings, ProvisionedNames, desired_deployment, desired_service_account,
+};
+
+/// The field manager of every object and status the operator writes.
+pub const FIELD_MANAGER: &str = "ferry-operator";
+/// Holds a QueueConsumer until its deletion policy has been carried out.
+pub const FINALIZER: &str = "ferry.dev/queue-cleanup";
+/// How often a healthy QueueConsumer is looked at again, to correct drift in the cloud.
+const RESYNC: Duration = Duration::from_secs(300);
+/// A terminal error (wrong name, no permission) will not fix itself; check back slowly.
+const TERMINAL_RETRY: Duration = Duration::from_secs(120);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("queue: {0}")]
+    Queue(#[from] ferry_queues::QueueError),
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    #[error(
+        "the dead-letter queue still holds {0} message(s); set spec.forceDelete: true to delete it anyway, or drain it first"
+    )]
+    DeadLetterNotEmpty(u64),
+}
+
+impl Error {
+    /// The `reason` label of `ferry_reconcile_errors_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Queue(e) => e.kind.label(),
+            Self::Kube(_) => "kubernetes",
+            Self::Finalizer(_) => "finalizer",
+            Self::DeadLetterNotEmpty(_) => "dead_letter_not_empty",
+        }
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: kube::Client,
+    pub settings: OperatorSettings,
+    pub cloud: CloudSettings,
+    /// Consecutive failures per object, for exponential backoff per object.
+    failures: Mutex<HashMap<ObjectRef<QueueConsumer>, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: kube::Client,
+        settings: OperatorSettings,
+        cloud: CloudSettings,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            settings,
+            cloud,
+            failures: Mutex::default(),
+        })
+    }
+}
+
+/// Runs the controller until the stream ends (the `shutdown` future resolves).
+pub async fn run(
+    ctx: Arc<Context>,
+    api: Api<QueueConsumer>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    Controller::new(api, watcher::Config::default())
+        .owns(
+            Api::<Deployment>::all(client.clone()),
+            watcher::Config::default().labels(crate::builders::MANAGED_BY_LABEL),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!("reconcile: {error}");
+            }
+        })
+        .await;
+}
+
+pub async fn reconcile(qc: Arc<QueueConsumer>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = qc.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<QueueConsumer> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, qc, |event| async {
+        match event {
+            Finalizer::Apply(qc) => apply(&qc, &ctx).await,
+            Finalizer::Cleanup(qc) => cleanup(&qc, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })
+}
+
+fn error_policy(qc: Arc<QueueConsumer>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = ObjectRef::from_obj(qc.as_ref());
+    let mut failures = ctx.failures.lock().expect("failures lock");
+    let count = failures.entry(key).or_insert(0);
+    *count += 1;
+    let delay = backoff(*count);
+    tracing::warn!(name = %qc.name_any(), namespace = ?qc.namespace(), attempt = *count, retry_in = ?delay, "{error}");
+    Action::requeue(delay)
+}
+
+/// 1 s doubling to 5 minutes: quick for a blip, gentle for a long outage.
+fn backoff(consecutive_failures: u32) -> Duration {
+    Duration::from_secs(1u64 << consecutive_failures.saturating_sub(1).min(9)).min(MAX_BACKOFF)
+}
+
+async fn apply(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
+    let namespace = qc.namespace().unwrap_or_else(|| "default".into());
+    let request = queue_request(qc, &ctx.cloud);
+    let provisioned = ensure_queue(&request).await;
+    let mut observed = status::Observed {
+        provisioned: None,
+        queue_error: None,
+        build_error: None,
+        deployment: None,
+    };
+    let mut requeue = RESYNC;
+    match provisioned {
+        Ok(queue) => {
+            if !queue.corrected.is_empty() {
+                tracing::info!(name = %qc.name_any(), corrected = ?queue.corrected, "queue settings drifted and were put back");
+            }
+            observed.provisioned = Some(queue);
+        }
+        Err(error) if is_terminal(error.kind) => {
+            observed.queue_error = Some(error);
+            requeue = TERMINAL_RETRY;
+        }
+        Err(error) => {
+            // Transient: report it, then let error_policy back off.
+            observed.queue_error = Some(error.clone());
+            status::write(qc, ctx, &observed).await?;
+            return Err(error.into());
+        }
+    }
+    if let Some(queue) = observed.provisioned.clone() {
+        apply_workload(qc, ctx, &namespace, &queue, &mut observed).await?;
+    }
+    ctx.failures
+        .lock()
+        .expect("failures lock")
+        .remove(&ObjectRef::from_obj(qc));
+    status::write(qc, ctx, &observed).await?;
+    Ok(Action::requeue(requeue))
+}
+
+fn is_terminal(kind: QueueErrorKind) -> bool {
+    matches!(
+        kind,
+        QueueErrorKind::NotFound
+            | QueueErrorKind::PermissionDenied
+            | QueueErrorKind::Invalid
+            | QueueErrorKind::Conflict
+    )
+}
+
+async fn apply_workload(
+    qc: &QueueConsumer,
+    ctx: &Context,
+    namespace: &str,
+    queue: &ProvisionedQueue,
+    observed: &mut status::Observed,
+) -> Result<(), Error> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
+    if let Some(account) = desired_service_account(qc) {
+        let name = account.metadata.name.clone().unwrap_or_default();
+        accounts
+            .patch(&name, &params, &Patch::Apply(&account))
+            .await?;
+    }
+    let names = ProvisionedNames {
+        queue: queue.queue.clone(),
+        dead_letter: Some(queue.dead_letter.clone()),
+        dead_letter_topic: (qc.spec.queue.provider == ferry_crds::QueueProvider::Pubsub)
+            .then(|| queue.dead_letter_publish_to.clone()),
+    };
+    match desired_deployment(qc, &ctx.settings, &names) {
+        Ok(deployment) => {
+            let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+            let name = deployment.metadata.name.clone().unwrap_or_default();
+            let applied = deployments
+                .patch(&name, &params, &Patch::Apply(&deployment))
+                .await?;
+            observed.deployment = Some(applied);
+        }
+        Err(error) => observed.build_error = Some(error),
+    }
+    Ok(())
+}
+
+async fn cleanup(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
+    if qc.spec.deletion_policy == DeletionPolicy::Retain {
+        tracing::info!(name = %qc.name_any(), "deletionPolicy Retain: the queue, its dead-letter queue and their messages stay");
+        return Ok(Action::await_change());
+    }
+    let request = queue_request(qc, &ctx.cloud);
+    match delete_queue(&request, qc.spec.force_delete).await? {
+        DeleteOutcome::Deleted => {
+            tracing::info!(name = %qc.name_any(), "deletionPolicy Delete: queue and dead-letter queue deleted");
+            Ok(Action::await_change())
+        }
+        DeleteOutcome::DeadLetterNotEmpty(count) => {
+            let error = Error::DeadLetterNotEmpty(count);
+            status::write_deletion_blocked(qc, ctx, &error).await?;
+            Err(error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_cap() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(16));
+        assert_eq!(backoff(30), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn only_fixable_errors_are_terminal() {
+        assert!(is_terminal(QueueErrorKind::Conflict));
+        assert!(is_terminal(QueueErrorKind::PermissionDenied));
+        assert!(!is_terminal(QueueErrorKind::Throttled));
+        assert!(!is_terminal(QueueErrorKind::Unavailable));
+    }
+}

@@ -1,0 +1,301 @@
+//! The controller against devcluster and moto's SQS server: a QueueConsumer becomes a queue
+//! with its dead-letter queue and a worker Deployment with the sidecar, its status says so,
+//! and deletion follows the deletion policy without losing dead letters.
+
+use std::time::Duration;
+
+use ferry_crds::QueueConsumer;
+use ferry_devcluster::DevCluster;
+use ferry_operator::builders::OperatorSettings;
+use ferry_operator::controller::{self, CloudSettings, Context};
+use ferry_queues::provision::{OutgoingMessage, ensure_queue, publish};
+use ferry_tests::emulators;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, PostParams};
+
+struct Running {
+    cluster: DevCluster,
+    moto: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn start() -> Self {
+        let cluster = DevCluster::builder()
+            .kubelet(false)
+            .start()
+            .await
+            .expect("devcluster");
+        let client = cluster.client();
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        crds.create(&PostParams::default(), &ferry_crds::crd::crd())
+            .await
+            .expect("install the CRD");
+        let moto = emulators::moto().url();
+        let cloud = CloudSettings {
+            sqs_endpoint: Some(moto.clone()),
+            cluster_name: "test".into(),
+            ..Default::default()
+        };
+        let ctx = Context::new(
+            client.clone(),
+            OperatorSettings::new("ghcr.io/ferry-dev/consumer:test"),
+            cloud,
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(controller::run(ctx, Api::all(client), async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            cluster,
+            moto,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn api(&self) -> Api<QueueConsumer> {
+        Api::namespaced(self.cluster.client(), "default")
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+fn consumer(name: &str, deletion_policy: &str, force: bool) -> QueueConsumer {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "QueueConsumer",
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": {
+            "queue": { "provider": "sqs", "name": ferry_tests::unique_name("op") },
+            "deadLetter": { "maxDeliveries": 4 },
+            "deletionPolicy": deletion_policy,
+            "forceDelete": force,
+            "worker": { "spec": { "containers": [{ "name": "worker", "image": "example.com/worker:1" }] } },
+        }
+    }))
+    .expect("a valid QueueConsumer")
+}
+
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    ferry_tests::eventually(Duration::from_secs(30), what, async || check().await).await
+}
+
+fn condition(qc: &QueueConsumer, type_: &str) -> Option<(String, String, String)> {
+    let c = qc
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_consumer_gets_its_queue_dead_letter_queue_and_worker() {
+    let running = Running::start().await;
+    let api = running.api();
+    let qc = api
+        .create(&PostParams::default(), &consumer("orders", "Retain", false))
+        .await
+        .expect("create");
+    let queue_name = qc.spec.queue.name.clone().unwrap();
+
+    let ready = eventually("QueueReady=True", async || {
+        let qc = api.get("orders").await.ok()?;
+        (condition(&qc, "QueueReady")?.0 == "True").then_some(qc)
+    })
+    .await;
+    let status = ready.status.clone().unwrap();
+    let queue_url = status.queue.as_ref().unwrap().id.clone();
+    assert!(queue_url.ends_with(&queue_name), "{queue_url}");
+    assert!(
+        status
+            .dead_letter
+            .as_ref()
+            .unwrap()
+            .id
+            .ends_with(&format!("{queue_name}-dlq"))
+    );
+    assert_eq!(status.observed_generation, ready.metadata.generation);
+    assert!(
+        ready
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == controller::FINALIZER)
+    );
+
+    // The queue really exists, with its DLQ, and belongs to this object.
+    let mut request = controller::queue_request(
+        &ready,
+        &CloudSettings {
+            sqs_endpoint: Some(running.moto.clone()),
+            cluster_name: "test".into(),
+            ..Default::default()
+        },
+    );
+    request.adopt = false;
+    let existing = ensure_queue(&request)
+        .await
+        .expect("the queue is there and ours");
+    assert!(existing.created.is_empty(), "{existing:?}");
+
+    // The worker Deployment carries the sidecar configured for this queue.
+    let deployments: Api<Deployment> = Api::namespaced(running.cluster.client(), "default");
+    let deployment = deployments
+        .get("orders-worker")
+        .await
+        .expect("worker Deployment");
+    let pod = deployment.spec.template.spec.clone().unwrap();
+    let sidecar = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "ferry-consumer")
+        .expect("sidecar injected");
+    let env = |name: &str| {
+        sidecar
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(env("FERRY_QUEUE").as_deref(), Some(queue_url.as_str()));
+    assert_eq!(env("FERRY_PROVIDER").as_deref(), Some("sqs"));
+    assert!(env("FERRY_DEAD_LETTER").unwrap().ends_with("-dlq"));
+    let owner = deployment
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default();
+    assert_eq!(
+        owner.first().map(|o| o.kind.as_str()),
+        Some("QueueConsumer")
+    );
+
+    // No pods run here (no kubelet), so the workload is not ready and Ready says why.
+    let (ready_status, reason, message) = condition(&ready, "Ready").unwrap();
+    assert_eq!(ready_status, "False");
+    assert_eq!(reason, "WorkerUnavailable", "{message}");
+
+    // A second look changes nothing: no status churn.
+    let version = api.get("orders").await.unwrap().metadata.resource_version;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        api.get("orders").await.unwrap().metadata.resource_version,
+        version
+    );
+
+    // Retain: deleting the object leaves the queue (and its messages) in place.
+    api.delete("orders", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("the object to go", async || {
+        api.get_opt("orders").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(
+        ensure_queue(&request)
+            .await
+            .expect("still there")
+            .created
+            .is_empty()
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_policy_waits_for_dead_letters_unless_forced() {
+    let running = Running::start().await;
+    let api = running.api();
+    api.create(
+        &PostParams::default(),
+        &consumer("payments", "Delete", false),
+    )
+    .await
+    .expect("create");
+    let qc = eventually("QueueReady=True", async || {
+        let qc = api.get("payments").await.ok()?;
+        (condition(&qc, "QueueReady")?.0 == "True").then_some(qc)
+    })
+    .await;
+    let dead_letter = qc
+        .status
+        .as_ref()
+        .unwrap()
+        .dead_letter
+        .as_ref()
+        .unwrap()
+        .id
+        .clone();
+    publish(
+        ferry_queues::Provider::Sqs,
+        Some(&running.moto),
+        &dead_letter,
+        vec![OutgoingMessage {
+            body: b"{\"parked\":1}".to_vec(),
+            ..Default::default()
+        }],
+    )
+    .await
+    .expect("a dead letter");
+
+    api.delete("payments", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let blocked = eventually("Ready=False DeletionBlocked", async || {
+        let qc = api.get("payments").await.ok()?;
+        (condition(&qc, "Ready")?.1 == "DeletionBlocked").then_some(qc)
+    })
+    .await;
+    assert!(
+        condition(&blocked, "Ready")
+            .unwrap()
+            .2
+            .contains("forceDelete")
+    );
+    assert!(
+        blocked.metadata.deletion_timestamp.is_some(),
+        "the object waits, held by the finalizer"
+    );
+
+    // The user decides the dead letters may go.
+    let patch = serde_json::json!({ "spec": { "forceDelete": true } });
+    api.patch(
+        "payments",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .expect("force");
+    eventually("the object to go", async || {
+        api.get_opt("payments").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let request = controller::queue_request(
+        &qc,
+        &CloudSettings {
+            sqs_endpoint: Some(running.moto.clone()),
+            cluster_name: "test".into(),
+            ..Default::default()
+        },
+    );
+    assert!(
+        !ensure_queue(&request)
+            .await
+            .expect("recreate")
+            .created
+            .is_empty(),
+        "the queues had been deleted"
+    );
+    running.stop().await;
+}
