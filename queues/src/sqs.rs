@@ -61,6 +61,20 @@ pub async fn client(endpoint: Option<&str>, queue_url_hint: Option<&str>) -> Cli
             "ferry-local-endpoint",
         ));
     }
+    // The region, when we can know it without asking the instance metadata service: the
+    // queue URL names it, the environment may set it, and a local server does not care.
+    // Leaving it to the default chain would query the metadata address, which only makes
+    // sense on EC2/EKS without AWS_REGION.
+    let region_from_env = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
+    match queue_url_hint.and_then(region_from_queue_url) {
+        Some(region) => loader = loader.region(Region::new(region)),
+        None if endpoint.is_some() && !region_from_env => {
+            loader = loader.region(Region::new("us-east-1"))
+        }
+        None => {}
+    }
     let shared = loader.load().await;
     let mut config = aws_sdk_sqs::config::Builder::from(&shared);
     if shared.region().is_none() {

@@ -1,0 +1,178 @@
+//! ferry-operator: watches QueueConsumers and makes each one a queue with its dead-letter
+//! queue and a worker Deployment with the ferry-consumer sidecar.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use clap::Parser;
+use ferry_crds::QueueConsumer;
+use ferry_operator::builders::OperatorSettings;
+use ferry_operator::controller::{self, CloudSettings, Context};
+use ferry_operator::leader::{ElectionSettings, LeaderElection};
+use kube::Api;
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "The Ferry operator: QueueConsumer → queue + dead-letter queue + autoscaled worker"
+)]
+struct Options {
+    /// The ferry-consumer image injected into every worker pod.
+    #[arg(long, env = "FERRY_SIDECAR_IMAGE", default_value = concat!("ghcr.io/ferry-dev/consumer:", env!("CARGO_PKG_VERSION")))]
+    sidecar_image: String,
+    /// An SQS-compatible server to provision on and to point sidecars at (local clusters).
+    #[arg(long, env = "FERRY_SQS_ENDPOINT")]
+    sqs_endpoint: Option<String>,
+    /// The Pub/Sub emulator (host:port) to provision on and to point sidecars at.
+    #[arg(long, env = "PUBSUB_EMULATOR_HOST")]
+    pubsub_emulator_host: Option<String>,
+    /// Project for Pub/Sub QueueConsumers that do not name one.
+    #[arg(long, env = "FERRY_PUBSUB_PROJECT")]
+    pubsub_project: Option<String>,
+    /// Recorded on every queue as its owner's cluster, so two clusters never take each
+    /// other's queues.
+    #[arg(long, env = "FERRY_CLUSTER_NAME", default_value = "default")]
+    cluster_name: String,
+    /// Watch only this namespace (all namespaces when unset).
+    #[arg(long, env = "FERRY_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "FERRY_LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    listen_addr: SocketAddr,
+    /// Elect a leader among replicas on a Lease (turn off only for a single replica).
+    #[arg(long, env = "FERRY_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the leader-election Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ferry-system")]
+    lease_namespace: String,
+    /// This replica's identity in the election (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let options = Options::parse();
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("no Kubernetes API: {e}; run in a cluster or set KUBECONFIG")
+    })?;
+    let leading = Arc::new(AtomicBool::new(!options.leader_election));
+    serve_health(options.listen_addr, leading.clone()).await?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        tracing::info!("stopping");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let election = if options.leader_election {
+        let identity = options.identity.clone().unwrap_or_else(|| {
+            std::env::var("HOSTNAME")
+                .unwrap_or_else(|_| format!("ferry-operator-{}", std::process::id()))
+        });
+        let election = LeaderElection::new(
+            client.clone(),
+            ElectionSettings {
+                lease_name: "ferry-operator".into(),
+                namespace: options.lease_namespace.clone(),
+                identity,
+                lease_duration: Duration::from_secs(15),
+                renew_every: Duration::from_secs(5),
+            },
+        );
+        let mut leadership = election.leadership();
+        tokio::spawn(election.run(stopped(stop_rx.clone())));
+        // Only the leader reconciles; a follower waits (or stops with the process).
+        tokio::select! {
+            _ = leadership.wait_for(|l| *l) => {}
+            _ = stopped(stop_rx.clone()) => return Ok(()),
+        }
+        leading.store(true, Ordering::SeqCst);
+        Some(leadership)
+    } else {
+        None
+    };
+
+    let mut settings = OperatorSettings::new(options.sidecar_image.clone());
+    settings.queue_endpoint = options
+        .sqs_endpoint
+        .clone()
+        .or(options.pubsub_emulator_host.clone());
+    let cloud = CloudSettings {
+        sqs_endpoint: options.sqs_endpoint.clone(),
+        pubsub_endpoint: options.pubsub_emulator_host.clone(),
+        pubsub_project: options.pubsub_project.clone(),
+        cluster_name: options.cluster_name.clone(),
+    };
+    let api: Api<QueueConsumer> = match &options.watch_namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    let ctx = Context::new(client, settings, cloud);
+    let stop = stopped(stop_rx.clone());
+    let lost = async move {
+        match election {
+            Some(mut leadership) => {
+                let _ = leadership.wait_for(|l| !*l).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let shutdown = async move {
+        tokio::select! {
+            _ = stop => {}
+            _ = lost => tracing::error!("lost the leader lease; stopping so a restart rejoins as a follower"),
+        }
+    };
+    tracing::info!(sidecar_image = %options.sidecar_image, "reconciling QueueConsumers");
+    controller::run(ctx, api, shutdown).await;
+    Ok(())
+}
+
+/// `/healthz` answers while the process runs; `/readyz` once this replica leads (a follower
+/// is alive but not doing the work).
+async fn serve_health(addr: SocketAddr, leading: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on FERRY_LISTEN_ADDR={addr}: {e}"))?;
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let leading = leading.load(Ordering::SeqCst);
+                async move {
+                    if leading {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not leading\n")
+                    }
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!("health server stopped: {error}");
+        }
+    });
+    Ok(())
+}
