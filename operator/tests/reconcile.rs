@@ -182,6 +182,12 @@ async fn a_queue_consumer_gets_its_queue_dead_letter_queue_and_worker() {
         Some("QueueConsumer")
     );
 
+    // Ferry made the workers' ServiceAccount; once the template names the user's own, it goes.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(running.cluster.client(), "default");
+    assert!(accounts.get_opt("orders-worker").await.unwrap().is_some());
+    assert_eq!(pod.service_account_name.as_deref(), Some("orders-worker"));
+
     // No pods run here (no kubelet), so the workload is not ready and Ready says why.
     let (ready_status, reason, message) = condition(&ready, "Ready").unwrap();
     assert_eq!(ready_status, "False");
@@ -194,6 +200,24 @@ async fn a_queue_consumer_gets_its_queue_dead_letter_queue_and_worker() {
         api.get("orders").await.unwrap().metadata.resource_version,
         version
     );
+
+    let own_account = serde_json::json!({ "spec": { "worker": { "spec": { "serviceAccountName": "team-account" } } } });
+    api.patch(
+        "orders",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&own_account),
+    )
+    .await
+    .expect("patch");
+    eventually("Ferry's ServiceAccount to be removed", async || {
+        accounts
+            .get_opt("orders-worker")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
 
     // Retain: deleting the object leaves the queue (and its messages) in place.
     api.delete("orders", &DeleteParams::default())

@@ -201,11 +201,14 @@ async fn apply_workload(
 ) -> Result<(), Error> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
-    if let Some(account) = desired_service_account(qc) {
-        let name = account.metadata.name.clone().unwrap_or_default();
-        accounts
-            .patch(&name, &params, &Patch::Apply(&account))
-            .await?;
+    match desired_service_account(qc) {
+        Some(account) => {
+            let name = account.metadata.name.clone().unwrap_or_default();
+            accounts
+                .patch(&name, &params, &Patch::Apply(&account))
+                .await?;
+        }
+        None => remove_own_service_account(qc, &accounts).await?,
     }
     let names = ProvisionedNames {
         queue: queue.queue.clone(),
@@ -223,6 +226,31 @@ async fn apply_workload(
             observed.deployment = Some(applied);
         }
         Err(error) => observed.build_error = Some(error),
+    }
+    Ok(())
+}
+
+/// The worker template now names the user's own ServiceAccount: the one Ferry made before is
+/// no longer asked for. Only an account this QueueConsumer owns is removed.
+async fn remove_own_service_account(
+    qc: &QueueConsumer,
+    accounts: &Api<ServiceAccount>,
+) -> Result<(), Error> {
+    let name = crate::builders::worker_name(qc);
+    let Some(existing) = accounts.get_opt(&name).await? else {
+        return Ok(());
+    };
+    let ours = existing
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| Some(&o.uid) == qc.metadata.uid.as_ref());
+    if ours {
+        accounts
+            .delete(&name, &kube::api::DeleteParams::default())
+            .await?;
+        tracing::info!(name = %qc.name_any(), account = %name, "removed the ServiceAccount the worker no longer uses");
     }
     Ok(())
 }
