@@ -1,4 +1,4 @@
-//! The controller against devcluster and moto's SQS server: a QueueConsumer becomes a queue
+//! The controller against devcluster, moto's SQS server and the Pub/Sub emulator: a QueueConsumer becomes a queue
 //! with its dead-letter queue and a worker Deployment with the sidecar, its status says so,
 //! and deletion follows the deletion policy without losing dead letters.
 
@@ -8,6 +8,7 @@ use ferry_crds::QueueConsumer;
 use ferry_devcluster::DevCluster;
 use ferry_operator::builders::OperatorSettings;
 use ferry_operator::controller::{self, CloudSettings, Context};
+use ferry_queues::Provider;
 use ferry_queues::provision::{OutgoingMessage, ensure_queue, publish};
 use ferry_tests::emulators;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -16,7 +17,6 @@ use kube::api::{Api, DeleteParams, PostParams};
 
 struct Running {
     cluster: DevCluster,
-    moto: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -33,12 +33,7 @@ impl Running {
         crds.create(&PostParams::default(), &ferry_crds::crd::crd())
             .await
             .expect("install the CRD");
-        let moto = emulators::moto().url();
-        let cloud = CloudSettings {
-            sqs_endpoint: Some(moto.clone()),
-            cluster_name: "test".into(),
-            ..Default::default()
-        };
+        let cloud = cloud_settings();
         let ctx = Context::new(
             client.clone(),
             OperatorSettings::new("ghcr.io/ferry-dev/consumer:test"),
@@ -50,7 +45,6 @@ impl Running {
         }));
         Self {
             cluster,
-            moto,
             stop: Some(stop),
             task,
         }
@@ -68,14 +62,23 @@ impl Running {
     }
 }
 
-fn consumer(name: &str, deletion_policy: &str, force: bool) -> QueueConsumer {
+fn cloud_settings() -> CloudSettings {
+    CloudSettings {
+        sqs_endpoint: Some(emulators::moto().url()),
+        pubsub_endpoint: Some(emulators::pubsub().host_port()),
+        pubsub_project: Some(emulators::PUBSUB_PROJECT.into()),
+        cluster_name: "test".into(),
+    }
+}
+
+fn consumer(provider: Provider, name: &str, deletion_policy: &str, force: bool) -> QueueConsumer {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "ferry.dev/v1alpha1",
         "kind": "QueueConsumer",
         "metadata": { "name": name, "namespace": "default" },
         "spec": {
-            "queue": { "provider": "sqs", "name": ferry_tests::unique_name("op") },
-            "deadLetter": { "maxDeliveries": 4 },
+            "queue": { "provider": provider.as_str(), "name": ferry_tests::unique_name("op") },
+            "deadLetter": { "maxDeliveries": 5 },
             "deletionPolicy": deletion_policy,
             "forceDelete": force,
             "worker": { "spec": { "containers": [{ "name": "worker", "image": "example.com/worker:1" }] } },
@@ -88,6 +91,13 @@ async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) ->
     ferry_tests::eventually(Duration::from_secs(30), what, async || check().await).await
 }
 
+fn request_endpoint(provider: Provider) -> Option<String> {
+    match provider {
+        Provider::Sqs => cloud_settings().sqs_endpoint,
+        Provider::PubSub => cloud_settings().pubsub_endpoint,
+    }
+}
+
 fn condition(qc: &QueueConsumer, type_: &str) -> Option<(String, String, String)> {
     let c = qc
         .status
@@ -98,12 +108,19 @@ fn condition(qc: &QueueConsumer, type_: &str) -> Option<(String, String, String)
     Some((c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_queue_consumer_gets_its_queue_dead_letter_queue_and_worker() {
+ferry_tests::for_both_providers!(
+    a_queue_consumer_gets_its_queue_dead_letter_queue_and_worker,
+    delete_policy_waits_for_dead_letters_unless_forced,
+);
+
+async fn a_queue_consumer_gets_its_queue_dead_letter_queue_and_worker(provider: Provider) {
     let running = Running::start().await;
     let api = running.api();
     let qc = api
-        .create(&PostParams::default(), &consumer("orders", "Retain", false))
+        .create(
+            &PostParams::default(),
+            &consumer(provider, "orders", "Retain", false),
+        )
         .await
         .expect("create");
     let queue_name = qc.spec.queue.name.clone().unwrap();
@@ -135,14 +152,7 @@ async fn a_queue_consumer_gets_its_queue_dead_letter_queue_and_worker() {
     );
 
     // The queue really exists, with its DLQ, and belongs to this object.
-    let mut request = controller::queue_request(
-        &ready,
-        &CloudSettings {
-            sqs_endpoint: Some(running.moto.clone()),
-            cluster_name: "test".into(),
-            ..Default::default()
-        },
-    );
+    let mut request = controller::queue_request(&ready, &cloud_settings());
     request.adopt = false;
     let existing = ensure_queue(&request)
         .await
@@ -170,7 +180,7 @@ async fn a_queue_consumer_gets_its_queue_dead_letter_queue_and_worker() {
             .and_then(|e| e.value.clone())
     };
     assert_eq!(env("FERRY_QUEUE").as_deref(), Some(queue_url.as_str()));
-    assert_eq!(env("FERRY_PROVIDER").as_deref(), Some("sqs"));
+    assert_eq!(env("FERRY_PROVIDER").as_deref(), Some(provider.as_str()));
     assert!(env("FERRY_DEAD_LETTER").unwrap().ends_with("-dlq"));
     let owner = deployment
         .metadata
@@ -237,13 +247,12 @@ async fn a_queue_consumer_gets_its_queue_dead_letter_queue_and_worker() {
     running.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delete_policy_waits_for_dead_letters_unless_forced() {
+async fn delete_policy_waits_for_dead_letters_unless_forced(provider: Provider) {
     let running = Running::start().await;
     let api = running.api();
     api.create(
         &PostParams::default(),
-        &consumer("payments", "Delete", false),
+        &consumer(provider, "payments", "Delete", false),
     )
     .await
     .expect("create");
@@ -252,19 +261,13 @@ async fn delete_policy_waits_for_dead_letters_unless_forced() {
         (condition(&qc, "QueueReady")?.0 == "True").then_some(qc)
     })
     .await;
-    let dead_letter = qc
-        .status
-        .as_ref()
-        .unwrap()
-        .dead_letter
-        .as_ref()
-        .unwrap()
-        .id
-        .clone();
+    let dead_letter = qc.status.as_ref().unwrap().dead_letter.clone().unwrap();
+    // SQS: the DLQ's URL; Pub/Sub: the dead-letter topic.
+    let destination = dead_letter.topic.clone().unwrap_or(dead_letter.id.clone());
     publish(
-        ferry_queues::Provider::Sqs,
-        Some(&running.moto),
-        &dead_letter,
+        provider,
+        request_endpoint(provider).as_deref(),
+        &destination,
         vec![OutgoingMessage {
             body: b"{\"parked\":1}".to_vec(),
             ..Default::default()
@@ -305,14 +308,7 @@ async fn delete_policy_waits_for_dead_letters_unless_forced() {
         api.get_opt("payments").await.ok()?.is_none().then_some(())
     })
     .await;
-    let request = controller::queue_request(
-        &qc,
-        &CloudSettings {
-            sqs_endpoint: Some(running.moto.clone()),
-            cluster_name: "test".into(),
-            ..Default::default()
-        },
-    );
+    let request = controller::queue_request(&qc, &cloud_settings());
     assert!(
         !ensure_queue(&request)
             .await
@@ -320,6 +316,55 @@ async fn delete_policy_waits_for_dead_letters_unless_forced() {
             .created
             .is_empty(),
         "the queues had been deleted"
+    );
+    running.stop().await;
+}
+
+/// Bad objects never reach the operator: `kubectl apply` is refused at admission with the
+/// CRD's own message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_rejects_invalid_queue_consumers_with_a_readable_message() {
+    let running = Running::start().await;
+    let manifest =
+        std::env::temp_dir().join(format!("{}.yaml", ferry_tests::unique_name("bad-qc")));
+    std::fs::write(
+        &manifest,
+        r#"apiVersion: ferry.dev/v1alpha1
+kind: QueueConsumer
+metadata:
+  name: bad
+  namespace: default
+spec:
+  queue:
+    provider: pubsub
+    sqs:
+      fifo: true
+  deadLetter:
+    maxDeliveries: 200
+  worker:
+    spec:
+      containers:
+        - name: app
+          image: example.com/app:1
+"#,
+    )
+    .unwrap();
+    let out = tokio::process::Command::new("kubectl")
+        .env("KUBECONFIG", running.cluster.kubeconfig())
+        .args(["apply", "-f"])
+        .arg(&manifest)
+        .output()
+        .await
+        .expect("run kubectl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "kubectl apply must fail");
+    assert!(
+        stderr.contains("maxDeliveries must be between 5 and 100 for Pub/Sub"),
+        "{stderr}"
+    );
+    assert!(
+        running.api().get_opt("bad").await.unwrap().is_none(),
+        "nothing was stored"
     );
     running.stop().await;
 }
