@@ -203,6 +203,21 @@ async fn a_queue_consumer_gets_its_queue_dead_letter_queue_and_worker(provider: 
     assert_eq!(ready_status, "False");
     assert_eq!(reason, "WorkerUnavailable", "{message}");
 
+    // The user is told, in `kubectl describe qc`, that the queue is there.
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(running.cluster.client(), "default");
+    eventually("a QueueProvisioned event", async || {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("QueueProvisioned")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("orders")
+            })
+            .then_some(())
+    })
+    .await;
+
     // A second look changes nothing: no status churn.
     let version = api.get("orders").await.unwrap().metadata.resource_version;
     tokio::time::sleep(Duration::from_secs(2)).await;

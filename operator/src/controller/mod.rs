@@ -67,6 +67,8 @@ impl Error {
 /// Shared by every reconcile.
 pub struct Context {
     pub client: kube::Client,
+    /// Publishes Kubernetes Events on QueueConsumers (deduplicated into series).
+    pub recorder: kube::runtime::events::Recorder,
     pub settings: OperatorSettings,
     pub cloud: CloudSettings,
     /// Consecutive failures per object, for exponential backoff per object.
@@ -79,7 +81,12 @@ impl Context {
         settings: OperatorSettings,
         cloud: CloudSettings,
     ) -> Arc<Self> {
+        let reporter = kube::runtime::events::Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
         Arc::new(Self {
+            recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
             client,
             settings,
             cloud,

@@ -7,8 +7,8 @@ use ferry_queues::provision::ProvisionedQueue;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
 
 use super::{Context, Error, FIELD_MANAGER};
 use crate::builders::{BuildError, ConditionStatus, ConditionUpdate, ready_summary, set_condition};
@@ -204,13 +204,68 @@ async fn patch_status(
     Ok(())
 }
 
-/// Writes the status only when it differs from the one the object carries.
+/// Writes the status only when it differs from the one the object carries, and tells the
+/// user about every condition that changed status with an Event.
 pub async fn write(qc: &QueueConsumer, ctx: &Context, observed: &Observed) -> Result<(), Error> {
     let status = desired_status(qc, observed, now());
     if qc.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    patch_status(qc, ctx, &status).await
+    patch_status(qc, ctx, &status).await?;
+    for (type_, status, reason, message) in transitions(qc.status.as_ref(), &status) {
+        announce(qc, ctx, &type_, &status, &reason, &message).await;
+    }
+    Ok(())
+}
+
+/// Conditions whose status is new or different: (type, status, reason, message).
+fn transitions(
+    before: Option<&QueueConsumerStatus>,
+    after: &QueueConsumerStatus,
+) -> Vec<(String, String, String, String)> {
+    after
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != condition_type::READY)
+        .filter(|c| {
+            let previous = before.and_then(|b| b.conditions.iter().find(|p| p.type_ == c.type_));
+            previous.is_none_or(|p| p.status != c.status)
+        })
+        .map(|c| {
+            (
+                c.type_.clone(),
+                c.status.clone(),
+                c.reason.clone(),
+                c.message.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Events are for people; failing to publish one must not fail the reconcile.
+async fn announce(
+    qc: &QueueConsumer,
+    ctx: &Context,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+) {
+    use kube::runtime::events::{Event, EventType};
+    let event = Event {
+        type_: if status == "False" {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_string(),
+        note: Some(message.chars().take(1000).collect()),
+        action: format!("Set{type_}"),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &qc.object_ref(&())).await {
+        tracing::debug!("could not publish an event: {error}");
+    }
 }
 
 /// `Ready=False, reason DeletionBlocked` while `deletionPolicy: Delete` waits for the DLQ.
@@ -233,6 +288,15 @@ pub async fn write_deletion_blocked(
     );
     if changed {
         patch_status(qc, ctx, &status).await?;
+        announce(
+            qc,
+            ctx,
+            condition_type::READY,
+            "False",
+            "DeletionBlocked",
+            &error.to_string(),
+        )
+        .await;
     }
     Ok(())
 }
@@ -321,5 +385,22 @@ mod tests {
             get(&first, condition_type::WORKLOAD_READY).reason,
             "WaitingForQueue"
         );
+    }
+
+    #[test]
+    fn events_are_for_status_changes_only() {
+        let observed = Observed {
+            provisioned: Some(provisioned()),
+            queue_error: None,
+            build_error: None,
+            deployment: None,
+        };
+        let mut qc = consumer();
+        let first = desired_status(&qc, &observed, at(10));
+        let announced: Vec<String> = transitions(None, &first).into_iter().map(|t| t.2).collect();
+        assert_eq!(announced, vec!["QueueProvisioned", "WaitingForQueue"]);
+        qc.status = Some(first.clone());
+        let again = desired_status(&qc, &observed, at(20));
+        assert!(transitions(Some(&first), &again).is_empty());
     }
 }
