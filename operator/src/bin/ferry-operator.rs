@@ -67,7 +67,23 @@ async fn main() -> anyhow::Result<()> {
         anyhow::anyhow!("no Kubernetes API: {e}; run in a cluster or set KUBECONFIG")
     })?;
     let leading = Arc::new(AtomicBool::new(!options.leader_election));
-    serve_health(options.listen_addr, leading.clone()).await?;
+    let mut settings = OperatorSettings::new(options.sidecar_image.clone());
+    settings.queue_endpoint = options
+        .sqs_endpoint
+        .clone()
+        .or(options.pubsub_emulator_host.clone());
+    let cloud = CloudSettings {
+        sqs_endpoint: options.sqs_endpoint.clone(),
+        pubsub_endpoint: options.pubsub_emulator_host.clone(),
+        pubsub_project: options.pubsub_project.clone(),
+        cluster_name: options.cluster_name.clone(),
+    };
+    let api: Api<QueueConsumer> = match &options.watch_namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    let ctx = Context::new(client.clone(), settings, cloud);
+    serve_health(options.listen_addr, leading.clone(), ctx.clone()).await?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -112,22 +128,6 @@ async fn main() -> anyhow::Result<()> {
         None
     };
 
-    let mut settings = OperatorSettings::new(options.sidecar_image.clone());
-    settings.queue_endpoint = options
-        .sqs_endpoint
-        .clone()
-        .or(options.pubsub_emulator_host.clone());
-    let cloud = CloudSettings {
-        sqs_endpoint: options.sqs_endpoint.clone(),
-        pubsub_endpoint: options.pubsub_emulator_host.clone(),
-        pubsub_project: options.pubsub_project.clone(),
-        cluster_name: options.cluster_name.clone(),
-    };
-    let api: Api<QueueConsumer> = match &options.watch_namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    };
-    let ctx = Context::new(client, settings, cloud);
     let stop = stopped(stop_rx.clone());
     let lost = async move {
         match election {
@@ -148,14 +148,25 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `/healthz` answers while the process runs; `/readyz` once this replica leads (a follower
+/// `/metrics` has the operator's series; `/healthz` answers while the process runs; `/readyz` once this replica leads (a follower
 /// is alive but not doing the work).
-async fn serve_health(addr: SocketAddr, leading: Arc<AtomicBool>) -> anyhow::Result<()> {
+async fn serve_health(
+    addr: SocketAddr,
+    leading: Arc<AtomicBool>,
+    ctx: Arc<Context>,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on FERRY_LISTEN_ADDR={addr}: {e}"))?;
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = ctx.metrics.encode();
+                async move { text }
+            }),
+        )
         .route(
             "/readyz",
             axum::routing::get(move || {

@@ -2,6 +2,7 @@
 //! point for the deletion policy. Everything it decides comes from the pure builders and
 //! `queue_request`; this module only orchestrates calls.
 
+mod metrics;
 mod queue_request;
 mod status;
 
@@ -22,6 +23,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
+pub use metrics::OperatorMetrics;
 pub use queue_request::{CloudSettings, queue_request};
 
 use crate::builders::{
@@ -71,6 +73,7 @@ pub struct Context {
     pub recorder: kube::runtime::events::Recorder,
     pub settings: OperatorSettings,
     pub cloud: CloudSettings,
+    pub metrics: OperatorMetrics,
     /// Consecutive failures per object, for exponential backoff per object.
     failures: Mutex<HashMap<ObjectRef<QueueConsumer>, u32>>,
 }
@@ -90,6 +93,7 @@ impl Context {
             client,
             settings,
             cloud,
+            metrics: OperatorMetrics::default(),
             failures: Mutex::default(),
         })
     }
@@ -118,6 +122,17 @@ pub async fn run(
 }
 
 pub async fn reconcile(qc: Arc<QueueConsumer>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_once(qc, ctx.clone()).await;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics
+        .reconcile_duration
+        .with_label_values(&[outcome])
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_once(qc: Arc<QueueConsumer>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = qc.namespace().unwrap_or_else(|| "default".into());
     let api: Api<QueueConsumer> = Api::namespaced(ctx.client.clone(), &namespace);
     finalizer(&api, FINALIZER, qc, |event| async {
@@ -137,6 +152,10 @@ pub async fn reconcile(qc: Arc<QueueConsumer>, ctx: Arc<Context>) -> Result<Acti
 fn error_policy(qc: Arc<QueueConsumer>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = ObjectRef::from_obj(qc.as_ref());
     let mut failures = ctx.failures.lock().expect("failures lock");
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&[error.metric_label()])
+        .inc();
     let count = failures.entry(key).or_insert(0);
     *count += 1;
     let delay = backoff(*count);
