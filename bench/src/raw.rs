@@ -23,6 +23,10 @@ pub struct RawSqsArgs {
     /// Stops after this long.
     #[arg(long, default_value_t = 30)]
     pub seconds: u64,
+    /// POST every message here (all of a batch at once) before deleting the batch: the
+    /// smallest consumer that delivers, the ceiling for anything that does.
+    #[arg(long)]
+    pub deliver_to: Option<String>,
 }
 
 /// ceil(concurrency / 10) loops, each receiving up to ten messages (as many as its share of
@@ -32,11 +36,17 @@ pub async fn raw_sqs(args: RawSqsArgs) -> anyhow::Result<()> {
     let client = ferry_queues::sqs::client(Some(&args.endpoint), Some(&args.queue)).await;
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let loops = args.concurrency.div_ceil(10).max(1);
+    let http = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .no_proxy()
+        .build()?;
     let mut tasks = Vec::new();
     for i in 0..loops {
         let batch = (args.concurrency - i * 10).clamp(1, 10) as i32;
         let client = client.clone();
         let queue = args.queue.clone();
+        let http = http.clone();
+        let deliver_to = args.deliver_to.clone();
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 let out = match client
@@ -56,6 +66,24 @@ pub async fn raw_sqs(args: RawSqsArgs) -> anyhow::Result<()> {
                         continue;
                     }
                 };
+                if let Some(url) = &deliver_to {
+                    let mut posts = tokio::task::JoinSet::new();
+                    for message in out.messages() {
+                        let request = http
+                            .post(url)
+                            .header("content-type", "application/json")
+                            .body(message.body().unwrap_or_default().to_string());
+                        posts.spawn(async move {
+                            match request.send().await {
+                                Ok(r) => {
+                                    let _ = r.bytes().await;
+                                }
+                                Err(e) => eprintln!("delivery failed: {e}"),
+                            }
+                        });
+                    }
+                    while posts.join_next().await.is_some() {}
+                }
                 let handles: Vec<String> = out
                     .messages()
                     .iter()

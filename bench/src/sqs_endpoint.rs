@@ -44,6 +44,7 @@ pub struct Shared {
     pub deletes: AtomicU64,
     pub served: AtomicU64,
     pub receive_calls: AtomicU64,
+    pub delete_calls: AtomicU64,
     /// Message number → when it was served (Unix ns), while latency is being recorded.
     recorded: Mutex<Option<HashMap<u64, u64>>>,
     queue_url: String,
@@ -69,6 +70,7 @@ impl SqsEndpoint {
             deletes: AtomicU64::new(0),
             served: AtomicU64::new(0),
             receive_calls: AtomicU64::new(0),
+            delete_calls: AtomicU64::new(0),
             recorded: Mutex::new(None),
             queue_url: format!("http://127.0.0.1:{port}/000000000000/{QUEUE_NAME}"),
             attributes_md5: message_attributes_md5(&[("source", "String", "ferry-bench")]),
@@ -220,11 +222,13 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
     match operation {
         "ReceiveMessage" => receive(&shared, &request).await,
         "DeleteMessage" => {
+            shared.delete_calls.fetch_add(1, Ordering::Relaxed);
             shared.deletes.fetch_add(1, Ordering::Relaxed);
             json("{}".into())
         }
         "DeleteMessageBatch" => {
             let ids = entry_ids(&request);
+            shared.delete_calls.fetch_add(1, Ordering::Relaxed);
             shared
                 .deletes
                 .fetch_add(ids.len() as u64, Ordering::Relaxed);
