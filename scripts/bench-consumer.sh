@@ -26,7 +26,8 @@ fi
 echo "== building ferry-consumer and ferry-bench (release)" >&2
 cargo build --release --locked -p ferry-consumer -p ferry-bench
 
+bin="${CARGO_TARGET_DIR:-target}/release"
 mkdir -p target/bench
 echo "== load before: $(uptime)" >&2
-target/release/ferry-bench run --ferry target/release/ferry-consumer --bench-dir bench \
+"$bin/ferry-bench" run --ferry "$bin/ferry-consumer" --bench-dir bench \
   --out target/bench/consumer.json "$@"
