@@ -401,20 +401,80 @@ async fn receive(shared: &Shared, request: &Value) -> Response {
 mod tests {
     use super::*;
 
-    #[test]
-    fn attribute_digest_matches_the_sqs_algorithm() {
-        // Computed independently from the algorithm in the SQS developer guide.
-        let mut reference = Vec::new();
-        for part in ["source", "String"] {
-            reference.extend((part.len() as u32).to_be_bytes());
-            reference.extend(part.as_bytes());
-        }
-        reference.push(1);
-        reference.extend(11u32.to_be_bytes());
-        reference.extend(b"ferry-bench");
+    /// The endpoint as aws-sdk-sqs sees it: receive with attributes, batch delete, counts.
+    #[tokio::test]
+    async fn serves_the_aws_sdk() {
+        use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
+        let endpoint = SqsEndpoint::start(0).await.expect("endpoint starts");
+        let queue = endpoint.queue_url();
+        let client = ferry_queues::sqs::client(Some(&endpoint.endpoint_url()), Some(&queue)).await;
+        let out = client
+            .receive_message()
+            .queue_url(&queue)
+            .max_number_of_messages(3)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .expect("receive");
+        let messages = out.messages();
+        assert_eq!(messages.len(), 3);
+        let first = &messages[0];
+        assert!(first.body().unwrap_or_default().starts_with("{\"n\":0,"));
         assert_eq!(
-            message_attributes_md5(&[("source", "String", "ferry-bench")]),
-            hex(&Md5::digest(&reference))
+            first.md5_of_body(),
+            Some(hex(&Md5::digest(first.body().unwrap_or_default().as_bytes())).as_str())
         );
+        assert!(
+            first
+                .attributes()
+                .is_some_and(|a| a.contains_key(&MessageSystemAttributeName::SentTimestamp))
+        );
+        assert_eq!(
+            first
+                .message_attributes()
+                .and_then(|a| a["source"].string_value()),
+            Some("ferry-bench")
+        );
+        let entries = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(m.receipt_handle().unwrap_or_default())
+                    .build()
+                    .expect("id and handle")
+            })
+            .collect();
+        let deleted = client
+            .delete_message_batch()
+            .queue_url(&queue)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .expect("delete");
+        assert_eq!(deleted.successful().len(), 3);
+        assert_eq!(endpoint.deletes(), 3);
+
+        // Frozen, a short long poll comes back empty; a release is served.
+        endpoint.freeze();
+        let empty = client
+            .receive_message()
+            .queue_url(&queue)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive");
+        assert!(empty.messages().is_empty());
+        endpoint.release();
+        let one = client
+            .receive_message()
+            .queue_url(&queue)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .expect("receive");
+        assert_eq!(one.messages().len(), 1);
     }
 }
