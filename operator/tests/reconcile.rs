@@ -33,21 +33,22 @@ impl Running {
         crds.create(&PostParams::default(), &ferry_crds::crd::crd())
             .await
             .expect("install the CRD");
-        let cloud = cloud_settings();
-        let ctx = Context::new(
-            client.clone(),
-            OperatorSettings::new("ghcr.io/ferry-dev/consumer:test"),
-            cloud,
-        );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(controller::run(ctx, Api::all(client), async move {
-            let _ = stopped.await;
-        }));
+        let (stop, task) = spawn_controller(client);
         Self {
             cluster,
             stop: Some(stop),
             task,
         }
+    }
+
+    /// Kills the running controller where it stands (no graceful shutdown), then starts a
+    /// new one, as a crashed and restarted operator pod would.
+    async fn crash_and_restart(&mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        let (stop, task) = spawn_controller(self.cluster.client());
+        self.stop = Some(stop);
+        self.task = task;
     }
 
     fn api(&self) -> Api<QueueConsumer> {
@@ -60,6 +61,24 @@ impl Running {
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
     }
+}
+
+fn spawn_controller(
+    client: kube::Client,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let ctx = Context::new(
+        client.clone(),
+        OperatorSettings::new("ghcr.io/ferry-dev/consumer:test"),
+        cloud_settings(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(controller::run(ctx, Api::all(client), async move {
+        let _ = stopped.await;
+    }));
+    (stop, task)
 }
 
 fn cloud_settings() -> CloudSettings {
@@ -380,6 +399,42 @@ spec:
     assert!(
         running.api().get_opt("bad").await.unwrap().is_none(),
         "nothing was stored"
+    );
+    running.stop().await;
+}
+
+/// An operator killed in the middle of reconciling (here: right after the object appears, so
+/// at any point of provisioning) leaves nothing half-done that a restart cannot finish: the
+/// restarted controller converges to the same queue, Deployment and status, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_operator_converges_after_a_crash_mid_reconcile() {
+    let mut running = Running::start().await;
+    let api = running.api();
+    let qc = consumer(Provider::Sqs, "restart", "Retain", false);
+    api.create(&PostParams::default(), &qc)
+        .await
+        .expect("create");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    running.crash_and_restart().await;
+    let ready = eventually("QueueReady=True after the restart", async || {
+        let qc = api.get("restart").await.ok()?;
+        (condition(&qc, "QueueReady")?.0 == "True").then_some(qc)
+    })
+    .await;
+    let again = ensure_queue(&controller::queue_request(&ready, &cloud_settings()))
+        .await
+        .expect("the queue exists");
+    assert!(
+        again.created.is_empty() && again.corrected.is_empty(),
+        "{again:?}"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(running.cluster.client(), "default");
+    assert!(
+        deployments
+            .get_opt("restart-worker")
+            .await
+            .unwrap()
+            .is_some()
     );
     running.stop().await;
 }
