@@ -279,7 +279,10 @@ impl Pump {
         held: Held,
         companions: Option<Arc<Mutex<VecDeque<Held>>>>,
     ) -> bool {
-        let Held { message, _slot } = held;
+        let Held {
+            message,
+            _slot: slot,
+        } = held;
         let headers = delivery_headers(
             &message,
             self.queue.provider(),
@@ -307,7 +310,12 @@ impl Pump {
             (self.env.jitter)(),
         );
         let succeeded = decision == Verdict::Ack;
+        // The worker is done with a message it accepted: the delete/ack needs no delivery
+        // slot, and holding one for the queue's round trip would leave the worker idle. A
+        // drain still waits for it through `MessageQueue::flush`.
+        let slot = (!succeeded).then_some(slot);
         let outcome = self.settle(message, &answer, decision, attempt).await;
+        drop(slot);
         self.metrics.completed(outcome);
         self.metrics.in_flight.dec();
         succeeded
