@@ -388,16 +388,7 @@ impl Kubelet {
                 "kubelet",
             );
             let _ = stop.wait_for(|s| *s).await;
-            self.release_ip(&ip);
-            let _ = self.cluster.delete(
-                &self.pod_info,
-                &ns,
-                &name,
-                &DeleteOptions {
-                    grace_seconds: Some(0),
-                    ..Default::default()
-                },
-            );
+            self.finish_pod(&ns, &name, &ip);
             return;
         }
         let restart_policy = pod
@@ -564,16 +555,7 @@ impl Kubelet {
             }
             self.write_pod_status(&ns, &name, &ip, &started, &states, &init, phase);
             let _ = stop.wait_for(|s| *s).await;
-            self.release_ip(&ip);
-            let _ = self.cluster.delete(
-                &self.pod_info,
-                &ns,
-                &name,
-                &DeleteOptions {
-                    grace_seconds: Some(0),
-                    ..Default::default()
-                },
-            );
+            self.finish_pod(&ns, &name, &ip);
             return;
         }
         // Graceful termination: preStop hooks, SIGTERM, SIGKILL at the grace deadline.
@@ -635,16 +617,7 @@ impl Kubelet {
             }
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut all_done).await;
         }
-        self.release_ip(&ip);
-        let _ = self.cluster.delete(
-            &self.pod_info,
-            &ns,
-            &name,
-            &DeleteOptions {
-                grace_seconds: Some(0),
-                ..Default::default()
-            },
-        );
+        self.finish_pod(&ns, &name, &ip);
     }
 
     fn kill_groups(&self, pgids: &Arc<Mutex<HashMap<String, u32>>>, sig: Signal) {
