@@ -4,4 +4,5 @@ pub mod autoscaler;
 pub mod builders;
 pub mod controller;
 pub mod leader;
+pub mod scaling;
 pub mod sim;

@@ -9,9 +9,12 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use clap::Parser;
 use ferry_crds::QueueConsumer;
+use ferry_operator::autoscaler::PolicyTuning;
 use ferry_operator::builders::OperatorSettings;
 use ferry_operator::controller::{self, CloudSettings, Context};
 use ferry_operator::leader::{ElectionSettings, LeaderElection};
+use ferry_operator::scaling::{self, AutoscalerSettings, QueueReaderSettings};
+use futures::FutureExt;
 use kube::Api;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -52,6 +55,30 @@ struct Options {
     /// This replica's identity in the election (the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Seconds between two autoscaler polls of every QueueConsumer's sidecars; the sidecars
+    /// refresh the queue's counts as often.
+    #[arg(long, env = "FERRY_SCALING_POLL_INTERVAL", default_value = "5", value_parser = poll_interval)]
+    poll_interval: Duration,
+    /// Read Pub/Sub backlogs from Cloud Monitoring (operator and sidecars; needs
+    /// roles/monitoring.viewer). Without it, Pub/Sub consumers keep at least one replica.
+    #[arg(long, env = "FERRY_PUBSUB_MONITORING", default_value_t = false, action = clap::ArgAction::Set)]
+    pubsub_monitoring: bool,
+    /// The Cloud Monitoring API (or a compatible endpoint).
+    #[arg(long, env = "FERRY_MONITORING_ENDPOINT", default_value = ferry_queues::monitoring::DEFAULT_ENDPOINT)]
+    monitoring_endpoint: String,
+    /// Pods of this cluster share the host's network (devcluster): sidecars listen on and
+    /// deliver to the pod IP. Never needed on a real cluster.
+    #[arg(long, env = "FERRY_PODS_SHARE_NETWORK", default_value_t = false, action = clap::ArgAction::Set)]
+    pods_share_network: bool,
+}
+
+fn poll_interval(value: &str) -> Result<Duration, String> {
+    match value.parse::<f64>() {
+        Ok(s) if (0.1..=300.0).contains(&s) => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!(
+            "FERRY_SCALING_POLL_INTERVAL must be a number of seconds between 0.1 and 300, got {value:?}"
+        )),
+    }
 }
 
 #[tokio::main]
@@ -72,6 +99,24 @@ async fn main() -> anyhow::Result<()> {
         .sqs_endpoint
         .clone()
         .or(options.pubsub_emulator_host.clone());
+    settings.poll_interval = options.poll_interval;
+    settings.pods_share_network = options.pods_share_network;
+    let monitoring =
+        options
+            .pubsub_monitoring
+            .then(|| ferry_queues::monitoring::MonitoringConfig {
+                endpoint: options.monitoring_endpoint.clone(),
+            });
+    settings.pubsub_monitoring = monitoring.clone();
+    let autoscaling = AutoscalerSettings {
+        poll_interval: options.poll_interval,
+        tuning: PolicyTuning::default(),
+        queues: QueueReaderSettings {
+            sqs_endpoint: options.sqs_endpoint.clone(),
+            pubsub_monitoring: monitoring,
+        },
+        namespace: options.watch_namespace.clone(),
+    };
     let cloud = CloudSettings {
         sqs_endpoint: options.sqs_endpoint.clone(),
         pubsub_endpoint: options.pubsub_emulator_host.clone(),
@@ -143,8 +188,12 @@ async fn main() -> anyhow::Result<()> {
             _ = lost => tracing::error!("lost the leader lease; stopping so a restart rejoins as a follower"),
         }
     };
-    tracing::info!(sidecar_image = %options.sidecar_image, "reconciling QueueConsumers");
-    controller::run(ctx, api, shutdown).await;
+    let shutdown = shutdown.shared();
+    tracing::info!(sidecar_image = %options.sidecar_image, poll_interval = ?options.poll_interval, "reconciling and autoscaling QueueConsumers");
+    tokio::join!(
+        controller::run(ctx.clone(), api, shutdown.clone()),
+        scaling::run(ctx, autoscaling, shutdown),
+    );
     Ok(())
 }
 

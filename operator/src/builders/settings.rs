@@ -1,12 +1,18 @@
 //! What the builders need besides the QueueConsumer: the operator's installation settings and
 //! the identifiers of the queues the reconciler provisioned.
 
+use std::time::Duration;
+
 use ferry_crds::QueueConsumerStatus;
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
+/// A few seconds: quick enough to meet a burst, slow enough that polling 1,000 consumers
+/// stays cheap.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Operator-wide settings that shape every worker pod (from the Helm values / flags).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct OperatorSettings {
     /// The ferry-consumer image, unless a QueueConsumer overrides it in `spec.sidecar.image`.
     pub sidecar_image: String,
@@ -22,6 +28,15 @@ pub struct OperatorSettings {
     /// Extra environment for every sidecar (e.g. credentials of a local SQS-compatible
     /// server); appended after Ferry's own variables, so they cannot replace them.
     pub sidecar_extra_env: Vec<EnvVar>,
+    /// How often the autoscaler polls the sidecars; they refresh the queue's statistics
+    /// (`FERRY_STATS_INTERVAL`) as often, so every poll sees fresh counts.
+    pub poll_interval: Duration,
+    /// Pods of this cluster share one network namespace (devcluster runs every pod as a
+    /// process on one host). Sidecars then listen on, and deliver to, the pod's own IP
+    /// instead of `0.0.0.0` and `127.0.0.1`, which would collide between pods.
+    pub pods_share_network: bool,
+    /// Pub/Sub sidecars read their backlog from Cloud Monitoring (`FERRY_PUBSUB_MONITORING`).
+    pub pubsub_monitoring: Option<ferry_queues::monitoring::MonitoringConfig>,
 }
 
 impl OperatorSettings {
@@ -33,6 +48,9 @@ impl OperatorSettings {
             queue_endpoint: None,
             sidecar_log_format: "json".into(),
             sidecar_extra_env: Vec::new(),
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            pods_share_network: false,
+            pubsub_monitoring: None,
         }
     }
 }

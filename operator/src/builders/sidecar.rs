@@ -2,7 +2,8 @@
 
 use ferry_crds::{QueueConsumer, QueueProvider};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, HTTPGetAction, Lifecycle, LifecycleHandler, Probe,
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler,
+    ObjectFieldSelector, Probe,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -62,10 +63,17 @@ pub fn sidecar_env(
     if let Some(endpoint) = &settings.queue_endpoint {
         vars.push(env("FERRY_ENDPOINT", endpoint.clone()));
     }
-    // The worker shares the pod's network namespace; loopback keeps deliveries off the network.
+    // The worker shares the pod's network namespace; loopback keeps deliveries off the
+    // network. Where pods share the host's network, the pod IP is the pod's own address.
+    let (listen_host, worker_host) = if settings.pods_share_network {
+        vars.push(pod_ip_env());
+        ("$(POD_IP)", "$(POD_IP)")
+    } else {
+        ("0.0.0.0", "127.0.0.1")
+    };
     vars.push(env(
         "FERRY_DELIVERY_URL",
-        format!("http://127.0.0.1:{}{}", delivery.port, delivery.path),
+        format!("http://{worker_host}:{}{}", delivery.port, delivery.path),
     ));
     vars.push(env("FERRY_CONCURRENCY", delivery.concurrency.to_string()));
     vars.push(env(
@@ -92,8 +100,24 @@ pub fn sidecar_env(
         "FERRY_DRAIN_TIMEOUT",
         drain_timeout_seconds(qc).to_string(),
     ));
-    vars.push(env("FERRY_LISTEN_ADDR", format!("0.0.0.0:{METRICS_PORT}")));
+    vars.push(env(
+        "FERRY_STATS_INTERVAL",
+        seconds(settings.poll_interval.as_secs_f64()),
+    ));
+    vars.push(env(
+        "FERRY_LISTEN_ADDR",
+        format!("{listen_host}:{METRICS_PORT}"),
+    ));
     vars.push(env("FERRY_LOG_FORMAT", settings.sidecar_log_format.clone()));
+    if qc.spec.queue.provider == QueueProvider::Pubsub
+        && let Some(monitoring) = &settings.pubsub_monitoring
+    {
+        vars.push(env("FERRY_PUBSUB_MONITORING", "true"));
+        vars.push(env(
+            "FERRY_MONITORING_ENDPOINT",
+            monitoring.endpoint.clone(),
+        ));
+    }
     if qc.spec.queue.provider == QueueProvider::Sqs
         && let Some(region) = qc.spec.queue.sqs.as_ref().and_then(|s| s.region.clone())
     {
@@ -102,6 +126,22 @@ pub fn sidecar_env(
     }
     vars.extend(settings.sidecar_extra_env.iter().cloned());
     vars
+}
+
+/// `POD_IP` from the downward API; defined before the variables that refer to it, since
+/// `$(VAR)` only expands variables defined earlier.
+fn pod_ip_env() -> EnvVar {
+    EnvVar {
+        name: "POD_IP".into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "status.podIP".into(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
 }
 
 fn http_get(path: &str) -> HTTPGetAction {

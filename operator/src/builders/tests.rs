@@ -79,6 +79,7 @@ fn the_sidecar_is_configured_per_its_contract() {
         ("FERRY_RETRY_BACKOFF_MIN", "0.5"),
         ("FERRY_RETRY_BACKOFF_MAX", "60"),
         ("FERRY_DRAIN_TIMEOUT", "45"),
+        ("FERRY_STATS_INTERVAL", "5"),
         ("FERRY_LISTEN_ADDR", "0.0.0.0:9090"),
         ("FERRY_LOG_FORMAT", "json"),
         ("AWS_REGION", "eu-west-1"),
@@ -441,4 +442,37 @@ fn provisioned_names_come_back_from_status() {
         names.dead_letter_topic.as_deref(),
         Some("projects/p/topics/shop-orders-dead-letter")
     );
+}
+
+#[test]
+fn where_pods_share_the_host_network_the_sidecar_uses_the_pod_ip() {
+    let shared = OperatorSettings {
+        pods_share_network: true,
+        poll_interval: std::time::Duration::from_millis(1500),
+        ..settings()
+    };
+    let env = sidecar_env(&sqs_consumer(), &shared, &names());
+    let position = |name: &str| env.iter().position(|e| e.name == name).unwrap();
+    let pod_ip = &env[position("POD_IP")];
+    assert_eq!(
+        pod_ip
+            .value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap()
+            .field_path,
+        "status.podIP"
+    );
+    assert!(
+        position("POD_IP") < position("FERRY_DELIVERY_URL"),
+        "$(POD_IP) expands only after POD_IP is defined"
+    );
+    assert_eq!(
+        env_value(&env, "FERRY_DELIVERY_URL"),
+        Some("http://$(POD_IP):3000/jobs")
+    );
+    assert_eq!(env_value(&env, "FERRY_LISTEN_ADDR"), Some("$(POD_IP):9090"));
+    assert_eq!(env_value(&env, "FERRY_STATS_INTERVAL"), Some("1.5"));
 }

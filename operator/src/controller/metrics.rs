@@ -1,14 +1,20 @@
 //! The operator's own series (see docs/metrics.md): how long reconciles take and why they
-//! fail.
+//! fail, and what the autoscaler sees and decides per QueueConsumer.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
 pub struct OperatorMetrics {
     registry: Registry,
     pub reconcile_duration: HistogramVec,
     pub reconcile_errors: IntCounterVec,
+    /// `ferry_consumer_backlog{namespace,queueconsumer}`: visible messages at the last poll.
+    pub consumer_backlog: GaugeVec,
+    /// `ferry_consumer_replicas{namespace,queueconsumer,kind="current|desired"}`.
+    pub consumer_replicas: GaugeVec,
+    /// `ferry_scaling_decisions_total{namespace,queueconsumer,direction="up|down"}`.
+    pub scaling_decisions: IntCounterVec,
 }
 
 impl Default for OperatorMetrics {
@@ -28,6 +34,37 @@ impl Default for OperatorMetrics {
             &["reason"],
         )
         .expect("valid metric");
+        let consumer_backlog = GaugeVec::new(
+            Opts::new(
+                "ferry_consumer_backlog",
+                "Visible messages of a QueueConsumer's queue at the autoscaler's last poll (estimated from throughput and wait for Pub/Sub without Cloud Monitoring).",
+            ),
+            &["namespace", "queueconsumer"],
+        )
+        .expect("valid metric");
+        let consumer_replicas = GaugeVec::new(
+            Opts::new(
+                "ferry_consumer_replicas",
+                "Replicas of a QueueConsumer's worker Deployment: current (the Deployment's count) and desired (the autoscaler's last decision).",
+            ),
+            &["namespace", "queueconsumer", "kind"],
+        )
+        .expect("valid metric");
+        let scaling_decisions = IntCounterVec::new(
+            Opts::new(
+                "ferry_scaling_decisions_total",
+                "Scaling decisions that changed a QueueConsumer's replica count.",
+            ),
+            &["namespace", "queueconsumer", "direction"],
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(consumer_backlog.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(consumer_replicas.clone()),
+            Box::new(scaling_decisions.clone()),
+        ] {
+            registry.register(collector).expect("unique");
+        }
         registry
             .register(Box::new(reconcile_duration.clone()))
             .expect("unique");
@@ -38,11 +75,31 @@ impl Default for OperatorMetrics {
             registry,
             reconcile_duration,
             reconcile_errors,
+            consumer_backlog,
+            consumer_replicas,
+            scaling_decisions,
         }
     }
 }
 
 impl OperatorMetrics {
+    /// Drops a deleted QueueConsumer's series, so dashboards do not show it forever.
+    pub fn forget_consumer(&self, namespace: &str, name: &str) {
+        let _ = self
+            .consumer_backlog
+            .remove_label_values(&[namespace, name]);
+        for kind in ["current", "desired"] {
+            let _ = self
+                .consumer_replicas
+                .remove_label_values(&[namespace, name, kind]);
+        }
+        for direction in ["up", "down"] {
+            let _ = self
+                .scaling_decisions
+                .remove_label_values(&[namespace, name, direction]);
+        }
+    }
+
     pub fn encode(&self) -> String {
         let mut buffer = Vec::new();
         TextEncoder::new()

@@ -193,7 +193,7 @@ async fn patch_status(
     let patch = serde_json::json!({
         "apiVersion": "ferry.dev/v1alpha1",
         "kind": "QueueConsumer",
-        "status": status,
+        "status": reconciler_part(status),
     });
     api.patch_status(
         &qc.name_any(),
@@ -202,6 +202,19 @@ async fn patch_status(
     )
     .await?;
     Ok(())
+}
+
+/// The part of `status` the reconciler owns: everything but what the autoscaler writes under
+/// its own field manager (`ScalingActive`, `desiredReplicas`, `lastScaling`, `backlog`).
+/// Applying those too would make the reconciler co-own them and write back stale copies.
+fn reconciler_part(status: &QueueConsumerStatus) -> QueueConsumerStatus {
+    let mut part = status.clone();
+    part.conditions
+        .retain(|c| c.type_ != condition_type::SCALING_ACTIVE);
+    part.desired_replicas = None;
+    part.last_scaling = None;
+    part.backlog = None;
+    part
 }
 
 /// Writes the status only when it differs from the one the object carries, and tells the

@@ -1,0 +1,584 @@
+//! The autoscaler's loop: every poll, for each QueueConsumer, scrape its sidecars, combine
+//! what they say into signals, ask the pure [`crate::autoscaler::ScalingPolicy`], and carry
+//! the decision out (pod deletion costs, the scale subresource, `status`, an Event, metrics).
+//!
+//! It runs only on the leader, beside the reconciler, and keeps the policy's memory per
+//! consumer in this process: a new leader starts cautious (see `autoscaler::state`).
+
+mod actuate;
+mod exposition;
+mod queue_reader;
+mod record;
+mod signals;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use ferry_crds::{QueueConsumer, QueueConsumerStatus, condition_type};
+use futures::{StreamExt, future};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+
+pub use actuate::{AUTOSCALER_FIELD_MANAGER, DELETION_COST_ANNOTATION};
+pub use exposition::{SidecarSample, parse_sample};
+pub use queue_reader::{QueueReader, QueueReaderSettings};
+pub use signals::{BacklogSource, PodScrape, QueueReading, combine};
+
+use crate::autoscaler::{PodLoad, PolicyTuning, ScalingDecision, ScalingPolicy, ScalingState};
+use crate::builders::{
+    MANAGED_BY_LABEL, METRICS_PORT, QUEUE_CONSUMER_LABEL, SIDECAR_NAME, autoscaler_spec,
+    set_condition, worker_name,
+};
+use crate::controller::Context;
+use record::{ScalerMode, backlog_status, scaling_condition, scaling_record};
+
+/// How the loop runs.
+#[derive(Clone, Debug)]
+pub struct AutoscalerSettings {
+    pub poll_interval: Duration,
+    pub tuning: PolicyTuning,
+    pub queues: QueueReaderSettings,
+    /// Watch only this namespace (all when `None`), like the reconciler.
+    pub namespace: Option<String>,
+}
+
+/// `status.backlog` changes with every message; writing it every poll would be status churn.
+/// It is written when a decision changes the replica count, and otherwise at most this often.
+const BACKLOG_STATUS_EVERY: f64 = 30.0;
+/// Consumers polled at once: enough to poll a thousand within one interval without opening
+/// a thousand connections at the same moment.
+const CONSUMERS_IN_PARALLEL: usize = 64;
+
+pub fn unix_seconds(time: SystemTime) -> f64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn to_time(unix: f64) -> Time {
+    let nanos = (unix * 1e9) as i128;
+    Time(Timestamp::from_nanosecond(nanos).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+/// What the loop remembers about one consumer between polls.
+#[derive(Default)]
+struct Memory {
+    policy: ScalingState,
+    scrapes: BTreeMap<String, PodScrape>,
+    backlog_written_at: Option<f64>,
+    /// Since when the policy has been holding for lack of signals.
+    holding_since: Option<f64>,
+}
+
+type ConsumerKey = (String, String);
+
+struct Autoscaler {
+    ctx: Arc<Context>,
+    settings: AutoscalerSettings,
+    http: reqwest::Client,
+    queues: QueueReader,
+    memory: Mutex<HashMap<ConsumerKey, Memory>>,
+}
+
+fn api_for<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + std::fmt::Debug,
+    K: serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A store kept current by a watch that runs until the process stops.
+fn watched<K>(api: Api<K>, config: watcher::Config) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff())
+        .applied_objects()
+        .for_each(|event| {
+            if let Err(error) = event {
+                tracing::debug!("autoscaler watch: {error}");
+            }
+            future::ready(())
+        });
+    tokio::spawn(stream);
+    store
+}
+
+/// Runs the loop until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    settings: AutoscalerSettings,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let client = ctx.client.clone();
+    let namespace = settings.namespace.clone();
+    let managed = watcher::Config::default().labels(MANAGED_BY_LABEL);
+    let consumers = watched(
+        api_for::<QueueConsumer>(&client, namespace.as_deref()),
+        watcher::Config::default(),
+    );
+    let deployments = watched(
+        api_for::<Deployment>(&client, namespace.as_deref()),
+        managed.clone(),
+    );
+    let pods = watched(api_for::<Pod>(&client, namespace.as_deref()), managed);
+    let scrape_timeout = settings
+        .poll_interval
+        .min(Duration::from_secs(2))
+        .max(Duration::from_millis(500));
+    let autoscaler = Arc::new(Autoscaler {
+        http: reqwest::Client::builder()
+            .timeout(scrape_timeout)
+            .no_proxy()
+            .build()
+            .expect("an HTTP client without TLS always builds"),
+        queues: QueueReader::new(settings.queues.clone()),
+        memory: Mutex::default(),
+        ctx,
+        settings,
+    });
+    let polling = async {
+        for store in [
+            consumers.wait_until_ready().await,
+            deployments.wait_until_ready().await,
+            pods.wait_until_ready().await,
+        ] {
+            if let Err(error) = store {
+                tracing::error!("autoscaler: a watch never became ready: {error}");
+                return;
+            }
+        }
+        let mut ticks = tokio::time::interval(autoscaler.settings.poll_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            autoscaler.poll_all(&consumers, &deployments, &pods).await;
+        }
+    };
+    tokio::select! {
+        () = polling => {}
+        () = shutdown => {}
+    }
+}
+
+impl Autoscaler {
+    async fn poll_all(
+        self: &Arc<Self>,
+        consumers: &Store<QueueConsumer>,
+        deployments: &Store<Deployment>,
+        pods: &Store<Pod>,
+    ) {
+        let mut pods_of: HashMap<ConsumerKey, Vec<Arc<Pod>>> = HashMap::new();
+        for pod in pods.state() {
+            if let Some(name) = pod.labels().get(QUEUE_CONSUMER_LABEL) {
+                let key = (pod.namespace().unwrap_or_default(), name.clone());
+                pods_of.entry(key).or_default().push(pod);
+            }
+        }
+        let consumers = consumers.state();
+        self.forget_deleted(&consumers);
+        let polls = consumers.into_iter().map(|qc| {
+            let key = (qc.namespace().unwrap_or_default(), qc.name_any());
+            let deployment =
+                deployments.get(&reflector::ObjectRef::new(&worker_name(&qc)).within(&key.0));
+            let pods = pods_of.remove(&key).unwrap_or_default();
+            let this = self.clone();
+            async move {
+                if let Err(error) = this.poll(&qc, deployment, pods).await {
+                    tracing::warn!(namespace = %key.0, name = %key.1, "autoscaler: {error}");
+                }
+            }
+        });
+        futures::stream::iter(polls)
+            .buffer_unordered(CONSUMERS_IN_PARALLEL)
+            .collect::<()>()
+            .await;
+    }
+
+    fn forget_deleted(&self, consumers: &[Arc<QueueConsumer>]) {
+        let live: std::collections::HashSet<ConsumerKey> = consumers
+            .iter()
+            .map(|qc| (qc.namespace().unwrap_or_default(), qc.name_any()))
+            .collect();
+        let mut memory = self.memory.lock().expect("memory lock");
+        memory.retain(|key, _| {
+            let keep = live.contains(key);
+            if !keep {
+                self.ctx.metrics.forget_consumer(&key.0, &key.1);
+            }
+            keep
+        });
+        let queues: std::collections::HashSet<&str> = consumers
+            .iter()
+            .filter_map(|qc| qc.status.as_ref()?.queue.as_ref().map(|q| q.id.as_str()))
+            .collect();
+        self.queues.retain(|queue| queues.contains(queue));
+    }
+
+    async fn poll(
+        &self,
+        qc: &QueueConsumer,
+        deployment: Option<Arc<Deployment>>,
+        pods: Vec<Arc<Pod>>,
+    ) -> Result<(), kube::Error> {
+        // Not provisioned yet, or being deleted: the reconciler is in charge.
+        let Some(deployment) = deployment else {
+            return Ok(());
+        };
+        let Some(queue) = qc.status.as_ref().and_then(|s| s.queue.clone()) else {
+            return Ok(());
+        };
+        if qc.metadata.deletion_timestamp.is_some() {
+            return Ok(());
+        }
+        let namespace = qc.namespace().unwrap_or_default();
+        let name = qc.name_any();
+        let key = (namespace.clone(), name.clone());
+        let mut memory = self
+            .memory
+            .lock()
+            .expect("memory lock")
+            .remove(&key)
+            .unwrap_or_default();
+        let result = self
+            .poll_with(qc, &deployment, &pods, &queue.id, &mut memory)
+            .await;
+        self.memory.lock().expect("memory lock").insert(key, memory);
+        result
+    }
+
+    async fn poll_with(
+        &self,
+        qc: &QueueConsumer,
+        deployment: &Deployment,
+        pods: &[Arc<Pod>],
+        queue_id: &str,
+        memory: &mut Memory,
+    ) -> Result<(), kube::Error> {
+        let namespace = qc.namespace().unwrap_or_default();
+        let name = qc.name_any();
+        let provider = qc.spec.queue.provider;
+        let current = deployment
+            .spec
+            .replicas
+            .map_or(1, |r| u32::try_from(r).unwrap_or(0));
+
+        let mut spec = autoscaler_spec(&qc.spec.scaling);
+        let pubsub_blind_at_zero = !self.queues.can_read(provider);
+        if pubsub_blind_at_zero {
+            spec.min_replicas = spec.min_replicas.max(1);
+        }
+        let policy = match ScalingPolicy::new(spec, self.settings.tuning.clone()) {
+            Ok(policy) => policy,
+            Err(error) => {
+                return self
+                    .write_status(
+                        qc,
+                        memory,
+                        None,
+                        None,
+                        Some(&ScalerMode::InvalidSpec(error)),
+                        unix_seconds(SystemTime::now()),
+                    )
+                    .await;
+            }
+        };
+
+        let now = unix_seconds(SystemTime::now());
+        let scraped = self.scrape(pods).await;
+        let mut active = BTreeMap::new();
+        let mut loads = Vec::new();
+        for (pod, scrape) in scraped {
+            let in_flight = scrape.as_ref().map_or(0, |s| s.sample.in_flight as u64);
+            let ready = scrape.as_ref().is_some_and(|s| !s.sample.draining);
+            let cost = pod.annotations().get(DELETION_COST_ANNOTATION).cloned();
+            loads.push((
+                PodLoad {
+                    id: pod.name_any(),
+                    ready,
+                    in_flight,
+                },
+                cost,
+            ));
+            if let Some(scrape) = scrape.filter(|s| !s.sample.draining) {
+                active.insert(pod.name_any(), scrape);
+            }
+        }
+        let reported = active.values().any(|s| s.sample.backlog.is_some());
+        let reading = if !reported && (current == 0 || active.is_empty()) && !pubsub_blind_at_zero {
+            match self.queues.read(provider, queue_id).await {
+                Ok(reading) => reading,
+                Err(error) => {
+                    tracing::warn!(%namespace, %name, "autoscaler: cannot read the queue's counts: {error}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let concurrency = u32::try_from(qc.spec.delivery.concurrency.max(1)).unwrap_or(1);
+        let combined = combine(&memory.scrapes, &active, reading, concurrency, now);
+        memory.scrapes = active;
+        let decision = policy.decide(
+            &mut memory.policy,
+            now,
+            current,
+            combined.as_ref().map(|(s, _)| s),
+        );
+
+        if decision.to != current {
+            self.carry_out(qc, deployment, &decision, &loads).await?;
+        }
+        let metrics = &self.ctx.metrics;
+        if let Some((signals, _)) = &combined {
+            metrics
+                .consumer_backlog
+                .with_label_values(&[&namespace, &name])
+                .set(signals.backlog.visible as f64);
+        }
+        let existing = deployment
+            .status
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(0);
+        metrics
+            .consumer_replicas
+            .with_label_values(&[&namespace, &name, "current"])
+            .set(f64::from(existing));
+        metrics
+            .consumer_replicas
+            .with_label_values(&[&namespace, &name, "desired"])
+            .set(f64::from(decision.to));
+
+        let mode = match (&combined, &decision.signals) {
+            (Some((_, source)), Some(_)) => {
+                memory.holding_since = None;
+                Some(
+                    if pubsub_blind_at_zero && qc.spec.scaling.min_replicas == 0 {
+                        ScalerMode::KeepingOneForPubSub
+                    } else {
+                        ScalerMode::Deciding(*source)
+                    },
+                )
+            }
+            _ => {
+                let since = *memory.holding_since.get_or_insert(now);
+                // Pods starting, one slow scrape: too early to call it a problem, so the
+                // condition stays as it is.
+                (now - since >= self.settings.tuning.stale_after_seconds)
+                    .then(|| ScalerMode::Holding(decision.reason.clone()))
+            }
+        };
+        let dead_letter = self.dead_letter_count(&memory.scrapes);
+        let backlog = combined
+            .as_ref()
+            .map(|(s, source)| backlog_status(s, *source, dead_letter, to_time(now)));
+        let changed = (decision.to != current).then_some(&decision);
+        self.write_status(qc, memory, changed, backlog, mode.as_ref(), now)
+            .await
+    }
+
+    fn dead_letter_count(&self, scrapes: &BTreeMap<String, PodScrape>) -> Option<u64> {
+        scrapes
+            .values()
+            .filter_map(|s| s.sample.dead_letter)
+            .map(|v| v as u64)
+            .max()
+    }
+
+    /// Scrapes every running pod's sidecar at once; `None` for a pod that did not answer.
+    async fn scrape(&self, pods: &[Arc<Pod>]) -> Vec<(Arc<Pod>, Option<PodScrape>)> {
+        let scrapes = pods.iter().map(|pod| async move {
+            let url = metrics_url(pod)?;
+            let response = self.http.get(&url).send().await.ok()?;
+            let at = unix_seconds(SystemTime::now());
+            let text = response.error_for_status().ok()?.text().await.ok()?;
+            match parse_sample(&text) {
+                Ok(sample) => Some(PodScrape { at, sample }),
+                Err(error) => {
+                    tracing::warn!(pod = %pod.name_any(), %url, "autoscaler: {error}");
+                    None
+                }
+            }
+        });
+        let results = future::join_all(scrapes).await;
+        pods.iter().cloned().zip(results).collect()
+    }
+
+    async fn carry_out(
+        &self,
+        qc: &QueueConsumer,
+        deployment: &Deployment,
+        decision: &ScalingDecision,
+        loads: &[(PodLoad<String>, Option<String>)],
+    ) -> Result<(), kube::Error> {
+        let namespace = qc.namespace().unwrap_or_default();
+        if decision.replicas_to_remove() > 0 {
+            actuate::set_deletion_costs(
+                &Api::namespaced(self.ctx.client.clone(), &namespace),
+                loads,
+            )
+            .await?;
+        }
+        actuate::write_replicas(
+            &Api::namespaced(self.ctx.client.clone(), &namespace),
+            &deployment.name_any(),
+            decision.to,
+        )
+        .await?;
+        let direction = decision.direction();
+        tracing::info!(%namespace, name = %qc.name_any(), from = decision.from, to = decision.to, reason = decision.reason.code(), "{}", decision.message());
+        self.ctx
+            .metrics
+            .scaling_decisions
+            .with_label_values(&[&namespace, &qc.name_any(), direction.label()])
+            .inc();
+        use kube::runtime::events::{Event, EventType};
+        let event = Event {
+            type_: EventType::Normal,
+            reason: if decision.to > decision.from {
+                "ScaledUp".into()
+            } else {
+                "ScaledDown".into()
+            },
+            note: Some(decision.message()),
+            action: "Scale".into(),
+            secondary: Some(deployment.object_ref(&())),
+        };
+        if let Err(error) = self.ctx.recorder.publish(&event, &qc.object_ref(&())).await {
+            tracing::debug!("could not publish an event: {error}");
+        }
+        Ok(())
+    }
+
+    /// Applies the autoscaler's part of `status` when it differs from what the object shows.
+    /// Every field this manager owns is sent each time: server-side apply removes owned
+    /// fields an apply leaves out.
+    async fn write_status(
+        &self,
+        qc: &QueueConsumer,
+        memory: &mut Memory,
+        decision: Option<&ScalingDecision>,
+        backlog: Option<ferry_crds::BacklogStatus>,
+        mode: Option<&ScalerMode>,
+        now: f64,
+    ) -> Result<(), kube::Error> {
+        let before = qc.status.clone().unwrap_or_default();
+        let mut after = before.clone();
+        if let Some(mode) = mode {
+            set_condition(
+                &mut after.conditions,
+                scaling_condition(mode, qc.metadata.generation),
+                to_time(now),
+            );
+        }
+        if let Some(decision) = decision {
+            after.last_scaling = Some(scaling_record(decision, to_time(now)));
+            after.desired_replicas = Some(i32::try_from(decision.to).unwrap_or(i32::MAX));
+        }
+        let backlog_due = decision.is_some()
+            || memory
+                .backlog_written_at
+                .is_none_or(|at| now - at >= BACKLOG_STATUS_EVERY);
+        if let Some(backlog) = backlog
+            && backlog_due
+            && !same_counts(before.backlog.as_ref(), &backlog)
+        {
+            after.backlog = Some(backlog);
+            memory.backlog_written_at = Some(now);
+        }
+        if after == before {
+            return Ok(());
+        }
+        let api: Api<QueueConsumer> =
+            Api::namespaced(self.ctx.client.clone(), &qc.namespace().unwrap_or_default());
+        let patch = serde_json::json!({
+            "apiVersion": "ferry.dev/v1alpha1",
+            "kind": "QueueConsumer",
+            "status": autoscaler_part(&after),
+        });
+        api.patch_status(
+            &qc.name_any(),
+            &PatchParams::apply(AUTOSCALER_FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// The part of `status` the autoscaler owns; the reconciler owns the rest.
+pub fn autoscaler_part(status: &QueueConsumerStatus) -> serde_json::Value {
+    let mut part = serde_json::Map::new();
+    let condition: Vec<_> = status
+        .conditions
+        .iter()
+        .filter(|c| c.type_ == condition_type::SCALING_ACTIVE)
+        .collect();
+    part.insert("conditions".into(), serde_json::json!(condition));
+    if let Some(v) = status.desired_replicas {
+        part.insert("desiredReplicas".into(), v.into());
+    }
+    if let Some(v) = &status.last_scaling {
+        part.insert("lastScaling".into(), serde_json::json!(v));
+    }
+    if let Some(v) = &status.backlog {
+        part.insert("backlog".into(), serde_json::json!(v));
+    }
+    serde_json::Value::Object(part)
+}
+
+/// Backlog counts equal apart from when they were read: not worth a write.
+fn same_counts(
+    before: Option<&ferry_crds::BacklogStatus>,
+    after: &ferry_crds::BacklogStatus,
+) -> bool {
+    before.is_some_and(|b| {
+        (b.visible, b.in_flight, b.delayed, b.dead_letter)
+            == (
+                after.visible,
+                after.in_flight,
+                after.delayed,
+                after.dead_letter,
+            )
+    })
+}
+
+/// The sidecar's `/metrics` on the pod's IP, at the port the sidecar container declares.
+fn metrics_url(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref() != Some("Running") || pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let ip = status.pod_ip.as_deref()?;
+    let port = pod
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == SIDECAR_NAME)?
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(crate::builders::METRICS_PORT_NAME))
+        .map_or(METRICS_PORT, |p| p.container_port);
+    let host = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    };
+    Some(format!("http://{host}:{port}/metrics"))
+}

@@ -1,0 +1,264 @@
+//! Scrapes of a consumer's sidecars (and, when they cannot tell, the queue itself) combined
+//! into the policy's [`ScalingSignals`]. Pure: the loop does the I/O and passes the clock in.
+
+use std::collections::BTreeMap;
+
+use crate::autoscaler::{BacklogSignal, ScalingSignals, ThroughputSignal};
+
+use super::exposition::SidecarSample;
+
+/// One successful scrape of one pod's sidecar.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodScrape {
+    /// Unix seconds of the scrape.
+    pub at: f64,
+    pub sample: SidecarSample,
+}
+
+/// The queue's counts read by the operator itself (SQS attributes, Cloud Monitoring).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QueueReading {
+    /// Unix seconds the counts were true.
+    pub at: f64,
+    pub backlog: BacklogSignal,
+}
+
+/// Where the backlog in a [`ScalingSignals`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BacklogSource {
+    /// The sidecars' reads of the queue's counts.
+    Sidecars,
+    /// The operator read the queue (no sidecar reported counts).
+    Queue,
+    /// Nobody can read the counts (Pub/Sub without Cloud Monitoring): estimated by Little's
+    /// law from how fast messages are received and how long they waited. It is a lower
+    /// bound, so it can under-scale but never reads a busy queue as empty.
+    EstimatedFromWait,
+}
+
+impl BacklogSource {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Sidecars => "sidecars",
+            Self::Queue => "queue",
+            Self::EstimatedFromWait => "estimated_from_wait",
+        }
+    }
+}
+
+/// `current - previous` for a counter; a restarted sidecar starts again from zero.
+fn increase(current: f64, previous: f64) -> f64 {
+    if current >= previous {
+        current - previous
+    } else {
+        current
+    }
+}
+
+/// Rates over the window between each pod's previous scrape and this one, summed over the
+/// pods seen both times. `None` when no pod was seen twice.
+fn throughput(
+    previous: &BTreeMap<String, PodScrape>,
+    current: &BTreeMap<String, PodScrape>,
+) -> Option<ThroughputSignal> {
+    let mut windows = 0.0;
+    let mut pods = 0u32;
+    let (mut received, mut completed) = (0.0, 0.0);
+    let (mut service_sum, mut service_count) = (0.0, 0.0);
+    let (mut age_sum, mut age_count) = (0.0, 0.0);
+    for (pod, now) in current {
+        let Some(before) = previous.get(pod) else {
+            continue;
+        };
+        let window = now.at - before.at;
+        if window <= 0.0 {
+            continue;
+        }
+        let (a, b) = (&now.sample, &before.sample);
+        pods += 1;
+        windows += window;
+        received += increase(a.received, b.received) / window;
+        completed += increase(a.completed, b.completed) / window;
+        service_sum += increase(a.service_seconds_sum, b.service_seconds_sum);
+        service_count += increase(a.service_count, b.service_count);
+        age_sum += increase(a.age_seconds_sum, b.age_seconds_sum);
+        age_count += increase(a.age_count, b.age_count);
+    }
+    if pods == 0 {
+        return None;
+    }
+    let mean = |sum: f64, count: f64| (count > 0.0).then(|| sum / count);
+    let active = current.values().map(|p| &p.sample);
+    let (in_flight, limit) = active.fold((0.0, 0.0), |(f, l), s| {
+        (f + s.in_flight, l + s.concurrency_limit)
+    });
+    Some(ThroughputSignal {
+        window_seconds: windows / f64::from(pods),
+        receive_rate: received,
+        completion_rate: completed,
+        mean_service_seconds: mean(service_sum, service_count),
+        mean_age_at_receipt_seconds: mean(age_sum, age_count),
+        in_flight: in_flight as u64,
+        concurrency_limit: limit as u64,
+    })
+}
+
+/// The signals of one consumer at one poll, or `None` when nothing trustworthy is known
+/// (the policy then holds: a missing signal is never an empty queue).
+///
+/// `current` holds this poll's scrapes of the pods that are not draining; `previous` the
+/// scrapes of the poll before. `queue` is the operator's own read of the queue, made when no
+/// sidecar reports counts. `now` is the scrape time (Unix seconds).
+pub fn combine(
+    previous: &BTreeMap<String, PodScrape>,
+    current: &BTreeMap<String, PodScrape>,
+    queue: Option<QueueReading>,
+    concurrency_per_replica: u32,
+    now: f64,
+) -> Option<(ScalingSignals, BacklogSource)> {
+    let throughput = throughput(previous, current);
+    // Every sidecar reads the same queue-wide counts; the newest read is the truth.
+    let reported = current
+        .values()
+        .filter_map(|p| p.sample.backlog)
+        .max_by(|a, b| a.read_at.total_cmp(&b.read_at));
+    let (sampled_at, backlog, source) = if let Some(r) = reported {
+        let backlog = BacklogSignal {
+            visible: r.visible as u64,
+            in_flight: r.in_flight as u64,
+            delayed: r.delayed as u64,
+        };
+        (r.read_at, backlog, BacklogSource::Sidecars)
+    } else if let Some(q) = queue {
+        (q.at, q.backlog, BacklogSource::Queue)
+    } else {
+        let t = throughput?;
+        let waiting = t.receive_rate * t.mean_age_at_receipt_seconds.unwrap_or(0.0);
+        let backlog = BacklogSignal {
+            visible: waiting.round() as u64,
+            in_flight: t.in_flight,
+            delayed: 0,
+        };
+        (now, backlog, BacklogSource::EstimatedFromWait)
+    };
+    let signals = ScalingSignals {
+        sampled_at,
+        backlog,
+        throughput,
+        ready_replicas: u32::try_from(current.len()).unwrap_or(u32::MAX),
+        concurrency_per_replica,
+    };
+    Some((signals, source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scaling::exposition::ReportedBacklog;
+
+    fn scrape(at: f64, received: f64, completed: f64, backlog: Option<(f64, f64)>) -> PodScrape {
+        PodScrape {
+            at,
+            sample: SidecarSample {
+                received,
+                completed,
+                service_seconds_sum: completed * 0.2,
+                service_count: completed,
+                age_seconds_sum: received * 2.0,
+                age_count: received,
+                in_flight: 4.0,
+                concurrency_limit: 10.0,
+                backlog: backlog.map(|(visible, read_at)| ReportedBacklog {
+                    visible,
+                    in_flight: 4.0,
+                    delayed: 0.0,
+                    read_at,
+                }),
+                ..SidecarSample::default()
+            },
+        }
+    }
+
+    fn pods(list: &[(&str, PodScrape)]) -> BTreeMap<String, PodScrape> {
+        list.iter()
+            .map(|(n, s)| (n.to_string(), s.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn rates_sum_over_pods_and_the_newest_backlog_read_wins() {
+        let before = pods(&[
+            ("a", scrape(100.0, 100.0, 90.0, None)),
+            ("b", scrape(100.0, 50.0, 50.0, None)),
+        ]);
+        let now = pods(&[
+            ("a", scrape(105.0, 150.0, 140.0, Some((30.0, 103.0)))),
+            ("b", scrape(105.0, 100.0, 100.0, Some((25.0, 104.0)))),
+        ]);
+        let (signals, source) = combine(&before, &now, None, 10, 105.0).unwrap();
+        assert_eq!(source, BacklogSource::Sidecars);
+        assert_eq!(signals.sampled_at, 104.0);
+        assert_eq!(signals.backlog.visible, 25);
+        assert_eq!(signals.ready_replicas, 2);
+        let t = signals.throughput.unwrap();
+        assert_eq!((t.receive_rate, t.completion_rate), (20.0, 20.0));
+        assert_eq!(t.window_seconds, 5.0);
+        assert!((t.mean_service_seconds.unwrap() - 0.2).abs() < 1e-9);
+        assert_eq!(t.mean_age_at_receipt_seconds, Some(2.0));
+        assert_eq!((t.in_flight, t.concurrency_limit), (8, 20));
+    }
+
+    #[test]
+    fn a_restarted_sidecar_counts_from_zero() {
+        let before = pods(&[("a", scrape(100.0, 1000.0, 1000.0, None))]);
+        let now = pods(&[("a", scrape(110.0, 30.0, 20.0, Some((0.0, 109.0))))]);
+        let t = combine(&before, &now, None, 10, 110.0)
+            .unwrap()
+            .0
+            .throughput
+            .unwrap();
+        assert_eq!((t.receive_rate, t.completion_rate), (3.0, 2.0));
+    }
+
+    #[test]
+    fn without_sidecars_the_queue_read_is_used() {
+        let reading = QueueReading {
+            at: 50.0,
+            backlog: BacklogSignal {
+                visible: 7,
+                in_flight: 0,
+                delayed: 2,
+            },
+        };
+        let (signals, source) =
+            combine(&BTreeMap::new(), &BTreeMap::new(), Some(reading), 4, 51.0).unwrap();
+        assert_eq!(source, BacklogSource::Queue);
+        assert_eq!(signals.backlog, reading.backlog);
+        assert_eq!(signals.sampled_at, 50.0);
+        assert_eq!(signals.throughput, None);
+        assert_eq!(signals.concurrency_per_replica, 4);
+    }
+
+    #[test]
+    fn nothing_known_is_no_signal_not_an_empty_queue() {
+        assert_eq!(
+            combine(&BTreeMap::new(), &BTreeMap::new(), None, 4, 1.0),
+            None
+        );
+        // One scrape alone gives no rates, and without counts there is nothing to go on.
+        let now = pods(&[("a", scrape(105.0, 10.0, 10.0, None))]);
+        assert_eq!(combine(&BTreeMap::new(), &now, None, 4, 105.0), None);
+    }
+
+    #[test]
+    fn without_counts_the_backlog_is_estimated_from_the_wait() {
+        let before = pods(&[("a", scrape(100.0, 0.0, 0.0, None))]);
+        // 50 received in 5 s (10/s) after waiting 2 s each: about 20 are queued behind them.
+        let now = pods(&[("a", scrape(105.0, 50.0, 45.0, None))]);
+        let (signals, source) = combine(&before, &now, None, 10, 105.0).unwrap();
+        assert_eq!(source, BacklogSource::EstimatedFromWait);
+        assert_eq!(signals.backlog.visible, 20);
+        assert_eq!(signals.backlog.in_flight, 4);
+        assert_eq!(signals.sampled_at, 105.0);
+    }
+}
