@@ -117,11 +117,14 @@ impl Pump {
                     Err(_) => break,
                 }
             }
-            // A drain abandons a pending receive: nothing received is lost by that, at worst
-            // a message stays leased until its lease runs out and is then redelivered.
+            let receive = self.queue.receive(slots.len(), self.settings.receive_wait);
+            tokio::pin!(receive);
             let received = tokio::select! {
-                r = self.queue.receive(slots.len(), self.settings.receive_wait) => r,
-                _ = until_draining(&mut draining) => return,
+                r = &mut receive => r,
+                _ = until_draining(&mut draining) => {
+                    self.hand_back_pending_receive(receive).await;
+                    return;
+                }
             };
             match received {
                 Ok(messages) => {
@@ -162,6 +165,28 @@ impl Pump {
                     }
                 }
             }
+        }
+    }
+
+    /// A drain started while a receive call was pending. An SQS long poll cannot be called
+    /// off: the server may already have leased messages to it, and abandoning the call would
+    /// leave them invisible until their lease runs out (a scale-down would delay them by a
+    /// whole visibility timeout). So the call is let finish and what it brought is handed
+    /// straight back. Its delivery slots stay taken meanwhile, so the drain waits for this
+    /// too. Pub/Sub's receive reads a local buffer; nothing is leased by abandoning it.
+    async fn hand_back_pending_receive(
+        &self,
+        receive: impl std::future::Future<Output = Result<Vec<ReceivedMessage>, QueueError>>,
+    ) {
+        if !self.queue.receive_calls_the_queue() {
+            return;
+        }
+        if let Ok(messages) = receive.await {
+            for _ in &messages {
+                self.metrics.received.inc();
+                self.metrics.in_flight.inc();
+            }
+            self.release_messages(messages, "drain").await;
         }
     }
 
@@ -254,11 +279,16 @@ impl Pump {
     }
 
     async fn release_held(&self, held: Vec<Held>, why: &str) {
-        if held.is_empty() {
+        self.release_messages(held.into_iter().map(|h| h.message).collect(), why)
+            .await;
+    }
+
+    async fn release_messages(&self, messages: Vec<ReceivedMessage>, why: &str) {
+        if messages.is_empty() {
             return;
         }
-        let count = held.len();
-        let leases: Vec<Lease> = held.into_iter().map(|h| h.message.lease).collect();
+        let count = messages.len();
+        let leases: Vec<Lease> = messages.into_iter().map(|m| m.lease).collect();
         if let Err(error) = self.queue.release(leases).await {
             self.metrics.api_error(&error);
             tracing::warn!(

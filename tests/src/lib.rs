@@ -28,6 +28,25 @@ pub fn log_dir() -> PathBuf {
     dir
 }
 
+/// A binary of another workspace package, built next to the running test (`cargo test
+/// --workspace` builds every package's binaries before any test runs). Panics with the
+/// command that builds it when it is missing.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let test = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let profile_dir = test
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("tests run from target/<profile>/deps");
+    let binary = profile_dir.join(name);
+    assert!(
+        binary.is_file(),
+        "{} is missing: build it first (`cargo build --bin {name}`, or run `cargo test --workspace`)",
+        binary.display()
+    );
+    binary
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

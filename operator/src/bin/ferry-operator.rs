@@ -95,10 +95,8 @@ async fn main() -> anyhow::Result<()> {
     })?;
     let leading = Arc::new(AtomicBool::new(!options.leader_election));
     let mut settings = OperatorSettings::new(options.sidecar_image.clone());
-    settings.queue_endpoint = options
-        .sqs_endpoint
-        .clone()
-        .or(options.pubsub_emulator_host.clone());
+    settings.sqs_endpoint = options.sqs_endpoint.clone();
+    settings.pubsub_endpoint = options.pubsub_emulator_host.clone();
     settings.poll_interval = options.poll_interval;
     settings.pods_share_network = options.pods_share_network;
     let monitoring =

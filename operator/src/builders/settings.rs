@@ -20,9 +20,12 @@ pub struct OperatorSettings {
     pub sidecar_image_pull_policy: Option<String>,
     /// Sidecar resources unless `spec.sidecar.resources` sets them.
     pub sidecar_resources: ResourceRequirements,
-    /// `FERRY_ENDPOINT`: an SQS-compatible server or the Pub/Sub emulator, for local clusters
-    /// and tests; `None` in production.
-    pub queue_endpoint: Option<String>,
+    /// `FERRY_ENDPOINT` of SQS sidecars: an SQS-compatible server, for local clusters and
+    /// tests; `None` in production.
+    pub sqs_endpoint: Option<String>,
+    /// `FERRY_ENDPOINT` of Pub/Sub sidecars: the Pub/Sub emulator (`host:port`); `None` in
+    /// production.
+    pub pubsub_endpoint: Option<String>,
     /// `FERRY_LOG_FORMAT` of the sidecar: `json` for log collectors, `text` for people.
     pub sidecar_log_format: String,
     /// Extra environment for every sidecar (e.g. credentials of a local SQS-compatible
@@ -45,7 +48,8 @@ impl OperatorSettings {
             sidecar_image: sidecar_image.into(),
             sidecar_image_pull_policy: None,
             sidecar_resources: default_sidecar_resources(),
-            queue_endpoint: None,
+            sqs_endpoint: None,
+            pubsub_endpoint: None,
             sidecar_log_format: "json".into(),
             sidecar_extra_env: Vec::new(),
             poll_interval: DEFAULT_POLL_INTERVAL,

@@ -19,10 +19,15 @@ pub const READINESS_PATH: &str = "/readyz";
 pub const LIVENESS_PATH: &str = "/healthz";
 pub const DRAIN_PATH: &str = "/drain";
 
-/// Seconds in-flight deliveries get when a pod stops: as long as one delivery may take, so a
-/// removed pod finishes its work instead of leaving it to be redelivered after the lease.
+/// The sidecar's SQS long poll (`FERRY_RECEIVE_WAIT_SECONDS`' default): a drain lets a
+/// pending poll answer and hands its messages back, so it may take this long.
+const LONG_POLL_SECONDS: i64 = 20;
+
+/// Seconds in-flight deliveries get when a pod stops: as long as one delivery may take (and
+/// at least one long poll), so a removed pod finishes its work instead of leaving it to be
+/// redelivered after the lease.
 pub fn drain_timeout_seconds(qc: &QueueConsumer) -> i64 {
-    i64::from(qc.spec.delivery.timeout_seconds.max(1))
+    i64::from(qc.spec.delivery.timeout_seconds.max(1)).max(LONG_POLL_SECONDS)
 }
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
@@ -60,7 +65,11 @@ pub fn sidecar_env(
     if let Some(topic) = &names.dead_letter_topic {
         vars.push(env("FERRY_DEAD_LETTER_TOPIC", topic.clone()));
     }
-    if let Some(endpoint) = &settings.queue_endpoint {
+    let endpoint = match qc.spec.queue.provider {
+        QueueProvider::Sqs => &settings.sqs_endpoint,
+        QueueProvider::Pubsub => &settings.pubsub_endpoint,
+    };
+    if let Some(endpoint) = endpoint {
         vars.push(env("FERRY_ENDPOINT", endpoint.clone()));
     }
     // The worker shares the pod's network namespace; loopback keeps deliveries off the

@@ -41,7 +41,8 @@ fn names() -> ProvisionedNames {
 
 fn settings() -> OperatorSettings {
     OperatorSettings {
-        queue_endpoint: Some("http://127.0.0.1:5000".into()),
+        sqs_endpoint: Some("http://127.0.0.1:5000".into()),
+        pubsub_endpoint: Some("127.0.0.1:8085".into()),
         ..OperatorSettings::new("ghcr.io/ferry-dev/ferry-consumer:0.1.0")
     }
 }
@@ -475,4 +476,19 @@ fn where_pods_share_the_host_network_the_sidecar_uses_the_pod_ip() {
     );
     assert_eq!(env_value(&env, "FERRY_LISTEN_ADDR"), Some("$(POD_IP):9090"));
     assert_eq!(env_value(&env, "FERRY_STATS_INTERVAL"), Some("1.5"));
+}
+
+#[test]
+fn each_provider_gets_its_own_local_endpoint() {
+    let pubsub = consumer(json!({
+        "queue": {"provider": "pubsub"},
+        "worker": {"spec": {"containers": [{"name": "worker", "image": "w"}]}},
+    }));
+    let env = sidecar_env(&pubsub, &settings(), &names());
+    assert_eq!(env_value(&env, "FERRY_ENDPOINT"), Some("127.0.0.1:8085"));
+    let env = sidecar_env(&sqs_consumer(), &settings(), &names());
+    assert_eq!(
+        env_value(&env, "FERRY_ENDPOINT"),
+        Some("http://127.0.0.1:5000")
+    );
 }

@@ -1,0 +1,391 @@
+//! The autoscaler's real loop on devcluster with real pods: the process kubelet runs the
+//! `ferry-consumer` sidecar and the example worker for every pod, against moto's SQS server
+//! and Google's Pub/Sub emulator. What the simulator predicts, the loop must do: a burst
+//! scales out as soon as the sidecars report it, the backlog drains, the consumer goes back
+//! to its floor (zero for SQS) after the idle time and comes back when messages arrive, and
+//! no message reaches the worker twice because a pod was removed.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use ferry_crds::QueueConsumer;
+use ferry_devcluster::DevCluster;
+use ferry_operator::autoscaler::PolicyTuning;
+use ferry_operator::builders::OperatorSettings;
+use ferry_operator::controller::{self, CloudSettings, Context};
+use ferry_operator::scaling::{self, AutoscalerSettings, QueueReaderSettings};
+use ferry_queues::Provider;
+use ferry_queues::provision::{OutgoingMessage, publish};
+use ferry_tests::{emulators, workspace_binary};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
+
+const POLL: Duration = Duration::from_secs(1);
+const SIDECAR_IMAGE: &str = "ghcr.io/ferry-dev/consumer:test";
+
+struct Live {
+    cluster: DevCluster,
+    ctx: std::sync::Arc<Context>,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Live {
+    async fn start() -> Self {
+        let cluster = DevCluster::builder()
+            .kubelet(true)
+            .image(
+                "ghcr.io/ferry-dev/consumer:*",
+                [workspace_binary("ferry-consumer").display().to_string()],
+            )
+            .image(
+                "example.com/worker:*",
+                [workspace_binary("ferry-example-worker")
+                    .display()
+                    .to_string()],
+            )
+            .start()
+            .await
+            .expect("devcluster");
+        let client = cluster.client();
+        Api::<CustomResourceDefinition>::all(client.clone())
+            .create(&PostParams::default(), &ferry_crds::crd::crd())
+            .await
+            .expect("install the CRD");
+        let mut settings = OperatorSettings::new(SIDECAR_IMAGE);
+        settings.sqs_endpoint = Some(emulators::moto().url());
+        settings.pubsub_endpoint = Some(emulators::pubsub().host_port());
+        settings.poll_interval = POLL;
+        settings.pods_share_network = true;
+        settings.sidecar_log_format = "text".into();
+        // The sidecar must never ask an instance metadata service for anything.
+        settings.sidecar_extra_env = vec![EnvVar {
+            name: "AWS_EC2_METADATA_DISABLED".into(),
+            value: Some("true".into()),
+            value_from: None,
+        }];
+        let cloud = CloudSettings {
+            sqs_endpoint: settings.sqs_endpoint.clone(),
+            pubsub_endpoint: settings.pubsub_endpoint.clone(),
+            pubsub_project: Some(emulators::PUBSUB_PROJECT.into()),
+            cluster_name: "autoscale-test".into(),
+        };
+        let ctx = Context::new(client.clone(), settings, cloud);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let until_stopped = move || {
+            let mut rx = stopped.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let autoscaling = AutoscalerSettings {
+            poll_interval: POLL,
+            tuning: PolicyTuning::default(),
+            queues: QueueReaderSettings {
+                sqs_endpoint: Some(emulators::moto().url()),
+                pubsub_monitoring: None,
+            },
+            namespace: None,
+        };
+        let tasks = vec![
+            tokio::spawn(controller::run(
+                ctx.clone(),
+                Api::all(client.clone()),
+                until_stopped(),
+            )),
+            tokio::spawn(scaling::run(ctx.clone(), autoscaling, until_stopped())),
+        ];
+        Self {
+            cluster,
+            ctx,
+            stop: Some(stop),
+            tasks,
+        }
+    }
+
+    fn consumers(&self) -> Api<QueueConsumer> {
+        Api::namespaced(self.cluster.client(), "default")
+    }
+
+    async fn replicas(&self, name: &str) -> Option<i32> {
+        let deployments: Api<Deployment> = Api::namespaced(self.cluster.client(), "default");
+        deployments.get_opt(name).await.ok()??.spec.replicas
+    }
+
+    /// Every `200 message=<id>` line the example workers printed, by message id.
+    fn successes(&self) -> HashMap<String, usize> {
+        let mut seen = HashMap::new();
+        for entry in std::fs::read_dir(self.cluster.logs_dir()).expect("pod logs") {
+            let path = entry.expect("log entry").path();
+            if !path.to_string_lossy().ends_with("_worker.log") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for line in text.lines() {
+                if let Some(rest) = line.strip_prefix("200 message=") {
+                    let id = rest.split_whitespace().next().unwrap_or_default();
+                    *seen.entry(id.to_string()).or_insert(0) += 1;
+                }
+            }
+        }
+        seen
+    }
+
+    /// The last lines of every container's log, for failure messages.
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        let Ok(entries) = std::fs::read_dir(self.cluster.logs_dir()) else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(8)..].join("\n");
+            out.push_str(&format!("--- {}\n{tail}\n", entry.path().display()));
+        }
+        out
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        for task in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        self.cluster.shutdown().await;
+    }
+}
+
+fn consumer(provider: Provider, name: &str) -> QueueConsumer {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "QueueConsumer",
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": {
+            "queue": { "provider": provider.as_str(), "name": ferry_tests::unique_name("scale") },
+            "deadLetter": { "maxDeliveries": 5 },
+            "deletionPolicy": "Delete",
+            "forceDelete": true,
+            "delivery": { "concurrency": 2, "timeoutSeconds": 10 },
+            "scaling": {
+                "minReplicas": 0,
+                "maxReplicas": 4,
+                "targetLatencySeconds": 4,
+                "scaleDownStabilizationSeconds": 4,
+                "idleBeforeZeroSeconds": 4,
+            },
+            "worker": { "spec": { "containers": [{
+                "name": "worker",
+                "image": "example.com/worker:1",
+                "env": [
+                    { "name": "POD_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } },
+                    { "name": "WORKER_LISTEN", "value": "$(POD_IP):8080" },
+                    { "name": "WORKER_LATENCY_MS", "value": "200" },
+                    { "name": "WORKER_VERBOSE", "value": "true" },
+                ],
+            }] } },
+        }
+    }))
+    .expect("a valid QueueConsumer")
+}
+
+async fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    ferry_tests::eventually(timeout, what, async || check().await).await
+}
+
+async fn publish_burst(provider: Provider, destination: &str, count: usize) -> Vec<String> {
+    let endpoint = match provider {
+        Provider::Sqs => emulators::moto().url(),
+        Provider::PubSub => emulators::pubsub().host_port(),
+    };
+    let messages = (0..count)
+        .map(|i| OutgoingMessage {
+            body: format!("{{\"order\":{i}}}").into_bytes(),
+            attributes: vec![],
+            ordering_group: None,
+        })
+        .collect();
+    publish(provider, Some(&endpoint), destination, messages)
+        .await
+        .expect("publish the burst")
+}
+
+/// Watches the Deployment's replica count until `done` says so, recording the highest count.
+async fn watch_replicas(
+    live: &Live,
+    name: &str,
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut(i32, &HashMap<String, usize>) -> bool,
+) -> i32 {
+    let deadline = Instant::now() + timeout;
+    let mut highest = 0;
+    loop {
+        let replicas = live.replicas(name).await.unwrap_or(0);
+        highest = highest.max(replicas);
+        if done(replicas, &live.successes()) {
+            return highest;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {timeout:?} (replicas {replicas}, highest {highest}); operator metrics:\n{}\npod logs:\n{}",
+            live.ctx.metrics.encode(),
+            live.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+ferry_tests::for_both_providers!(a_burst_scales_out_drains_and_scales_back_without_duplicates,);
+
+async fn a_burst_scales_out_drains_and_scales_back_without_duplicates(provider: Provider) {
+    let live = Live::start().await;
+    let api = live.consumers();
+    let qc = api
+        .create(&PostParams::default(), &consumer(provider, "burst"))
+        .await
+        .expect("create");
+    let _ = qc;
+    let ready = eventually(Duration::from_secs(60), "QueueReady", async || {
+        let qc = api.get("burst").await.ok()?;
+        let status = qc.status.as_ref()?;
+        status.queue.as_ref()?;
+        Some(qc)
+    })
+    .await;
+    let status = ready.status.clone().unwrap();
+    let publish_to = match provider {
+        Provider::Sqs => status.queue.as_ref().unwrap().id.clone(),
+        Provider::PubSub => status.queue.as_ref().unwrap().topic.clone().unwrap(),
+    };
+
+    // The floor: an idle SQS consumer goes to zero. A Pub/Sub one keeps one replica, since
+    // nothing could see messages arrive at zero without Cloud Monitoring, and says so.
+    let floor = match provider {
+        Provider::Sqs => 0,
+        Provider::PubSub => 1,
+    };
+    watch_replicas(
+        &live,
+        "burst-worker",
+        Duration::from_secs(60),
+        "idle consumer at its floor",
+        |replicas, _| replicas == floor,
+    )
+    .await;
+    if provider == Provider::PubSub {
+        let qc = eventually(
+            Duration::from_secs(30),
+            "a running pod scraped",
+            async || {
+                let qc = api.get("burst").await.ok()?;
+                let active = qc
+                    .status
+                    .as_ref()?
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "ScalingActive")?
+                    .clone();
+                (active.reason == "KeepingOneReplica").then_some(active)
+            },
+        )
+        .await;
+        assert!(qc.message.contains("Cloud Monitoring"), "{}", qc.message);
+    }
+
+    // A burst: 10 × what one replica (2 slots × 5 msg/s) does per second.
+    let count = 400;
+    let started = Instant::now();
+    let ids = publish_burst(provider, &publish_to, count).await;
+    assert_eq!(ids.len(), count);
+    let highest = watch_replicas(
+        &live,
+        "burst-worker",
+        Duration::from_secs(90),
+        "scaled out",
+        |replicas, _| replicas >= 3,
+    )
+    .await;
+    let scaled_out_after = started.elapsed();
+    // From publishing to three replicas asked for: the sidecars' next stats read (1 s), the
+    // next poll (1 s), and for SQS the first pod starting from zero before it can report.
+    assert!(
+        scaled_out_after < Duration::from_secs(20),
+        "scale-out took {scaled_out_after:?}"
+    );
+    let after_burst = api.get("burst").await.expect("get");
+    let last = after_burst
+        .status
+        .as_ref()
+        .and_then(|s| s.last_scaling.clone())
+        .expect("status.lastScaling records the decision");
+    assert!(last.to > last.from, "{last:?}");
+    assert!(last.signals.is_some(), "{last:?}");
+
+    // The backlog drains, then the consumer goes back to its floor: each message reached a
+    // worker exactly once, scale-down included.
+    let highest = highest.max(
+        watch_replicas(
+            &live,
+            "burst-worker",
+            Duration::from_secs(120),
+            "drained and back at the floor",
+            |replicas, seen| seen.len() == count && replicas == floor,
+        )
+        .await,
+    );
+    let seen = live.successes();
+    let missing: Vec<&String> = ids.iter().filter(|id| !seen.contains_key(*id)).collect();
+    assert!(missing.is_empty(), "never processed: {missing:?}");
+    let twice: Vec<(&String, &usize)> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered twice: {twice:?}");
+    let drained = api.get("burst").await.expect("get");
+    let last = drained.status.unwrap().last_scaling.unwrap();
+    assert!(
+        last.to < last.from,
+        "the last decision scaled down: {last:?}"
+    );
+
+    // From zero and back: messages arriving at an SQS consumer at zero start it again.
+    if provider == Provider::Sqs {
+        let more = publish_burst(provider, &publish_to, 20).await;
+        watch_replicas(
+            &live,
+            "burst-worker",
+            Duration::from_secs(60),
+            "woken from zero and drained",
+            |_, seen| more.iter().all(|id| seen.contains_key(id)),
+        )
+        .await;
+        let woke = api.get("burst").await.expect("get");
+        let scaled = woke.status.unwrap();
+        assert!(
+            scaled.last_scaling.is_some(),
+            "the activation is recorded in status"
+        );
+    }
+
+    let metrics = live.ctx.metrics.encode();
+    assert!(
+        metrics.contains(r#"ferry_scaling_decisions_total{direction="up",namespace="default",queueconsumer="burst"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"ferry_scaling_decisions_total{direction="down",namespace="default",queueconsumer="burst"}"#),
+        "{metrics}"
+    );
+    eprintln!(
+        "{provider:?}: scaled out to {highest} replicas {scaled_out_after:?} after the burst was published"
+    );
+    api.delete("burst", &Default::default())
+        .await
+        .expect("delete");
+    live.stop().await;
+}
