@@ -6,6 +6,7 @@
 
 pub mod emulators;
 pub mod monitoring;
+pub mod sandbox;
 pub mod sidecar;
 pub mod worker;
 
@@ -28,16 +29,16 @@ pub fn log_dir() -> PathBuf {
     dir
 }
 
-/// A binary of another workspace package, built next to the running test (`cargo test
+/// A binary of another workspace package, built next to the running test or program (`cargo test
 /// --workspace` builds every package's binaries before any test runs). Panics with the
 /// command that builds it when it is missing.
 pub fn workspace_binary(name: &str) -> PathBuf {
-    let test = std::env::current_exe().expect("the test's own path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let profile_dir = test
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("tests run from target/<profile>/deps");
+    let exe = std::env::current_exe().expect("the running program's own path");
+    // Tests run from target/<profile>/deps/, binaries from target/<profile>/.
+    let mut profile_dir = exe.parent().expect("a program lives in a directory");
+    if profile_dir.ends_with("deps") {
+        profile_dir = profile_dir.parent().expect("deps/ has a parent");
+    }
     let binary = profile_dir.join(name);
     assert!(
         binary.is_file(),

@@ -35,7 +35,8 @@ struct Options {
     /// Bodies containing this text are rejected with HTTP 422.
     #[arg(long, env = "WORKER_POISON", default_value = "poison")]
     poison: String,
-    /// Print one line per delivery.
+    /// Print one line per delivery: status, message id, attempt, latency, and when the
+    /// delivery started (Unix milliseconds), which the sandbox reads to measure waits.
     #[arg(long, env = "WORKER_VERBOSE")]
     verbose: bool,
 }
@@ -55,6 +56,9 @@ async fn work(State(options): State<Arc<Options>>, headers: HeaderMap, body: Byt
             .unwrap_or("")
             .to_string()
     };
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
     let id = header("ferry-message-id");
     let attempt = header("ferry-delivery-attempt");
     let spread = unit_hash((&id, "latency"));
@@ -70,7 +74,7 @@ async fn work(State(options): State<Arc<Options>>, headers: HeaderMap, body: Byt
         };
     if options.verbose {
         println!(
-            "{} message={id} attempt={attempt} latency={latency:?}",
+            "{} message={id} attempt={attempt} latency={latency:?} started_ms={started_ms}",
             status.as_u16()
         );
     }

@@ -1,0 +1,271 @@
+//! Who got what: the example workers' delivery lines, the publisher's record and the
+//! dead-letter queue's contents, reconciled into the run's summary. Pure: the sandbox reads
+//! the files and the queue, this module only counts.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::Serialize;
+
+/// One line the example worker prints per delivery with `WORKER_VERBOSE`:
+/// `200 message=<id> attempt=<n> latency=<d> started_ms=<unix ms>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub status: u16,
+    pub message_id: String,
+    pub started_ms: u64,
+}
+
+pub fn parse_delivery(line: &str) -> Option<Delivery> {
+    let mut words = line.split_whitespace();
+    let status = words.next()?.parse().ok()?;
+    let mut message_id = None;
+    let mut started_ms = None;
+    for word in words {
+        if let Some(id) = word.strip_prefix("message=") {
+            message_id = Some(id.to_string());
+        } else if let Some(ms) = word.strip_prefix("started_ms=") {
+            started_ms = ms.parse().ok();
+        }
+    }
+    Some(Delivery {
+        status,
+        message_id: message_id?,
+        started_ms: started_ms?,
+    })
+}
+
+/// A message the sandbox published: its sequence number (also in its body), the id the
+/// provider gave it, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub seq: u64,
+    pub id: String,
+    pub at_ms: u64,
+    pub poison: bool,
+}
+
+/// What the deliveries say so far, per message id.
+#[derive(Debug, Default, Clone)]
+pub struct Ledger {
+    /// Successful deliveries (2xx) per id, and when the first one started.
+    successes: HashMap<String, (usize, u64)>,
+    /// Failed deliveries per id (any non-2xx).
+    failures: HashMap<String, usize>,
+    /// Ids the worker rejected as permanent (422): the sidecar dead-letters them at once.
+    rejected: HashMap<String, u64>,
+}
+
+impl Ledger {
+    pub fn record(&mut self, delivery: &Delivery) {
+        match delivery.status {
+            200..=299 => {
+                let entry = self
+                    .successes
+                    .entry(delivery.message_id.clone())
+                    .or_insert((0, delivery.started_ms));
+                entry.0 += 1;
+                entry.1 = entry.1.min(delivery.started_ms);
+            }
+            status => {
+                *self
+                    .failures
+                    .entry(delivery.message_id.clone())
+                    .or_insert(0) += 1;
+                if status == 422 {
+                    self.rejected
+                        .entry(delivery.message_id.clone())
+                        .or_insert(delivery.started_ms);
+                }
+            }
+        }
+    }
+
+    pub fn processed(&self) -> usize {
+        self.successes.len()
+    }
+
+    /// Failed deliveries that were retried or dead-lettered.
+    pub fn failed_deliveries(&self) -> usize {
+        self.failures.values().sum()
+    }
+
+    pub fn rejected(&self) -> usize {
+        self.rejected.len()
+    }
+
+    /// Whether the workers are done with this message: it succeeded, was rejected as
+    /// poison, or failed as often as the queue allows before dead-lettering it.
+    pub fn is_settled(&self, id: &str, max_deliveries: usize) -> bool {
+        self.successes.contains_key(id)
+            || self.rejected.contains_key(id)
+            || self.failures.get(id).is_some_and(|n| *n >= max_deliveries)
+    }
+
+    /// Milliseconds from publishing to the first delivery that settled the message.
+    fn wait_ms(&self, message: &Published) -> Option<u64> {
+        let started = self
+            .successes
+            .get(&message.id)
+            .map(|(_, at)| *at)
+            .or_else(|| self.rejected.get(&message.id).copied())?;
+        Some(started.saturating_sub(message.at_ms))
+    }
+
+    /// The longest wait among messages first settled at or after `since_ms`, for the live view.
+    pub fn recent_max_wait_ms(&self, published: &[Published], since_ms: u64) -> Option<u64> {
+        published
+            .iter()
+            .filter_map(|m| {
+                let started = self
+                    .successes
+                    .get(&m.id)
+                    .map(|(_, at)| *at)
+                    .or_else(|| self.rejected.get(&m.id).copied())?;
+                (started >= since_ms).then(|| started.saturating_sub(m.at_ms))
+            })
+            .max()
+    }
+}
+
+/// The run's outcome; printed as the sandbox's last line, asserted on by the e2e suite.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub provider: String,
+    pub published: usize,
+    /// Messages a worker answered 2xx to.
+    pub processed: usize,
+    /// Messages found in the dead-letter queue.
+    pub dead_lettered: usize,
+    /// Poison messages published that are not in the dead-letter queue.
+    pub poison_not_dead_lettered: usize,
+    /// Published, and neither processed nor dead-lettered. Must be 0.
+    pub lost: usize,
+    /// Messages a worker answered 2xx to more than once.
+    pub duplicates: usize,
+    /// Deliveries the worker failed (each one retried or, at the limit, dead-lettered).
+    pub failed_deliveries: usize,
+    pub max_wait_s: f64,
+    pub p99_wait_s: f64,
+    /// Worker pods × seconds they existed, summed over the run.
+    pub replica_seconds: f64,
+    pub max_replicas: i32,
+    pub final_replicas: i32,
+    pub seconds: f64,
+}
+
+/// Everything but the timing fields, which the sandbox fills in.
+pub fn summarize(
+    provider: &str,
+    published: &[Published],
+    ledger: &Ledger,
+    dead_letter_seqs: &BTreeSet<u64>,
+) -> Summary {
+    let processed: BTreeSet<u64> = published
+        .iter()
+        .filter(|m| ledger.successes.contains_key(&m.id))
+        .map(|m| m.seq)
+        .collect();
+    let lost = published
+        .iter()
+        .filter(|m| !processed.contains(&m.seq) && !dead_letter_seqs.contains(&m.seq))
+        .count();
+    let duplicates = ledger.successes.values().filter(|(n, _)| *n > 1).count();
+    let poison_not_dead_lettered = published
+        .iter()
+        .filter(|m| m.poison && !dead_letter_seqs.contains(&m.seq))
+        .count();
+    let mut waits: Vec<u64> = published.iter().filter_map(|m| ledger.wait_ms(m)).collect();
+    waits.sort_unstable();
+    let quantile = |q: f64| {
+        if waits.is_empty() {
+            return 0.0;
+        }
+        let index = ((waits.len() as f64 * q).ceil() as usize).clamp(1, waits.len()) - 1;
+        waits[index] as f64 / 1000.0
+    };
+    Summary {
+        provider: provider.to_string(),
+        published: published.len(),
+        processed: processed.len(),
+        dead_lettered: dead_letter_seqs.len(),
+        poison_not_dead_lettered,
+        lost,
+        duplicates,
+        failed_deliveries: ledger.failed_deliveries(),
+        max_wait_s: quantile(1.0),
+        p99_wait_s: quantile(0.99),
+        replica_seconds: 0.0,
+        max_replicas: 0,
+        final_replicas: 0,
+        seconds: 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn published(seq: u64, id: &str, poison: bool) -> Published {
+        Published {
+            seq,
+            id: id.into(),
+            at_ms: 1_000,
+            poison,
+        }
+    }
+
+    fn line(status: u16, id: &str, at: u64) -> Delivery {
+        parse_delivery(&format!(
+            "{status} message={id} attempt=1 latency=200ms started_ms={at}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn worker_lines_parse_and_other_lines_do_not() {
+        assert_eq!(
+            parse_delivery("500 message=m-1 attempt=2 latency=201ms started_ms=1764000000123"),
+            Some(Delivery {
+                status: 500,
+                message_id: "m-1".into(),
+                started_ms: 1_764_000_000_123
+            })
+        );
+        assert_eq!(
+            parse_delivery("example worker listening on http://127.0.0.2:8080/"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_summary_counts_lost_duplicates_and_dead_letters() {
+        let messages = [
+            published(0, "a", false),
+            published(1, "b", false),
+            published(2, "c", true),
+            published(3, "d", false),
+        ];
+        let mut ledger = Ledger::default();
+        for d in [
+            line(500, "a", 1_500),
+            line(200, "a", 3_000),
+            line(200, "b", 2_000),
+            line(200, "b", 9_000),
+            line(422, "c", 1_100),
+        ] {
+            ledger.record(&d);
+        }
+        assert!(ledger.is_settled("a", 5) && ledger.is_settled("c", 5));
+        assert!(!ledger.is_settled("d", 5));
+        let summary = summarize("sqs", &messages, &ledger, &BTreeSet::from([2]));
+        assert_eq!(summary.processed, 2);
+        assert_eq!(summary.dead_lettered, 1);
+        assert_eq!(summary.lost, 1, "d went nowhere");
+        assert_eq!(summary.duplicates, 1, "b twice");
+        assert_eq!(summary.failed_deliveries, 2);
+        assert_eq!(summary.poison_not_dead_lettered, 0);
+        assert_eq!(summary.max_wait_s, 2.0);
+        assert_eq!(summary.p99_wait_s, 2.0);
+        assert_eq!(ledger.recent_max_wait_ms(&messages, 2_500), Some(2_000));
+    }
+}
