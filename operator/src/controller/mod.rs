@@ -218,6 +218,11 @@ fn backoff(consecutive_failures: u32) -> Duration {
 
 async fn apply(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
     let namespace = qc.namespace().unwrap_or_else(|| "default".into());
+    ctx.metrics.record_scaling_bounds(
+        &namespace,
+        &qc.name_any(),
+        &crate::builders::autoscaler_spec(&qc.spec.scaling),
+    );
     let request = queue_request(qc, &ctx.cloud);
     let provisioned = ensure_queue(&request).await;
     let mut observed = status::Observed {
@@ -330,6 +335,8 @@ async fn remove_own_service_account(
 }
 
 async fn cleanup(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
+    let namespace = qc.namespace().unwrap_or_else(|| "default".into());
+    ctx.metrics.forget_consumer(&namespace, &qc.name_any());
     if qc.spec.deletion_policy == DeletionPolicy::Retain {
         tracing::info!(name = %qc.name_any(), "deletionPolicy Retain: the queue, its dead-letter queue and their messages stay");
         return Ok(Action::await_change());
