@@ -5,7 +5,8 @@
 //!
 //! devcluster-only values: pods there have no service-account token, so the operator finds
 //! the API server through `KUBECONFIG` (`operator.extraEnv`); and pods share the host's
-//! network, so each operator binds its own pod IP (`operator.bindAddress: "$(POD_IP)"`).
+//! network, so each operator binds its own pod IP (`operator.bindAddress: "$(POD_IP)"`) and
+//! tells the sidecars to do the same (`FERRY_PODS_SHARE_NETWORK`).
 
 use std::time::Duration;
 
@@ -74,6 +75,7 @@ async fn helm_install_brings_up_a_leader_elected_operator_that_reconciles_its_na
             "extraEnv": [
                 {"name": "KUBECONFIG", "value": cluster.kubeconfig().to_string_lossy()},
                 {"name": "AWS_EC2_METADATA_DISABLED", "value": "true"},
+                {"name": "FERRY_PODS_SHARE_NETWORK", "value": "true"},
             ],
         },
         "cloud": {"aws": {"sqsEndpoint": emulators::moto().url(), "region": "us-east-1"}},
