@@ -8,6 +8,7 @@ pub mod binaries;
 pub mod emulators;
 pub mod helm;
 pub mod monitoring;
+pub mod prometheus;
 pub mod sidecar;
 pub mod worker;
 
