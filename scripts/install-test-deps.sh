@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Ferry's tests need and is not part of the machine image:
-#   - .venv/ with moto[server] (the SQS-compatible server the SQS tests run against)
+#   - .venv/ with moto[server] (the SQS-compatible server the SQS tests run against) and
+#     helm-python-sdk (Helm's own engine, which the chart tests lint, render and install with)
+#   - Prometheus (Debian's package), which the monitoring tests scrape and query
 # and checks what the image must already have: cargo, the Google Cloud CLI's Pub/Sub
 # emulator (with Java), kubectl. Idempotent; safe to run before every test run.
 set -euo pipefail
@@ -18,6 +20,21 @@ if [ ! -x .venv/bin/moto_server ]; then
   .venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
 fi
 .venv/bin/moto_server --help >/dev/null 2>&1 || die ".venv/bin/moto_server does not run; delete .venv and run this script again"
+
+if ! .venv/bin/python -c 'import helm_python' >/dev/null 2>&1; then
+  say "installing helm-python-sdk (Helm's engine) into .venv"
+  .venv/bin/pip install --quiet --disable-pip-version-check 'helm-python-sdk>=0.2.2,<0.3'
+fi
+.venv/bin/python -c 'import helm_python as h; h.helm_sdk_version()' >/dev/null \
+  || die "helm-python-sdk in .venv cannot load Helm's library; delete .venv and run this script again"
+
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  [ "$(id -u)" = 0 ] || die "Prometheus is missing: sudo apt-get install prometheus (Debian's package), or run this script as root"
+  say "installing Prometheus (Debian's package)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+prometheus --version >/dev/null 2>&1 || die "prometheus is installed but does not run"
 
 if [ -z "${FERRY_PUBSUB_EMULATOR:-}" ]; then
   command -v gcloud >/dev/null || die "the Google Cloud CLI (gcloud) with its Pub/Sub emulator is needed; or set FERRY_PUBSUB_EMULATOR to a cloud-pubsub-emulator launcher"

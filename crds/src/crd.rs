@@ -12,10 +12,16 @@ pub const CRD_FILE: &str = "queueconsumer.yaml";
 /// The command that regenerates [`CRD_FILE`] from the types.
 pub const REGENERATE: &str = "cargo run -p ferry-crds --bin crdgen > crds/queueconsumer.yaml";
 
+/// Tells Helm never to delete the CRD (on uninstall, or if a later chart moved it): deleting
+/// a CRD deletes every QueueConsumer with it, and with them the workers.
+pub const HELM_KEEP_ANNOTATION: (&str, &str) = ("helm.sh/resource-policy", "keep");
+
 /// The QueueConsumer CRD, with descriptions reflowed for `kubectl explain`.
 pub fn crd() -> CustomResourceDefinition {
     let mut crd = serde_json::to_value(QueueConsumer::crd()).expect("a CRD serializes");
     reflow_descriptions(&mut crd);
+    let (key, value) = HELM_KEEP_ANNOTATION;
+    crd["metadata"]["annotations"] = serde_json::json!({ key: value });
     serde_json::from_value(crd).expect("reflowing descriptions keeps the CRD valid")
 }
 

@@ -30,7 +30,7 @@ impl Service {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn start(
+    pub(crate) fn start(
         name: &'static str,
         program: &Path,
         args: &[String],

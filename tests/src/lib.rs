@@ -5,7 +5,9 @@
 //! a message that says how to install it. Nothing is skipped.
 
 pub mod emulators;
+pub mod helm;
 pub mod monitoring;
+pub mod prometheus;
 pub mod sandbox;
 pub mod sidecar;
 pub mod worker;

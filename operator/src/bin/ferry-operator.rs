@@ -1,6 +1,7 @@
 //! ferry-operator: watches QueueConsumers and makes each one a queue with its dead-letter
 //! queue and a worker Deployment with the ferry-consumer sidecar.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,14 +9,12 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use clap::Parser;
-use ferry_crds::QueueConsumer;
 use ferry_operator::autoscaler::PolicyTuning;
 use ferry_operator::builders::OperatorSettings;
 use ferry_operator::controller::{self, CloudSettings, Context};
 use ferry_operator::leader::{ElectionSettings, LeaderElection};
 use ferry_operator::scaling::{self, AutoscalerSettings, QueueReaderSettings};
 use futures::FutureExt;
-use kube::Api;
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser, Debug)]
@@ -40,9 +39,14 @@ struct Options {
     /// other's queues.
     #[arg(long, env = "FERRY_CLUSTER_NAME", default_value = "default")]
     cluster_name: String,
-    /// Watch only this namespace (all namespaces when unset).
-    #[arg(long, env = "FERRY_WATCH_NAMESPACE")]
-    watch_namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated (all namespaces when unset or empty).
+    #[arg(long, env = "FERRY_WATCH_NAMESPACE", default_value = "")]
+    watch_namespace: String,
+    /// Annotations, as a JSON object, on every worker ServiceAccount Ferry creates (e.g. one
+    /// IRSA role or Google service account for all consumers); a QueueConsumer's own
+    /// `spec.serviceAccount.annotations` win per key.
+    #[arg(long, env = "FERRY_WORKER_SERVICE_ACCOUNT_ANNOTATIONS", default_value = "{}", value_parser = parse_annotations)]
+    worker_service_account_annotations: BTreeMap<String, String>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "FERRY_LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     listen_addr: SocketAddr,
@@ -113,18 +117,18 @@ async fn main() -> anyhow::Result<()> {
             sqs_endpoint: options.sqs_endpoint.clone(),
             pubsub_monitoring: monitoring,
         },
-        namespace: options.watch_namespace.clone(),
+        // Set per watched namespace below.
+        namespace: None,
     };
+    settings.worker_service_account_annotations =
+        options.worker_service_account_annotations.clone();
     let cloud = CloudSettings {
         sqs_endpoint: options.sqs_endpoint.clone(),
         pubsub_endpoint: options.pubsub_emulator_host.clone(),
         pubsub_project: options.pubsub_project.clone(),
         cluster_name: options.cluster_name.clone(),
     };
-    let api: Api<QueueConsumer> = match &options.watch_namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    };
+    let watch_namespaces = controller::parse_watch_namespaces(&options.watch_namespace);
     let ctx = Context::new(client.clone(), settings, cloud);
     serve_health(options.listen_addr, leading.clone(), ctx.clone()).await?;
 
@@ -187,12 +191,32 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let shutdown = shutdown.shared();
-    tracing::info!(sidecar_image = %options.sidecar_image, poll_interval = ?options.poll_interval, "reconciling and autoscaling QueueConsumers");
+    tracing::info!(sidecar_image = %options.sidecar_image, poll_interval = ?options.poll_interval, namespaces = ?watch_namespaces, "reconciling and autoscaling QueueConsumers (no namespaces listed: all)");
+    // Like the reconciler, one autoscaler per listed namespace, so neither needs a
+    // cluster-wide watch when the operator is limited to some namespaces.
+    let scope: Vec<Option<String>> = if watch_namespaces.is_empty() {
+        vec![None]
+    } else {
+        watch_namespaces.iter().cloned().map(Some).collect()
+    };
+    let autoscalers = scope.into_iter().map(|namespace| {
+        let settings = AutoscalerSettings {
+            namespace,
+            ..autoscaling.clone()
+        };
+        scaling::run(ctx.clone(), settings, shutdown.clone())
+    });
     tokio::join!(
-        controller::run(ctx.clone(), api, shutdown.clone()),
-        scaling::run(ctx, autoscaling, shutdown),
+        controller::run_in_namespaces(ctx.clone(), &watch_namespaces, shutdown.clone()),
+        futures::future::join_all(autoscalers),
     );
     Ok(())
+}
+
+fn parse_annotations(json: &str) -> Result<BTreeMap<String, String>, String> {
+    serde_json::from_str(json).map_err(|e| {
+        format!("expected a JSON object of strings, like {{\"iam.gke.io/gcp-service-account\":\"workers@p.iam.gserviceaccount.com\"}}: {e}")
+    })
 }
 
 /// `/metrics` has the operator's series; `/healthz` answers while the process runs; `/readyz` once this replica leads (a follower

@@ -1,6 +1,7 @@
 //! What the builders need besides the QueueConsumer: the operator's installation settings and
 //! the identifiers of the queues the reconciler provisioned.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ferry_crds::QueueConsumerStatus;
@@ -40,6 +41,9 @@ pub struct OperatorSettings {
     pub pods_share_network: bool,
     /// Pub/Sub sidecars read their backlog from Cloud Monitoring (`FERRY_PUBSUB_MONITORING`).
     pub pubsub_monitoring: Option<ferry_queues::monitoring::MonitoringConfig>,
+    /// Annotations every worker ServiceAccount Ferry creates starts with (one cloud identity
+    /// for all consumers of a cluster); `spec.serviceAccount.annotations` wins per key.
+    pub worker_service_account_annotations: BTreeMap<String, String>,
 }
 
 impl OperatorSettings {
@@ -55,6 +59,7 @@ impl OperatorSettings {
             poll_interval: DEFAULT_POLL_INTERVAL,
             pods_share_network: false,
             pubsub_monitoring: None,
+            worker_service_account_annotations: BTreeMap::new(),
         }
     }
 }

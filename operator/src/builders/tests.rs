@@ -344,7 +344,7 @@ fn conflicts_with_the_sidecar_are_build_errors() {
 
 #[test]
 fn the_service_account_carries_the_identity_annotations() {
-    let sa = desired_service_account(&sqs_consumer()).unwrap();
+    let sa = desired_service_account(&sqs_consumer(), &settings()).unwrap();
     assert_eq!(sa.metadata.name.as_deref(), Some("orders-worker"));
     assert_eq!(sa.metadata.namespace.as_deref(), Some("shop"));
     let annotations = sa.metadata.annotations.unwrap();
@@ -357,12 +357,48 @@ fn the_service_account_carries_the_identity_annotations() {
 }
 
 #[test]
+fn operator_default_annotations_apply_unless_the_consumer_sets_the_same_key() {
+    let mut defaults = settings();
+    defaults.worker_service_account_annotations = [
+        ("eks.amazonaws.com/role-arn", "arn:aws:iam::1:role/default"),
+        ("eks.amazonaws.com/sts-regional-endpoints", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let annotations = desired_service_account(&sqs_consumer(), &defaults)
+        .unwrap()
+        .metadata
+        .annotations
+        .unwrap();
+    assert_eq!(
+        annotations["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::1:role/orders"
+    );
+    assert_eq!(
+        annotations["eks.amazonaws.com/sts-regional-endpoints"],
+        "true"
+    );
+
+    let plain = consumer(json!({"queue": {"provider": "sqs"}, "worker": {}}));
+    let annotations = desired_service_account(&plain, &defaults)
+        .unwrap()
+        .metadata
+        .annotations
+        .unwrap();
+    assert_eq!(
+        annotations["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::1:role/default"
+    );
+}
+
+#[test]
 fn no_service_account_when_the_worker_names_its_own() {
     let qc = consumer(json!({
         "queue": {"provider": "sqs"},
         "worker": {"spec": {"serviceAccountName": "shared", "containers": [{"name": "w", "image": "w"}]}},
     }));
-    assert_eq!(desired_service_account(&qc), None);
+    assert_eq!(desired_service_account(&qc, &settings()), None);
     let d = desired_deployment(&qc, &settings(), &names()).unwrap();
     let pod = d.spec.template.spec.unwrap();
     assert_eq!(pod.service_account_name.as_deref(), Some("shared"));

@@ -1,8 +1,10 @@
 //! The operator's own series (see docs/metrics.md): how long reconciles take and why they
-//! fail, and what the autoscaler sees and decides per QueueConsumer.
+//! fail, what the autoscaler sees and decides per QueueConsumer, and each consumer's scaling
+//! bounds, which the alert rules compare against.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct OperatorMetrics {
@@ -15,6 +17,10 @@ pub struct OperatorMetrics {
     pub consumer_replicas: GaugeVec,
     /// `ferry_scaling_decisions_total{namespace,queueconsumer,direction="up|down"}`.
     pub scaling_decisions: IntCounterVec,
+    /// `ferry_consumer_target_latency_seconds`: the effective `spec.scaling.targetLatencySeconds`.
+    target_latency: GaugeVec,
+    /// `ferry_consumer_max_replicas`: `spec.scaling.maxReplicas`.
+    max_replicas: IntGaugeVec,
 }
 
 impl Default for OperatorMetrics {
@@ -32,6 +38,23 @@ impl Default for OperatorMetrics {
         let reconcile_errors = IntCounterVec::new(
             Opts::new("ferry_reconcile_errors_total", "Failed reconciles by reason (a queue error kind, kubernetes, finalizer, dead_letter_not_empty)."),
             &["reason"],
+        )
+        .expect("valid metric");
+        let consumer = ["namespace", "queueconsumer"];
+        let target_latency = GaugeVec::new(
+            Opts::new(
+                "ferry_consumer_target_latency_seconds",
+                "How long a message of this QueueConsumer may wait before a worker starts it (spec.scaling); absent when only backlogPerReplica is set.",
+            ),
+            &consumer,
+        )
+        .expect("valid metric");
+        let max_replicas = IntGaugeVec::new(
+            Opts::new(
+                "ferry_consumer_max_replicas",
+                "spec.scaling.maxReplicas of this QueueConsumer.",
+            ),
+            &consumer,
         )
         .expect("valid metric");
         let consumer_backlog = GaugeVec::new(
@@ -62,6 +85,8 @@ impl Default for OperatorMetrics {
             Box::new(consumer_backlog.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(consumer_replicas.clone()),
             Box::new(scaling_decisions.clone()),
+            Box::new(target_latency.clone()),
+            Box::new(max_replicas.clone()),
         ] {
             registry.register(collector).expect("unique");
         }
@@ -78,12 +103,35 @@ impl Default for OperatorMetrics {
             consumer_backlog,
             consumer_replicas,
             scaling_decisions,
+            target_latency,
+            max_replicas,
         }
     }
 }
 
 impl OperatorMetrics {
-    /// Drops a deleted QueueConsumer's series, so dashboards do not show it forever.
+    /// Publishes a consumer's scaling bounds, so alerts can say "older than this consumer's
+    /// target" or "at this consumer's maximum" without copying each spec into the rules.
+    pub fn record_scaling_bounds(
+        &self,
+        namespace: &str,
+        name: &str,
+        scaling: &crate::autoscaler::ScalingSpec,
+    ) {
+        let labels = [namespace, name];
+        match scaling.target_latency_seconds {
+            Some(target) => self.target_latency.with_label_values(&labels).set(target),
+            None => {
+                let _ = self.target_latency.remove_label_values(&labels);
+            }
+        }
+        self.max_replicas
+            .with_label_values(&labels)
+            .set(i64::from(scaling.max_replicas));
+    }
+
+    /// Drops a deleted QueueConsumer's series, so dashboards do not show it forever and
+    /// nothing alerts on a consumer that is gone.
     pub fn forget_consumer(&self, namespace: &str, name: &str) {
         let _ = self
             .consumer_backlog
@@ -98,6 +146,8 @@ impl OperatorMetrics {
                 .scaling_decisions
                 .remove_label_values(&[namespace, name, direction]);
         }
+        let _ = self.target_latency.remove_label_values(&[namespace, name]);
+        let _ = self.max_replicas.remove_label_values(&[namespace, name]);
     }
 
     pub fn encode(&self) -> String {
@@ -133,5 +183,36 @@ mod tests {
             text.contains("ferry_reconcile_duration_seconds_count{outcome=\"ok\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn scaling_bounds_follow_the_spec_and_go_with_the_consumer() {
+        let metrics = OperatorMetrics::default();
+        let mut spec = crate::autoscaler::ScalingSpec {
+            max_replicas: 7,
+            target_latency_seconds: Some(12.5),
+            ..Default::default()
+        };
+        metrics.record_scaling_bounds("shop", "orders", &spec);
+        let text = metrics.encode();
+        assert!(
+            text.contains("ferry_consumer_target_latency_seconds{namespace=\"shop\",queueconsumer=\"orders\"} 12.5"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ferry_consumer_max_replicas{namespace=\"shop\",queueconsumer=\"orders\"} 7"
+            ),
+            "{text}"
+        );
+        spec.target_latency_seconds = None;
+        metrics.record_scaling_bounds("shop", "orders", &spec);
+        assert!(
+            !metrics
+                .encode()
+                .contains("ferry_consumer_target_latency_seconds{")
+        );
+        metrics.forget_consumer("shop", "orders");
+        assert!(!metrics.encode().contains("ferry_consumer_max_replicas{"));
     }
 }

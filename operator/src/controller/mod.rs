@@ -105,10 +105,58 @@ pub async fn run(
     api: Api<QueueConsumer>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
+    let deployments = Api::<Deployment>::all(ctx.client.clone());
+    run_controller(ctx, api, deployments, shutdown).await;
+}
+
+/// Watches QueueConsumers in `namespaces` only (every namespace when empty): one controller
+/// per namespace, each watching its own namespace's Deployments too, so that a Role in each
+/// listed namespace is all the operator needs (no cluster-wide list or watch).
+pub async fn run_in_namespaces(
+    ctx: Arc<Context>,
+    namespaces: &[String],
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    if namespaces.is_empty() {
+        let api = Api::all(ctx.client.clone());
+        return run(ctx, api, shutdown).await;
+    }
+    let shutdown = futures::FutureExt::shared(shutdown);
+    let controllers = namespaces.iter().map(|namespace| {
+        let client = ctx.client.clone();
+        run_controller(
+            ctx.clone(),
+            Api::namespaced(client.clone(), namespace),
+            Api::namespaced(client, namespace),
+            shutdown.clone(),
+        )
+    });
+    futures::future::join_all(controllers).await;
+}
+
+/// `FERRY_WATCH_NAMESPACE`: a comma-separated list; blanks and repeats are dropped, and
+/// nothing left means every namespace.
+pub fn parse_watch_namespaces(value: &str) -> Vec<String> {
+    let mut namespaces: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
+    namespaces
+}
+
+async fn run_controller(
+    ctx: Arc<Context>,
+    api: Api<QueueConsumer>,
+    deployments: Api<Deployment>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     Controller::new(api, watcher::Config::default())
         .owns(
-            Api::<Deployment>::all(client.clone()),
+            deployments,
             watcher::Config::default().labels(crate::builders::MANAGED_BY_LABEL),
         )
         .graceful_shutdown_on(shutdown)
@@ -170,6 +218,11 @@ fn backoff(consecutive_failures: u32) -> Duration {
 
 async fn apply(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
     let namespace = qc.namespace().unwrap_or_else(|| "default".into());
+    ctx.metrics.record_scaling_bounds(
+        &namespace,
+        &qc.name_any(),
+        &crate::builders::autoscaler_spec(&qc.spec.scaling),
+    );
     let request = queue_request(qc, &ctx.cloud);
     let provisioned = ensure_queue(&request).await;
     let mut observed = status::Observed {
@@ -227,7 +280,7 @@ async fn apply_workload(
 ) -> Result<(), Error> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
-    match desired_service_account(qc) {
+    match desired_service_account(qc, &ctx.settings) {
         Some(account) => {
             let name = account.metadata.name.clone().unwrap_or_default();
             accounts
@@ -282,6 +335,8 @@ async fn remove_own_service_account(
 }
 
 async fn cleanup(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
+    let namespace = qc.namespace().unwrap_or_else(|| "default".into());
+    ctx.metrics.forget_consumer(&namespace, &qc.name_any());
     if qc.spec.deletion_policy == DeletionPolicy::Retain {
         tracing::info!(name = %qc.name_any(), "deletionPolicy Retain: the queue, its dead-letter queue and their messages stay");
         return Ok(Action::await_change());
@@ -310,6 +365,17 @@ mod tests {
         assert_eq!(backoff(2), Duration::from_secs(2));
         assert_eq!(backoff(5), Duration::from_secs(16));
         assert_eq!(backoff(30), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn watch_namespaces_are_a_comma_separated_list() {
+        assert_eq!(parse_watch_namespaces(""), Vec::<String>::new());
+        assert_eq!(parse_watch_namespaces(" , "), Vec::<String>::new());
+        assert_eq!(parse_watch_namespaces("shop"), vec!["shop"]);
+        assert_eq!(
+            parse_watch_namespaces("shop, billing,shop,"),
+            vec!["billing", "shop"]
+        );
     }
 
     #[test]
