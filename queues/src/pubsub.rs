@@ -77,7 +77,10 @@ pub(crate) fn map_gax_error(
     operation: &'static str,
     err: &google_cloud_pubsub::Error,
 ) -> QueueError {
-    let kind = if let Some(status) = err.status() {
+    let credentials = credentials_failed(err);
+    let kind = if credentials {
+        QueueErrorKind::PermissionDenied
+    } else if let Some(status) = err.status() {
         match status.code {
             Code::NotFound => QueueErrorKind::NotFound,
             Code::PermissionDenied | Code::Unauthenticated => QueueErrorKind::PermissionDenied,
@@ -93,8 +96,6 @@ pub(crate) fn map_gax_error(
             | Code::AlreadyExists => QueueErrorKind::Invalid,
             _ => QueueErrorKind::Other,
         }
-    } else if err.is_authentication() {
-        QueueErrorKind::PermissionDenied
     } else if err.is_timeout()
         || err.is_io()
         || err.is_connect()
@@ -105,7 +106,7 @@ pub(crate) fn map_gax_error(
     } else {
         QueueErrorKind::Other
     };
-    let message = if kind == QueueErrorKind::PermissionDenied && err.is_authentication() {
+    let message = if credentials {
         format!(
             "no usable Google credentials ({err}); use Workload Identity, GOOGLE_APPLICATION_CREDENTIALS, or PUBSUB_EMULATOR_HOST for the emulator"
         )
@@ -113,6 +114,24 @@ pub(crate) fn map_gax_error(
         err.to_string()
     };
     QueueError::new(operation, kind, message)
+}
+
+/// Whether the call failed for want of credentials, before it was sent. The client retries
+/// such a failure when the credential source calls it transient (a metadata server that does
+/// not answer, as off Google Cloud with no credentials configured), and then reports the
+/// exhausted retries, with the credentials error as the cause: look through the chain.
+fn credentials_failed(err: &google_cloud_pubsub::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cause {
+        if e.downcast_ref::<google_cloud_pubsub::Error>()
+            .is_some_and(|e| e.is_authentication())
+            || e.is::<google_cloud_auth::errors::CredentialsError>()
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 pub(crate) fn map_publish_error(err: &google_cloud_pubsub::error::PublishError) -> QueueError {
@@ -538,6 +557,29 @@ impl MessageQueue for PubSubQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_credentials_are_named_even_after_the_clients_retries() {
+        use google_cloud_gax::error::{CredentialsError, Error};
+        let no_metadata_server = || {
+            Error::authentication(CredentialsError::from_msg(
+                true,
+                "cannot reach the metadata server",
+            ))
+        };
+        for err in [no_metadata_server(), Error::exhausted(no_metadata_server())] {
+            let mapped = map_gax_error("GetTopic", &err);
+            assert_eq!(mapped.kind, QueueErrorKind::PermissionDenied, "{err}");
+            assert!(
+                mapped
+                    .to_string()
+                    .contains("GOOGLE_APPLICATION_CREDENTIALS"),
+                "{mapped}"
+            );
+        }
+        let unreachable = map_gax_error("GetTopic", &Error::exhausted(Error::io("reset")));
+        assert_eq!(unreachable.kind, QueueErrorKind::Unavailable);
+    }
 
     #[test]
     fn emulator_endpoint_prefers_the_explicit_one() {
