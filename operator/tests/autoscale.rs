@@ -320,12 +320,16 @@ async fn a_burst_scales_out_drains_and_scales_back_without_duplicates(provider: 
         scaled_out_after < Duration::from_secs(20),
         "scale-out took {scaled_out_after:?}"
     );
-    let after_burst = api.get("burst").await.expect("get");
-    let last = after_burst
-        .status
-        .as_ref()
-        .and_then(|s| s.last_scaling.clone())
-        .expect("status.lastScaling records the decision");
+    // The scale subresource is written first, the status right after it.
+    let last = eventually(
+        Duration::from_secs(10),
+        "status.lastScaling records the scale-out",
+        async || {
+            let qc = api.get("burst").await.ok()?;
+            qc.status?.last_scaling.filter(|l| l.to > l.from)
+        },
+    )
+    .await;
     assert!(last.to > last.from, "{last:?}");
     assert!(last.signals.is_some(), "{last:?}");
 

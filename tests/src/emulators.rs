@@ -131,18 +131,21 @@ fn pubsub_launcher() -> PathBuf {
 }
 
 /// moto's server from the project virtualenv (`scripts/install-test-deps.sh` creates it),
-/// or `FERRY_MOTO_SERVER`.
-fn moto_server() -> PathBuf {
+/// started through `tests/moto/sqs_server.py`, which makes its receives atomic as SQS's are;
+/// or `FERRY_MOTO_SERVER`, a program taking moto_server's flags. Returns the program and the
+/// arguments that come before the flags.
+fn moto_server() -> (PathBuf, Vec<String>) {
     if let Some(path) = std::env::var_os("FERRY_MOTO_SERVER") {
-        return PathBuf::from(path);
+        return (PathBuf::from(path), Vec::new());
     }
-    let path = repo_root().join(".venv/bin/moto_server");
+    let python = repo_root().join(".venv/bin/python");
     assert!(
-        path.exists(),
-        "moto's SQS server is needed at {}: run scripts/install-test-deps.sh (it creates .venv with moto[server]), or set FERRY_MOTO_SERVER",
-        path.display()
+        repo_root().join(".venv/bin/moto_server").exists(),
+        "moto's SQS server is needed in {}: run scripts/install-test-deps.sh (it creates .venv with moto[server]), or set FERRY_MOTO_SERVER",
+        repo_root().join(".venv").display()
     );
-    path
+    let launcher = repo_root().join("tests/moto/sqs_server.py");
+    (python, vec![launcher.display().to_string()])
 }
 
 /// The Pub/Sub emulator shared by the tests of this process.
@@ -166,15 +169,17 @@ pub fn moto() -> &'static Service {
     static SERVICE: OnceLock<Service> = OnceLock::new();
     SERVICE.get_or_init(|| {
         let port = free_port();
+        let (program, mut args) = moto_server();
+        args.extend([
+            "-H".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ]);
         Service::start(
             "moto",
-            &moto_server(),
-            &[
-                "-H".into(),
-                "127.0.0.1".into(),
-                "-p".into(),
-                port.to_string(),
-            ],
+            &program,
+            &args,
             port,
             "/moto-api/",
             Duration::from_secs(60),

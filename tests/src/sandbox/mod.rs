@@ -55,6 +55,9 @@ pub struct SandboxConfig {
     /// Where the operator and the sidecars reach the queue API, when not directly (a fault
     /// proxy in front of the emulator). The publisher always goes directly.
     pub queue_endpoint_override: Option<String>,
+    /// The queue's name instead of the example's `sandbox-orders`, so runs sharing one
+    /// emulator do not share a queue.
+    pub queue_name: Option<String>,
 }
 
 impl SandboxConfig {
@@ -69,6 +72,7 @@ impl SandboxConfig {
             timeout: Duration::from_secs(600),
             work_dir: repo_root().join("target/sandbox"),
             queue_endpoint_override: None,
+            queue_name: None,
         }
     }
 
@@ -273,7 +277,13 @@ impl Sandbox {
     }
 
     async fn apply_example(&self) -> anyhow::Result<()> {
-        let path = self.config.example();
+        let mut path = self.config.example();
+        if let Some(name) = &self.config.queue_name {
+            let text = std::fs::read_to_string(&path)?;
+            let renamed = text.replace("name: sandbox-orders", &format!("name: {name}"));
+            path = self.config.work_dir.join("queueconsumer.yaml");
+            std::fs::write(&path, renamed)?;
+        }
         let path = path.to_string_lossy();
         let out = self
             .cluster
@@ -484,6 +494,71 @@ impl Sandbox {
         Ok(all && current == floor && desired == floor)
     }
 
+    /// Waits until [`Sandbox::settled`], showing progress; fails with what is missing.
+    pub async fn wait_settled(
+        &mut self,
+        timeout: Duration,
+        show: &mut dyn FnMut(&Snapshot),
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !self.settled().await? {
+            let snapshot = self.snapshot("idle").await?;
+            show(&snapshot);
+            if Instant::now() >= deadline {
+                bail!(
+                    "not settled within {timeout:?}: {} of {} processed, replicas {} (floor {}); logs in {}",
+                    snapshot.processed,
+                    snapshot.published,
+                    snapshot.current,
+                    self.config.floor(),
+                    self.config.work_dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Ok(())
+    }
+
+    /// The pod IPs of the worker pods that run now.
+    async fn running_pod_ips(&self) -> anyhow::Result<Vec<String>> {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(self.cluster.client(), NAMESPACE);
+        let list = pods
+            .list(&kube::api::ListParams::default().labels("ferry.dev/queue-consumer=orders"))
+            .await?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| {
+                let status = p.status?;
+                (status.phase.as_deref() == Some("Running")).then_some(status.pod_ip?)
+            })
+            .collect())
+    }
+
+    /// SIGKILLs the `ferry-consumer` sidecar of one running pod (the kubelet restarts it).
+    /// Returns the pod IP it ran on.
+    pub async fn kill_one_sidecar(&self) -> anyhow::Result<String> {
+        let ips = self.running_pod_ips().await?;
+        for ip in ips {
+            let killed = kill_processes_with_env(&format!("FERRY_LISTEN_ADDR={ip}:9090"));
+            if killed > 0 {
+                return Ok(ip);
+            }
+        }
+        bail!("no running sidecar to kill")
+    }
+
+    /// SIGKILLs the worker container of every running pod (the kubelet restarts them).
+    pub async fn kill_workers(&self) -> anyhow::Result<usize> {
+        let mut killed = 0;
+        for ip in self.running_pod_ips().await? {
+            killed += kill_processes_with_env(&format!("WORKER_LISTEN={ip}:8080"));
+        }
+        Ok(killed)
+    }
+
     /// The sequence numbers of the messages in the dead-letter queue.
     pub async fn dead_letters(&self) -> anyhow::Result<BTreeSet<u64>> {
         let qc = self.consumer().await?;
@@ -530,25 +605,8 @@ impl Sandbox {
             }
             show(&self.snapshot("steady").await?);
         }
-        loop {
-            if self.settled().await? {
-                break;
-            }
-            if Instant::now() >= deadline {
-                let snapshot = self.snapshot("idle").await?;
-                bail!(
-                    "not settled within {:?}: {} of {} processed, replicas {} (floor {}); logs in {}",
-                    self.config.timeout,
-                    snapshot.processed,
-                    snapshot.published,
-                    snapshot.current,
-                    self.config.floor(),
-                    self.config.work_dir.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            show(&self.snapshot("idle").await?);
-        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        self.wait_settled(remaining, show).await?;
         self.summary().await
     }
 
@@ -573,6 +631,34 @@ impl Sandbox {
         self.operator.take();
         self.cluster.shutdown().await;
     }
+}
+
+/// SIGKILLs every process whose environment holds `entry` (`NAME=value`); the sandbox's
+/// pods are processes of this machine, told apart by their addresses.
+fn kill_processes_with_env(entry: &str) -> usize {
+    let mut killed = 0;
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for process in processes.flatten() {
+        let Some(pid) = process
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(process.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|v| v == entry.as_bytes()) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            killed += 1;
+        }
+    }
+    killed
 }
 
 /// Every message in an SQS queue (left there: a lease of a minute keeps each counted once).
