@@ -93,9 +93,58 @@ pub struct Kubelet {
     logs_dir: PathBuf,
     pods: Mutex<HashMap<String, PodRun>>,
     ips: Mutex<HashSet<u32>>,
+    /// The loopback network this kubelet's pods live in (127.N.0.0/16), held for its lifetime.
+    network: PodNetwork,
     pod_info: ResourceInfo,
     /// Set on shutdown: no new pod starts, so stopping cannot race with a controller.
     stopping: std::sync::atomic::AtomicBool,
+}
+
+/// A /16 of the loopback range for one kubelet's pods. Pods listen on fixed ports (8080,
+/// 9090) of their own address, so two devclusters on one machine (tests run in parallel, in
+/// one process or several) must not hand out the same addresses. A kubelet claims 127.N/16
+/// by listening on its last address, which the kernel grants to one socket only, and keeps
+/// that listener until it is dropped.
+struct PodNetwork {
+    second_octet: u8,
+    _claim: std::net::TcpListener,
+}
+
+/// The port of the claim listener on 127.N.255.254; no pod gets that address.
+const CLAIM_PORT: u16 = 47_999;
+
+impl PodNetwork {
+    fn claim() -> Self {
+        // Start from a different network per process so parallel processes rarely collide
+        // even before the claim; 127.0/16 is left to services bound on 127.0.0.1.
+        let start = (std::process::id() % 254) as u8;
+        for i in 0..254u16 {
+            let second_octet = ((u16::from(start) + i) % 254 + 1) as u8;
+            let addr = std::net::SocketAddr::from(([127, second_octet, 255, 254], CLAIM_PORT));
+            if let Ok(listener) = std::net::TcpListener::bind(addr) {
+                return Self {
+                    second_octet,
+                    _claim: listener,
+                };
+            }
+        }
+        panic!("devcluster: every loopback network 127.1-254/16 is claimed by another kubelet");
+    }
+
+    /// The n-th pod address: 127.N.(n / 250).(n % 250 + 2).
+    fn address(&self, n: u32) -> String {
+        format!("127.{}.{}.{}", self.second_octet, n / 250, n % 250 + 2)
+    }
+
+    fn index_of(&self, ip: &str) -> Option<u32> {
+        let parts: Vec<u32> = ip.split('.').filter_map(|p| p.parse().ok()).collect();
+        match parts.as_slice() {
+            [127, second, a, b] if *second == u32::from(self.second_octet) && *b >= 2 => {
+                Some(a * 250 + b - 2)
+            }
+            _ => None,
+        }
+    }
 }
 
 fn pod_key(pod: &Value) -> String {
@@ -118,6 +167,7 @@ impl Kubelet {
             logs_dir,
             pods: Mutex::new(HashMap::new()),
             ips: Mutex::new(HashSet::new()),
+            network: PodNetwork::claim(),
             pod_info,
             stopping: std::sync::atomic::AtomicBool::new(false),
         }
@@ -284,18 +334,17 @@ impl Kubelet {
 
     fn allocate_ip(&self) -> String {
         let mut ips = self.ips.lock().unwrap_or_else(|e| e.into_inner());
-        let n = (2u32..).find(|n| !ips.contains(n)).unwrap_or(2);
+        let n = (0u32..).find(|n| !ips.contains(n)).unwrap_or(0);
         ips.insert(n);
-        format!("127.0.{}.{}", n / 250, n % 250 + 2)
+        self.network.address(n)
     }
 
     fn release_ip(&self, ip: &str) {
-        let parts: Vec<u32> = ip.split('.').filter_map(|p| p.parse().ok()).collect();
-        if let [_, _, a, b] = parts.as_slice() {
+        if let Some(n) = self.network.index_of(ip) {
             self.ips
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(&(a * 250 + b - 2));
+                .remove(&n);
         }
     }
 
@@ -1306,6 +1355,18 @@ async fn probe_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_kubelets_get_different_pod_networks() {
+        let a = PodNetwork::claim();
+        let b = PodNetwork::claim();
+        assert_ne!(a.second_octet, b.second_octet);
+        for n in [0, 1, 249, 250, 1000] {
+            assert_eq!(a.index_of(&a.address(n)), Some(n));
+            assert_eq!(b.index_of(&a.address(n)), None, "not b's address");
+        }
+        assert_eq!(a.address(0), format!("127.{}.0.2", a.second_octet));
+    }
 
     #[test]
     fn image_patterns_use_wildcards() {
