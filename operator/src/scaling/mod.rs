@@ -190,6 +190,7 @@ impl Autoscaler {
         }
         let consumers = consumers.state();
         self.forget_deleted(&consumers);
+        self.queues.start_poll();
         let polls = consumers.into_iter().map(|qc| {
             let key = (qc.namespace().unwrap_or_default(), qc.name_any());
             let deployment =

@@ -109,9 +109,11 @@ async fn ensure_topic(
     name: &str,
     created: &mut Vec<String>,
 ) -> Result<(), QueueError> {
+    crate::calls::record("pubsub", "GetTopic");
     match clients.topics.get_topic().set_topic(name).send().await {
         Ok(_) => Ok(()),
         Err(e) if is_not_found(&e) => {
+            crate::calls::record("pubsub", "CreateTopic");
             clients
                 .topics
                 .create_topic()
@@ -215,6 +217,7 @@ async fn ensure_subscription(
     corrected: &mut Vec<String>,
 ) -> Result<(), QueueError> {
     let name = desired.name.clone();
+    crate::calls::record("pubsub", "GetSubscription");
     match clients
         .subscriptions
         .get_subscription()
@@ -241,6 +244,7 @@ async fn ensure_subscription(
             }
             if !paths.is_empty() {
                 corrected.extend(paths.iter().map(|p| format!("{name}: {p}")));
+                crate::calls::record("pubsub", "UpdateSubscription");
                 let mut update = desired;
                 if adopt {
                     let mut labels = current.labels.clone();
@@ -259,6 +263,7 @@ async fn ensure_subscription(
             Ok(())
         }
         Err(e) if is_not_found(&e) => {
+            crate::calls::record("pubsub", "CreateSubscription");
             clients
                 .subscriptions
                 .create_subscription()
@@ -367,6 +372,7 @@ pub(super) async fn delete(
     let clients = clients(request).await?;
     let mut subscriptions = Vec::new();
     for name in [&names.subscription, &names.dead_letter_subscription] {
+        crate::calls::record("pubsub", "GetSubscription");
         match clients
             .subscriptions
             .get_subscription()
@@ -391,6 +397,7 @@ pub(super) async fn delete(
         return Ok(DeleteOutcome::DeadLetterNotEmpty(1));
     }
     for name in subscriptions {
+        crate::calls::record("pubsub", "DeleteSubscription");
         match clients
             .subscriptions
             .delete_subscription()
@@ -404,6 +411,7 @@ pub(super) async fn delete(
         }
     }
     for name in [&names.topic, &names.dead_letter_topic] {
+        crate::calls::record("pubsub", "GetTopic");
         match clients.topics.get_topic().set_topic(name).send().await {
             Ok(topic)
                 if request
@@ -418,6 +426,7 @@ pub(super) async fn delete(
             Err(e) if is_not_found(&e) => continue,
             Err(e) => return Err(map_gax_error("GetTopic", &e)),
         }
+        crate::calls::record("pubsub", "DeleteTopic");
         match clients.topics.delete_topic().set_topic(name).send().await {
             Ok(_) => {}
             Err(e) if is_not_found(&e) => {}
