@@ -5,6 +5,7 @@
 mod metrics;
 mod queue_request;
 mod status;
+mod verified;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use ferry_crds::{DeletionPolicy, QueueConsumer};
 use ferry_queues::QueueErrorKind;
-use ferry_queues::provision::{DeleteOutcome, ProvisionedQueue, delete_queue, ensure_queue};
+use ferry_queues::provision::{DeleteOutcome, ProvisionedQueue, Provisioner};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -74,6 +75,10 @@ pub struct Context {
     pub settings: OperatorSettings,
     pub cloud: CloudSettings,
     pub metrics: OperatorMetrics,
+    /// Cloud clients kept between reconciles.
+    provisioner: Provisioner,
+    /// The last cloud check of each object, reused until a drift check is due.
+    verified: verified::VerifiedQueues,
     /// Consecutive failures per object, for exponential backoff per object.
     failures: Mutex<HashMap<ObjectRef<QueueConsumer>, u32>>,
 }
@@ -94,6 +99,8 @@ impl Context {
             settings,
             cloud,
             metrics: OperatorMetrics::default(),
+            provisioner: Provisioner::default(),
+            verified: verified::VerifiedQueues::default(),
             failures: Mutex::default(),
         })
     }
@@ -223,8 +230,6 @@ async fn apply(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
         &qc.name_any(),
         &crate::builders::autoscaler_spec(&qc.spec.scaling),
     );
-    let request = queue_request(qc, &ctx.cloud);
-    let provisioned = ensure_queue(&request).await;
     let mut observed = status::Observed {
         provisioned: None,
         queue_error: None,
@@ -232,19 +237,34 @@ async fn apply(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
         deployment: None,
     };
     let mut requeue = RESYNC;
+    let now = std::time::Instant::now();
+    let reused = ctx.verified.fresh(qc, RESYNC, now);
+    let checked_now = reused.is_none();
+    let provisioned = match reused {
+        Some((queue, drift_check_due)) => {
+            requeue = drift_check_due;
+            Ok(queue)
+        }
+        None => ctx.provisioner.ensure(&queue_request(qc, &ctx.cloud)).await,
+    };
     match provisioned {
         Ok(queue) => {
             if !queue.corrected.is_empty() {
                 tracing::info!(name = %qc.name_any(), corrected = ?queue.corrected, "queue settings drifted and were put back");
             }
+            if checked_now {
+                ctx.verified.record(qc, &queue, now);
+            }
             observed.provisioned = Some(queue);
         }
         Err(error) if is_terminal(error.kind) => {
+            ctx.verified.forget(qc);
             observed.queue_error = Some(error);
             requeue = TERMINAL_RETRY;
         }
         Err(error) => {
             // Transient: report it, then let error_policy back off.
+            ctx.verified.forget(qc);
             observed.queue_error = Some(error.clone());
             status::write(qc, ctx, &observed).await?;
             return Err(error.into());
@@ -341,8 +361,13 @@ async fn cleanup(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
         tracing::info!(name = %qc.name_any(), "deletionPolicy Retain: the queue, its dead-letter queue and their messages stay");
         return Ok(Action::await_change());
     }
+    ctx.verified.forget(qc);
     let request = queue_request(qc, &ctx.cloud);
-    match delete_queue(&request, qc.spec.force_delete).await? {
+    match ctx
+        .provisioner
+        .delete(&request, qc.spec.force_delete)
+        .await?
+    {
         DeleteOutcome::Deleted => {
             tracing::info!(name = %qc.name_any(), "deletionPolicy Delete: queue and dead-letter queue deleted");
             Ok(Action::await_change())

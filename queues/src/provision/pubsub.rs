@@ -45,22 +45,44 @@ fn is_not_found(err: &google_cloud_pubsub::Error) -> bool {
     err.status().is_some_and(|s| s.code == Code::NotFound)
 }
 
+#[derive(Clone)]
 struct Clients {
     topics: TopicAdmin,
     subscriptions: SubscriptionAdmin,
 }
 
-async fn clients(request: &QueueRequest) -> Result<Clients, QueueError> {
-    let endpoint = emulator_endpoint(request.endpoint.as_deref());
-    let topics = configure_builder!(TopicAdmin::builder(), endpoint.as_ref())
+async fn build_clients(endpoint: Option<&String>) -> Result<Clients, QueueError> {
+    let topics = configure_builder!(TopicAdmin::builder(), endpoint)
         .build()
         .await
         .map_err(|e| QueueError::new("connect", QueueErrorKind::Invalid, e.to_string()))?;
-    let subscriptions = subscription_admin(endpoint.as_ref()).await?;
+    let subscriptions = subscription_admin(endpoint).await?;
     Ok(Clients {
         topics,
         subscriptions,
     })
+}
+
+/// One pair of admin clients per endpoint, kept by a long-lived caller (the operator's
+/// [`super::Provisioner`]). Building one sets up TLS and a connection pool, which costs far
+/// more CPU and memory than the calls it then makes: reconciling a thousand QueueConsumers
+/// built two thousand. The clients are made to be shared (an `Arc` inside); calls multiplex
+/// over their HTTP/2 connections. Kept per caller, not per process, because a client belongs
+/// to the Tokio runtime that built it.
+#[derive(Default)]
+pub(super) struct ClientCache(tokio::sync::Mutex<HashMap<Option<String>, Clients>>);
+
+impl ClientCache {
+    async fn get(&self, request: &QueueRequest) -> Result<Clients, QueueError> {
+        let endpoint = emulator_endpoint(request.endpoint.as_deref());
+        let mut cached = self.0.lock().await;
+        if let Some(clients) = cached.get(&endpoint) {
+            return Ok(clients.clone());
+        }
+        let clients = build_clients(endpoint.as_ref()).await?;
+        cached.insert(endpoint, clients.clone());
+        Ok(clients)
+    }
 }
 
 fn project(request: &QueueRequest) -> Result<&str, QueueError> {
@@ -278,7 +300,10 @@ async fn ensure_subscription(
     }
 }
 
-pub(super) async fn ensure(request: &QueueRequest) -> Result<ProvisionedQueue, QueueError> {
+pub(super) async fn ensure(
+    cache: &ClientCache,
+    request: &QueueRequest,
+) -> Result<ProvisionedQueue, QueueError> {
     if !(5..=100).contains(&request.max_deliveries) {
         return Err(QueueError::new(
             "CreateSubscription",
@@ -290,7 +315,7 @@ pub(super) async fn ensure(request: &QueueRequest) -> Result<ProvisionedQueue, Q
         ));
     }
     let names = names(project(request)?, &request.name);
-    let clients = clients(request).await?;
+    let clients = cache.get(request).await?;
     let (mut created, mut corrected) = (Vec::new(), Vec::new());
     ensure_topic(&clients, request, &names.topic, &mut created).await?;
     ensure_topic(&clients, request, &names.dead_letter_topic, &mut created).await?;
@@ -365,11 +390,12 @@ async fn dead_letter_has_messages(
 }
 
 pub(super) async fn delete(
+    cache: &ClientCache,
     request: &QueueRequest,
     force: bool,
 ) -> Result<DeleteOutcome, QueueError> {
     let names = names(project(request)?, &request.name);
-    let clients = clients(request).await?;
+    let clients = cache.get(request).await?;
     let mut subscriptions = Vec::new();
     for name in [&names.subscription, &names.dead_letter_subscription] {
         crate::calls::record("pubsub", "GetSubscription");
