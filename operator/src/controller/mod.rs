@@ -19,7 +19,11 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::predicates;
+use kube::runtime::reflector;
+use kube::runtime::utils::{Predicate, PredicateConfig};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -40,6 +44,10 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// A terminal error (wrong name, no permission) will not fix itself; check back slowly.
 const TERMINAL_RETRY: Duration = Duration::from_secs(120);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Reconciles in flight at once. Unbounded, a thousand new QueueConsumers meant a thousand
+/// concurrent reconciles, each with its own API connection and buffers (the operator peaked
+/// above 250 MiB); a reconcile takes milliseconds, so a few dozen keep up.
+const RECONCILES_IN_PARALLEL: u16 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -161,11 +169,25 @@ async fn run_controller(
     deployments: Api<Deployment>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    Controller::new(api, watcher::Config::default())
+    let (store, writer) = reflector::store();
+    // Reconcile when what the reconciler acts on changes: the spec (`generation`, which
+    // marking for deletion bumps too) and the finalizers. Status writes, the reconciler's
+    // own and the autoscaler's, change neither; reconciling on them re-applied every child
+    // object several times per consumer and new consumers waited behind that churn.
+    let consumers = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::finalizers),
+            PredicateConfig::default(),
+        );
+    Controller::for_stream(consumers, store)
         .owns(
             deployments,
             watcher::Config::default().labels(crate::builders::MANAGED_BY_LABEL),
         )
+        .with_config(controller::Config::default().concurrency(RECONCILES_IN_PARALLEL))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
