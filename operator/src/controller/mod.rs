@@ -174,8 +174,11 @@ async fn run_controller(
     // marking for deletion bumps too) and the finalizers. Status writes, the reconciler's
     // own and the autoscaler's, change neither; reconciling on them re-applied every child
     // object several times per consumer and new consumers waited behind that churn.
+    // The store keeps every QueueConsumer; who wrote which field is not among what the
+    // reconciler reads.
     let consumers = watcher(api, watcher::Config::default())
         .default_backoff()
+        .modify(crate::scaling::slim::consumer)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(

@@ -10,7 +10,7 @@ mod exposition;
 mod queue_reader;
 mod record;
 mod signals;
-mod slim;
+pub(crate) mod slim;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
