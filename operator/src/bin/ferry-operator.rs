@@ -215,8 +215,9 @@ async fn main() -> anyhow::Result<()> {
 /// metrics (`apiserver_request_total`, devcluster's counter) can tell the operator's calls
 /// from everyone else's; kube-rs sends none by default.
 async fn kube_client() -> anyhow::Result<kube::Client> {
-    let no_api =
-        |e: &dyn std::fmt::Display| anyhow::anyhow!("no Kubernetes API: {e}; run in a cluster or set KUBECONFIG");
+    let no_api = |e: &dyn std::fmt::Display| {
+        anyhow::anyhow!("no Kubernetes API: {e}; run in a cluster or set KUBECONFIG")
+    };
     let mut config = kube::Config::infer().await.map_err(|e| no_api(&e))?;
     config.headers.push((
         axum::http::header::USER_AGENT,

@@ -193,7 +193,10 @@ mod tests {
     fn queue_api_requests_follow_the_totals() {
         let metrics = OperatorMetrics::default();
         metrics.copy_queue_api_requests(&[("pubsub", "GetTopic", 3)]);
-        metrics.copy_queue_api_requests(&[("pubsub", "GetTopic", 5), ("monitoring", "ListTimeSeries", 1)]);
+        metrics.copy_queue_api_requests(&[
+            ("pubsub", "GetTopic", 5),
+            ("monitoring", "ListTimeSeries", 1),
+        ]);
         let text = metrics.encode();
         assert!(
             text.contains(

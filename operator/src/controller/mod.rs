@@ -19,13 +19,13 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::predicates;
 use kube::runtime::reflector;
-use kube::runtime::utils::{Predicate, PredicateConfig};
-use kube::runtime::WatchStreamExt;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
+use kube::runtime::utils::{Predicate, PredicateConfig};
 use kube::runtime::watcher;
 
 pub use metrics::OperatorMetrics;

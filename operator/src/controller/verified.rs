@@ -47,8 +47,7 @@ impl VerifiedQueues {
         let last = self.last.lock().expect("verified lock");
         let verified = last.get(&ObjectRef::from_obj(qc))?;
         let age = now.saturating_duration_since(verified.at);
-        (same_spec(verified, qc) && age < every)
-            .then(|| (verified.queue.clone(), every - age))
+        (same_spec(verified, qc) && age < every).then(|| (verified.queue.clone(), every - age))
     }
 
     /// A check succeeded: the queue is as `queue` says, as of `now`. What was corrected or

@@ -72,10 +72,7 @@ impl QueueReader {
 
     /// Forgets the previous poll's Pub/Sub answers, so this poll reads fresh counts.
     pub fn start_poll(&self) {
-        self.pubsub_this_poll
-            .lock()
-            .expect("pubsub lock")
-            .clear();
+        self.pubsub_this_poll.lock().expect("pubsub lock").clear();
     }
 
     async fn sqs(&self, queue: &str) -> Result<Arc<dyn MessageQueue>, QueueError> {

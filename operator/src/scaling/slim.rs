@@ -91,7 +91,10 @@ mod tests {
         let spec = p.spec.as_ref().unwrap();
         assert_eq!(spec.containers.len(), 1);
         assert_eq!(spec.containers[0].name, SIDECAR_NAME);
-        assert_eq!(spec.containers[0].ports.as_ref().unwrap()[0].container_port, 9090);
+        assert_eq!(
+            spec.containers[0].ports.as_ref().unwrap()[0].container_port,
+            9090
+        );
         assert!(spec.containers[0].image.is_none());
         let status = p.status.as_ref().unwrap();
         assert_eq!(status.phase.as_deref(), Some("Running"));

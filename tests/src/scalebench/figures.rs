@@ -46,7 +46,10 @@ pub fn queue_api_requests(metrics: &str) -> BTreeMap<String, u64> {
 }
 
 /// What each key grew by between two readings of counters.
-pub fn growth(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+pub fn growth(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
     after
         .iter()
         .filter_map(|(key, &now)| {

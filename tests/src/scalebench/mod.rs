@@ -174,8 +174,8 @@ pub async fn run(config: &ScaleBenchConfig) -> anyhow::Result<Report> {
     let queue_at_start = queue_api_requests(&operator.metrics().await?);
 
     let started = Instant::now();
-    let created = consumers::create_all(&client, config.count, config.namespaces, config.in_flight)
-        .await?;
+    let created =
+        consumers::create_all(&client, config.count, config.namespaces, config.in_flight).await?;
     let create_seconds = seconds_between(started, Instant::now());
     eprintln!("all created after {create_seconds:.1} s; waiting for Ready");
 
@@ -211,7 +211,9 @@ pub async fn run(config: &ScaleBenchConfig) -> anyhow::Result<Report> {
     let (all_queue_ready, all_ready, latencies) = {
         let seen = milestones.lock().expect("milestones lock");
         let last = |m: &std::collections::HashMap<(String, String), Instant>| {
-            m.values().max().map_or(0.0, |t| seconds_between(started, *t))
+            m.values()
+                .max()
+                .map_or(0.0, |t| seconds_between(started, *t))
         };
         let mut latencies: Vec<f64> = seen
             .ready
@@ -230,7 +232,10 @@ pub async fn run(config: &ScaleBenchConfig) -> anyhow::Result<Report> {
         .since(&k8s_at_start)
         .from_agent(OPERATOR_USER_AGENT)
         .by_verb_and_resource();
-    let queue_to_all_ready = growth(&queue_at_start, &queue_api_requests(&operator.metrics().await?));
+    let queue_to_all_ready = growth(
+        &queue_at_start,
+        &queue_api_requests(&operator.metrics().await?),
+    );
     eprintln!(
         "all Ready after {all_ready:.1} s; settling {:?}, then measuring {:?}",
         config.settle, config.window
@@ -251,7 +256,10 @@ pub async fn run(config: &ScaleBenchConfig) -> anyhow::Result<Report> {
         .requests()
         .since(&k8s_before)
         .from_agent(OPERATOR_USER_AGENT);
-    let queue = growth(&queue_before, &queue_api_requests(&operator.metrics().await?));
+    let queue = growth(
+        &queue_before,
+        &queue_api_requests(&operator.metrics().await?),
+    );
     let monitoring_calls_seen = services.monitoring.calls() - monitoring_before;
     let cpu = procfs::cpu_seconds(operator.pid).unwrap_or(0.0) - cpu_before;
     let (peak_rss, rss_now) = procfs::memory_mib(operator.pid).unwrap_or((0.0, 0.0));
@@ -394,7 +402,11 @@ pub fn table(report: &Report) -> String {
         target("at_most_one_queue_call_per_object_per_poll")
     ));
     for (operation, calls) in &s.queue_calls_by_operation {
-        line(format!("{:<52} {:>12}", format!("    {operation} (calls)"), calls));
+        line(format!(
+            "{:<52} {:>12}",
+            format!("    {operation} (calls)"),
+            calls
+        ));
     }
     line(format!(
         "{:<52} {:>12}",

@@ -28,8 +28,8 @@ pub struct OperatorEndpoints<'a> {
 impl OperatorProcess {
     pub async fn start(endpoints: OperatorEndpoints<'_>, log: PathBuf) -> anyhow::Result<Self> {
         let listen = format!("127.0.0.1:{}", free_port());
-        let log_file = std::fs::File::create(&log)
-            .with_context(|| format!("create {}", log.display()))?;
+        let log_file =
+            std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
         let mut child = tokio::process::Command::new(workspace_binary("ferry-operator"))
             .env("KUBECONFIG", endpoints.kubeconfig)
             .env("PUBSUB_EMULATOR_HOST", endpoints.pubsub_emulator)
@@ -40,7 +40,10 @@ impl OperatorProcess {
                 "FERRY_SCALING_POLL_INTERVAL",
                 endpoints.poll_interval_seconds.to_string(),
             )
-            .env("FERRY_SIDECAR_IMAGE", "ghcr.io/ferry-dev/consumer:scalebench")
+            .env(
+                "FERRY_SIDECAR_IMAGE",
+                "ghcr.io/ferry-dev/consumer:scalebench",
+            )
             .env("FERRY_LISTEN_ADDR", &listen)
             .env("FERRY_CLUSTER_NAME", "scalebench")
             .env("POD_NAMESPACE", "ferry-system")
