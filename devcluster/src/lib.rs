@@ -24,6 +24,7 @@ pub mod openapi;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;
+pub mod requests;
 pub mod schema;
 pub mod selectors;
 pub mod server;
@@ -138,6 +139,7 @@ pub struct DevCluster {
     work_dir: PathBuf,
     owns_work_dir: bool,
     cluster: Arc<Cluster>,
+    requests: Arc<requests::RequestCounter>,
     kubelet: Option<Arc<kubelet::Kubelet>>,
     controllers: Option<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
@@ -177,10 +179,12 @@ impl DevCluster {
             .unwrap_or_else(|| work_dir.join("kubeconfig"));
         write_kubeconfig(&kubeconfig, &url)?;
         let mut tasks = Vec::new();
+        let requests = Arc::new(requests::RequestCounter::default());
         let app = server::router(server::AppState {
             cluster: cluster.clone(),
             bookmark_interval: b.bookmark_interval,
             logs_dir: b.kubelet.then(|| work_dir.join("logs")),
+            requests: requests.clone(),
         });
         tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -211,6 +215,7 @@ impl DevCluster {
             work_dir,
             owns_work_dir,
             cluster,
+            requests,
             kubelet,
             controllers: controllers_task,
             tasks,
@@ -258,6 +263,12 @@ impl DevCluster {
             .kill_on_drop(true)
             .output()
             .await
+    }
+
+    /// The API requests served so far, by client (User-Agent), verb and resource; subtract
+    /// two snapshots ([`requests::RequestCounts::since`]) to count a window.
+    pub fn requests(&self) -> requests::RequestCounts {
+        self.requests.snapshot()
     }
 
     /// The in-process state, for tests that inspect the store directly.

@@ -23,6 +23,8 @@ pub struct AppState {
     pub bookmark_interval: Duration,
     /// Where the process kubelet writes container logs (`pods/log`).
     pub logs_dir: Option<std::path::PathBuf>,
+    /// Every resource request, by client, verb and resource.
+    pub requests: Arc<crate::requests::RequestCounter>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -188,6 +190,19 @@ async fn handle(
         sub: rest.get(2).map(|s| s.to_string()),
         watch_path,
     };
+    st.requests.record(crate::requests::RequestKey {
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+        verb: crate::requests::verb(
+            &method,
+            route.name.is_some(),
+            route.watch_path || q.flag("watch") && q.get("watch").is_some(),
+        ),
+        resource: crate::requests::resource(&route.info.plural, route.sub.as_deref()),
+    });
     match dispatch(&st, &method, &route, &q, &headers, &body).await {
         Ok(r) => r,
         Err(e) => error_response(&e),

@@ -1175,3 +1175,44 @@ async fn server_side_apply_matches_ports_without_protocol_to_their_defaulted_twi
         .expect("apply again");
     assert_eq!(again.metadata.resource_version, rv);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_counted_by_client_verb_and_resource() {
+    let dc = quiet().await;
+    let mut config = kube::Config::new(dc.url().parse().expect("url"));
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static("counted-client/1.0"),
+    ));
+    let counted: Api<ConfigMap> =
+        Api::namespaced(kube::Client::try_from(config).expect("client"), "default");
+    let before = dc.requests();
+    counted
+        .create(&PostParams::default(), &cm("a", json!({})))
+        .await
+        .expect("create");
+    counted.get("a").await.expect("get");
+    counted.list(&ListParams::default()).await.expect("list");
+    let mut watch = counted
+        .watch(&WatchParams::default().timeout(1), "0")
+        .await
+        .expect("watch")
+        .boxed();
+    while watch.try_next().await.expect("watch event").is_some() {}
+    // Another client's requests are counted under its own (empty) User-Agent.
+    let other: Api<ConfigMap> = Api::namespaced(dc.client(), "default");
+    other.get("a").await.expect("get");
+
+    let window = dc.requests().since(&before);
+    let mine = window.from_agent("counted-client/");
+    assert_eq!(
+        mine.by_verb_and_resource().into_iter().collect::<Vec<_>>(),
+        vec![
+            ("create configmaps".to_string(), 1),
+            ("get configmaps".to_string(), 1),
+            ("list configmaps".to_string(), 1),
+            ("watch configmaps".to_string(), 1),
+        ]
+    );
+    assert_eq!(window.total(), 5);
+}

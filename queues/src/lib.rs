@@ -3,6 +3,7 @@
 //! The rest of the workspace sees only the provider-neutral types of [`model`] and the
 //! [`MessageQueue`] trait; the AWS and Google types stay inside [`sqs`] and [`pubsub`].
 
+pub mod calls;
 pub mod error;
 pub mod model;
 pub mod monitoring;

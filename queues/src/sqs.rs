@@ -583,6 +583,7 @@ impl MessageQueue for SqsQueue {
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
+        crate::calls::record("sqs", "GetQueueAttributes");
         let out = self
             .client
             .get_queue_attributes()

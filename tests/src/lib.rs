@@ -9,6 +9,7 @@ pub mod helm;
 pub mod monitoring;
 pub mod prometheus;
 pub mod sandbox;
+pub mod scalebench;
 pub mod sidecar;
 pub mod worker;
 

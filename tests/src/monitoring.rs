@@ -1,6 +1,8 @@
 //! A stand-in for Cloud Monitoring's `projects.timeSeries.list`, which has no emulator: it
 //! answers the documented JSON shape with the values a test sets, and records the filters
-//! it was asked for.
+//! it was asked for. A filter that names a subscription gets that subscription's series; one
+//! that names only the metric (the operator's read of a whole project) gets a series for
+//! every subscription with a value for that metric.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -57,6 +59,11 @@ impl FakeMonitoring {
     pub fn filters(&self) -> Vec<String> {
         self.values.lock().expect("lock").filters.clone()
     }
+
+    /// How many `timeSeries.list` calls were answered so far.
+    pub fn calls(&self) -> usize {
+        self.values.lock().expect("lock").filters.len()
+    }
 }
 
 impl Drop for FakeMonitoring {
@@ -84,11 +91,25 @@ async fn list_time_series(
     let subscription = quoted_after(&filter, "resource.labels.subscription_id")
         .unwrap_or_default()
         .to_string();
-    let body = match values.points.get(&(metric, subscription)) {
-        Some(value) => serde_json::json!({
-            "timeSeries": [{ "points": [{ "value": { "int64Value": value.to_string() } }] }]
-        }),
-        None => serde_json::json!({}),
+    let series = |subscription: &str, value: i64| {
+        serde_json::json!({
+            "resource": {"type": "pubsub_subscription", "labels": {"subscription_id": subscription}},
+            "points": [{ "value": { "int64Value": value.to_string() } }]
+        })
+    };
+    let body = if filter.contains("resource.labels.subscription_id") {
+        match values.points.get(&(metric, subscription.clone())) {
+            Some(&value) => serde_json::json!({ "timeSeries": [series(&subscription, value)] }),
+            None => serde_json::json!({}),
+        }
+    } else {
+        let all: Vec<_> = values
+            .points
+            .iter()
+            .filter(|((m, _), _)| *m == metric)
+            .map(|((_, subscription), &value)| series(subscription, value))
+            .collect();
+        serde_json::json!({ "timeSeries": all })
     };
     axum::Json(body)
 }

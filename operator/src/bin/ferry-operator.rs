@@ -94,9 +94,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let options = Options::parse();
-    let client = kube::Client::try_default().await.map_err(|e| {
-        anyhow::anyhow!("no Kubernetes API: {e}; run in a cluster or set KUBECONFIG")
-    })?;
+    let client = kube_client().await?;
     let leading = Arc::new(AtomicBool::new(!options.leader_election));
     let mut settings = OperatorSettings::new(options.sidecar_image.clone());
     settings.sqs_endpoint = options.sqs_endpoint.clone();
@@ -211,6 +209,21 @@ async fn main() -> anyhow::Result<()> {
         futures::future::join_all(autoscalers),
     );
     Ok(())
+}
+
+/// A client that names itself in `User-Agent`, so API server audit logs and request
+/// metrics (`apiserver_request_total`, devcluster's counter) can tell the operator's calls
+/// from everyone else's; kube-rs sends none by default.
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    let no_api = |e: &dyn std::fmt::Display| {
+        anyhow::anyhow!("no Kubernetes API: {e}; run in a cluster or set KUBECONFIG")
+    };
+    let mut config = kube::Config::infer().await.map_err(|e| no_api(&e))?;
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(concat!("ferry-operator/", env!("CARGO_PKG_VERSION"))),
+    ));
+    kube::Client::try_from(config).map_err(|e| no_api(&e))
 }
 
 fn parse_annotations(json: &str) -> Result<BTreeMap<String, String>, String> {

@@ -21,6 +21,9 @@ pub struct OperatorMetrics {
     target_latency: GaugeVec,
     /// `ferry_consumer_max_replicas`: `spec.scaling.maxReplicas`.
     max_replicas: IntGaugeVec,
+    /// `ferry_queue_api_requests_total{provider,operation}`: copied from
+    /// `ferry_queues::calls` at every scrape, since the calls are made inside that crate.
+    queue_api_requests: IntCounterVec,
 }
 
 impl Default for OperatorMetrics {
@@ -81,8 +84,17 @@ impl Default for OperatorMetrics {
             &["namespace", "queueconsumer", "direction"],
         )
         .expect("valid metric");
+        let queue_api_requests = IntCounterVec::new(
+            Opts::new(
+                "ferry_queue_api_requests_total",
+                "Control-plane calls the operator made to SQS, Pub/Sub and Cloud Monitoring (provisioning, drift checks, queue counts at zero replicas), by provider and API operation.",
+            ),
+            &["provider", "operation"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(consumer_backlog.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(queue_api_requests.clone()),
             Box::new(consumer_replicas.clone()),
             Box::new(scaling_decisions.clone()),
             Box::new(target_latency.clone()),
@@ -105,6 +117,7 @@ impl Default for OperatorMetrics {
             scaling_decisions,
             target_latency,
             max_replicas,
+            queue_api_requests,
         }
     }
 }
@@ -151,6 +164,7 @@ impl OperatorMetrics {
     }
 
     pub fn encode(&self) -> String {
+        self.copy_queue_api_requests(&ferry_queues::calls::snapshot());
         let mut buffer = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buffer)
@@ -159,9 +173,42 @@ impl OperatorMetrics {
     }
 }
 
+impl OperatorMetrics {
+    /// Brings the counter up to the totals counted so far (they only grow).
+    fn copy_queue_api_requests(&self, totals: &[(&str, &str, u64)]) {
+        for &(provider, operation, total) in totals {
+            let counter = self
+                .queue_api_requests
+                .with_label_values(&[provider, operation]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_api_requests_follow_the_totals() {
+        let metrics = OperatorMetrics::default();
+        metrics.copy_queue_api_requests(&[("pubsub", "GetTopic", 3)]);
+        metrics.copy_queue_api_requests(&[
+            ("pubsub", "GetTopic", 5),
+            ("monitoring", "ListTimeSeries", 1),
+        ]);
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "ferry_queue_api_requests_total{operation=\"GetTopic\",provider=\"pubsub\"} 5"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_queue_api_requests_total{operation=\"ListTimeSeries\",provider=\"monitoring\"} 1"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn series_use_the_documented_names() {

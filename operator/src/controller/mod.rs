@@ -5,6 +5,7 @@
 mod metrics;
 mod queue_request;
 mod status;
+mod verified;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,15 +13,19 @@ use std::time::Duration;
 
 use ferry_crds::{DeletionPolicy, QueueConsumer};
 use ferry_queues::QueueErrorKind;
-use ferry_queues::provision::{DeleteOutcome, ProvisionedQueue, delete_queue, ensure_queue};
+use ferry_queues::provision::{DeleteOutcome, ProvisionedQueue, Provisioner};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::predicates;
+use kube::runtime::reflector;
 use kube::runtime::reflector::ObjectRef;
+use kube::runtime::utils::{Predicate, PredicateConfig};
 use kube::runtime::watcher;
 
 pub use metrics::OperatorMetrics;
@@ -39,6 +44,10 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// A terminal error (wrong name, no permission) will not fix itself; check back slowly.
 const TERMINAL_RETRY: Duration = Duration::from_secs(120);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Reconciles in flight at once. Unbounded, a thousand new QueueConsumers meant a thousand
+/// concurrent reconciles, each with its own API connection and buffers (the operator peaked
+/// above 250 MiB); a reconcile takes milliseconds, so a few dozen keep up.
+const RECONCILES_IN_PARALLEL: u16 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -74,6 +83,10 @@ pub struct Context {
     pub settings: OperatorSettings,
     pub cloud: CloudSettings,
     pub metrics: OperatorMetrics,
+    /// Cloud clients kept between reconciles.
+    provisioner: Provisioner,
+    /// The last cloud check of each object, reused until a drift check is due.
+    verified: verified::VerifiedQueues,
     /// Consecutive failures per object, for exponential backoff per object.
     failures: Mutex<HashMap<ObjectRef<QueueConsumer>, u32>>,
 }
@@ -94,6 +107,8 @@ impl Context {
             settings,
             cloud,
             metrics: OperatorMetrics::default(),
+            provisioner: Provisioner::default(),
+            verified: verified::VerifiedQueues::default(),
             failures: Mutex::default(),
         })
     }
@@ -154,11 +169,28 @@ async fn run_controller(
     deployments: Api<Deployment>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    Controller::new(api, watcher::Config::default())
+    let (store, writer) = reflector::store();
+    // Reconcile when what the reconciler acts on changes: the spec (`generation`, which
+    // marking for deletion bumps too) and the finalizers. Status writes, the reconciler's
+    // own and the autoscaler's, change neither; reconciling on them re-applied every child
+    // object several times per consumer and new consumers waited behind that churn.
+    // The store keeps every QueueConsumer; who wrote which field is not among what the
+    // reconciler reads.
+    let consumers = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(crate::scaling::slim::consumer)
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::finalizers),
+            PredicateConfig::default(),
+        );
+    Controller::for_stream(consumers, store)
         .owns(
             deployments,
             watcher::Config::default().labels(crate::builders::MANAGED_BY_LABEL),
         )
+        .with_config(controller::Config::default().concurrency(RECONCILES_IN_PARALLEL))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -223,8 +255,6 @@ async fn apply(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
         &qc.name_any(),
         &crate::builders::autoscaler_spec(&qc.spec.scaling),
     );
-    let request = queue_request(qc, &ctx.cloud);
-    let provisioned = ensure_queue(&request).await;
     let mut observed = status::Observed {
         provisioned: None,
         queue_error: None,
@@ -232,19 +262,34 @@ async fn apply(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
         deployment: None,
     };
     let mut requeue = RESYNC;
+    let now = std::time::Instant::now();
+    let reused = ctx.verified.fresh(qc, RESYNC, now);
+    let checked_now = reused.is_none();
+    let provisioned = match reused {
+        Some((queue, drift_check_due)) => {
+            requeue = drift_check_due;
+            Ok(queue)
+        }
+        None => ctx.provisioner.ensure(&queue_request(qc, &ctx.cloud)).await,
+    };
     match provisioned {
         Ok(queue) => {
             if !queue.corrected.is_empty() {
                 tracing::info!(name = %qc.name_any(), corrected = ?queue.corrected, "queue settings drifted and were put back");
             }
+            if checked_now {
+                ctx.verified.record(qc, &queue, now);
+            }
             observed.provisioned = Some(queue);
         }
         Err(error) if is_terminal(error.kind) => {
+            ctx.verified.forget(qc);
             observed.queue_error = Some(error);
             requeue = TERMINAL_RETRY;
         }
         Err(error) => {
             // Transient: report it, then let error_policy back off.
+            ctx.verified.forget(qc);
             observed.queue_error = Some(error.clone());
             status::write(qc, ctx, &observed).await?;
             return Err(error.into());
@@ -341,8 +386,13 @@ async fn cleanup(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
         tracing::info!(name = %qc.name_any(), "deletionPolicy Retain: the queue, its dead-letter queue and their messages stay");
         return Ok(Action::await_change());
     }
+    ctx.verified.forget(qc);
     let request = queue_request(qc, &ctx.cloud);
-    match delete_queue(&request, qc.spec.force_delete).await? {
+    match ctx
+        .provisioner
+        .delete(&request, qc.spec.force_delete)
+        .await?
+    {
         DeleteOutcome::Deleted => {
             tracing::info!(name = %qc.name_any(), "deletionPolicy Delete: queue and dead-letter queue deleted");
             Ok(Action::await_change())

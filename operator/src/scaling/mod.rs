@@ -10,6 +10,7 @@ mod exposition;
 mod queue_reader;
 mod record;
 mod signals;
+pub(crate) mod slim;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -98,14 +99,16 @@ where
     }
 }
 
-/// A store kept current by a watch that runs until the process stops.
-fn watched<K>(api: Api<K>, config: watcher::Config) -> Store<K>
+/// A store kept current by a watch that runs until the process stops; `slim` drops what
+/// the autoscaler never reads before an object is stored.
+fn watched<K>(api: Api<K>, config: watcher::Config, slim: fn(&mut K)) -> Store<K>
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff())
+    let events = watcher(api, config).default_backoff().modify(slim);
+    let stream = reflector::reflector(writer, events)
         .applied_objects()
         .for_each(|event| {
             if let Err(error) = event {
@@ -129,12 +132,18 @@ pub async fn run(
     let consumers = watched(
         api_for::<QueueConsumer>(&client, namespace.as_deref()),
         watcher::Config::default(),
+        slim::consumer,
     );
     let deployments = watched(
         api_for::<Deployment>(&client, namespace.as_deref()),
         managed.clone(),
+        slim::deployment,
     );
-    let pods = watched(api_for::<Pod>(&client, namespace.as_deref()), managed);
+    let pods = watched(
+        api_for::<Pod>(&client, namespace.as_deref()),
+        managed,
+        slim::pod,
+    );
     let scrape_timeout = settings
         .poll_interval
         .min(Duration::from_secs(2))
@@ -190,6 +199,7 @@ impl Autoscaler {
         }
         let consumers = consumers.state();
         self.forget_deleted(&consumers);
+        self.queues.start_poll();
         let polls = consumers.into_iter().map(|qc| {
             let key = (qc.namespace().unwrap_or_default(), qc.name_any());
             let deployment =

@@ -112,12 +112,40 @@ pub enum DeleteOutcome {
     DeadLetterNotEmpty(u64),
 }
 
+/// Provisions queues with clients kept between calls: for a long-lived caller such as the
+/// operator, which would otherwise set up new clients (TLS, connection pools) for every
+/// reconcile of every QueueConsumer.
+#[derive(Default)]
+pub struct Provisioner {
+    pubsub: pubsub::ClientCache,
+}
+
+impl Provisioner {
+    /// Creates the queue and its dead-letter queue, or converges existing ones to the request.
+    pub async fn ensure(&self, request: &QueueRequest) -> Result<ProvisionedQueue, QueueError> {
+        match request.provider {
+            Provider::Sqs => sqs::ensure(request).await,
+            Provider::PubSub => pubsub::ensure(&self.pubsub, request).await,
+        }
+    }
+
+    /// Deletes the queue and its dead-letter queue, unless the dead-letter queue still holds
+    /// messages and `force` is false. Queues owned by someone else are never deleted.
+    pub async fn delete(
+        &self,
+        request: &QueueRequest,
+        force: bool,
+    ) -> Result<DeleteOutcome, QueueError> {
+        match request.provider {
+            Provider::Sqs => sqs::delete(request, force).await,
+            Provider::PubSub => pubsub::delete(&self.pubsub, request, force).await,
+        }
+    }
+}
+
 /// Creates the queue and its dead-letter queue, or converges existing ones to the request.
 pub async fn ensure_queue(request: &QueueRequest) -> Result<ProvisionedQueue, QueueError> {
-    match request.provider {
-        Provider::Sqs => sqs::ensure(request).await,
-        Provider::PubSub => pubsub::ensure(request).await,
-    }
+    Provisioner::default().ensure(request).await
 }
 
 /// Deletes the queue and its dead-letter queue, unless the dead-letter queue still holds
@@ -126,10 +154,7 @@ pub async fn delete_queue(
     request: &QueueRequest,
     force: bool,
 ) -> Result<DeleteOutcome, QueueError> {
-    match request.provider {
-        Provider::Sqs => sqs::delete(request, force).await,
-        Provider::PubSub => pubsub::delete(request, force).await,
-    }
+    Provisioner::default().delete(request, force).await
 }
 
 /// Tag/label keys that record ownership. Pub/Sub label keys and values allow only lowercase

@@ -45,22 +45,44 @@ fn is_not_found(err: &google_cloud_pubsub::Error) -> bool {
     err.status().is_some_and(|s| s.code == Code::NotFound)
 }
 
+#[derive(Clone)]
 struct Clients {
     topics: TopicAdmin,
     subscriptions: SubscriptionAdmin,
 }
 
-async fn clients(request: &QueueRequest) -> Result<Clients, QueueError> {
-    let endpoint = emulator_endpoint(request.endpoint.as_deref());
-    let topics = configure_builder!(TopicAdmin::builder(), endpoint.as_ref())
+async fn build_clients(endpoint: Option<&String>) -> Result<Clients, QueueError> {
+    let topics = configure_builder!(TopicAdmin::builder(), endpoint)
         .build()
         .await
         .map_err(|e| QueueError::new("connect", QueueErrorKind::Invalid, e.to_string()))?;
-    let subscriptions = subscription_admin(endpoint.as_ref()).await?;
+    let subscriptions = subscription_admin(endpoint).await?;
     Ok(Clients {
         topics,
         subscriptions,
     })
+}
+
+/// One pair of admin clients per endpoint, kept by a long-lived caller (the operator's
+/// [`super::Provisioner`]). Building one sets up TLS and a connection pool, which costs far
+/// more CPU and memory than the calls it then makes: reconciling a thousand QueueConsumers
+/// built two thousand. The clients are made to be shared (an `Arc` inside); calls multiplex
+/// over their HTTP/2 connections. Kept per caller, not per process, because a client belongs
+/// to the Tokio runtime that built it.
+#[derive(Default)]
+pub(super) struct ClientCache(tokio::sync::Mutex<HashMap<Option<String>, Clients>>);
+
+impl ClientCache {
+    async fn get(&self, request: &QueueRequest) -> Result<Clients, QueueError> {
+        let endpoint = emulator_endpoint(request.endpoint.as_deref());
+        let mut cached = self.0.lock().await;
+        if let Some(clients) = cached.get(&endpoint) {
+            return Ok(clients.clone());
+        }
+        let clients = build_clients(endpoint.as_ref()).await?;
+        cached.insert(endpoint, clients.clone());
+        Ok(clients)
+    }
 }
 
 fn project(request: &QueueRequest) -> Result<&str, QueueError> {
@@ -109,9 +131,11 @@ async fn ensure_topic(
     name: &str,
     created: &mut Vec<String>,
 ) -> Result<(), QueueError> {
+    crate::calls::record("pubsub", "GetTopic");
     match clients.topics.get_topic().set_topic(name).send().await {
         Ok(_) => Ok(()),
         Err(e) if is_not_found(&e) => {
+            crate::calls::record("pubsub", "CreateTopic");
             clients
                 .topics
                 .create_topic()
@@ -215,6 +239,7 @@ async fn ensure_subscription(
     corrected: &mut Vec<String>,
 ) -> Result<(), QueueError> {
     let name = desired.name.clone();
+    crate::calls::record("pubsub", "GetSubscription");
     match clients
         .subscriptions
         .get_subscription()
@@ -241,6 +266,7 @@ async fn ensure_subscription(
             }
             if !paths.is_empty() {
                 corrected.extend(paths.iter().map(|p| format!("{name}: {p}")));
+                crate::calls::record("pubsub", "UpdateSubscription");
                 let mut update = desired;
                 if adopt {
                     let mut labels = current.labels.clone();
@@ -259,6 +285,7 @@ async fn ensure_subscription(
             Ok(())
         }
         Err(e) if is_not_found(&e) => {
+            crate::calls::record("pubsub", "CreateSubscription");
             clients
                 .subscriptions
                 .create_subscription()
@@ -273,7 +300,10 @@ async fn ensure_subscription(
     }
 }
 
-pub(super) async fn ensure(request: &QueueRequest) -> Result<ProvisionedQueue, QueueError> {
+pub(super) async fn ensure(
+    cache: &ClientCache,
+    request: &QueueRequest,
+) -> Result<ProvisionedQueue, QueueError> {
     if !(5..=100).contains(&request.max_deliveries) {
         return Err(QueueError::new(
             "CreateSubscription",
@@ -285,7 +315,7 @@ pub(super) async fn ensure(request: &QueueRequest) -> Result<ProvisionedQueue, Q
         ));
     }
     let names = names(project(request)?, &request.name);
-    let clients = clients(request).await?;
+    let clients = cache.get(request).await?;
     let (mut created, mut corrected) = (Vec::new(), Vec::new());
     ensure_topic(&clients, request, &names.topic, &mut created).await?;
     ensure_topic(&clients, request, &names.dead_letter_topic, &mut created).await?;
@@ -360,13 +390,15 @@ async fn dead_letter_has_messages(
 }
 
 pub(super) async fn delete(
+    cache: &ClientCache,
     request: &QueueRequest,
     force: bool,
 ) -> Result<DeleteOutcome, QueueError> {
     let names = names(project(request)?, &request.name);
-    let clients = clients(request).await?;
+    let clients = cache.get(request).await?;
     let mut subscriptions = Vec::new();
     for name in [&names.subscription, &names.dead_letter_subscription] {
+        crate::calls::record("pubsub", "GetSubscription");
         match clients
             .subscriptions
             .get_subscription()
@@ -391,6 +423,7 @@ pub(super) async fn delete(
         return Ok(DeleteOutcome::DeadLetterNotEmpty(1));
     }
     for name in subscriptions {
+        crate::calls::record("pubsub", "DeleteSubscription");
         match clients
             .subscriptions
             .delete_subscription()
@@ -404,6 +437,7 @@ pub(super) async fn delete(
         }
     }
     for name in [&names.topic, &names.dead_letter_topic] {
+        crate::calls::record("pubsub", "GetTopic");
         match clients.topics.get_topic().set_topic(name).send().await {
             Ok(topic)
                 if request
@@ -418,6 +452,7 @@ pub(super) async fn delete(
             Err(e) if is_not_found(&e) => continue,
             Err(e) => return Err(map_gax_error("GetTopic", &e)),
         }
+        crate::calls::record("pubsub", "DeleteTopic");
         match clients.topics.delete_topic().set_topic(name).send().await {
             Ok(_) => {}
             Err(e) if is_not_found(&e) => {}

@@ -115,6 +115,7 @@ struct Existing {
 }
 
 async fn find(client: &Client, name: &str) -> Result<Option<Existing>, QueueError> {
+    crate::calls::record("sqs", "GetQueueUrl");
     let url = match client.get_queue_url().queue_name(name).send().await {
         Ok(out) => out.queue_url.unwrap_or_default(),
         Err(err) => {
@@ -126,6 +127,7 @@ async fn find(client: &Client, name: &str) -> Result<Option<Existing>, QueueErro
             };
         }
     };
+    crate::calls::record("sqs", "ListQueueTags");
     let tags = client
         .list_queue_tags()
         .queue_url(&url)
@@ -138,6 +140,7 @@ async fn find(client: &Client, name: &str) -> Result<Option<Existing>, QueueErro
 }
 
 async fn arn(client: &Client, url: &str) -> Result<String, QueueError> {
+    crate::calls::record("sqs", "GetQueueAttributes");
     client
         .get_queue_attributes()
         .queue_url(url)
@@ -170,6 +173,7 @@ async fn converge(
     let owner_tags: HashMap<String, String> =
         request.owner.iter().flat_map(|o| o.labels()).collect();
     let Some(existing) = find(client, name).await? else {
+        crate::calls::record("sqs", "CreateQueue");
         let url = client
             .create_queue()
             .queue_name(name)
@@ -189,6 +193,7 @@ async fn converge(
         if !request.adopt {
             return Err(conflict(&format!("SQS queue {name}"), &existing.tags));
         }
+        crate::calls::record("sqs", "TagQueue");
         client
             .tag_queue()
             .queue_url(&existing.url)
@@ -198,6 +203,7 @@ async fn converge(
             .map_err(|e| map_sdk_error("TagQueue", e))?;
         corrected.push(format!("{name}: owner (adopted)"));
     }
+    crate::calls::record("sqs", "GetQueueAttributes");
     let current = client
         .get_queue_attributes()
         .queue_url(&existing.url)
@@ -232,6 +238,7 @@ async fn converge(
         changes.insert(attr, desired);
     }
     if !changes.is_empty() {
+        crate::calls::record("sqs", "SetQueueAttributes");
         client
             .set_queue_attributes()
             .queue_url(&existing.url)
@@ -317,6 +324,7 @@ pub(super) async fn delete(
     if let Some(dlq) = &dead_letter
         && !force
     {
+        crate::calls::record("sqs", "GetQueueAttributes");
         let attributes = client
             .get_queue_attributes()
             .queue_url(&dlq.url)
@@ -337,6 +345,7 @@ pub(super) async fn delete(
         }
     }
     for existing in [queue, dead_letter].into_iter().flatten() {
+        crate::calls::record("sqs", "DeleteQueue");
         client
             .delete_queue()
             .queue_url(&existing.url)

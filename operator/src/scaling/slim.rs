@@ -1,0 +1,125 @@
+//! What the autoscaler keeps of each watched object. Its caches hold every QueueConsumer,
+//! worker Deployment and worker pod of the cluster, and most of each object is what it never
+//! reads: `managedFields` (one entry per writer, each a copy of the field set), the
+//! Deployment's pod template, a pod's full container specs and status. Dropping them as
+//! events arrive keeps the operator's memory proportional to what it uses (see the scale
+//! benchmark in docs/performance.md). Pure.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus, PodTemplateSpec};
+use kube::api::ObjectMeta;
+
+use crate::builders::SIDECAR_NAME;
+use ferry_crds::QueueConsumer;
+
+/// `kubectl apply` keeps a whole copy of the object here.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+fn slim_metadata(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// The autoscaler reads spec, status and identity; never who wrote which field.
+pub fn consumer(qc: &mut QueueConsumer) {
+    slim_metadata(&mut qc.metadata);
+}
+
+/// Name, replicas and status counts are all the autoscaler reads of a Deployment.
+pub fn deployment(deployment: &mut Deployment) {
+    slim_metadata(&mut deployment.metadata);
+    deployment.spec.template = PodTemplateSpec::default();
+    if let Some(status) = &mut deployment.status {
+        status.conditions = None;
+    }
+}
+
+/// A pod's labels and annotations (consumer, deletion cost), phase, IP, deletion mark and
+/// the sidecar's ports: what scraping and choosing pods to remove need.
+pub fn pod(pod: &mut Pod) {
+    slim_metadata(&mut pod.metadata);
+    if let Some(spec) = &mut pod.spec {
+        let sidecar = spec
+            .containers
+            .iter()
+            .find(|c| c.name == SIDECAR_NAME)
+            .map(|c| Container {
+                name: c.name.clone(),
+                ports: c.ports.clone(),
+                ..Container::default()
+            });
+        *spec = PodSpec {
+            containers: sidecar.into_iter().collect(),
+            ..PodSpec::default()
+        };
+    }
+    if let Some(status) = &mut pod.status {
+        *status = PodStatus {
+            phase: status.phase.take(),
+            pod_ip: status.pod_ip.take(),
+            ..PodStatus::default()
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_keeps_what_scraping_and_removal_read() {
+        let mut p: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "w-1", "namespace": "shop",
+                "labels": {"ferry.dev/queueconsumer": "orders"},
+                "annotations": {"controller.kubernetes.io/pod-deletion-cost": "5", LAST_APPLIED: "{}"},
+                "managedFields": [{"manager": "kubelet", "operation": "Update"}]},
+            "spec": {"containers": [
+                {"name": "worker", "image": "app", "env": [{"name": "A", "value": "1"}]},
+                {"name": SIDECAR_NAME, "image": "ferry", "ports": [{"name": "metrics", "containerPort": 9090}]}
+            ]},
+            "status": {"phase": "Running", "podIP": "10.0.0.7",
+                "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap();
+        pod(&mut p);
+        assert!(p.metadata.managed_fields.is_none());
+        assert_eq!(p.metadata.labels.as_ref().unwrap().len(), 1);
+        let annotations = p.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations.len(), 1);
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(spec.containers.len(), 1);
+        assert_eq!(spec.containers[0].name, SIDECAR_NAME);
+        assert_eq!(
+            spec.containers[0].ports.as_ref().unwrap()[0].container_port,
+            9090
+        );
+        assert!(spec.containers[0].image.is_none());
+        let status = p.status.as_ref().unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(status.pod_ip.as_deref(), Some("10.0.0.7"));
+        assert!(status.conditions.is_none());
+    }
+
+    #[test]
+    fn a_deployment_keeps_its_name_replicas_and_counts() {
+        let mut d: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "orders-worker", "namespace": "shop",
+                "managedFields": [{"manager": "ferry-operator", "operation": "Apply"}]},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"a": "b"}},
+                "template": {"metadata": {"labels": {"a": "b"}},
+                    "spec": {"containers": [{"name": "worker", "image": "app"}]}}},
+            "status": {"replicas": 3, "readyReplicas": 2,
+                "conditions": [{"type": "Available", "status": "True"}]}
+        }))
+        .unwrap();
+        deployment(&mut d);
+        assert!(d.metadata.managed_fields.is_none());
+        assert_eq!(d.spec.replicas, Some(3));
+        assert!(d.spec.template.spec.is_none());
+        let status = d.status.as_ref().unwrap();
+        assert_eq!((status.replicas, status.ready_replicas), (Some(3), Some(2)));
+        assert!(status.conditions.is_none());
+    }
+}
