@@ -5,4 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
+# Every binary first: the live tests run the operator, the sidecar and the example worker as
+# processes, and a test cannot build a binary of another package itself.
+cargo build --workspace --bins
 cargo test --workspace "$@"
