@@ -225,10 +225,16 @@ async fn watch_replicas(
     what: &str,
     mut done: impl FnMut(i32, &HashMap<String, usize>) -> bool,
 ) -> i32 {
-    let deadline = Instant::now() + timeout;
+    let start = Instant::now();
+    let deadline = start + timeout;
     let mut highest = 0;
+    let mut last = None;
     loop {
         let replicas = live.replicas(name).await.unwrap_or(0);
+        if last != Some(replicas) {
+            eprintln!("{what}: {replicas} replicas at {:?}", start.elapsed());
+            last = Some(replicas);
+        }
         highest = highest.max(replicas);
         if done(replicas, &live.successes()) {
             return highest;
@@ -305,6 +311,8 @@ async fn a_burst_scales_out_drains_and_scales_back_without_duplicates(provider: 
     let started = Instant::now();
     let ids = publish_burst(provider, &publish_to, count).await;
     assert_eq!(ids.len(), count);
+    let published_after = started.elapsed();
+    eprintln!("published {count} in {published_after:?}");
     let highest = watch_replicas(
         &live,
         "burst-worker",
@@ -318,7 +326,7 @@ async fn a_burst_scales_out_drains_and_scales_back_without_duplicates(provider: 
     // next poll (1 s), and for SQS the first pod starting from zero before it can report.
     assert!(
         scaled_out_after < Duration::from_secs(20),
-        "scale-out took {scaled_out_after:?}"
+        "scale-out took {scaled_out_after:?} (publishing {count} took {published_after:?})"
     );
     // The scale subresource is written first, the status right after it.
     let last = eventually(
