@@ -83,6 +83,33 @@ impl FieldSet {
         )
     }
 
+    /// Every path in the set, inner nodes as well as leaves.
+    pub fn nodes(&self) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        fn walk(s: &FieldSet, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+            for (k, v) in &s.0 {
+                prefix.push(k.clone());
+                out.push(prefix.clone());
+                walk(v, prefix, out);
+                prefix.pop();
+            }
+        }
+        walk(self, &mut Vec::new(), &mut out);
+        out
+    }
+
+    /// Whether `path` is in the set, as a leaf or as an inner node.
+    pub fn contains(&self, path: &[String]) -> bool {
+        let mut node = self;
+        for p in path {
+            match node.0.get(p) {
+                Some(n) => node = n,
+                None => return false,
+            }
+        }
+        true
+    }
+
     pub fn leaves(&self) -> Vec<Vec<String>> {
         let mut out = Vec::new();
         fn walk(s: &FieldSet, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
@@ -520,6 +547,20 @@ pub fn apply(
             !others.touches(target)
         })
         .collect();
+    // A field holding others (`status.lastScaling`) goes with them when the applier set it
+    // before, sets none of it now and nobody else owns any of it, as structured-merge-diff
+    // does (it makes named fields members before removing). Removing only the leaves left an
+    // empty object behind, which fails validation when its schema has required fields: an
+    // apply that merely stopped setting the field was refused as invalid.
+    dropped.extend(
+        previous
+            .nodes()
+            .into_iter()
+            .filter(|n| n.len() >= 2 && n[0] != "f:metadata")
+            .filter(|n| n.last().is_some_and(|f| f.starts_with("f:")))
+            .filter(|n| !previous.contains_leaf(n))
+            .filter(|n| !applied_fields.contains(n) && !others.touches(n)),
+    );
     dropped.sort_by_key(|l| std::cmp::Reverse(l.len()));
     for l in &dropped {
         remove_at(&mut out, l);

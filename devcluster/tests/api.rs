@@ -961,6 +961,81 @@ async fn server_side_apply_to_the_status_subresource() {
     assert_eq!(out.data["spec"]["replicas"], 1, "spec untouched");
 }
 
+/// Two managers apply their own parts of a status, as Ferry's reconciler and autoscaler do.
+/// When one stops setting a field that holds others, the whole field goes, as with
+/// structured-merge-diff: removing only its leaves left `lastChange: {}` behind, which the
+/// schema's required fields then refused (the scale benchmark's 422s on `lastScaling`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_removes_a_dropped_object_field_whole() {
+    let dc = quiet().await;
+    install_widgets(&dc).await;
+    let w = widget_api(&dc.client(), "default");
+    let obj: DynamicObject = serde_json::from_value(json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "two"}, "spec": {"replicas": 1}})).expect("w");
+    w.create(&PostParams::default(), &obj)
+        .await
+        .expect("create");
+    let status = |fields: serde_json::Value| json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "two"}, "status": fields});
+    let scaler = PatchParams::apply("scaler").force();
+    let operator = PatchParams::apply("operator").force();
+    w.patch_status(
+        "two",
+        &scaler,
+        &Patch::Apply(&status(
+            json!({"lastChange": {"from": 1, "to": 0, "detail": {"why": "idle"}}}),
+        )),
+    )
+    .await
+    .expect("the scaler's part");
+    w.patch_status(
+        "two",
+        &operator,
+        &Patch::Apply(&status(json!({"replicas": 0}))),
+    )
+    .await
+    .expect("the operator's part");
+    let out = w
+        .patch_status(
+            "two",
+            &scaler,
+            &Patch::Apply(&status(json!({"selector": "app=two"}))),
+        )
+        .await
+        .expect("an apply without lastChange is valid");
+    assert_eq!(
+        out.data["status"],
+        json!({"replicas": 0, "selector": "app=two"}),
+        "lastChange removed whole, the operator's field kept"
+    );
+    // A field another manager still owns part of stays, with that part.
+    w.patch_status(
+        "two",
+        &scaler,
+        &Patch::Apply(&status(
+            json!({"lastChange": {"from": 0, "to": 2, "detail": {"why": "busy"}}}),
+        )),
+    )
+    .await
+    .expect("set again");
+    w.patch_status(
+        "two",
+        &operator,
+        &Patch::Apply(&status(
+            json!({"replicas": 0, "lastChange": {"from": 0, "to": 2}}),
+        )),
+    )
+    .await
+    .expect("the operator co-owns from and to");
+    let out = w
+        .patch_status("two", &scaler, &Patch::Apply(&status(json!({}))))
+        .await
+        .expect("drop again");
+    assert_eq!(
+        out.data["status"]["lastChange"],
+        json!({"from": 0, "to": 2}),
+        "only the scaler's own detail goes"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paginated_list_version_lets_a_watch_catch_up_with_changes_between_pages() {
     let dc = quiet().await;

@@ -103,6 +103,9 @@ pub fn widget_crd() -> Value {
                             "properties": {
                                 "replicas": {"type": "integer"},
                                 "selector": {"type": "string"},
+                                "lastChange": {"type": "object", "required": ["from", "to"],
+                                               "properties": {"from": {"type": "integer"}, "to": {"type": "integer"},
+                                                              "detail": {"type": "object", "properties": {"why": {"type": "string"}}}}},
                                 "conditions": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"],
                                                "items": {"type": "object", "properties": {"type": {"type": "string"}, "status": {"type": "string"}}}}
                             }
