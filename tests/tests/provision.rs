@@ -34,7 +34,50 @@ ferry_tests::for_both_providers!(
     creating_is_idempotent_and_drift_is_corrected,
     a_queue_owned_by_someone_else_is_refused_unless_adopted,
     deletion_refuses_while_dead_letters_wait_unless_forced,
+    expecting_a_new_queue_still_checks_an_existing_one,
 );
+
+/// `expect_new` (the operator's first reconcile of an object) creates without looking up
+/// first; a queue that turns out to exist is still looked up, checked for its owner and
+/// corrected as without the hint.
+async fn expecting_a_new_queue_still_checks_an_existing_one(provider: Provider) {
+    let request = QueueRequest {
+        expect_new: true,
+        ..request(provider)
+    };
+    let first = ensure_queue(&request).await.expect("create");
+    let expected_created = if provider == Provider::Sqs { 2 } else { 4 };
+    assert_eq!(first.created.len(), expected_created, "{:?}", first.created);
+    let again = ensure_queue(&request).await.expect("converge");
+    assert!(
+        again.created.is_empty() && again.corrected.is_empty(),
+        "{again:?}"
+    );
+    assert_eq!(again.queue, first.queue);
+    let drifted = QueueRequest {
+        lease: Duration::from_secs(45),
+        expect_new: false,
+        ..request.clone()
+    };
+    ensure_queue(&drifted).await.expect("drift");
+    let restored = ensure_queue(&request).await.expect("correct the drift");
+    assert!(!restored.corrected.is_empty(), "{restored:?}");
+    let intruder = QueueRequest {
+        owner: Some(Owner {
+            cluster: "test".into(),
+            namespace: "billing".into(),
+            name: "orders".into(),
+        }),
+        ..request.clone()
+    };
+    assert_eq!(
+        ensure_queue(&intruder)
+            .await
+            .expect_err("owned by shop/orders")
+            .kind,
+        QueueErrorKind::Conflict
+    );
+}
 
 /// The first call creates queue, DLQ (and the Pub/Sub topics and DLQ subscription); a second
 /// identical call changes nothing; a setting changed behind Ferry's back is put back.

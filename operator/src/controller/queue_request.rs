@@ -32,6 +32,8 @@ pub fn queue_request(qc: &QueueConsumer, cloud: &CloudSettings) -> QueueRequest 
         QueueProvider::Pubsub => Provider::PubSub,
     };
     let mut request = QueueRequest::new(provider, qc.queue_name());
+    // No queue in the status yet: a new object, whose queue is almost always new too.
+    request.expect_new = qc.status.as_ref().is_none_or(|s| s.queue.is_none());
     request.max_deliveries = u32::try_from(spec.dead_letter.max_deliveries).unwrap_or(1);
     request.dead_letter_retention = seconds(spec.dead_letter.retention_seconds);
     request.owner = Some(Owner {

@@ -58,6 +58,11 @@ pub struct QueueRequest {
     pub owner: Option<Owner>,
     /// Take over an existing queue that has no or another owner.
     pub adopt: bool,
+    /// The queue is probably not there yet (its QueueConsumer was never provisioned): Pub/Sub
+    /// resources are created first and looked up only when that fails, one call each
+    /// instead of a look-up and a create. Only a hint: an existing resource is still found
+    /// and checked, at one call more than a look-up alone.
+    pub expect_new: bool,
 }
 
 impl QueueRequest {
@@ -81,6 +86,7 @@ impl QueueRequest {
             filter: None,
             owner: None,
             adopt: false,
+            expect_new: false,
         }
     }
 }
