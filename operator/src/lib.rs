@@ -3,6 +3,8 @@
 pub mod autoscaler;
 pub mod builders;
 pub mod controller;
+pub mod events;
 pub mod leader;
 pub mod scaling;
 pub mod sim;
+pub mod watches;

@@ -438,3 +438,84 @@ async fn a_restarted_operator_converges_after_a_crash_mid_reconcile() {
     );
     running.stop().await;
 }
+
+/// The reconciler skips applying a worker Deployment that is as its last apply left it; a
+/// Deployment someone changed or deleted is still put back at its next event, and the
+/// autoscaler's replica count (the scale subresource) is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_in_the_worker_deployment_is_put_back() {
+    let running = Running::start().await;
+    let api = running.api();
+    api.create(
+        &PostParams::default(),
+        &consumer(Provider::Sqs, "drift", "Retain", false),
+    )
+    .await
+    .expect("create");
+    let deployments: Api<Deployment> = Api::namespaced(running.cluster.client(), "default");
+    let image = |d: &Deployment| {
+        d.spec
+            .as_ref()?
+            .template
+            .spec
+            .as_ref()?
+            .containers
+            .iter()
+            .find(|c| c.name == "worker")?
+            .image
+            .clone()
+    };
+    eventually("the worker Deployment", async || {
+        deployments
+            .get_opt("drift-worker")
+            .await
+            .ok()?
+            .filter(|d| image(d).is_some())
+    })
+    .await;
+
+    // Someone edits the worker's image: put back at the Deployment's event.
+    let edit = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "worker", "image": "example.com/other:2"}]}}}});
+    deployments
+        .patch(
+            "drift-worker",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(&edit),
+        )
+        .await
+        .expect("edit the Deployment");
+    eventually("the image to be put back", async || {
+        let d = deployments.get("drift-worker").await.ok()?;
+        (image(&d).as_deref() == Some("example.com/worker:1")).then_some(())
+    })
+    .await;
+
+    // The replica count is the autoscaler's: a scale is not undone.
+    let scale = serde_json::json!({"spec": {"replicas": 3}});
+    deployments
+        .patch_scale(
+            "drift-worker",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&scale),
+        )
+        .await
+        .expect("scale");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let d = deployments.get("drift-worker").await.unwrap();
+    assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), Some(3));
+
+    // Deleted: made again.
+    deployments
+        .delete("drift-worker", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("the Deployment to be made again", async || {
+        deployments
+            .get_opt("drift-worker")
+            .await
+            .ok()?
+            .filter(|d| d.metadata.deletion_timestamp.is_none() && image(d).is_some())
+    })
+    .await;
+    running.stop().await;
+}

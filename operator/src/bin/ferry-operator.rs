@@ -14,6 +14,7 @@ use ferry_operator::builders::OperatorSettings;
 use ferry_operator::controller::{self, CloudSettings, Context};
 use ferry_operator::leader::{ElectionSettings, LeaderElection};
 use ferry_operator::scaling::{self, AutoscalerSettings, QueueReaderSettings};
+use ferry_operator::watches;
 use futures::FutureExt;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -190,24 +191,26 @@ async fn main() -> anyhow::Result<()> {
     };
     let shutdown = shutdown.shared();
     tracing::info!(sidecar_image = %options.sidecar_image, poll_interval = ?options.poll_interval, namespaces = ?watch_namespaces, "reconciling and autoscaling QueueConsumers (no namespaces listed: all)");
-    // Like the reconciler, one autoscaler per listed namespace, so neither needs a
-    // cluster-wide watch when the operator is limited to some namespaces.
+    // One reconciler and one autoscaler per listed namespace, so that a Role in each listed
+    // namespace is all the operator needs (no cluster-wide list or watch); the two share
+    // that namespace's watches.
     let scope: Vec<Option<String>> = if watch_namespaces.is_empty() {
         vec![None]
     } else {
         watch_namespaces.iter().cloned().map(Some).collect()
     };
-    let autoscalers = scope.into_iter().map(|namespace| {
+    let scopes = scope.into_iter().map(|namespace| {
+        let (caches, events) = watches::start(&client, namespace.as_deref());
         let settings = AutoscalerSettings {
             namespace,
             ..autoscaling.clone()
         };
-        scaling::run(ctx.clone(), settings, shutdown.clone())
+        futures::future::join(
+            controller::run_watched(ctx.clone(), caches.clone(), events, shutdown.clone()),
+            scaling::run_watched(ctx.clone(), settings, caches, shutdown.clone()),
+        )
     });
-    tokio::join!(
-        controller::run_in_namespaces(ctx.clone(), &watch_namespaces, shutdown.clone()),
-        futures::future::join_all(autoscalers),
-    );
+    futures::future::join_all(scopes).await;
     Ok(())
 }
 

@@ -2,13 +2,14 @@
 //! point for the deletion policy. Everything it decides comes from the pure builders and
 //! `queue_request`; this module only orchestrates calls.
 
+mod applied;
 mod metrics;
 mod queue_request;
 mod status;
 mod verified;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use ferry_crds::{DeletionPolicy, QueueConsumer};
@@ -23,10 +24,8 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::predicates;
-use kube::runtime::reflector;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::utils::{Predicate, PredicateConfig};
-use kube::runtime::watcher;
 
 pub use metrics::OperatorMetrics;
 pub use queue_request::{CloudSettings, queue_request};
@@ -34,6 +33,7 @@ pub use queue_request::{CloudSettings, queue_request};
 use crate::builders::{
     OperatorSettings, ProvisionedNames, desired_deployment, desired_service_account,
 };
+use crate::watches::{self, Caches, Events};
 
 /// The field manager of every object and status the operator writes.
 pub const FIELD_MANAGER: &str = "ferry-operator";
@@ -79,7 +79,7 @@ impl Error {
 pub struct Context {
     pub client: kube::Client,
     /// Publishes Kubernetes Events on QueueConsumers (deduplicated into series).
-    pub recorder: kube::runtime::events::Recorder,
+    pub recorder: crate::events::EventRecorder,
     pub settings: OperatorSettings,
     pub cloud: CloudSettings,
     pub metrics: OperatorMetrics,
@@ -87,6 +87,10 @@ pub struct Context {
     provisioner: Provisioner,
     /// The last cloud check of each object, reused until a drift check is due.
     verified: verified::VerifiedQueues,
+    /// The ServiceAccount and Deployment last applied per object, to skip re-applying them.
+    applied: applied::AppliedChildren,
+    /// The watched worker Deployments, one store per running controller (scope).
+    deployments: RwLock<Vec<Store<Deployment>>>,
     /// Consecutive failures per object, for exponential backoff per object.
     failures: Mutex<HashMap<ObjectRef<QueueConsumer>, u32>>,
 }
@@ -97,56 +101,45 @@ impl Context {
         settings: OperatorSettings,
         cloud: CloudSettings,
     ) -> Arc<Self> {
-        let reporter = kube::runtime::events::Reporter {
+        let reporter = crate::events::Reporter {
             controller: FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
         };
         Arc::new(Self {
-            recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
+            recorder: crate::events::EventRecorder::new(client.clone(), reporter),
             client,
             settings,
             cloud,
             metrics: OperatorMetrics::default(),
             provisioner: Provisioner::default(),
             verified: verified::VerifiedQueues::default(),
+            applied: applied::AppliedChildren::default(),
+            deployments: RwLock::default(),
             failures: Mutex::default(),
         })
     }
+
+    /// The watch cache's copy of a worker Deployment, in whichever scope watches it.
+    fn cached_deployment(&self, namespace: &str, name: &str) -> Option<Arc<Deployment>> {
+        let key = ObjectRef::new(name).within(namespace);
+        self.deployments
+            .read()
+            .expect("deployments lock")
+            .iter()
+            .find_map(|store| store.get(&key))
+    }
 }
 
-/// Runs the controller until the stream ends (the `shutdown` future resolves).
+/// Runs the controller, with watches of its own, until the `shutdown` future resolves.
+/// The operator's binary shares its watches with the autoscaler instead: [`run_watched`].
 pub async fn run(
     ctx: Arc<Context>,
     api: Api<QueueConsumer>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let deployments = Api::<Deployment>::all(ctx.client.clone());
-    run_controller(ctx, api, deployments, shutdown).await;
-}
-
-/// Watches QueueConsumers in `namespaces` only (every namespace when empty): one controller
-/// per namespace, each watching its own namespace's Deployments too, so that a Role in each
-/// listed namespace is all the operator needs (no cluster-wide list or watch).
-pub async fn run_in_namespaces(
-    ctx: Arc<Context>,
-    namespaces: &[String],
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    if namespaces.is_empty() {
-        let api = Api::all(ctx.client.clone());
-        return run(ctx, api, shutdown).await;
-    }
-    let shutdown = futures::FutureExt::shared(shutdown);
-    let controllers = namespaces.iter().map(|namespace| {
-        let client = ctx.client.clone();
-        run_controller(
-            ctx.clone(),
-            Api::namespaced(client.clone(), namespace),
-            Api::namespaced(client, namespace),
-            shutdown.clone(),
-        )
-    });
-    futures::future::join_all(controllers).await;
+    let (caches, events) = watches::start_with(api, deployments);
+    run_watched(ctx, caches, events, shutdown).await;
 }
 
 /// `FERRY_WATCH_NAMESPACE`: a comma-separated list; blanks and repeats are dropped, and
@@ -163,33 +156,29 @@ pub fn parse_watch_namespaces(value: &str) -> Vec<String> {
     namespaces
 }
 
-async fn run_controller(
+/// Runs the controller on watches started by [`watches::start`] (one scope: a namespace, or
+/// all), until `shutdown` resolves. It drives the watches, so the autoscaler reading the
+/// same `caches` runs beside it.
+pub async fn run_watched(
     ctx: Arc<Context>,
-    api: Api<QueueConsumer>,
-    deployments: Api<Deployment>,
+    caches: Caches,
+    events: Events,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (store, writer) = reflector::store();
+    ctx.deployments
+        .write()
+        .expect("deployments lock")
+        .push(caches.deployments.clone());
     // Reconcile when what the reconciler acts on changes: the spec (`generation`, which
     // marking for deletion bumps too) and the finalizers. Status writes, the reconciler's
     // own and the autoscaler's, change neither; reconciling on them re-applied every child
     // object several times per consumer and new consumers waited behind that churn.
-    // The store keeps every QueueConsumer; who wrote which field is not among what the
-    // reconciler reads.
-    let consumers = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(crate::scaling::slim::consumer)
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(
-            predicates::generation.combine(predicates::finalizers),
-            PredicateConfig::default(),
-        );
-    Controller::for_stream(consumers, store)
-        .owns(
-            deployments,
-            watcher::Config::default().labels(crate::builders::MANAGED_BY_LABEL),
-        )
+    let consumers = events.consumers.predicate_filter(
+        predicates::generation.combine(predicates::finalizers),
+        PredicateConfig::default(),
+    );
+    Controller::for_stream(consumers, caches.consumers)
+        .owns_stream(events.deployments)
         .with_config(controller::Config::default().concurrency(RECONCILES_IN_PARALLEL))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -231,6 +220,8 @@ async fn reconcile_once(qc: Arc<QueueConsumer>, ctx: Arc<Context>) -> Result<Act
 
 fn error_policy(qc: Arc<QueueConsumer>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = ObjectRef::from_obj(qc.as_ref());
+    // Whatever failed, the next attempt applies the children again.
+    ctx.applied.forget(&qc);
     let mut failures = ctx.failures.lock().expect("failures lock");
     ctx.metrics
         .reconcile_errors
@@ -296,7 +287,7 @@ async fn apply(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
         }
     }
     if let Some(queue) = observed.provisioned.clone() {
-        apply_workload(qc, ctx, &namespace, &queue, &mut observed).await?;
+        apply_workload(qc, ctx, &namespace, &queue, checked_now, &mut observed).await?;
     }
     ctx.failures
         .lock()
@@ -316,21 +307,31 @@ fn is_terminal(kind: QueueErrorKind) -> bool {
     )
 }
 
+/// Applies the ServiceAccount and the Deployment, each only when it differs from the last
+/// one applied or may have drifted (`applied`); `drift_check` applies both regardless.
 async fn apply_workload(
     qc: &QueueConsumer,
     ctx: &Context,
     namespace: &str,
     queue: &ProvisionedQueue,
+    drift_check: bool,
     observed: &mut status::Observed,
 ) -> Result<(), Error> {
+    if drift_check {
+        ctx.applied.forget(qc);
+    }
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
     match desired_service_account(qc, &ctx.settings) {
         Some(account) => {
-            let name = account.metadata.name.clone().unwrap_or_default();
-            accounts
-                .patch(&name, &params, &Patch::Apply(&account))
-                .await?;
+            let desired = applied::fingerprint(&account);
+            if !ctx.applied.service_account_current(qc, desired) {
+                let name = account.metadata.name.clone().unwrap_or_default();
+                accounts
+                    .patch(&name, &params, &Patch::Apply(&account))
+                    .await?;
+                ctx.applied.record_service_account(qc, desired);
+            }
         }
         None => remove_own_service_account(qc, &accounts).await?,
     }
@@ -342,11 +343,20 @@ async fn apply_workload(
     };
     match desired_deployment(qc, &ctx.settings, &names) {
         Ok(deployment) => {
-            let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
             let name = deployment.metadata.name.clone().unwrap_or_default();
+            let desired = applied::fingerprint(&deployment);
+            let live = ctx.cached_deployment(namespace, &name);
+            if let Some(live) =
+                live.filter(|live| ctx.applied.deployment_current(qc, desired, Some(live)))
+            {
+                observed.deployment = Some(Deployment::clone(&live));
+                return Ok(());
+            }
+            let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
             let applied = deployments
                 .patch(&name, &params, &Patch::Apply(&deployment))
                 .await?;
+            ctx.applied.record_deployment(qc, desired, &applied);
             observed.deployment = Some(applied);
         }
         Err(error) => observed.build_error = Some(error),
@@ -382,11 +392,12 @@ async fn remove_own_service_account(
 async fn cleanup(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
     let namespace = qc.namespace().unwrap_or_else(|| "default".into());
     ctx.metrics.forget_consumer(&namespace, &qc.name_any());
+    ctx.verified.forget(qc);
+    ctx.applied.forget(qc);
     if qc.spec.deletion_policy == DeletionPolicy::Retain {
         tracing::info!(name = %qc.name_any(), "deletionPolicy Retain: the queue, its dead-letter queue and their messages stay");
         return Ok(Action::await_change());
     }
-    ctx.verified.forget(qc);
     let request = queue_request(qc, &ctx.cloud);
     match ctx
         .provisioner

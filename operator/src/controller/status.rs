@@ -264,7 +264,7 @@ async fn announce(
     reason: &str,
     message: &str,
 ) {
-    use kube::runtime::events::{Event, EventType};
+    use crate::events::{Event, EventType};
     let event = Event {
         type_: if status == "False" {
             EventType::Warning

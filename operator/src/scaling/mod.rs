@@ -75,6 +75,8 @@ struct Memory {
     backlog_written_at: Option<f64>,
     /// Since when the policy has been holding for lack of signals.
     holding_since: Option<f64>,
+    /// The autoscaler's part of `status` as its last apply wrote it, with the object's uid.
+    applied: Option<(Option<String>, QueueConsumerStatus)>,
 }
 
 type ConsumerKey = (String, String);
@@ -120,7 +122,8 @@ where
     store
 }
 
-/// Runs the loop until `shutdown` resolves.
+/// Runs the loop, with watches of its own, until `shutdown` resolves. The operator's binary
+/// shares the reconciler's watches instead: [`run_watched`].
 pub async fn run(
     ctx: Arc<Context>,
     settings: AutoscalerSettings,
@@ -128,20 +131,37 @@ pub async fn run(
 ) {
     let client = ctx.client.clone();
     let namespace = settings.namespace.clone();
-    let managed = watcher::Config::default().labels(MANAGED_BY_LABEL);
-    let consumers = watched(
-        api_for::<QueueConsumer>(&client, namespace.as_deref()),
-        watcher::Config::default(),
-        slim::consumer,
-    );
-    let deployments = watched(
-        api_for::<Deployment>(&client, namespace.as_deref()),
-        managed.clone(),
-        slim::deployment,
-    );
+    let caches = crate::watches::Caches {
+        consumers: watched(
+            api_for::<QueueConsumer>(&client, namespace.as_deref()),
+            watcher::Config::default(),
+            slim::consumer,
+        ),
+        deployments: watched(
+            api_for::<Deployment>(&client, namespace.as_deref()),
+            watcher::Config::default().labels(MANAGED_BY_LABEL),
+            slim::deployment,
+        ),
+    };
+    run_watched(ctx, settings, caches, shutdown).await;
+}
+
+/// Runs the loop on caches that the reconciler's watches keep current (see
+/// `crate::watches`), until `shutdown` resolves. Pods are watched here: only the autoscaler
+/// reads them.
+pub async fn run_watched(
+    ctx: Arc<Context>,
+    settings: AutoscalerSettings,
+    caches: crate::watches::Caches,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let crate::watches::Caches {
+        consumers,
+        deployments,
+    } = caches;
     let pods = watched(
-        api_for::<Pod>(&client, namespace.as_deref()),
-        managed,
+        api_for::<Pod>(&ctx.client, settings.namespace.as_deref()),
+        watcher::Config::default().labels(MANAGED_BY_LABEL),
         slim::pod,
     );
     let scrape_timeout = settings
@@ -456,7 +476,7 @@ impl Autoscaler {
             .scaling_decisions
             .with_label_values(&[&namespace, &qc.name_any(), direction.label()])
             .inc();
-        use kube::runtime::events::{Event, EventType};
+        use crate::events::{Event, EventType};
         let event = Event {
             type_: EventType::Normal,
             reason: if decision.to > decision.from {
@@ -486,7 +506,7 @@ impl Autoscaler {
         mode: Option<&ScalerMode>,
         now: f64,
     ) -> Result<(), kube::Error> {
-        let before = qc.status.clone().unwrap_or_default();
+        let before = own_fields_as_applied(qc, memory.applied.as_ref());
         let mut after = before.clone();
         if let Some(mode) = mode {
             set_condition(
@@ -526,7 +546,55 @@ impl Autoscaler {
             &Patch::Apply(&patch),
         )
         .await?;
+        memory.applied = Some((qc.metadata.uid.clone(), own_fields(&after)));
         Ok(())
+    }
+}
+
+/// The object's status with the autoscaler's own fields as its last apply wrote them.
+///
+/// The watch cache shows a status write some time after it was made: under load, a poll
+/// could read the object as it was before the previous poll's apply. Taking the autoscaler's
+/// fields from there left `lastScaling` and `desiredReplicas` out of the next apply, and
+/// server-side apply removes the fields a manager stops sending (devcluster refused those
+/// applies as invalid instead; a real API server would have dropped the record). Nobody else
+/// writes these fields, so what this process last applied is the newest truth; after a
+/// restart or for a new object (another uid), the cache is all there is.
+fn own_fields_as_applied(
+    qc: &QueueConsumer,
+    applied: Option<&(Option<String>, QueueConsumerStatus)>,
+) -> QueueConsumerStatus {
+    let mut status = qc.status.clone().unwrap_or_default();
+    if let Some((_, own)) = applied.filter(|(uid, _)| *uid == qc.metadata.uid) {
+        status
+            .conditions
+            .retain(|c| c.type_ != condition_type::SCALING_ACTIVE);
+        status.conditions.extend(
+            own.conditions
+                .iter()
+                .filter(|c| c.type_ == condition_type::SCALING_ACTIVE)
+                .cloned(),
+        );
+        status.desired_replicas = own.desired_replicas;
+        status.last_scaling = own.last_scaling.clone();
+        status.backlog = own.backlog.clone();
+    }
+    status
+}
+
+/// The fields of `status` the autoscaler owns, nothing else.
+fn own_fields(status: &QueueConsumerStatus) -> QueueConsumerStatus {
+    QueueConsumerStatus {
+        conditions: status
+            .conditions
+            .iter()
+            .filter(|c| c.type_ == condition_type::SCALING_ACTIVE)
+            .cloned()
+            .collect(),
+        desired_replicas: status.desired_replicas,
+        last_scaling: status.last_scaling.clone(),
+        backlog: status.backlog.clone(),
+        ..QueueConsumerStatus::default()
     }
 }
 
@@ -591,4 +659,61 @@ fn metrics_url(pod: &Pod) -> Option<String> {
         ip.to_string()
     };
     Some(format!("http://{host}:{port}/metrics"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consumer(uid: &str, status: serde_json::Value) -> QueueConsumer {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "QueueConsumer",
+            "metadata": {"name": "orders", "namespace": "shop", "uid": uid, "generation": 1},
+            "spec": {"queue": {"provider": "pubsub"}, "deadLetter": {"maxDeliveries": 5},
+                     "worker": {"spec": {"containers": [{"name": "app", "image": "app"}]}}},
+            "status": status
+        }))
+        .unwrap()
+    }
+
+    fn applied_status() -> QueueConsumerStatus {
+        serde_json::from_value(serde_json::json!({
+            "conditions": [{"type": "ScalingActive", "status": "True", "reason": "SignalsFresh",
+                            "message": "m", "lastTransitionTime": "2026-12-01T00:00:00Z"}],
+            "desiredReplicas": 0,
+            "lastScaling": {"from": 1, "to": 0, "reason": "Idle", "message": "idle",
+                            "time": "2026-12-01T00:00:00Z"}
+        }))
+        .unwrap()
+    }
+
+    /// The 422s of the scale benchmark: a poll read the object from before the previous
+    /// poll's apply, and its apply left `lastScaling` out.
+    #[test]
+    fn a_stale_cache_does_not_drop_what_the_autoscaler_applied() {
+        let stale = consumer(
+            "u1",
+            serde_json::json!({"conditions": [{"type": "Ready", "status": "False", "reason": "WorkerUnavailable",
+                               "message": "m", "lastTransitionTime": "2026-12-01T00:00:00Z"}]}),
+        );
+        let remembered = (Some("u1".to_string()), applied_status());
+        let status = own_fields_as_applied(&stale, Some(&remembered));
+        let part = autoscaler_part(&status);
+        assert_eq!(part["lastScaling"]["to"], 0, "{part}");
+        assert_eq!(part["desiredReplicas"], 0, "{part}");
+        assert_eq!(part["conditions"][0]["type"], "ScalingActive", "{part}");
+        assert!(
+            status.conditions.iter().any(|c| c.type_ == "Ready"),
+            "the rest of the status is the cache's"
+        );
+        assert_eq!(own_fields(&status), applied_status());
+    }
+
+    #[test]
+    fn another_object_of_the_same_name_starts_from_its_own_status() {
+        let recreated = consumer("u2", serde_json::json!({}));
+        let remembered = (Some("u1".to_string()), applied_status());
+        let status = own_fields_as_applied(&recreated, Some(&remembered));
+        assert!(status.last_scaling.is_none() && status.conditions.is_empty());
+    }
 }
