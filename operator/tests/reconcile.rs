@@ -455,7 +455,6 @@ async fn drift_in_the_worker_deployment_is_put_back() {
     let deployments: Api<Deployment> = Api::namespaced(running.cluster.client(), "default");
     let image = |d: &Deployment| {
         d.spec
-            .as_ref()?
             .template
             .spec
             .as_ref()?
@@ -502,7 +501,7 @@ async fn drift_in_the_worker_deployment_is_put_back() {
         .expect("scale");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let d = deployments.get("drift-worker").await.unwrap();
-    assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), Some(3));
+    assert_eq!(d.spec.replicas, Some(3));
 
     // Deleted: made again.
     deployments
