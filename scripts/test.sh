@@ -8,4 +8,5 @@ bash scripts/install-test-deps.sh
 # Every binary first: the live tests run the operator, the sidecar and the example worker as
 # processes, and a test cannot build a binary of another package itself.
 cargo build --workspace --bins
-cargo test --workspace "$@"
+# Every test binary runs even after one fails, so a red run shows every failure at once.
+cargo test --workspace --no-fail-fast "$@"

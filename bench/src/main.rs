@@ -33,6 +33,11 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         seconds: u64,
     },
+    /// Prints the tables of a saved report.
+    Table {
+        #[arg(default_value = "target/bench/consumer.json")]
+        report: std::path::PathBuf,
+    },
     /// Raw aws-sdk-sqs client: receive and delete as fast as possible.
     RawSqs(raw::RawSqsArgs),
     /// Raw google-cloud-pubsub streaming pull: receive and ack as fast as possible.
@@ -56,6 +61,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            Command::Table { report } => orchestrate::print_report(&report),
             Command::RawSqs(args) => raw::raw_sqs(args).await,
             Command::RawPubsub(args) => raw::raw_pubsub(args).await,
         }

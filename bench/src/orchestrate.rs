@@ -998,8 +998,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let ratios = ratios(&bench.results);
     let load_after = loadavg();
+    let runs: Vec<Value> = bench.results.iter().map(RunResult::to_json).collect();
     let report = json!({
-        "runs": bench.results.iter().map(RunResult::to_json).collect::<Vec<_>>(),
+        "runs": runs,
         "ratios": ratios,
         "mode": if args.quick { "quick" } else { "full" },
         "window_s": window,
@@ -1009,7 +1010,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "duration_s": started.elapsed().as_secs(),
     });
     std::fs::write(&args.out, serde_json::to_string_pretty(&report)? + "\n")?;
-    println!("{}", table(&bench.results));
+    println!("{}", table(&runs));
     println!("{}", ratio_table(&ratios));
     println!(
         "load average before: {load_before}; after: {load_after}; took {} s; wrote {}",
@@ -1124,34 +1125,54 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "–".to_string(), |v| format!("{v:.digits$}"))
 }
 
-fn table(results: &[RunResult]) -> String {
+/// The runs table, from the rows as written to consumer.json (so `ferry-bench table` prints
+/// the same table from a saved report).
+fn table(runs: &[Value]) -> String {
     let mut out = String::from(
         "| backend | consumer | conc | worker ms | msgs/s | CPU s / 10k msgs | peak RSS MiB | added p50 ms | added p99 ms | publish→start p50 / p99 ms |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    for r in results {
-        let observed = if r.backend == "pubsub" && r.observed_p50_ms.is_some() {
-            format!(
-                "{} / {}",
-                fmt(r.observed_p50_ms, 1),
-                fmt(r.observed_p99_ms, 1)
-            )
+    for r in runs {
+        let f = |key: &str, digits: usize| fmt(r[key].as_f64(), digits);
+        let backend = r["backend"].as_str().unwrap_or("");
+        let observed = if backend == "pubsub" && r["observed_p50_ms"].is_number() {
+            format!("{} / {}", f("observed_p50_ms", 1), f("observed_p99_ms", 1))
         } else {
             "–".into()
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {observed} |\n",
-            r.backend,
-            r.consumer,
-            r.concurrency,
-            r.worker_ms.map_or("–".into(), |w| w.to_string()),
-            fmt(r.msgs_per_s, 0),
-            fmt(r.cpu_s_per_10k, 2),
-            fmt(r.rss_mib, 1),
-            fmt(r.added_p50_ms, 2),
-            fmt(r.added_p99_ms, 2),
+            "| {backend} | {} | {} | {} | {} | {} | {} | {} | {} | {observed} |\n",
+            r["consumer"].as_str().unwrap_or(""),
+            r["concurrency"],
+            r["worker_ms"]
+                .as_u64()
+                .map_or("–".into(), |w| w.to_string()),
+            f("msgs_per_s", 0),
+            f("cpu_s_per_10k", 2),
+            f("rss_mib", 1),
+            f("added_p50_ms", 2),
+            f("added_p99_ms", 2),
         ));
     }
     out
+}
+
+/// Prints the tables of a saved report (`target/bench/consumer.json`), for docs/performance.md.
+pub fn print_report(path: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let report: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a benchmark report", path.display()))?;
+    let rows = |key: &str| report[key].as_array().cloned().unwrap_or_default();
+    println!("{}", table(&rows("runs")));
+    println!("{}", ratio_table(&rows("ratios")));
+    println!(
+        "mode {}, load average before: {}; after: {}; took {} s",
+        report["mode"].as_str().unwrap_or("?"),
+        report["loadavg_before"].as_str().unwrap_or("?"),
+        report["loadavg_after"].as_str().unwrap_or("?"),
+        report["duration_s"]
+    );
+    Ok(())
 }
 
 fn ratio_table(ratios: &[Value]) -> String {

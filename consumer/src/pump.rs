@@ -122,7 +122,7 @@ impl Pump {
             let received = tokio::select! {
                 r = &mut receive => r,
                 _ = until_draining(&mut draining) => {
-                    self.hand_back_pending_receive(receive).await;
+                    self.deliver_pending_receive(receive, slots).await;
                     return;
                 }
             };
@@ -170,23 +170,29 @@ impl Pump {
 
     /// A drain started while a receive call was pending. An SQS long poll cannot be called
     /// off: the server may already have leased messages to it, and abandoning the call would
-    /// leave them invisible until their lease runs out (a scale-down would delay them by a
-    /// whole visibility timeout). So the call is let finish and what it brought is handed
-    /// straight back. Its delivery slots stay taken meanwhile, so the drain waits for this
-    /// too. Pub/Sub's receive reads a local buffer; nothing is leased by abandoning it.
-    async fn hand_back_pending_receive(
-        &self,
+    /// leave them invisible until their lease runs out. Nor are they handed back: every
+    /// receive counts towards the queue's `maxReceiveCount`, so a message that had failed a
+    /// few times could reach the dead-letter queue through scale-downs alone, without the
+    /// deliveries it is owed. They are delivered like any other: the worker is still running
+    /// (its preStop hook waits for this drain), and their slots, taken until they are
+    /// settled, make the drain wait for them. Pub/Sub's receive reads a local buffer; nothing
+    /// is leased by abandoning it.
+    async fn deliver_pending_receive(
+        self: &Arc<Self>,
         receive: impl std::future::Future<Output = Result<Vec<ReceivedMessage>, QueueError>>,
+        mut slots: Vec<OwnedSemaphorePermit>,
     ) {
         if !self.queue.receive_calls_the_queue() {
             return;
         }
         if let Ok(messages) = receive.await {
-            for _ in &messages {
-                self.metrics.received.inc();
-                self.metrics.in_flight.inc();
+            for message in messages {
+                let slot = slots.pop().expect("never more messages than slots");
+                self.accept(Held {
+                    message,
+                    _slot: slot,
+                });
             }
-            self.release_messages(messages, "drain").await;
         }
     }
 

@@ -571,6 +571,63 @@ async fn the_drain_endpoint_answers_once_in_flight_work_is_done(provider: Provid
     assert!(sidecar.wait_exit(Duration::from_secs(5)).await.success());
 }
 
+/// A drain that begins while an SQS long poll is waiting: the poll cannot be called off,
+/// and the message it then brings is delivered and deleted, not handed back. (Every receive
+/// counts towards `maxReceiveCount`, so handing it back would spend one of the message's
+/// deliveries on a scale-down.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_a_drain_finds_in_a_long_poll_is_delivered_not_handed_back() {
+    let setup = provision(Provider::Sqs, false, 10).await;
+    let worker = Worker::start(|_| Reply::ok()).await;
+    let sidecar = start(
+        &setup
+            .env(&worker.url())
+            .set("FERRY_CONCURRENCY", 1)
+            .set("FERRY_RECEIVE_WAIT_SECONDS", 5),
+    );
+    eventually(Duration::from_secs(20), "the sidecar ready", async || {
+        (sidecar.get("/readyz").await?.0 == 200).then_some(())
+    })
+    .await;
+    // Into the long poll on an empty queue.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (drained, ids) = tokio::join!(sidecar.get("/drain"), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        setup.publish_bodies(&bodies("late", 1)).await
+    });
+    let (status, body) = drained.expect("drain answers");
+    assert_eq!(status, 200, "{body}");
+    let deliveries = worker.deliveries();
+    assert_eq!(
+        deliveries
+            .iter()
+            .map(|d| d.message_id.clone())
+            .collect::<Vec<_>>(),
+        ids,
+        "the message the long poll brought was delivered once; log:\n{}",
+        sidecar.log_text()
+    );
+    assert_eq!(deliveries[0].answered, Some(200));
+    // Deleted: nothing is left for the next consumer.
+    let queue = ferry_queues::connect(&ConsumerTarget {
+        provider: Provider::Sqs,
+        queue: setup.queue.queue.clone(),
+        dead_letter: None,
+        dead_letter_topic: None,
+        endpoint: Some(setup.endpoint.clone()),
+        lease: Duration::from_secs(30),
+        max_outstanding: 10,
+        monitoring: None,
+    })
+    .await
+    .expect("connect to the queue");
+    let left = queue
+        .receive(10, Duration::from_secs(2))
+        .await
+        .expect("receive");
+    assert!(left.is_empty(), "still in the queue: {left:?}");
+}
+
 /// A 429 with `Retry-After: 3` holds the message back for three seconds (not the 0.2 s
 /// backoff the sidecar would otherwise use), then it is delivered again.
 async fn retry_after_from_the_worker_is_honoured(provider: Provider) {

@@ -159,6 +159,33 @@ async fn a_sidecar_killed_mid_load_loses_nothing() {
     assert_sound(&summary, 0, 4);
 }
 
+ferry_tests::for_both_providers!(workers_down_for_a_while_lose_nothing,);
+
+/// Every worker container is SIGKILLed mid-load (the kubelet restarts them). Proves that a
+/// worker that is down is not a lost message: the sidecars' deliveries are refused, retried
+/// with backoff, and processed once the workers are back.
+async fn workers_down_for_a_while_lose_nothing(provider: Provider) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let config = config(provider, "workers-down");
+    let floor = config.floor();
+    let mut sandbox = Sandbox::start(config).await.expect("sandbox starts");
+    sandbox
+        .wait_ready(Duration::from_secs(120))
+        .await
+        .expect("ready");
+    sandbox.publish(300).await.expect("publish");
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if sandbox.ledger().processed() > 20 {
+            break;
+        }
+    }
+    let killed = sandbox.kill_workers().await.expect("kill the workers");
+    assert!(killed > 0, "no worker was running");
+    let summary = finish(sandbox).await;
+    assert_sound(&summary, floor, 0);
+}
+
 /// The queue API becomes unreachable for 10 s mid-load (a proxy in front of moto closes
 /// every connection, and new ones at once), for the operator and every sidecar. Proves the
 /// system rides it out: receives and deletes fail and are retried, the autoscaler holds

@@ -35,6 +35,7 @@ ferry_tests::for_both_providers!(
     a_queue_owned_by_someone_else_is_refused_unless_adopted,
     deletion_refuses_while_dead_letters_wait_unless_forced,
     expecting_a_new_queue_still_checks_an_existing_one,
+    publish_returns_each_messages_own_id,
 );
 
 /// `expect_new` (the operator's first reconcile of an object) creates without looking up
@@ -77,6 +78,74 @@ async fn expecting_a_new_queue_still_checks_an_existing_one(provider: Provider) 
             .kind,
         QueueErrorKind::Conflict
     );
+
+/// `publish` answers the ids in the order of the messages given: the sandbox and the
+/// end-to-end suite match the workers' delivery lines (by id) to what they published (by
+/// sequence number) through it.
+async fn publish_returns_each_messages_own_id(provider: Provider) {
+    let request = request(provider);
+    let queue = ensure_queue(&request).await.expect("create");
+    let count = 300;
+    let messages = (0..count)
+        .map(|seq| OutgoingMessage {
+            body: format!("{{\"seq\":{seq}}}").into_bytes(),
+            ..Default::default()
+        })
+        .collect();
+    let ids = publish(
+        provider,
+        request.endpoint.as_deref(),
+        &queue.publish_to,
+        messages,
+    )
+    .await
+    .expect("publish");
+    let expected: std::collections::HashMap<String, String> = ids
+        .into_iter()
+        .enumerate()
+        .map(|(seq, id)| (id, format!("{{\"seq\":{seq}}}")))
+        .collect();
+    assert_eq!(expected.len(), count, "every id is distinct");
+
+    let consumer = ferry_queues::connect(&ferry_queues::ConsumerTarget {
+        provider,
+        queue: queue.queue.clone(),
+        dead_letter: None,
+        dead_letter_topic: None,
+        endpoint: request.endpoint.clone(),
+        lease: Duration::from_secs(60),
+        max_outstanding: 100,
+        monitoring: None,
+    })
+    .await
+    .expect("connect");
+    let mut seen = std::collections::HashMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < count && std::time::Instant::now() < deadline {
+        for message in consumer
+            .receive(10, Duration::from_secs(1))
+            .await
+            .expect("receive")
+        {
+            seen.insert(
+                message.id.clone(),
+                String::from_utf8_lossy(&message.body).into_owned(),
+            );
+            consumer.ack(message.lease).await.expect("ack");
+        }
+    }
+    consumer.close().await;
+    let wrong: Vec<_> = seen
+        .iter()
+        .filter(|(id, body)| expected.get(*id) != Some(*body))
+        .map(|(id, body)| format!("{id}: published as {:?}, received {body}", expected.get(id)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} ids do not match: {wrong:?}",
+        wrong.len()
+    );
+    assert_eq!(seen.len(), count);
 }
 
 /// The first call creates queue, DLQ (and the Pub/Sub topics and DLQ subscription); a second

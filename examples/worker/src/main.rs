@@ -74,11 +74,22 @@ async fn work(State(options): State<Arc<Options>>, headers: HeaderMap, body: Byt
         };
     if options.verbose {
         println!(
-            "{} message={id} attempt={attempt} latency={latency:?} started_ms={started_ms}",
-            status.as_u16()
+            "{} message={id} attempt={attempt} latency={latency:?} started_ms={started_ms} body={}",
+            status.as_u16(),
+            body_excerpt(&body)
         );
     }
     status
+}
+
+/// The body's first 100 characters on one word, for the verbose line: the sandbox matches
+/// deliveries to what it published by content, not by the ids the publisher was given.
+fn body_excerpt(body: &[u8]) -> String {
+    String::from_utf8_lossy(body)
+        .chars()
+        .take(100)
+        .map(|c| if c.is_whitespace() { '_' } else { c })
+        .collect()
 }
 
 #[tokio::main(flavor = "current_thread")]

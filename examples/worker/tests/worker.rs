@@ -80,6 +80,10 @@ fn ordinary_messages_succeed_poison_is_rejected_and_each_delivery_is_logged() {
         lines[0].starts_with("200 message=m-1 attempt=1 ") && lines[0].contains("started_ms="),
         "{lines:?}"
     );
+    assert!(
+        lines[0].ends_with(r#" body={"order":1}"#),
+        "the body, last: {lines:?}"
+    );
     assert!(lines[1].starts_with("422 message=m-2 "), "{lines:?}");
 }
 

@@ -7,16 +7,20 @@ use std::collections::{BTreeSet, HashMap};
 use serde::Serialize;
 
 /// One line the example worker prints per delivery with `WORKER_VERBOSE`:
-/// `200 message=<id> attempt=<n> latency=<d> started_ms=<unix ms>`.
+/// `200 message=<id> attempt=<n> latency=<d> started_ms=<unix ms> body=<body>`. Deliveries
+/// are matched to what was published by the sequence number in the body, so the count does
+/// not rest on the ids the publisher was given back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     pub status: u16,
+    pub seq: u64,
     pub message_id: String,
     pub started_ms: u64,
 }
 
 pub fn parse_delivery(line: &str) -> Option<Delivery> {
-    let mut words = line.split_whitespace();
+    let (head, body) = line.split_once(" body=")?;
+    let mut words = head.split_whitespace();
     let status = words.next()?.parse().ok()?;
     let mut message_id = None;
     let mut started_ms = None;
@@ -27,8 +31,10 @@ pub fn parse_delivery(line: &str) -> Option<Delivery> {
             started_ms = ms.parse().ok();
         }
     }
+    let body: serde_json::Value = serde_json::from_str(body).ok()?;
     Some(Delivery {
         status,
+        seq: body["seq"].as_u64()?,
         message_id: message_id?,
         started_ms: started_ms?,
     })
@@ -44,15 +50,15 @@ pub struct Published {
     pub poison: bool,
 }
 
-/// What the deliveries say so far, per message id.
+/// What the deliveries say so far, per published sequence number.
 #[derive(Debug, Default, Clone)]
 pub struct Ledger {
-    /// Successful deliveries (2xx) per id, and when the first one started.
-    successes: HashMap<String, (usize, u64)>,
-    /// Failed deliveries per id (any non-2xx).
-    failures: HashMap<String, usize>,
-    /// Ids the worker rejected as permanent (422): the sidecar dead-letters them at once.
-    rejected: HashMap<String, u64>,
+    /// Successful deliveries (2xx) per message, and when the first one started.
+    successes: HashMap<u64, (usize, u64)>,
+    /// Failed deliveries per message (any non-2xx).
+    failures: HashMap<u64, usize>,
+    /// Messages the worker rejected as permanent (422): the sidecar dead-letters them at once.
+    rejected: HashMap<u64, u64>,
 }
 
 impl Ledger {
@@ -61,19 +67,16 @@ impl Ledger {
             200..=299 => {
                 let entry = self
                     .successes
-                    .entry(delivery.message_id.clone())
+                    .entry(delivery.seq)
                     .or_insert((0, delivery.started_ms));
                 entry.0 += 1;
                 entry.1 = entry.1.min(delivery.started_ms);
             }
             status => {
-                *self
-                    .failures
-                    .entry(delivery.message_id.clone())
-                    .or_insert(0) += 1;
+                *self.failures.entry(delivery.seq).or_insert(0) += 1;
                 if status == 422 {
                     self.rejected
-                        .entry(delivery.message_id.clone())
+                        .entry(delivery.seq)
                         .or_insert(delivery.started_ms);
                 }
             }
@@ -95,19 +98,22 @@ impl Ledger {
 
     /// Whether the workers are done with this message: it succeeded, was rejected as
     /// poison, or failed as often as the queue allows before dead-lettering it.
-    pub fn is_settled(&self, id: &str, max_deliveries: usize) -> bool {
-        self.successes.contains_key(id)
-            || self.rejected.contains_key(id)
-            || self.failures.get(id).is_some_and(|n| *n >= max_deliveries)
+    pub fn is_settled(&self, seq: u64, max_deliveries: usize) -> bool {
+        self.successes.contains_key(&seq)
+            || self.rejected.contains_key(&seq)
+            || self
+                .failures
+                .get(&seq)
+                .is_some_and(|n| *n >= max_deliveries)
     }
 
     /// Milliseconds from publishing to the first delivery that settled the message.
     fn wait_ms(&self, message: &Published) -> Option<u64> {
         let started = self
             .successes
-            .get(&message.id)
+            .get(&message.seq)
             .map(|(_, at)| *at)
-            .or_else(|| self.rejected.get(&message.id).copied())?;
+            .or_else(|| self.rejected.get(&message.seq).copied())?;
         Some(started.saturating_sub(message.at_ms))
     }
 
@@ -118,9 +124,9 @@ impl Ledger {
             .filter_map(|m| {
                 let started = self
                     .successes
-                    .get(&m.id)
+                    .get(&m.seq)
                     .map(|(_, at)| *at)
-                    .or_else(|| self.rejected.get(&m.id).copied())?;
+                    .or_else(|| self.rejected.get(&m.seq).copied())?;
                 (started >= since_ms).then(|| started.saturating_sub(m.at_ms))
             })
             .max()
@@ -140,6 +146,9 @@ pub struct Summary {
     pub poison_not_dead_lettered: usize,
     /// Published, and neither processed nor dead-lettered. Must be 0.
     pub lost: usize,
+    /// The lost ones, as `seq/id`, to look them up in the logs (left out when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lost_messages: Vec<String>,
     /// Messages a worker answered 2xx to more than once.
     pub duplicates: usize,
     /// Deliveries the worker failed (each one retried or, at the limit, dead-lettered).
@@ -162,13 +171,15 @@ pub fn summarize(
 ) -> Summary {
     let processed: BTreeSet<u64> = published
         .iter()
-        .filter(|m| ledger.successes.contains_key(&m.id))
+        .filter(|m| ledger.successes.contains_key(&m.seq))
         .map(|m| m.seq)
         .collect();
-    let lost = published
+    let lost_messages: Vec<String> = published
         .iter()
         .filter(|m| !processed.contains(&m.seq) && !dead_letter_seqs.contains(&m.seq))
-        .count();
+        .map(|m| format!("{}/{}", m.seq, m.id))
+        .collect();
+    let lost = lost_messages.len();
     let duplicates = ledger.successes.values().filter(|(n, _)| *n > 1).count();
     let poison_not_dead_lettered = published
         .iter()
@@ -190,6 +201,7 @@ pub fn summarize(
         dead_lettered: dead_letter_seqs.len(),
         poison_not_dead_lettered,
         lost,
+        lost_messages,
         duplicates,
         failed_deliveries: ledger.failed_deliveries(),
         max_wait_s: quantile(1.0),
@@ -214,9 +226,9 @@ mod tests {
         }
     }
 
-    fn line(status: u16, id: &str, at: u64) -> Delivery {
+    fn line(status: u16, seq: u64, at: u64) -> Delivery {
         parse_delivery(&format!(
-            "{status} message={id} attempt=1 latency=200ms started_ms={at}"
+            "{status} message=id-{seq} attempt=1 latency=200ms started_ms={at} body={{\"seq\":{seq}}}"
         ))
         .unwrap()
     }
@@ -224,12 +236,20 @@ mod tests {
     #[test]
     fn worker_lines_parse_and_other_lines_do_not() {
         assert_eq!(
-            parse_delivery("500 message=m-1 attempt=2 latency=201ms started_ms=1764000000123"),
+            parse_delivery(
+                r#"500 message=m-1 attempt=2 latency=201ms started_ms=1764000000123 body={"seq":7,"note":"poison"}"#
+            ),
             Some(Delivery {
                 status: 500,
+                seq: 7,
                 message_id: "m-1".into(),
                 started_ms: 1_764_000_000_123
             })
+        );
+        assert_eq!(
+            parse_delivery("200 message=m-1 attempt=1 latency=1ms started_ms=1 body={}"),
+            None,
+            "a body without a sequence number is not the sandbox's"
         );
         assert_eq!(
             parse_delivery("example worker listening on http://127.0.0.2:8080/"),
@@ -247,16 +267,16 @@ mod tests {
         ];
         let mut ledger = Ledger::default();
         for d in [
-            line(500, "a", 1_500),
-            line(200, "a", 3_000),
-            line(200, "b", 2_000),
-            line(200, "b", 9_000),
-            line(422, "c", 1_100),
+            line(500, 0, 1_500),
+            line(200, 0, 3_000),
+            line(200, 1, 2_000),
+            line(200, 1, 9_000),
+            line(422, 2, 1_100),
         ] {
             ledger.record(&d);
         }
-        assert!(ledger.is_settled("a", 5) && ledger.is_settled("c", 5));
-        assert!(!ledger.is_settled("d", 5));
+        assert!(ledger.is_settled(0, 5) && ledger.is_settled(2, 5));
+        assert!(!ledger.is_settled(3, 5));
         let summary = summarize("sqs", &messages, &ledger, &BTreeSet::from([2]));
         assert_eq!(summary.processed, 2);
         assert_eq!(summary.dead_lettered, 1);

@@ -142,6 +142,10 @@ pub struct Sandbox {
     max_replicas: i32,
     started: Instant,
     last_sample: Option<Instant>,
+    /// Every dead letter read so far (by sequence number). Reading takes them (Pub/Sub acks,
+    /// SQS leases them for a minute), so what one read saw is kept for the next.
+    dead_seen: BTreeSet<u64>,
+    last_dead_letter_read: Option<Instant>,
     // Last: the cluster's pods stop after the operator.
     cluster: DevCluster,
 }
@@ -203,6 +207,8 @@ impl Sandbox {
             max_replicas: 0,
             started: Instant::now(),
             last_sample: None,
+            dead_seen: BTreeSet::new(),
+            last_dead_letter_read: None,
             cluster,
         };
         sandbox.start_operator()?;
@@ -388,6 +394,19 @@ impl Sandbox {
         )
         .await
         .context("publish")?;
+        // Kept beside the pod logs, to follow a message through them by hand.
+        let record: String = seqs
+            .iter()
+            .zip(&ids)
+            .map(|(seq, id)| format!("{seq},{id},{at_ms}\n"))
+            .collect();
+        let path = self.config.work_dir.join("published.csv");
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, record.as_bytes()))
+            .with_context(|| format!("writing {}", path.display()))?;
         for (seq, id) in seqs.into_iter().zip(ids) {
             self.published.push(Published {
                 seq,
@@ -481,17 +500,37 @@ impl Sandbox {
         })
     }
 
-    /// True once every published message is processed or dead-lettered as far as the
-    /// workers can tell, and the consumer is back at its floor.
+    /// True once every published message is processed or dead-lettered, and the consumer is
+    /// back at its floor. The workers' lines tell most of it; a message can also reach the
+    /// dead-letter queue through deliveries no worker saw (refused connections while the
+    /// workers were down, a sidecar killed while it held it), so once the consumer is at its
+    /// floor with messages unaccounted for, the dead-letter queue is read (every 5 s at most).
     pub async fn settled(&mut self) -> anyhow::Result<bool> {
-        let ledger = self.ledger();
-        let all = self
-            .published
-            .iter()
-            .all(|m| ledger.is_settled(&m.id, MAX_DELIVERIES));
         let (current, desired) = self.replicas().await?;
         let floor = self.config.floor();
-        Ok(all && current == floor && desired == floor)
+        if current != floor || desired != floor {
+            return Ok(false);
+        }
+        let ledger = self.ledger();
+        let unaccounted = |seen: &BTreeSet<u64>| {
+            self.published
+                .iter()
+                .filter(|m| !ledger.is_settled(m.seq, MAX_DELIVERIES) && !seen.contains(&m.seq))
+                .count()
+        };
+        if unaccounted(&self.dead_seen) == 0 {
+            return Ok(true);
+        }
+        if self
+            .last_dead_letter_read
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(5))
+        {
+            return Ok(false);
+        }
+        self.last_dead_letter_read = Some(Instant::now());
+        let dead = self.dead_letters().await?;
+        self.dead_seen.extend(dead);
+        Ok(unaccounted(&self.dead_seen) == 0)
     }
 
     /// Waits until [`Sandbox::settled`], showing progress; fails with what is missing.
@@ -613,6 +652,8 @@ impl Sandbox {
     pub async fn summary(&mut self) -> anyhow::Result<Summary> {
         let (current, _) = self.replicas().await?;
         let dead = self.dead_letters().await?;
+        self.dead_seen.extend(dead);
+        let dead = self.dead_seen.clone();
         let mut summary = summarize(
             self.config.provider.as_str(),
             &self.published,
