@@ -78,6 +78,7 @@ async fn expecting_a_new_queue_still_checks_an_existing_one(provider: Provider) 
             .kind,
         QueueErrorKind::Conflict
     );
+}
 
 /// `publish` answers the ids in the order of the messages given: the sandbox and the
 /// end-to-end suite match the workers' delivery lines (by id) to what they published (by
