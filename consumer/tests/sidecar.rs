@@ -92,11 +92,11 @@ impl Setup {
         .await
     }
 
-    /// Reads everything in the dead-letter queue (acknowledging it), as (body, attributes).
-    async fn take_dead_letters(&self, expected: usize) -> Vec<(String, BTreeMap<String, String>)> {
-        let dlq = ferry_queues::connect(&ConsumerTarget {
+    /// A plain consumer of `queue` (the queue or its DLQ), for the test to read what is left.
+    async fn reader(&self, queue: &str) -> std::sync::Arc<dyn ferry_queues::MessageQueue> {
+        ferry_queues::connect(&ConsumerTarget {
             provider: self.provider,
-            queue: self.queue.dead_letter.clone(),
+            queue: queue.to_string(),
             dead_letter: None,
             dead_letter_topic: None,
             endpoint: Some(self.endpoint.clone()),
@@ -105,7 +105,12 @@ impl Setup {
             monitoring: None,
         })
         .await
-        .expect("connect to the DLQ");
+        .unwrap_or_else(|e| panic!("connect to {queue}: {e}"))
+    }
+
+    /// Reads everything in the dead-letter queue (acknowledging it), as (body, attributes).
+    async fn take_dead_letters(&self, expected: usize) -> Vec<(String, BTreeMap<String, String>)> {
+        let dlq = self.reader(&self.queue.dead_letter).await;
         let mut out = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while out.len() < expected && std::time::Instant::now() < deadline {
@@ -609,19 +614,9 @@ async fn a_message_a_drain_finds_in_a_long_poll_is_delivered_not_handed_back() {
     );
     assert_eq!(deliveries[0].answered, Some(200));
     // Deleted: nothing is left for the next consumer.
-    let queue = ferry_queues::connect(&ConsumerTarget {
-        provider: Provider::Sqs,
-        queue: setup.queue.queue.clone(),
-        dead_letter: None,
-        dead_letter_topic: None,
-        endpoint: Some(setup.endpoint.clone()),
-        lease: Duration::from_secs(30),
-        max_outstanding: 10,
-        monitoring: None,
-    })
-    .await
-    .expect("connect to the queue");
-    let left = queue
+    let left = setup
+        .reader(&setup.queue.queue)
+        .await
         .receive(10, Duration::from_secs(2))
         .await
         .expect("receive");
