@@ -71,6 +71,10 @@ struct Options {
     /// The Cloud Monitoring API (or a compatible endpoint).
     #[arg(long, env = "FERRY_MONITORING_ENDPOINT", default_value = ferry_queues::monitoring::DEFAULT_ENDPOINT)]
     monitoring_endpoint: String,
+    /// QueueConsumers reconciled at once. More starts a burst of new consumers sooner, at the
+    /// cost of memory (each reconcile holds its objects and API connections).
+    #[arg(long, env = "FERRY_MAX_CONCURRENT_RECONCILES", default_value_t = controller::RECONCILES_IN_PARALLEL, value_parser = clap::value_parser!(u16).range(1..))]
+    max_concurrent_reconciles: u16,
     /// Pods of this cluster share the host's network (devcluster): sidecars listen on and
     /// deliver to the pod IP. Never needed on a real cluster.
     #[arg(long, env = "FERRY_PODS_SHARE_NETWORK", default_value_t = false, action = clap::ArgAction::Set)]
@@ -206,7 +210,13 @@ async fn main() -> anyhow::Result<()> {
             ..autoscaling.clone()
         };
         futures::future::join(
-            controller::run_watched(ctx.clone(), caches.clone(), events, shutdown.clone()),
+            controller::run_watched(
+                ctx.clone(),
+                caches.clone(),
+                events,
+                options.max_concurrent_reconciles,
+                shutdown.clone(),
+            ),
             scaling::run_watched(ctx.clone(), settings, caches, shutdown.clone()),
         )
     });

@@ -44,10 +44,11 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// A terminal error (wrong name, no permission) will not fix itself; check back slowly.
 const TERMINAL_RETRY: Duration = Duration::from_secs(120);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
-/// Reconciles in flight at once. Unbounded, a thousand new QueueConsumers meant a thousand
-/// concurrent reconciles, each with its own API connection and buffers (the operator peaked
-/// above 250 MiB); a reconcile takes milliseconds, so a few dozen keep up.
-const RECONCILES_IN_PARALLEL: u16 = 16;
+/// Reconciles in flight at once, by default (`--max-concurrent-reconciles`). Unbounded, a
+/// thousand new QueueConsumers meant a thousand concurrent reconciles, each with its own API
+/// connection and buffers (the operator peaked above 250 MiB); a reconcile mostly waits on
+/// the cloud and the API server, so a few dozen keep up.
+pub const RECONCILES_IN_PARALLEL: u16 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -139,7 +140,7 @@ pub async fn run(
 ) {
     let deployments = Api::<Deployment>::all(ctx.client.clone());
     let (caches, events) = watches::start_with(api, deployments);
-    run_watched(ctx, caches, events, shutdown).await;
+    run_watched(ctx, caches, events, RECONCILES_IN_PARALLEL, shutdown).await;
 }
 
 /// `FERRY_WATCH_NAMESPACE`: a comma-separated list; blanks and repeats are dropped, and
@@ -163,6 +164,7 @@ pub async fn run_watched(
     ctx: Arc<Context>,
     caches: Caches,
     events: Events,
+    reconciles_in_parallel: u16,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     ctx.deployments
@@ -179,7 +181,7 @@ pub async fn run_watched(
     );
     Controller::for_stream(consumers, caches.consumers)
         .owns_stream(events.deployments)
-        .with_config(controller::Config::default().concurrency(RECONCILES_IN_PARALLEL))
+        .with_config(controller::Config::default().concurrency(reconciles_in_parallel.max(1)))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -456,7 +456,8 @@ impl Autoscaler {
         loads: &[(PodLoad<String>, Option<String>)],
     ) -> Result<(), kube::Error> {
         let namespace = qc.namespace().unwrap_or_default();
-        if decision.replicas_to_remove() > 0 {
+        // Costs rank the pods that go against those that stay; at zero every pod goes.
+        if decision.replicas_to_remove() > 0 && decision.to > 0 {
             actuate::set_deletion_costs(
                 &Api::namespaced(self.ctx.client.clone(), &namespace),
                 loads,
