@@ -276,13 +276,16 @@ async fn custom_resources_with_printer_columns_watch_scale_and_validation() {
         .expect("kubectl get -w");
     let mut out = watch.stdout.take().expect("stdout");
     let mut seen = String::new();
-    // Read until `want` shows up; the watch resumes from its list's version, so nothing that
-    // happens after the initial listing can be missed.
+    // Read until a whole line with `want` has arrived (a pipe may hand over half a line);
+    // the watch resumes from its list's version, so nothing that happens after the initial
+    // listing can be missed.
     async fn read_until(out: &mut tokio::process::ChildStdout, seen: &mut String, want: &str) {
         use tokio::io::AsyncReadExt;
         let mut buf = [0u8; 4096];
+        let has_whole_line =
+            |seen: &str| seen.find(want).is_some_and(|at| seen[at..].contains('\n'));
         let _ = tokio::time::timeout(std::time::Duration::from_secs(20), async {
-            while !seen.contains(want) {
+            while !has_whole_line(seen) {
                 let n = out.read(&mut buf).await.unwrap_or(0);
                 if n == 0 {
                     break;
