@@ -448,7 +448,24 @@ async fn every_dashboard_query_and_alert_returns_data_and_the_alerts_fire() {
     )
     .await;
 
-    // A sidecar that stops answering.
+    // A sidecar that stops answering. Not before Prometheus has scraped its queue API
+    // errors twice: the dashboard's error panel is a rate, and the alerts above can fire
+    // within seconds of Prometheus starting.
+    ferry_tests::eventually(
+        Duration::from_secs(60),
+        "Prometheus has a rate of sidecar B's queue API errors",
+        async || {
+            let series = prometheus
+                .query_range(
+                    "rate(ferry_queue_api_errors_total[1m])",
+                    started.elapsed() + Duration::from_secs(5),
+                )
+                .await
+                .ok()?;
+            (!series.is_empty()).then_some(())
+        },
+    )
+    .await;
     sidecar_b.signal("KILL");
     let _ = sidecar_b.wait_exit(Duration::from_secs(10)).await;
     wait_firing(
