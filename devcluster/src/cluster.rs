@@ -137,11 +137,22 @@ fn spec_part(info: &ResourceInfo, obj: &Value) -> Value {
     o
 }
 
+/// The object as a write compares it to decide whether anything changed: without its
+/// resourceVersion and without the times in managedFields. Who owns which field is part of the
+/// comparison, as in the API server: a second manager applying values already in place takes
+/// co-ownership of them, and dropping that write would let the first manager's next apply
+/// remove fields the second still wants.
 fn strip_rv(obj: &Value) -> Value {
     let mut o = obj.clone();
     if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
-        m.remove("managedFields");
+        if let Some(entries) = m.get_mut("managedFields").and_then(Value::as_array_mut) {
+            for e in entries.iter_mut().filter_map(Value::as_object_mut) {
+                e.remove("time");
+            }
+            // An apply moves its manager's entry to the end; the order carries no meaning.
+            entries.sort_by_cached_key(Value::to_string);
+        }
     }
     o
 }

@@ -1006,6 +1006,34 @@ async fn server_side_apply_removes_a_dropped_object_field_whole() {
         json!({"replicas": 0, "selector": "app=two"}),
         "lastChange removed whole, the operator's field kept"
     );
+    // A field another manager still owns part of stays, with that part.
+    w.patch_status(
+        "two",
+        &scaler,
+        &Patch::Apply(&status(
+            json!({"lastChange": {"from": 0, "to": 2, "detail": {"why": "busy"}}}),
+        )),
+    )
+    .await
+    .expect("set again");
+    w.patch_status(
+        "two",
+        &operator,
+        &Patch::Apply(&status(
+            json!({"replicas": 0, "lastChange": {"from": 0, "to": 2}}),
+        )),
+    )
+    .await
+    .expect("the operator co-owns from and to");
+    let out = w
+        .patch_status("two", &scaler, &Patch::Apply(&status(json!({}))))
+        .await
+        .expect("drop again");
+    assert_eq!(
+        out.data["status"]["lastChange"],
+        json!({"from": 0, "to": 2}),
+        "only the scaler's own detail goes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
