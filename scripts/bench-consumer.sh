@@ -28,6 +28,9 @@ cargo build --release --locked -p ferry-consumer -p ferry-bench
 
 bin="${CARGO_TARGET_DIR:-target}/release"
 mkdir -p target/bench
+# Minutes of saturation: the emulator keeps the JVM's optimizing compiler here (the tests run
+# it with the quick compiler only; see tests/src/emulators.rs).
+export CLOUD_PUBSUB_EMULATOR_OPTS="${CLOUD_PUBSUB_EMULATOR_OPTS-}"
 echo "== load before: $(uptime)" >&2
 "$bin/ferry-bench" run --ferry "$bin/ferry-consumer" --bench-dir bench \
   --out target/bench/consumer.json "$@"

@@ -126,35 +126,73 @@ pub fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
 }
 
 /// The object minus metadata (and status when it is a subresource): what bumps generation.
-fn spec_part(info: &ResourceInfo, obj: &Value) -> Value {
-    let mut o = obj.clone();
-    if let Some(m) = o.as_object_mut() {
-        m.remove("metadata");
-        if info.status {
-            m.remove("status");
-        }
-    }
-    o
+/// Whether two versions of an object have the same spec: everything but metadata (and status
+/// where status is a subresource). Compared in place: a write compares on every call.
+fn same_spec(info: &ResourceInfo, a: &Value, b: &Value) -> bool {
+    let outside = |k: &str| k == "metadata" || (info.status && k == "status");
+    same_entries(a, b, outside, |_, x, y| x == y)
 }
 
-/// The object as a write compares it to decide whether anything changed: without its
-/// resourceVersion and without the times in managedFields. Who owns which field is part of the
-/// comparison, as in the API server: a second manager applying values already in place takes
-/// co-ownership of them, and dropping that write would let the first manager's next apply
-/// remove fields the second still wants.
-fn strip_rv(obj: &Value) -> Value {
-    let mut o = obj.clone();
-    if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("resourceVersion");
-        if let Some(entries) = m.get_mut("managedFields").and_then(Value::as_array_mut) {
-            for e in entries.iter_mut().filter_map(Value::as_object_mut) {
-                e.remove("time");
+/// Whether a write changed nothing: the objects are equal but for their resourceVersion and
+/// the times in managedFields. Who owns which field is part of the comparison, as in the API
+/// server: a second manager applying values already in place takes co-ownership of them, and
+/// dropping that write would let the first manager's next apply remove fields the second
+/// still wants.
+fn same_but_version(a: &Value, b: &Value) -> bool {
+    same_entries(
+        a,
+        b,
+        |_| false,
+        |k, x, y| {
+            if k != "metadata" {
+                return x == y;
             }
-            // An apply moves its manager's entry to the end; the order carries no meaning.
-            entries.sort_by_cached_key(Value::to_string);
-        }
-    }
-    o
+            same_entries(
+                x,
+                y,
+                |k| k == "resourceVersion",
+                |k, x, y| {
+                    if k == "managedFields" {
+                        same_owners(x, y)
+                    } else {
+                        x == y
+                    }
+                },
+            )
+        },
+    )
+}
+
+/// Two objects' entries compared by `eq`, the keys `skip` names left out.
+fn same_entries(
+    a: &Value,
+    b: &Value,
+    skip: impl Fn(&str) -> bool,
+    eq: impl Fn(&str, &Value, &Value) -> bool,
+) -> bool {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return a == b;
+    };
+    let counted = |m: &serde_json::Map<String, Value>| m.keys().filter(|k| !skip(k)).count();
+    counted(a) == counted(b)
+        && a.iter()
+            .filter(|(k, _)| !skip(k))
+            .all(|(k, x)| b.get(k).is_some_and(|y| eq(k, x, y)))
+}
+
+/// managedFields with the same entries but for their times, in any order (an apply moves its
+/// manager's entry to the end; the order carries no meaning).
+fn same_owners(a: &Value, b: &Value) -> bool {
+    let (Some(a), Some(b)) = (a.as_array(), b.as_array()) else {
+        return a == b;
+    };
+    let same_entry = |x: &Value, y: &Value| same_entries(x, y, |k| k == "time", |_, x, y| x == y);
+    let mut unmatched: Vec<&Value> = b.iter().collect();
+    a.len() == b.len()
+        && a.iter().all(|x| {
+            let found = unmatched.iter().position(|y| same_entry(x, y));
+            found.map(|i| unmatched.swap_remove(i)).is_some()
+        })
 }
 
 fn finalizers_empty(obj: &Value) -> bool {
@@ -645,7 +683,7 @@ impl Cluster {
         if !immutable.is_empty() {
             return Err(ApiError::invalid(&info.kind, &info.group, &name, immutable));
         }
-        if info.tracks_generation && spec_part(info, old) != spec_part(info, &new) {
+        if info.tracks_generation && !same_spec(info, old, &new) {
             let g = meta(old)
                 .and_then(|m| m.get("generation"))
                 .and_then(Value::as_i64)
@@ -678,7 +716,7 @@ impl Cluster {
                 &mut new,
             );
         }
-        if strip_rv(&new) == strip_rv(old) {
+        if same_but_version(&new, old) {
             return Ok(Mutation::Unchanged);
         }
         if meta(&new).is_some_and(|m| m.contains_key("deletionTimestamp"))
@@ -1063,6 +1101,10 @@ impl Cluster {
                 let Some(old) = old else {
                     return Err(ApiError::not_found(&qualified(info), name));
                 };
+                // The controllers write status at every resync; most of those change nothing.
+                if old.get("status") == Some(&status) {
+                    return Ok(Mutation::Unchanged);
+                }
                 let mut new = old.clone();
                 new["status"] = status;
                 if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -1103,6 +1145,8 @@ impl Cluster {
                 };
                 match f(old) {
                     None => Ok(Mutation::Unchanged),
+                    // Nothing to admit or track: the same object was stored before.
+                    Some(new) if new == *old => Ok(Mutation::Unchanged),
                     Some(new) => self.commit(info, sub, old, new, manager, true, false),
                 }
             });

@@ -9,6 +9,8 @@ pub struct CrdVersionSchema {
     pub schema: Option<Value>,
     compiled: Option<kube_cel::CompiledSchema>,
     root: kube_cel::RootContext,
+    /// The text of the rules on the schema's root, to tell which parts they read.
+    root_rules: String,
 }
 
 impl std::fmt::Debug for CrdVersionSchema {
@@ -28,9 +30,19 @@ pub enum ListKind {
 impl CrdVersionSchema {
     pub fn new(schema: Option<Value>, group: &str, version: &str, kind: &str) -> Self {
         let compiled = schema.as_ref().map(kube_cel::compile_schema);
+        let root_rules = schema
+            .as_ref()
+            .and_then(|s| s.get("x-kubernetes-validations"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.get("rule").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n");
         Self {
             schema,
             compiled,
+            root_rules,
             root: kube_cel::RootContext {
                 api_version: format!("{group}/{version}"),
                 api_group: group.into(),
@@ -89,8 +101,14 @@ impl CrdVersionSchema {
             thread_local! {
                 static VALIDATOR: kube_cel::Validator = kube_cel::Validator::new();
             }
-            let result = VALIDATOR
-                .with(|v| v.validate_compiled_with_context(compiled, obj, old, Some(&self.root)));
+            let ratcheted = old.and_then(|old| self.without_unchanged_parts(obj, old));
+            let (checked, checked_old) = match &ratcheted {
+                Some((new, old)) => (new, Some(old)),
+                None => (obj, old),
+            };
+            let result = VALIDATOR.with(|v| {
+                v.validate_compiled_with_context(compiled, checked, checked_old, Some(&self.root))
+            });
             if let Err(errs) = result {
                 for e in errs.into_vec() {
                     let field = e.field_path.trim_start_matches('.').to_string();
@@ -104,6 +122,35 @@ impl CrdVersionSchema {
             }
         }
         errors
+    }
+
+    /// The new and old object without the top-level parts (`spec`, `status`, ...) an update
+    /// left as they were, for the CEL rules; None when every part changed. The API server
+    /// ratchets validation the same way (errors in unchanged parts do not fail an update), and
+    /// it spares a status write the cost of every rule under `spec` (a QueueConsumer's
+    /// name rules compile regular expressions each time they run). A part that a rule on the
+    /// root names (`self.spec`) is always kept, so no root rule loses what it reads.
+    fn without_unchanged_parts(&self, obj: &Value, old: &Value) -> Option<(Value, Value)> {
+        let (new_map, old_map) = (obj.as_object()?, old.as_object()?);
+        let unchanged: Vec<&String> = new_map
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "metadata" | "apiVersion" | "kind"))
+            .filter(|(k, v)| old_map.get(*k) == Some(v))
+            .filter(|(k, _)| !self.root_rules.contains(&format!("self.{k}")))
+            .map(|(k, _)| k)
+            .collect();
+        if unchanged.is_empty() {
+            return None;
+        }
+        let keep = |m: &serde_json::Map<String, Value>| -> Value {
+            Value::Object(
+                m.iter()
+                    .filter(|(k, _)| !unchanged.contains(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            )
+        };
+        Some((keep(new_map), keep(old_map)))
     }
 
     /// The list semantics declared at a field path (field names only, list indices skipped).
@@ -542,5 +589,60 @@ pub fn structural_errors(schema: &Value, path: &str, out: &mut Vec<(String, Stri
     }
     if let Some(a) = obj.get("additionalProperties").filter(|a| a.is_object()) {
         structural_errors(a, &format!("{path}.additionalProperties"), out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema() -> CrdVersionSchema {
+        let schema = json!({
+            "type": "object",
+            "x-kubernetes-validations": [{"rule": "!has(self.status) || self.status.n >= 0"}],
+            "properties": {
+                "spec": {
+                    "type": "object",
+                    "x-kubernetes-validations": [{"rule": "self.x > 1", "message": "x must exceed 1"}],
+                    "properties": {"x": {"type": "integer"}}
+                },
+                "status": {
+                    "type": "object",
+                    "x-kubernetes-validations": [{"rule": "self.n < 10", "message": "n stays under 10"}],
+                    "properties": {"n": {"type": "integer"}}
+                }
+            }
+        });
+        CrdVersionSchema::new(Some(schema), "example.dev", "v1", "Thing")
+    }
+
+    fn thing(x: i64, n: i64) -> Value {
+        json!({"metadata": {"name": "a"}, "spec": {"x": x}, "status": {"n": n}})
+    }
+
+    #[test]
+    fn rules_of_a_part_an_update_left_alone_are_not_run_again() {
+        let s = schema();
+        // Stored before the rule existed: a status write must not be refused for the spec.
+        assert!(s.validate(&thing(0, 2), Some(&thing(0, 1))).is_empty());
+        // The changed part is still checked, and a changed spec is too.
+        let status_errors = s.validate(&thing(0, 12), Some(&thing(0, 1)));
+        assert_eq!(status_errors.len(), 1, "{status_errors:?}");
+        assert!(status_errors[0].1.contains("n stays under 10"));
+        let spec_errors = s.validate(&thing(0, 1), Some(&thing(5, 1)));
+        assert_eq!(spec_errors.len(), 1, "{spec_errors:?}");
+        assert!(spec_errors[0].1.contains("x must exceed 1"));
+        // Creates check everything.
+        assert_eq!(s.validate(&thing(0, 1), None).len(), 1);
+    }
+
+    #[test]
+    fn a_part_a_root_rule_reads_is_kept_for_it() {
+        let s = schema();
+        // The root rule reads self.status: an unchanged status stays in, and is checked.
+        let errors = s.validate(&thing(5, 12), Some(&thing(6, 12)));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].1.contains("n stays under 10"));
     }
 }

@@ -34,6 +34,7 @@ impl Service {
         name: &'static str,
         program: &Path,
         args: &[String],
+        envs: &[(&str, String)],
         port: u16,
         ready_path: &str,
         timeout: Duration,
@@ -47,6 +48,7 @@ impl Service {
             .arg("ferry-service")
             .arg(program)
             .args(args)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(log_file.try_clone().expect("clone log handle"))
             .stderr(log_file)
@@ -148,15 +150,28 @@ fn moto_server() -> (PathBuf, Vec<String>) {
     (python, vec![launcher.display().to_string()])
 }
 
+/// JVM options for the Pub/Sub emulator unless `CLOUD_PUBSUB_EMULATOR_OPTS` (its launcher's
+/// own variable) is set: the quick compiler only. Tests and the scale benchmark give the
+/// emulator bursts of a minute or less on two cores, where the optimizing compiler (C2) cost
+/// more CPU than the emulator's own work (15 % of all samples in a `perf` profile of the
+/// 1,000-consumer benchmark, against 12 % running compiled code), and it competes with the
+/// API server and the operator under test; without it that benchmark reached all Ready in
+/// 41.0 s instead of 51.2 s. `scripts/bench-consumer.sh`, which saturates the emulator for
+/// minutes, sets the variable empty to keep the JVM's default.
+const PUBSUB_EMULATOR_JVM_OPTIONS: &str = "-XX:TieredStopAtLevel=1";
+
 /// The Pub/Sub emulator shared by the tests of this process.
 pub fn pubsub() -> &'static Service {
     static SERVICE: OnceLock<Service> = OnceLock::new();
     SERVICE.get_or_init(|| {
         let port = free_port();
+        let jvm_options = std::env::var("CLOUD_PUBSUB_EMULATOR_OPTS")
+            .unwrap_or_else(|_| PUBSUB_EMULATOR_JVM_OPTIONS.into());
         Service::start(
             "pubsub-emulator",
             &pubsub_launcher(),
             &["--host=127.0.0.1".into(), format!("--port={port}")],
+            &[("CLOUD_PUBSUB_EMULATOR_OPTS", jvm_options)],
             port,
             "/v1/projects/ferry-test/topics",
             Duration::from_secs(90),
@@ -180,6 +195,7 @@ pub fn moto() -> &'static Service {
             "moto",
             &program,
             &args,
+            &[],
             port,
             "/moto-api/",
             Duration::from_secs(60),

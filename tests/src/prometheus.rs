@@ -61,6 +61,7 @@ impl Prometheus {
                 format!("--web.listen-address=127.0.0.1:{port}"),
                 "--log.level=warn".into(),
             ],
+            &[],
             port,
             "/-/ready",
             Duration::from_secs(60),
