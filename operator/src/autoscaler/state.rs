@@ -238,6 +238,16 @@ impl ScalingState {
                 replicas: current,
             });
         }
+        // A recommendation no higher than a newer one can never be the window's highest
+        // again: dropping it keeps the answer and the memory small (one entry for a
+        // consumer that recommends the same count poll after poll, not one per poll).
+        while self
+            .recommendations
+            .back()
+            .is_some_and(|r| r.replicas <= replicas)
+        {
+            self.recommendations.pop_back();
+        }
         self.recommendations
             .push_back(Recommendation { at: now, replicas });
         while self

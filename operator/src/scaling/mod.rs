@@ -86,7 +86,9 @@ struct Autoscaler {
     settings: AutoscalerSettings,
     http: reqwest::Client,
     queues: QueueReader,
-    memory: Mutex<HashMap<ConsumerKey, Memory>>,
+    /// Boxed: a `Memory` is hundreds of bytes inline, and a table of a thousand grows by
+    /// doubling, holding the old slots and the new while it does.
+    memory: Mutex<HashMap<ConsumerKey, Box<Memory>>>,
 }
 
 fn api_for<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
