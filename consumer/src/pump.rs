@@ -61,7 +61,27 @@ pub struct Pump {
     env: Environment,
     slots: Arc<Semaphore>,
     draining: watch::Sender<bool>,
+    /// Accepted messages whose delete/ack has not been answered yet. A delivery gives its
+    /// slot back as soon as the worker accepted the message; this count is raised before
+    /// that, so a drain that finds every slot free still sees the settle and waits for it.
+    settling: watch::Sender<usize>,
     groups: SyncMutex<HashMap<String, mpsc::UnboundedSender<Held>>>,
+}
+
+/// One settle a drain must wait for; counted down when the settle ends, however it ends.
+struct Settling<'a>(&'a watch::Sender<usize>);
+
+impl<'a> Settling<'a> {
+    fn start(count: &'a watch::Sender<usize>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Self(count)
+    }
+}
+
+impl Drop for Settling<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 /// How a drain ended.
@@ -84,6 +104,7 @@ impl Pump {
         Arc::new(Self {
             slots: Arc::new(Semaphore::new(settings.concurrency)),
             draining: watch::channel(false).0,
+            settling: watch::channel(0).0,
             groups: SyncMutex::new(HashMap::new()),
             queue,
             deliverer,
@@ -348,9 +369,13 @@ impl Pump {
         let succeeded = decision == Verdict::Ack;
         // The worker is done with a message it accepted: the delete/ack needs no delivery
         // slot, and holding one for the queue's round trip would leave the worker idle. A
-        // drain still waits for it through `MessageQueue::flush`.
+        // drain still waits for it through `settling`, raised before the slot goes (a drain
+        // that took every slot between the two and stopped the process would lose the
+        // delete, and the message would be delivered again after its lease).
+        let settling = succeeded.then(|| Settling::start(&self.settling));
         let slot = (!succeeded).then_some(slot);
         let outcome = self.settle(message, &answer, decision, attempt).await;
+        drop(settling);
         drop(slot);
         self.metrics.completed(outcome);
         self.metrics.in_flight.dec();
@@ -467,7 +492,13 @@ impl Pump {
         self.health.set_draining();
         self.queue.close().await;
         let all = self.settings.concurrency as u32;
-        match tokio::time::timeout(deadline, self.slots.acquire_many(all)).await {
+        let mut settling = self.settling.subscribe();
+        let finished = async {
+            let slots = self.slots.acquire_many(all).await;
+            let _ = settling.wait_for(|n| *n == 0).await;
+            slots
+        };
+        match tokio::time::timeout(deadline, finished).await {
             Ok(_) => {
                 self.queue.flush().await;
                 DrainReport {

@@ -133,6 +133,25 @@ impl Live {
         seen
     }
 
+    /// Every container's log lines that mention one of `needles`, with the log's name, for
+    /// failure messages.
+    fn log_lines_mentioning<'a>(&self, needles: impl Iterator<Item = &'a str> + Clone) -> String {
+        let mut out = String::new();
+        let Ok(entries) = std::fs::read_dir(self.cluster.logs_dir()) else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let name = entry.file_name().to_string_lossy().to_string();
+            for line in text.lines() {
+                if needles.clone().any(|n| line.contains(n)) {
+                    out.push_str(&format!("{name}: {line}\n"));
+                }
+            }
+        }
+        out
+    }
+
     /// The last lines of every container's log, for failure messages.
     fn log_tails(&self) -> String {
         let mut out = String::new();
@@ -357,7 +376,11 @@ async fn a_burst_scales_out_drains_and_scales_back_without_duplicates(provider: 
     let missing: Vec<&String> = ids.iter().filter(|id| !seen.contains_key(*id)).collect();
     assert!(missing.is_empty(), "never processed: {missing:?}");
     let twice: Vec<(&String, &usize)> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "delivered twice: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "delivered twice: {twice:?}; what the pods logged about them:\n{}",
+        live.log_lines_mentioning(twice.iter().map(|(id, _)| id.as_str()))
+    );
     // The status records the decision right after the scale subresource is written.
     let last = eventually(
         Duration::from_secs(10),

@@ -7,6 +7,13 @@ receive). SQS does not do this within a visibility timeout, and Ferry's tests co
 duplicate, so this launcher serialises the pick-and-mark step. The lock is released while a
 long poll waits for messages, so long polls still overlap.
 
+Deletes are serialised too. moto deletes a message by building a new message list without it
+and assigning that list, with no lock: two DeleteMessage(Batch) calls that overlap each build
+theirs from the same list, and the one assigned last brings the other's message back; a
+SendMessage that appends meanwhile is lost the same way. The message then returned when its
+visibility timeout ended, a duplicate delivery that SQS does not make (seen as one message in
+400 delivered twice, 60 s apart, in the autoscaler's live test about one run in six).
+
 It also gives moto's SQS model a cheap clock. moto reads the time through datetime
 arithmetic (about 15 µs a call) for every message each time it counts a queue, and
 SendMessage counts the whole queue (to read one attribute), so publishing n messages cost
@@ -49,6 +56,16 @@ def wait_for_messages(self, timeout):
         _receive_lock.acquire()
 
 
+_delete_message = models.Queue.delete_message
+
+
+def delete_message(self, receipt_handle):
+    # The receive lock keeps a receive's pick-and-mark (and its removal of dead-lettered
+    # messages) out; the queue's own lock, which SendMessage's append takes, keeps sends out.
+    with _receive_lock, self._messages_lock:
+        return _delete_message(self, receipt_handle)
+
+
 _unix_time_millis = models.unix_time_millis
 
 
@@ -61,6 +78,7 @@ def unix_time_millis(dt=None):
 models.unix_time_millis = unix_time_millis
 models.SQSBackend.receive_message = receive_message
 models.Queue.wait_for_messages = wait_for_messages
+models.Queue.delete_message = delete_message
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
