@@ -125,9 +125,9 @@ pub fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
     meta(obj).and_then(|m| m.get(field)).and_then(Value::as_str)
 }
 
-/// The object minus metadata (and status when it is a subresource): what bumps generation.
-/// Whether two versions of an object have the same spec: everything but metadata (and status
-/// where status is a subresource). Compared in place: a write compares on every call.
+/// Whether two versions of an object have the same spec (what bumps generation): everything
+/// but metadata, and status where status is a subresource. Compared in place: a write
+/// compares on every call.
 fn same_spec(info: &ResourceInfo, a: &Value, b: &Value) -> bool {
     let outside = |k: &str| k == "metadata" || (info.status && k == "status");
     same_entries(a, b, outside, |_, x, y| x == y)
