@@ -116,27 +116,42 @@ async fn watcher_survives_reconnects_and_410_relists_without_missing_changes() {
     for n in &noise {
         n.abort();
     }
+    // Converged means every name and every modification: a round's patches follow its deletes,
+    // so a store that already has the right names may still be a few events short of them.
+    let view = |reader: &reflector::Store<ConfigMap>| {
+        let state = reader.state();
+        let names: BTreeSet<String> = state
+            .iter()
+            .filter_map(|c| c.metadata.name.clone())
+            .collect();
+        let modified = state
+            .iter()
+            .filter(|c| c.data.as_ref().and_then(|d| d.get("v")).map(String::as_str) == Some("1"))
+            .count();
+        (names, modified)
+    };
     let reader2 = reader.clone();
     let expected2 = expected.clone();
-    eventually(20, "reflector converges", move || {
+    // The timeout below reports what is missing, before `eventually` would give up on its own.
+    let converged = eventually(60, "reflector converges", move || {
         let reader = reader2.clone();
         let expected = expected2.clone();
         async move {
-            let names: BTreeSet<String> = reader
-                .state()
-                .iter()
-                .filter_map(|c| c.metadata.name.clone())
-                .collect();
-            (names == expected).then_some(())
+            let (names, modified) = view(&reader);
+            (names == expected && modified == 60).then_some(())
         }
-    })
-    .await;
-    let modified = reader
-        .state()
-        .iter()
-        .filter(|c| c.data.as_ref().and_then(|d| d.get("v")).map(String::as_str) == Some("1"))
-        .count();
-    assert_eq!(modified, 60, "every modification observed");
+    });
+    if tokio::time::timeout(Duration::from_secs(20), converged)
+        .await
+        .is_err()
+    {
+        let (names, modified) = view(&reader);
+        panic!(
+            "the store never converged: {modified} of 60 modifications, missing {:?}, extra {:?}",
+            expected.difference(&names).collect::<Vec<_>>(),
+            names.difference(&expected).collect::<Vec<_>>()
+        );
+    }
     let stats = &dc.state().stats;
     let expired = stats
         .watches_expired
