@@ -2,7 +2,7 @@
 //! dead-letter queue's contents, reconciled into the run's summary. Pure: the sandbox reads
 //! the files and the queue, this module only counts.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -15,6 +15,8 @@ pub struct Delivery {
     pub status: u16,
     pub seq: u64,
     pub message_id: String,
+    /// The delivery attempt the sidecar numbered it (1 for the first).
+    pub attempt: u32,
     pub started_ms: u64,
 }
 
@@ -23,10 +25,13 @@ pub fn parse_delivery(line: &str) -> Option<Delivery> {
     let mut words = head.split_whitespace();
     let status = words.next()?.parse().ok()?;
     let mut message_id = None;
+    let mut attempt = None;
     let mut started_ms = None;
     for word in words {
         if let Some(id) = word.strip_prefix("message=") {
             message_id = Some(id.to_string());
+        } else if let Some(n) = word.strip_prefix("attempt=") {
+            attempt = n.parse().ok();
         } else if let Some(ms) = word.strip_prefix("started_ms=") {
             started_ms = ms.parse().ok();
         }
@@ -36,6 +41,7 @@ pub fn parse_delivery(line: &str) -> Option<Delivery> {
         status,
         seq: body["seq"].as_u64()?,
         message_id: message_id?,
+        attempt: attempt?,
         started_ms: started_ms?,
     })
 }
@@ -55,6 +61,8 @@ pub struct Published {
 pub struct Ledger {
     /// Successful deliveries (2xx) per message, and when the first one started.
     successes: HashMap<u64, (usize, u64)>,
+    /// The (message id, attempt) of each successful delivery, per message.
+    success_attempts: HashMap<u64, Vec<(String, u32)>>,
     /// Failed deliveries per message (any non-2xx).
     failures: HashMap<u64, usize>,
     /// Messages the worker rejected as permanent (422): the sidecar dead-letters them at once.
@@ -71,6 +79,10 @@ impl Ledger {
                     .or_insert((0, delivery.started_ms));
                 entry.0 += 1;
                 entry.1 = entry.1.min(delivery.started_ms);
+                self.success_attempts
+                    .entry(delivery.seq)
+                    .or_default()
+                    .push((delivery.message_id.clone(), delivery.attempt));
             }
             status => {
                 *self.failures.entry(delivery.seq).or_insert(0) += 1;
@@ -94,6 +106,25 @@ impl Ledger {
 
     pub fn rejected(&self) -> usize {
         self.rejected.len()
+    }
+
+    /// Messages processed more than once that at-least-once delivery does not explain,
+    /// sorted. A repeat is explained when a worker answered 2xx to an attempt that the
+    /// sidecar counted as failed (`answers_lost`: the attempts the sidecars logged as failed
+    /// deliveries): the worker did the work and died before its answer reached the sidecar,
+    /// which then had to deliver the message again.
+    pub fn unexplained_duplicates(&self, answers_lost: &HashSet<(String, u32)>) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .success_attempts
+            .iter()
+            .filter(|(_, attempts)| {
+                let lost = attempts.iter().filter(|a| answers_lost.contains(a)).count();
+                attempts.len() - lost > 1
+            })
+            .map(|(seq, _)| *seq)
+            .collect();
+        out.sort_unstable();
+        out
     }
 
     /// Whether the workers are done with this message: it succeeded, was rejected as
@@ -227,8 +258,12 @@ mod tests {
     }
 
     fn line(status: u16, seq: u64, at: u64) -> Delivery {
+        attempt_line(status, seq, 1, at)
+    }
+
+    fn attempt_line(status: u16, seq: u64, attempt: u32, at: u64) -> Delivery {
         parse_delivery(&format!(
-            "{status} message=id-{seq} attempt=1 latency=200ms started_ms={at} body={{\"seq\":{seq}}}"
+            "{status} message=id-{seq} attempt={attempt} latency=200ms started_ms={at} body={{\"seq\":{seq}}}"
         ))
         .unwrap()
     }
@@ -243,6 +278,7 @@ mod tests {
                 status: 500,
                 seq: 7,
                 message_id: "m-1".into(),
+                attempt: 2,
                 started_ms: 1_764_000_000_123
             })
         );
@@ -287,5 +323,37 @@ mod tests {
         assert_eq!(summary.max_wait_s, 2.0);
         assert_eq!(summary.p99_wait_s, 2.0);
         assert_eq!(ledger.recent_max_wait_ms(&messages, 2_500), Some(2_000));
+    }
+
+    #[test]
+    fn a_repeat_is_explained_only_by_an_answer_the_sidecar_never_got() {
+        let mut ledger = Ledger::default();
+        for d in [
+            attempt_line(200, 0, 1, 1_000),
+            attempt_line(200, 0, 2, 2_000),
+            attempt_line(200, 1, 1, 1_000),
+            attempt_line(200, 1, 2, 2_000),
+            attempt_line(200, 2, 1, 1_000),
+            attempt_line(200, 3, 1, 1_000),
+            attempt_line(200, 3, 2, 2_000),
+            attempt_line(200, 3, 3, 3_000),
+        ] {
+            ledger.record(&d);
+        }
+        let lost = HashSet::from([
+            ("id-0".to_string(), 1),
+            ("id-1".to_string(), 2),
+            ("id-2".to_string(), 1),
+            ("id-3".to_string(), 1),
+        ]);
+        assert_eq!(
+            ledger.unexplained_duplicates(&lost),
+            vec![3],
+            "0 and 1 repeat once after a lost answer, 2 does not repeat, 3 repeats twice after one"
+        );
+        assert_eq!(
+            ledger.unexplained_duplicates(&HashSet::new()),
+            vec![0, 1, 3]
+        );
     }
 }

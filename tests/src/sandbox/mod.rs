@@ -8,7 +8,7 @@ pub mod ledger;
 pub mod proxy;
 mod view;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
@@ -439,6 +439,39 @@ impl Sandbox {
             }
         }
         ledger
+    }
+
+    /// The deliveries the sidecars logged as failed, as (message id, attempt): a worker
+    /// that answered 500, or one whose answer never arrived because it died mid-request.
+    pub fn failed_attempts_seen_by_sidecars(&self) -> HashSet<(String, u32)> {
+        let mut out = HashSet::new();
+        let Ok(entries) = std::fs::read_dir(self.logs_dir()) else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !path.to_string_lossy().ends_with("_ferry-consumer.log") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for line in text.lines() {
+                let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                let fields = &record["fields"];
+                let retried = fields["message"]
+                    .as_str()
+                    .is_some_and(|m| m.ends_with("; retrying"));
+                if let (true, Some(id), Some(attempt)) = (
+                    retried,
+                    fields["message_id"].as_str(),
+                    fields["attempt"].as_u64(),
+                ) {
+                    out.insert((id.to_string(), attempt as u32));
+                }
+            }
+        }
+        out
     }
 
     /// The Deployment's replica count; also integrates replica-seconds between calls.
