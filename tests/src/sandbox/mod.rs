@@ -425,15 +425,7 @@ impl Sandbox {
     /// Every delivery line the workers printed so far.
     pub fn ledger(&self) -> Ledger {
         let mut ledger = Ledger::default();
-        let Ok(entries) = std::fs::read_dir(self.logs_dir()) else {
-            return ledger;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if !path.to_string_lossy().ends_with("_worker.log") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for text in self.container_logs("worker") {
             for delivery in text.lines().filter_map(parse_delivery) {
                 ledger.record(&delivery);
             }
@@ -441,19 +433,24 @@ impl Sandbox {
         ledger
     }
 
+    /// The logs of every container named `container` so far, one text per pod.
+    fn container_logs(&self, container: &str) -> Vec<String> {
+        let suffix = format!("_{container}.log");
+        let Ok(entries) = std::fs::read_dir(self.logs_dir()) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|entry| entry.file_name().to_string_lossy().ends_with(&suffix))
+            .map(|entry| std::fs::read_to_string(entry.path()).unwrap_or_default())
+            .collect()
+    }
+
     /// The deliveries the sidecars logged as failed, as (message id, attempt): a worker
     /// that answered 500, or one whose answer never arrived because it died mid-request.
     pub fn failed_attempts_seen_by_sidecars(&self) -> HashSet<(String, u32)> {
         let mut out = HashSet::new();
-        let Ok(entries) = std::fs::read_dir(self.logs_dir()) else {
-            return out;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if !path.to_string_lossy().ends_with("_ferry-consumer.log") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for text in self.container_logs("ferry-consumer") {
             for line in text.lines() {
                 let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {
                     continue;
