@@ -108,6 +108,11 @@ pub struct Config {
     #[arg(long, env = "FERRY_MONITORING_ENDPOINT", default_value = ferry_queues::monitoring::DEFAULT_ENDPOINT)]
     pub monitoring_endpoint: String,
 
+    /// Threads that run the pump, the deliveries and the queue client: 1 runs everything on
+    /// one thread; 0 starts one per CPU the process may use.
+    #[arg(long, env = "FERRY_THREADS", default_value_t = 1, value_parser = in_range::<usize>("FERRY_THREADS", 0..=64))]
+    pub threads: usize,
+
     /// Log format: text or json.
     #[arg(long, env = "FERRY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -321,6 +326,7 @@ mod tests {
         assert_eq!(config.content_type, "application/json");
         assert_eq!(config.concurrency, 10);
         assert_eq!(config.delivery_timeout, Duration::from_secs(60));
+        assert_eq!(config.threads, 1);
         assert!(config.validate().is_ok());
     }
 
@@ -347,6 +353,10 @@ mod tests {
             err.contains("FERRY_DELIVERY_TIMEOUT must be a number of seconds"),
             "{err}"
         );
+        let err = parse(&[&SQS[..], &["--threads", "65"]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("FERRY_THREADS must be from 0 to 64"), "{err}");
         let err = parse(&[&SQS[..], &["--listen-addr", "9090"]].concat())
             .unwrap_err()
             .to_string();

@@ -3,8 +3,9 @@
 use ferry_crds::{QueueConsumer, QueueProvider};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler,
-    ObjectFieldSelector, Probe,
+    ObjectFieldSelector, Probe, ResourceRequirements,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::security::sidecar_security_context;
@@ -86,6 +87,10 @@ pub fn sidecar_env(
     ));
     vars.push(env("FERRY_CONCURRENCY", delivery.concurrency.to_string()));
     vars.push(env(
+        "FERRY_THREADS",
+        sidecar_threads(&sidecar_resources(qc, settings)).to_string(),
+    ));
+    vars.push(env(
         "FERRY_DELIVERY_TIMEOUT",
         delivery.timeout_seconds.to_string(),
     ));
@@ -161,6 +166,40 @@ fn http_get(path: &str) -> HTTPGetAction {
     }
 }
 
+/// `spec.sidecar.resources`, else the operator's defaults.
+fn sidecar_resources(qc: &QueueConsumer, settings: &OperatorSettings) -> ResourceRequirements {
+    qc.spec
+        .sidecar
+        .as_ref()
+        .and_then(|s| s.resources.clone())
+        .unwrap_or_else(|| settings.sidecar_resources.clone())
+}
+
+/// `FERRY_THREADS`: one per whole CPU the sidecar is given (its CPU limit, else its request),
+/// at least one. One thread delivers thousands of messages a second and spends less CPU and
+/// memory per message than several (docs/performance.md); a sidecar given whole cores gets
+/// a thread for each.
+pub fn sidecar_threads(resources: &ResourceRequirements) -> u32 {
+    let cpus = |quantities: &Option<std::collections::BTreeMap<String, Quantity>>| {
+        quantities
+            .as_ref()?
+            .get("cpu")
+            .and_then(|q| cpu_cores(&q.0))
+    };
+    cpus(&resources.limits)
+        .or_else(|| cpus(&resources.requests))
+        .map_or(1, |cores| (cores.floor() as u32).clamp(1, 64))
+}
+
+/// A CPU quantity in cores: `250m`, `2`, `1.5`. Anything else (the API server has already
+/// validated it) counts as less than a core.
+fn cpu_cores(quantity: &str) -> Option<f64> {
+    match quantity.strip_suffix('m') {
+        Some(millicores) => millicores.parse::<f64>().ok().map(|m| m / 1000.0),
+        None => quantity.parse().ok(),
+    }
+}
+
 /// The hook that makes a stopping pod finish its in-flight deliveries: `/drain` stops
 /// receiving and answers once they are done (or the drain timeout passed). The worker
 /// containers get the same hook (with the port as a number, since the name is the
@@ -216,11 +255,7 @@ pub(super) fn sidecar_container(
             ..Probe::default()
         }),
         lifecycle: Some(drain_hook(IntOrString::String(METRICS_PORT_NAME.into()))),
-        resources: Some(
-            overrides
-                .and_then(|s| s.resources.clone())
-                .unwrap_or_else(|| settings.sidecar_resources.clone()),
-        ),
+        resources: Some(sidecar_resources(qc, settings)),
         security_context: Some(sidecar_security_context()),
         ..Container::default()
     }

@@ -1,7 +1,7 @@
 //! The desired children of example QueueConsumers.
 
 use ferry_crds::QueueConsumer;
-use k8s_openapi::api::core::v1::{Container, EnvVar};
+use k8s_openapi::api::core::v1::{Container, EnvVar, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
@@ -74,6 +74,7 @@ fn the_sidecar_is_configured_per_its_contract() {
         ("FERRY_ENDPOINT", "http://127.0.0.1:5000"),
         ("FERRY_DELIVERY_URL", "http://127.0.0.1:3000/jobs"),
         ("FERRY_CONCURRENCY", "20"),
+        ("FERRY_THREADS", "1"),
         ("FERRY_DELIVERY_TIMEOUT", "45"),
         ("FERRY_CONTENT_TYPE", "application/json"),
         ("FERRY_PERMANENT_FAILURE_STATUSES", "400,422"),
@@ -229,6 +230,31 @@ fn spec_sidecar_overrides_image_and_resources() {
     let resources = sidecar.resources.unwrap();
     assert_eq!(resources.requests.unwrap()["cpu"].0, "10m");
     assert_eq!(resources.limits, None);
+}
+
+#[test]
+fn the_sidecar_runs_a_thread_per_whole_cpu_it_is_given() {
+    let resources = |value: serde_json::Value| -> ResourceRequirements {
+        serde_json::from_value(value).unwrap()
+    };
+    let threads = |value| sidecar_threads(&resources(value));
+    assert_eq!(threads(json!({})), 1);
+    assert_eq!(threads(json!({"requests": {"cpu": "50m"}})), 1);
+    assert_eq!(threads(json!({"requests": {"cpu": "1500m"}})), 1);
+    assert_eq!(threads(json!({"requests": {"cpu": "2"}})), 2);
+    // The limit is what the sidecar may use; a request above it cannot be scheduled anyway.
+    assert_eq!(
+        threads(json!({"requests": {"cpu": "4"}, "limits": {"cpu": "2.5"}})),
+        2
+    );
+    assert_eq!(threads(json!({"limits": {"cpu": "8000m"}})), 8);
+    assert_eq!(threads(json!({"limits": {"cpu": "500"}})), 64);
+
+    let mut qc = sqs_consumer();
+    qc.spec.sidecar =
+        serde_json::from_value(json!({"resources": {"limits": {"cpu": "3"}}})).unwrap();
+    let env = sidecar_env(&qc, &settings(), &names());
+    assert_eq!(env_value(&env, "FERRY_THREADS"), Some("3"));
 }
 
 #[test]
