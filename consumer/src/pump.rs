@@ -159,12 +159,19 @@ impl Pump {
                     if !messages.is_empty() || self.queue.receive_calls_the_queue() {
                         self.health.queue_answered();
                     }
+                    let accepted = !messages.is_empty();
                     for message in messages {
                         let slot = slots.pop().expect("never more messages than slots");
                         self.accept(Held {
                             message,
                             _slot: slot,
                         });
+                    }
+                    if accepted {
+                        // Let the deliveries just spawned reach the worker before the next
+                        // receive is built and signed: on one thread that work would
+                        // otherwise sit between every message and its delivery.
+                        tokio::task::yield_now().await;
                     }
                 }
                 Err(error) => {
