@@ -120,8 +120,10 @@ impl Consumer {
 struct Settings {
     warmup: Duration,
     window: Duration,
-    /// How long the low-load latency phase publishes.
+    /// How long the low-load latency phase publishes...
     latency_span: Duration,
+    /// ...but at least this many messages, so that a slow cell's p99 is not its maximum.
+    latency_samples: usize,
     log_dir: PathBuf,
     ferry: PathBuf,
     bench_dir: PathBuf,
@@ -537,7 +539,8 @@ impl Bench {
             self.worker.record_latency(true);
             endpoint.record_latency(true);
             let rate = (throughput.msgs_per_s * 0.5).clamp(5.0, 200.0);
-            let messages = ((rate * self.settings.latency_span.as_secs_f64()) as usize).max(20);
+            let messages = ((rate * self.settings.latency_span.as_secs_f64()) as usize)
+                .max(self.settings.latency_samples);
             let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
             for _ in 0..messages {
                 ticker.tick().await;
@@ -780,7 +783,8 @@ impl Bench {
         self.worker.record_latency(true);
         running.received.lock().expect("received lock").clear();
         let rate = (saturated_rate * 0.5).clamp(5.0, 100.0);
-        let messages = ((rate * self.settings.latency_span.as_secs_f64()) as usize).max(20);
+        let messages = ((rate * self.settings.latency_span.as_secs_f64()) as usize)
+            .max(self.settings.latency_samples);
         let mut published = HashMap::with_capacity(messages);
         let mut pending = Vec::with_capacity(messages);
         let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
@@ -868,6 +872,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         warmup: Duration::from_secs_f64(if args.quick { 0.5 } else { 1.0 }),
         window: Duration::from_secs_f64(window),
         latency_span: Duration::from_secs_f64(if args.quick { 1.0 } else { 2.0 }),
+        latency_samples: if args.quick { 20 } else { 200 },
         log_dir,
         ferry: std::path::absolute(&args.ferry)?,
         bench_dir: std::path::absolute(&args.bench_dir)?,
