@@ -146,6 +146,8 @@ struct RunResult {
     observed_p50_ms: Option<f64>,
     observed_p99_ms: Option<f64>,
     latency_samples: usize,
+    /// Share of the machine's CPU time the hypervisor gave elsewhere during this cell.
+    steal_percent: Option<f64>,
     notes: Vec<String>,
 }
 
@@ -170,6 +172,7 @@ impl RunResult {
             "observed_p50_ms": round(self.observed_p50_ms, 3),
             "observed_p99_ms": round(self.observed_p99_ms, 3),
             "latency_samples": self.latency_samples,
+            "steal_percent": round(self.steal_percent, 1),
             "notes": self.notes,
         })
     }
@@ -943,6 +946,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             // Pub/Sub baseline.
             let guess = 40.0 * bench.settings.window.as_secs_f64().max(1.0) * 1_000.0 / 4.0;
             eprintln!("{} {} c={concurrency}", backend.name(), raw.name());
+            let started = procstat::MachineTime::now();
             let raw_result = match backend {
                 Backend::Sqs => bench.run_sqs(raw, concurrency, None).await,
                 Backend::PubSub => {
@@ -951,7 +955,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                         .await
                 }
             };
-            let raw_result = record(&mut bench, raw_result, backend, raw, concurrency, None);
+            let raw_result = record(
+                &mut bench,
+                raw_result,
+                started,
+                (backend, raw, concurrency, None),
+            );
             let raw_rate = raw_result.msgs_per_s.unwrap_or(5_000.0);
             let raw_latency = raw_result.observed_p50_ms.zip(raw_result.observed_p99_ms);
             for &delay in &worker_delays {
@@ -964,6 +973,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                         backend.name(),
                         consumer.name()
                     );
+                    let started = procstat::MachineTime::now();
                     let outcome = match backend {
                         Backend::Sqs => bench.run_sqs(consumer, concurrency, Some(delay)).await,
                         Backend::PubSub => {
@@ -991,10 +1001,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     record(
                         &mut bench,
                         outcome,
-                        backend,
-                        consumer,
-                        concurrency,
-                        Some(delay),
+                        started,
+                        (backend, consumer, concurrency, Some(delay)),
                     );
                 }
             }
@@ -1028,12 +1036,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 fn record(
     bench: &mut Bench,
     outcome: anyhow::Result<RunResult>,
-    backend: Backend,
-    consumer: Consumer,
-    concurrency: usize,
-    worker_ms: Option<u64>,
+    started: Option<procstat::MachineTime>,
+    (backend, consumer, concurrency, worker_ms): (Backend, Consumer, usize, Option<u64>),
 ) -> RunResult {
-    let result = outcome.unwrap_or_else(|e| {
+    let mut result = outcome.unwrap_or_else(|e| {
         eprintln!("    FAILED: {e:#}");
         RunResult {
             backend: backend.name(),
@@ -1044,13 +1050,15 @@ fn record(
             ..RunResult::default()
         }
     });
+    result.steal_percent = started.and_then(procstat::MachineTime::steal_percent_since);
     eprintln!(
-        "    {:.0} msgs/s, {:.3} CPU s/10k, {:.1} MiB, added p50 {:?} ms p99 {:?} ms",
+        "    {:.0} msgs/s, {:.3} CPU s/10k, {:.1} MiB, added p50 {:?} ms p99 {:?} ms, steal {:.1} %",
         result.msgs_per_s.unwrap_or(0.0),
         result.cpu_s_per_10k.unwrap_or(0.0),
         result.rss_mib.unwrap_or(0.0),
         result.added_p50_ms.map(|v| (v * 1000.0).round() / 1000.0),
         result.added_p99_ms.map(|v| (v * 1000.0).round() / 1000.0),
+        result.steal_percent.unwrap_or(0.0),
     );
     bench.results.push(result.clone());
     result
@@ -1134,7 +1142,7 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
 /// the same table from a saved report).
 fn table(runs: &[Value]) -> String {
     let mut out = String::from(
-        "| backend | consumer | conc | worker ms | msgs/s | CPU s / 10k msgs | peak RSS MiB | added p50 ms | added p99 ms | publish→start p50 / p99 ms |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| backend | consumer | conc | worker ms | msgs/s | CPU s / 10k msgs | peak RSS MiB | added p50 ms | added p99 ms | publish→start p50 / p99 ms | steal % |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in runs {
         let f = |key: &str, digits: usize| fmt(r[key].as_f64(), digits);
@@ -1145,7 +1153,7 @@ fn table(runs: &[Value]) -> String {
             "–".into()
         };
         out.push_str(&format!(
-            "| {backend} | {} | {} | {} | {} | {} | {} | {} | {} | {observed} |\n",
+            "| {backend} | {} | {} | {} | {} | {} | {} | {} | {} | {observed} | {} |\n",
             r["consumer"].as_str().unwrap_or(""),
             r["concurrency"],
             r["worker_ms"]
@@ -1156,6 +1164,7 @@ fn table(runs: &[Value]) -> String {
             f("rss_mib", 1),
             f("added_p50_ms", 2),
             f("added_p99_ms", 2),
+            f("steal_percent", 0),
         ));
     }
     out

@@ -69,6 +69,40 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
+/// The machine's CPU time so far, from the `cpu` line of `/proc/stat`, in ticks: all of it,
+/// and the part the hypervisor gave to other guests (steal). A benchmark that shares its
+/// host is slowed by steal without spending any CPU of its own, so each cell reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineTime {
+    total: u64,
+    steal: u64,
+}
+
+impl MachineTime {
+    pub fn now() -> Option<Self> {
+        let text = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = text.lines().find(|l| l.starts_with("cpu "))?;
+        // user nice system idle iowait irq softirq steal (guest time is counted in user).
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        (fields.len() == 8).then(|| Self {
+            total: fields.iter().sum(),
+            steal: fields[7],
+        })
+    }
+
+    /// Percentage of the machine's CPU time stolen since `self`.
+    pub fn steal_percent_since(self) -> Option<f64> {
+        let now = Self::now()?;
+        let total = now.total.checked_sub(self.total)?;
+        (total > 0).then(|| (now.steal - self.steal) as f64 / total as f64 * 100.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +112,13 @@ mod tests {
         let me = std::process::id();
         assert!(cpu_seconds(me) >= 0.0);
         assert!(peak_rss_mib(me) > 0.0);
+        let start = MachineTime::now().expect("/proc/stat has a cpu line");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let steal = start.steal_percent_since();
+        assert!(
+            steal.is_none_or(|s| (0.0..=100.0).contains(&s)),
+            "{steal:?}"
+        );
         assert_eq!(tree(me)[0], me);
     }
 }
