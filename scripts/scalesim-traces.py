@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Writes six traces that are not in ferry-scalesim's built-in suite, to check that the
+policy was not fitted to the suite (docs/autoscaling.md, "Traces outside the suite"):
+
+    python3 scripts/scalesim-traces.py out/traces
+    for t in out/traces/*.csv; do
+      cargo run --release -p ferry-operator --bin ferry-scalesim -- --trace "$t" --out out/sim
+    done
+
+Each line is `second,arrivals[,mean service seconds]`; arrivals are Poisson around the rate
+below, from a fixed seed, so the files are the same on every machine.
+"""
+import math
+import os
+import random
+import sys
+
+
+def poisson(rng, rate):
+    if rate < 30:
+        limit, k, p = math.exp(-rate), 0, 1.0
+        while True:
+            p *= rng.random()
+            if p < limit:
+                return k
+            k += 1
+    return max(0, int(rng.gauss(rate, math.sqrt(rate)) + 0.5))
+
+
+def write(rng, path, rates, service=None):
+    with open(path, "w") as out:
+        for second, rate in enumerate(rates):
+            n = poisson(rng, rate)
+            if n == 0:
+                continue
+            if service:
+                out.write(f"{second},{n},{service(second):.3f}\n")
+            else:
+                out.write(f"{second},{n}\n")
+
+
+def main():
+    directory = sys.argv[1] if len(sys.argv) > 1 else "target/scalesim-traces"
+    os.makedirs(directory, exist_ok=True)
+    rng = random.Random(7)
+    traces = [
+        # 0 -> 300 msg/s over 40 minutes, then 10 minutes at 300
+        ("ramp", [min(300, t * 300 / 2400) for t in range(3000)], None),
+        # 5-minute cycles rising from 10 to 150 msg/s and dropping back at once
+        ("sawtooth", [10 + 140 * ((t % 300) / 300) for t in range(3600)], None),
+        # 20 minutes at 5 msg/s, 20 at 80, twice
+        ("onoff", [80 if (t // 1200) % 2 else 5 for t in range(4800)], None),
+        # 10 msg/s of 5 s jobs
+        ("slow-service", [10] * 2400, lambda t: 5.0),
+        # 30 msg/s whose jobs go from 0.2 s to 2 s after 20 minutes
+        ("svc-shift", [30] * 3600, lambda t: 0.2 if t < 1200 else 2.0),
+        # 50 msg/s with 10 s pulses of 250 every 7.5 minutes
+        ("pulses", [250 if (t % 450) < 10 else 50 for t in range(3600)], None),
+    ]
+    for name, rates, service in traces:
+        write(rng, os.path.join(directory, f"{name}.csv"), rates, service)
+        print(os.path.join(directory, f"{name}.csv"))
+
+
+if __name__ == "__main__":
+    main()
