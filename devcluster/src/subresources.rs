@@ -69,6 +69,11 @@ pub fn scale(
     let c = &st.cluster;
     let obj = c.get(info, ns, name)?;
     let current = scale_of(info, &obj);
+    // An update is checked against the resourceVersion it carries (none: unconditional). A
+    // patch is applied to the latest object, so it is checked only against a version the
+    // patch itself names; the one in `current` was read before the write and would turn
+    // every concurrent write into a conflict.
+    let mut precondition_from_patch = None;
     let desired = match *method {
         Method::GET => return Ok(json_response(200, &current)),
         Method::PUT => parse_body(body)?,
@@ -78,6 +83,7 @@ pub fn scale(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let patch = parse_body(body)?;
+            precondition_from_patch = Some(patch_resource_version(&patch));
             let mut s = current.clone();
             match PatchType::from_content_type(ct) {
                 Some(PatchType::Json) => crate::patch::json_patch(&mut s, &patch)?,
@@ -120,10 +126,13 @@ pub fn scale(
             )],
         ));
     }
-    let want_rv = desired
-        .pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let want_rv = match precondition_from_patch {
+        Some(named) => named,
+        None => desired
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    };
     let opts = write_opts(q, headers);
     let manager = opts.field_manager.clone().unwrap_or_default();
     let ptr = pointer_of(&info.scale.as_ref().expect("scale").spec_replicas);
@@ -148,6 +157,21 @@ pub fn scale(
     )?;
     let _ = qualified(info);
     Ok(json_response(200, &scale_of(info, &updated)))
+}
+
+/// The resourceVersion a patch names: a merge patch's `metadata.resourceVersion`, or the
+/// value a JSON patch adds, replaces or tests at `/metadata/resourceVersion`.
+fn patch_resource_version(patch: &Value) -> Option<String> {
+    let named = match patch {
+        Value::Array(ops) => ops
+            .iter()
+            .filter(|op| {
+                op.get("path").and_then(Value::as_str) == Some("/metadata/resourceVersion")
+            })
+            .find_map(|op| op.get("value")),
+        _ => patch.pointer("/metadata/resourceVersion"),
+    };
+    named.and_then(Value::as_str).map(str::to_string)
 }
 
 fn set_pointer(obj: &mut Value, ptr: &str, v: Value) {

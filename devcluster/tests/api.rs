@@ -752,6 +752,36 @@ async fn status_and_scale_subresources_and_generation() {
         scale_entry.is_some(),
         "the /scale write is recorded against the scale subresource"
     );
+    // A patch is unconditional unless it names a resourceVersion, so other writers racing
+    // with it (a controller applying the spec) never make it fail with a conflict.
+    let labels = {
+        let deps = deps.clone();
+        tokio::spawn(async move {
+            for i in 0..500 {
+                let labels = Patch::Merge(json!({"metadata": {"labels": {"l": i.to_string()}}}));
+                deps.patch("s", &PatchParams::default(), &labels)
+                    .await
+                    .expect("label patch");
+            }
+        })
+    };
+    for i in 0..500 {
+        let scale = Patch::Merge(json!({"spec": {"replicas": i % 7}}));
+        deps.patch_scale("s", &PatchParams::default(), &scale)
+            .await
+            .expect("a scale patch without resourceVersion is never a conflict");
+    }
+    labels.await.expect("label writer");
+    let stale =
+        Patch::Merge(json!({"metadata": {"resourceVersion": "1"}, "spec": {"replicas": 1}}));
+    let conflict = deps
+        .patch_scale("s", &PatchParams::default(), &stale)
+        .await
+        .expect_err("a stale resourceVersion in the patch is checked");
+    assert!(
+        matches!(&conflict, kube::Error::Api(e) if e.code == 409),
+        "{conflict}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
