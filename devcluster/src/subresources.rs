@@ -73,17 +73,19 @@ pub fn scale(
     // patch is applied to the latest object, so it is checked only against a version the
     // patch itself names; the one in `current` was read before the write and would turn
     // every concurrent write into a conflict.
-    let mut precondition_from_patch = None;
-    let desired = match *method {
+    let (desired, want_rv) = match *method {
         Method::GET => return Ok(json_response(200, &current)),
-        Method::PUT => parse_body(body)?,
+        Method::PUT => {
+            let update = parse_body(body)?;
+            let named = resource_version(&update);
+            (update, named)
+        }
         Method::PATCH => {
             let ct = headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let patch = parse_body(body)?;
-            precondition_from_patch = Some(patch_resource_version(&patch));
             let mut s = current.clone();
             match PatchType::from_content_type(ct) {
                 Some(PatchType::Json) => crate::patch::json_patch(&mut s, &patch)?,
@@ -96,7 +98,7 @@ pub fn scale(
                     )));
                 }
             }
-            s
+            (s, patch_resource_version(&patch))
         }
         _ => {
             return Err(ApiError::method_not_allowed(
@@ -126,13 +128,6 @@ pub fn scale(
             )],
         ));
     }
-    let want_rv = match precondition_from_patch {
-        Some(named) => named,
-        None => desired
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-    };
     let opts = write_opts(q, headers);
     let manager = opts.field_manager.clone().unwrap_or_default();
     let ptr = pointer_of(&info.scale.as_ref().expect("scale").spec_replicas);
@@ -162,16 +157,23 @@ pub fn scale(
 /// The resourceVersion a patch names: a merge patch's `metadata.resourceVersion`, or the
 /// value a JSON patch adds, replaces or tests at `/metadata/resourceVersion`.
 fn patch_resource_version(patch: &Value) -> Option<String> {
-    let named = match patch {
+    match patch {
         Value::Array(ops) => ops
             .iter()
             .filter(|op| {
                 op.get("path").and_then(Value::as_str) == Some("/metadata/resourceVersion")
             })
-            .find_map(|op| op.get("value")),
-        _ => patch.pointer("/metadata/resourceVersion"),
-    };
-    named.and_then(Value::as_str).map(str::to_string)
+            .find_map(|op| op.get("value"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        _ => resource_version(patch),
+    }
+}
+
+fn resource_version(obj: &Value) -> Option<String> {
+    obj.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .map(str::to_string)
 }
 
 fn set_pointer(obj: &mut Value, ptr: &str, v: Value) {
