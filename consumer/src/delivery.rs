@@ -211,6 +211,11 @@ impl Deliverer {
             .pool_max_idle_per_host(concurrency)
             .tcp_nodelay(true)
             .no_proxy()
+            // A 3xx is the worker's answer, and the contract retries it. Followed, a 302 or
+            // 303 turns the delivery into a GET without the body, and that GET's 200 would
+            // ack a message nobody processed. Not following also spares every delivery the
+            // redirect layer's URL bookkeeping.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self {
             client,
@@ -440,6 +445,44 @@ mod tests {
             h.get("ferry-delivery-attempt").is_none(),
             "unknown attempts are not invented"
         );
+    }
+
+    /// A real HTTP worker on a loopback port that redirects `/` to `/elsewhere` and would
+    /// answer 200 there.
+    async fn redirecting_worker() -> String {
+        use axum::{
+            Router,
+            http::{StatusCode, header::LOCATION},
+            routing::{any, post},
+        };
+        let app = Router::new()
+            .route(
+                "/",
+                post(|| async { (StatusCode::FOUND, [(LOCATION, "/elsewhere")]) }),
+            )
+            .route("/elsewhere", any(|| async { StatusCode::OK }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{address}/")
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_the_workers_answer_not_followed() {
+        let url = redirecting_worker().await;
+        let deliverer =
+            Deliverer::new(&url, 1, Duration::from_secs(5), Duration::from_secs(5)).unwrap();
+        let answer = deliverer
+            .deliver(HeaderMap::new(), Bytes::from_static(b"{}"))
+            .await;
+        assert_eq!(
+            answer,
+            WorkerAnswer::Status {
+                code: 302,
+                retry_after: None
+            }
+        );
+        assert_eq!(answer.label(), "3xx");
     }
 
     #[test]
