@@ -121,74 +121,112 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// The request headers of a delivery, per the worker contract.
-pub fn delivery_headers(
-    message: &ReceivedMessage,
+/// The headers that are the same on every delivery of a consumer, made once. A header value
+/// made once and cloned shares its bytes; made per message it is a copy each time.
+#[derive(Clone, Debug)]
+pub struct FixedHeaders {
     provider: Provider,
-    queue_name: &str,
-    content_type: &str,
-) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(8 + message.attributes.len() * 2);
-    let mut put = |name: HeaderName, value: &str| {
-        if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
-            headers.append(name, value);
+    content_type: Option<HeaderValue>,
+    queue: Option<HeaderValue>,
+}
+
+impl FixedHeaders {
+    pub fn new(provider: Provider, queue_name: &str, content_type: &str) -> Self {
+        Self {
+            provider,
+            content_type: header_value(content_type),
+            queue: header_value(queue_name),
+        }
+    }
+}
+
+/// The request headers of a delivery, per the worker contract.
+///
+/// Built for every message, so it allocates as little as it can: fixed values are shared,
+/// numbers and timestamps become header values without an intermediate copy, and the
+/// attribute header names share one buffer.
+pub fn delivery_headers(message: &ReceivedMessage, fixed: &FixedHeaders) -> HeaderMap {
+    let families = match fixed.provider {
+        Provider::Sqs => 2,
+        Provider::PubSub => 1,
+    };
+    let mut headers = HeaderMap::with_capacity(12 + message.attributes.len() * families);
+    if let Some(content_type) = &fixed.content_type {
+        headers.append(CONTENT_TYPE, content_type.clone());
+    }
+    if let Some(queue) = &fixed.queue {
+        headers.append(HeaderName::from_static("ferry-queue"), queue.clone());
+    }
+    let id = header_value(&message.id);
+    if let Some(id) = &id {
+        headers.append(HeaderName::from_static("ferry-message-id"), id.clone());
+    }
+    if let Some(group) = message.ordering_group.as_deref().and_then(header_value) {
+        headers.append(HeaderName::from_static("ferry-ordering-key"), group);
+    }
+    let mut name = String::with_capacity(64);
+    let mut put_attributes = |headers: &mut HeaderMap, prefix: &str| {
+        for (attribute, value) in &message.attributes {
+            name.clear();
+            name.push_str(prefix);
+            name.push_str(attribute);
+            // Attribute names that cannot be header names (Pub/Sub allows almost anything)
+            // are left out rather than mangled into something the worker would misread.
+            if let (Ok(header), Some(value)) =
+                (HeaderName::from_bytes(name.as_bytes()), header_value(value))
+            {
+                headers.append(header, value);
+            }
         }
     };
-    put(CONTENT_TYPE, content_type);
-    put(HeaderName::from_static("ferry-message-id"), &message.id);
-    put(HeaderName::from_static("ferry-queue"), queue_name);
-    if let Some(attempt) = message.delivery_attempt {
-        put(
+    put_attributes(&mut headers, "ferry-attr-");
+    let attempt = message.delivery_attempt.map(HeaderValue::from);
+    if let Some(attempt) = &attempt {
+        headers.append(
             HeaderName::from_static("ferry-delivery-attempt"),
-            &attempt.to_string(),
+            attempt.clone(),
         );
     }
-    if let Some(at) = message.published_at {
-        put(HeaderName::from_static("ferry-published-at"), &rfc3339(at));
+    if let Some(at) = message.published_at.and_then(rfc3339) {
+        headers.append(HeaderName::from_static("ferry-published-at"), at);
     }
-    if let Some(group) = &message.ordering_group {
-        put(HeaderName::from_static("ferry-ordering-key"), group);
-    }
-    for (name, value) in &message.attributes {
-        // Attribute names that cannot be header names (Pub/Sub allows almost anything) are
-        // left out rather than mangled into something the worker would misread.
-        if let Ok(header) = HeaderName::from_bytes(format!("ferry-attr-{name}").as_bytes()) {
-            put(header, value);
-        }
-    }
-    match provider {
+    match fixed.provider {
         Provider::Sqs => {
-            put(USER_AGENT, SQSD_USER_AGENT);
-            put(HeaderName::from_static("x-aws-sqsd-msgid"), &message.id);
-            put(HeaderName::from_static("x-aws-sqsd-queue"), queue_name);
-            if let Some(at) = message.first_received_at {
-                put(
-                    HeaderName::from_static("x-aws-sqsd-first-received-at"),
-                    &rfc3339(at),
-                );
+            headers.append(USER_AGENT, HeaderValue::from_static(SQSD_USER_AGENT));
+            if let Some(id) = id {
+                headers.append(HeaderName::from_static("x-aws-sqsd-msgid"), id);
             }
-            if let Some(count) = message.delivery_attempt {
-                put(
-                    HeaderName::from_static("x-aws-sqsd-receive-count"),
-                    &count.to_string(),
-                );
+            if let Some(queue) = &fixed.queue {
+                headers.append(HeaderName::from_static("x-aws-sqsd-queue"), queue.clone());
             }
-            for (name, value) in &message.attributes {
-                if let Ok(header) =
-                    HeaderName::from_bytes(format!("x-aws-sqsd-attr-{name}").as_bytes())
-                {
-                    put(header, value);
-                }
+            if let Some(at) = message.first_received_at.and_then(rfc3339) {
+                headers.append(HeaderName::from_static("x-aws-sqsd-first-received-at"), at);
             }
+            if let Some(attempt) = attempt {
+                headers.append(HeaderName::from_static("x-aws-sqsd-receive-count"), attempt);
+            }
+            put_attributes(&mut headers, "x-aws-sqsd-attr-");
         }
-        Provider::PubSub => put(USER_AGENT, FERRY_USER_AGENT),
+        Provider::PubSub => {
+            headers.append(USER_AGENT, HeaderValue::from_static(FERRY_USER_AGENT));
+        }
     }
     headers
 }
 
-/// ISO 8601 in UTC with milliseconds, as the worker daemon sends it.
-fn rfc3339(at: SystemTime) -> String {
-    humantime::format_rfc3339_millis(at).to_string()
+/// Any text a header may carry, UTF-8 included (as obs-text, which workers' HTTP servers
+/// accept); a value with control characters is left out.
+fn header_value(text: &str) -> Option<HeaderValue> {
+    HeaderValue::from_bytes(text.as_bytes()).ok()
+}
+
+/// ISO 8601 in UTC with milliseconds, as the worker daemon sends it; written into one
+/// buffer of the right size, which the header value then owns without a copy.
+fn rfc3339(at: SystemTime) -> Option<HeaderValue> {
+    use std::fmt::Write;
+    let mut text = String::with_capacity("2023-11-14T22:13:20.123Z".len());
+    write!(text, "{}", humantime::format_rfc3339_millis(at)).ok()?;
+    HeaderValue::try_from(text).ok()
 }
 
 /// The HTTP side of delivery: one connection pool to the worker, reused across deliveries.
@@ -412,7 +450,10 @@ mod tests {
         m.delivery_attempt = Some(3);
         m.published_at = Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123));
         m.first_received_at = Some(UNIX_EPOCH + Duration::from_millis(1_700_000_001_000));
-        let h = delivery_headers(&m, Provider::Sqs, "orders", "application/json");
+        let h = delivery_headers(
+            &m,
+            &FixedHeaders::new(Provider::Sqs, "orders", "application/json"),
+        );
         let get = |n: &str| h.get(n).unwrap().to_str().unwrap().to_string();
         assert_eq!(get("content-type"), "application/json");
         assert_eq!(get("ferry-message-id"), "m-1");
@@ -433,11 +474,18 @@ mod tests {
 
     #[test]
     fn pubsub_deliveries_carry_ferry_headers_only() {
-        let mut m = message(&[("bad name", "x"), ("ok", "y")]);
+        let mut m = message(&[("bad name", "x"), ("ok", "y"), ("city", "Zürich")]);
         m.ordering_group = Some("customer-9".into());
-        let h = delivery_headers(&m, Provider::PubSub, "orders-sub", "text/plain");
+        let h = delivery_headers(
+            &m,
+            &FixedHeaders::new(Provider::PubSub, "orders-sub", "text/plain"),
+        );
         assert_eq!(h.get("content-type").unwrap(), "text/plain");
         assert_eq!(h.get("ferry-attr-ok").unwrap(), "y");
+        assert_eq!(
+            h.get("ferry-attr-city").unwrap().as_bytes(),
+            "Zürich".as_bytes()
+        );
         assert_eq!(h.get("ferry-ordering-key").unwrap(), "customer-9");
         assert!(h.get("x-aws-sqsd-msgid").is_none());
         assert!(h.iter().all(|(n, _)| !n.as_str().contains(' ')));

@@ -16,7 +16,9 @@ use ferry_queues::{
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::config::StatusSet;
-use crate::delivery::{Deliverer, RetryPolicy, Verdict, WorkerAnswer, delivery_headers, verdict};
+use crate::delivery::{
+    Deliverer, FixedHeaders, RetryPolicy, Verdict, WorkerAnswer, delivery_headers, verdict,
+};
 use crate::health::Health;
 use crate::metrics::Metrics;
 
@@ -59,6 +61,7 @@ pub struct Pump {
     health: Arc<Health>,
     settings: PumpSettings,
     env: Environment,
+    headers: FixedHeaders,
     slots: Arc<Semaphore>,
     draining: watch::Sender<bool>,
     /// Accepted messages whose delete/ack has not been answered yet. A delivery gives its
@@ -102,6 +105,11 @@ impl Pump {
     ) -> Arc<Self> {
         metrics.concurrency_limit.set(settings.concurrency as i64);
         Arc::new(Self {
+            headers: FixedHeaders::new(
+                queue.provider(),
+                queue.queue_name(),
+                &settings.content_type,
+            ),
             slots: Arc::new(Semaphore::new(settings.concurrency)),
             draining: watch::channel(false).0,
             settling: watch::channel(0).0,
@@ -347,12 +355,7 @@ impl Pump {
             message,
             _slot: slot,
         } = held;
-        let headers = delivery_headers(
-            &message,
-            self.queue.provider(),
-            self.queue.queue_name(),
-            &self.settings.content_type,
-        );
+        let headers = delivery_headers(&message, &self.headers);
         let started = std::time::Instant::now();
         let delivery = self.deliverer.deliver(headers, message.body.clone());
         let answer = if self.queue.needs_lease_extension() {
