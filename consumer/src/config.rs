@@ -191,14 +191,24 @@ fn parse_bool(variable: &'static str) -> impl Fn(&str) -> Result<bool, String> +
     }
 }
 
+/// Parsed as a browser would (a path with spaces or non-ASCII characters is percent-encoded,
+/// as `spec.delivery.path` allows them), and returned in the normalized form the HTTP
+/// client takes.
 fn parse_url(value: &str) -> Result<String, String> {
-    let parsed = reqwest::Url::parse(value).map_err(|e| {
+    let parsed = url::Url::parse(value).map_err(|e| {
         format!("FERRY_DELIVERY_URL must be an http:// URL such as http://127.0.0.1:8080/ ({e})")
     })?;
-    if parsed.scheme() != "http" && parsed.scheme() != "https" {
-        return Err("FERRY_DELIVERY_URL must start with http:// or https://".into());
+    match (parsed.scheme(), parsed.host()) {
+        ("http", Some(_)) => Ok(parsed.into()),
+        // The worker shares the pod's network namespace; TLS to it would protect nothing and
+        // the sidecar does not speak it, so say so instead of failing every delivery.
+        ("https", _) => Err(format!(
+            "FERRY_DELIVERY_URL must be a plain http:// URL: the sidecar reaches the worker inside the pod and does not speak TLS, got {value:?}"
+        )),
+        _ => Err(format!(
+            "FERRY_DELIVERY_URL must be an http:// URL with a host, such as http://127.0.0.1:8080/, got {value:?}"
+        )),
     }
-    Ok(value.to_string())
 }
 
 fn parse_addr(value: &str) -> Result<SocketAddr, String> {
@@ -357,6 +367,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("FERRY_THREADS must be from 0 to 64"), "{err}");
+        for (url, says) in [
+            ("https://127.0.0.1:8443/", "does not speak TLS"),
+            ("ftp://127.0.0.1/", "with a host"),
+            ("http://bad host/", "such as http://127.0.0.1:8080/"),
+            ("/jobs", "such as http://127.0.0.1:8080/"),
+        ] {
+            let err = parse(&[&SQS[..], &["--delivery-url", url]].concat())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("FERRY_DELIVERY_URL") && err.contains(says),
+                "{url}: {err}"
+            );
+        }
+        assert!(
+            parse(&[&SQS[..], &["--delivery-url", "http://worker:80/jobs?x=1"]].concat()).is_ok()
+        );
         let err = parse(&[&SQS[..], &["--listen-addr", "9090"]].concat())
             .unwrap_err()
             .to_string();

@@ -4,7 +4,11 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use ferry_queues::{Provider, ReceivedMessage};
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
+use http_body_util::{BodyExt, Full};
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
+use hyper::{Method, Request, Uri};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
 
 use crate::config::StatusSet;
 
@@ -230,10 +234,18 @@ fn rfc3339(at: SystemTime) -> Option<HeaderValue> {
 }
 
 /// The HTTP side of delivery: one connection pool to the worker, reused across deliveries.
+///
+/// hyper's client directly rather than a general-purpose one: a delivery is one POST to one
+/// fixed address, and the layers a general client wraps around every request (URL
+/// conversion, redirect and retry policies, request extensions) cost allocations per message
+/// and do nothing here. In particular a 3xx is the worker's answer, and the contract retries
+/// it; a client that followed a 302 or 303 would send a GET without the body, and that GET's
+/// 200 would ack a message nobody processed.
 #[derive(Clone)]
 pub struct Deliverer {
-    client: reqwest::Client,
-    url: reqwest::Url,
+    client: Client<HttpConnector, Full<Bytes>>,
+    uri: Uri,
+    timeout: Duration,
 }
 
 impl Deliverer {
@@ -243,47 +255,50 @@ impl Deliverer {
         connect_timeout: Duration,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .timeout(timeout)
+        let uri: Uri = url.parse()?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            _ => anyhow::bail!(
+                "{url} is not an http:// URL; the worker is reached over plain HTTP inside the pod"
+            ),
+        }
+        anyhow::ensure!(uri.host().is_some(), "{url} has no host");
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(concurrency)
-            .tcp_nodelay(true)
-            .no_proxy()
-            // A 3xx is the worker's answer, and the contract retries it. Followed, a 302 or
-            // 303 turns the delivery into a GET without the body, and that GET's 200 would
-            // ack a message nobody processed. Not following also spares every delivery the
-            // redirect layer's URL bookkeeping.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+            .build(connector);
         Ok(Self {
             client,
-            url: reqwest::Url::parse(url)?,
+            uri,
+            timeout,
         })
     }
 
     pub async fn deliver(&self, headers: HeaderMap, body: Bytes) -> WorkerAnswer {
-        let response = self
-            .client
-            .post(self.url.clone())
-            .headers(headers)
-            .body(body)
-            .send()
-            .await;
-        match response {
-            Ok(response) => {
-                let code = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                // Read the body so the connection goes back to the pool.
-                let _ = response.bytes().await;
-                WorkerAnswer::Status { code, retry_after }
-            }
-            Err(e) if e.is_timeout() => WorkerAnswer::TimedOut,
-            Err(e) if e.is_connect() => WorkerAnswer::ConnectFailed(error_chain(&e)),
-            Err(e) => WorkerAnswer::Failed(error_chain(&e)),
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = headers;
+        let exchange = async {
+            let response = self.client.request(request).await?;
+            let code = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            // Read the body so the connection goes back to the pool; the status is the
+            // answer even if the body breaks off.
+            let _ = response.into_body().collect().await;
+            Ok::<_, hyper_util::client::legacy::Error>(WorkerAnswer::Status { code, retry_after })
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) if e.is_connect() => WorkerAnswer::ConnectFailed(error_chain(&e)),
+            Ok(Err(e)) => WorkerAnswer::Failed(error_chain(&e)),
+            Err(_) => WorkerAnswer::TimedOut,
         }
     }
 }
