@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes six traces that are not in ferry-scalesim's built-in suite, to check that the
+"""Writes seven traces that are not in ferry-scalesim's built-in suite, to check that the
 policy was not fitted to the suite (docs/autoscaling.md, "Traces outside the suite"):
 
     python3 scripts/scalesim-traces.py out/traces
@@ -8,7 +8,8 @@ policy was not fitted to the suite (docs/autoscaling.md, "Traces outside the sui
     done
 
 Each line is `second,arrivals[,mean service seconds]`; arrivals are Poisson around the rate
-below, from a fixed seed, so the files are the same on every machine.
+below (clumps: Poisson clumps of random size), from a fixed seed, so the files are the same
+on every machine.
 """
 import math
 import os
@@ -27,10 +28,23 @@ def poisson(rng, rate):
     return max(0, int(rng.gauss(rate, math.sqrt(rate)) + 0.5))
 
 
-def write(rng, path, rates, service=None):
+def clumped(rng, clumps_per_second, mean_size):
+    """Messages that come in clumps (a partner replaying a batch of webhooks, a job fanning
+    out): a Poisson number of clumps, each of a geometric size; the counts per second vary
+    `2 * mean_size - 1` times as much as Poisson's (variance over mean) for the same mean."""
+    total = 0
+    for _ in range(poisson(rng, clumps_per_second)):
+        size = 1
+        while rng.random() > 1 / mean_size:
+            size += 1
+        total += size
+    return total
+
+
+def write(rng, path, rates, service=None, arrivals=poisson):
     with open(path, "w") as out:
         for second, rate in enumerate(rates):
-            n = poisson(rng, rate)
+            n = arrivals(rng, rate)
             if n == 0:
                 continue
             if service:
@@ -60,6 +74,10 @@ def main():
     for name, rates, service in traces:
         write(rng, os.path.join(directory, f"{name}.csv"), rates, service)
         print(os.path.join(directory, f"{name}.csv"))
+    # 20 msg/s for an hour, in clumps of 5 on average (4 clumps a second)
+    path = os.path.join(directory, "clumps.csv")
+    write(rng, path, [4] * 3600, arrivals=lambda rng, rate: clumped(rng, rate, 5))
+    print(path)
 
 
 if __name__ == "__main__":

@@ -114,10 +114,19 @@ pub struct PolicyTuning {
     /// ...but never longer than this.
     pub max_arrival_window_seconds: f64,
     /// A poll whose arrivals differ from the average by more than this many standard
-    /// deviations (Poisson) starts a new average.
+    /// deviations (Poisson's, widened by the measured dispersion) starts a new average.
     pub rate_change_sigmas: f64,
-    /// Standard deviations of Poisson error added to the arrival rate before provisioning.
+    /// Standard deviations of the average's error (Poisson's, widened by the measured
+    /// dispersion) added to the arrival rate before provisioning.
     pub rate_confidence_sigmas: f64,
+    /// Recent polls whose poll-to-poll moves measure how much burstier than Poisson the
+    /// arrivals are (the dispersion); half of them are needed before it is used.
+    pub dispersion_polls: usize,
+    /// Arrivals two consecutive polls must hold between them for their move to count.
+    pub min_messages_for_dispersion: f64,
+    /// The most the measured dispersion may widen Poisson's spread (variance over mean), so
+    /// that very bursty traffic still has its larger changes of rate followed at once.
+    pub max_dispersion: f64,
     /// Weight of one delivery's duration in the service-time average: about the inverse of
     /// how many recent deliveries the average remembers...
     pub service_time_weight_per_delivery: f64,
@@ -145,6 +154,9 @@ impl Default for PolicyTuning {
             max_arrival_window_seconds: 600.0,
             rate_change_sigmas: 4.0,
             rate_confidence_sigmas: 2.0,
+            dispersion_polls: 40,
+            min_messages_for_dispersion: 20.0,
+            max_dispersion: 16.0,
             service_time_weight_per_delivery: 0.01,
             service_time_smoothing: 0.3,
             default_startup_seconds: 15.0,

@@ -8,11 +8,20 @@ use std::collections::VecDeque;
 use super::signals::ScalingSignals;
 use super::spec::PolicyTuning;
 
+/// The median of χ² with one degree of freedom: what the median poll-to-poll move is, in
+/// units of its Poisson variance, when arrivals are Poisson.
+const CHI_SQUARE_1_MEDIAN: f64 = 0.455;
+
 #[derive(Debug, Clone, Default)]
 pub struct ScalingState {
     previous: Option<PreviousSample>,
     /// Arrivals seen per poll since the rate last changed, oldest first.
     arrivals: VecDeque<ArrivalCount>,
+    /// How far each recent poll's arrival rate moved from the one before, in units of the
+    /// move Poisson arrivals would make (χ² with one degree of freedom if they are Poisson),
+    /// oldest first. Not cleared when the rate changes: burstiness belongs to the traffic,
+    /// not to one rate.
+    poll_to_poll: VecDeque<f64>,
     service_seconds: Option<f64>,
     recommendations: VecDeque<Recommendation>,
     idle_since: Option<f64>,
@@ -196,9 +205,13 @@ impl ScalingState {
             .arrivals
             .iter()
             .fold((0.0, 0.0), |(s, m), a| (s + a.seconds, m + a.messages));
+        if let Some(previous) = self.arrivals.back().copied() {
+            self.note_poll_to_poll(&previous, &latest, tuning);
+        }
         if seconds > 0.0 {
             let expected = messages / seconds * latest.seconds;
-            let deviation = (latest.messages - expected) / expected.max(1.0).sqrt();
+            let spread = (self.dispersion(tuning) * expected.max(1.0)).sqrt();
+            let deviation = (latest.messages - expected) / spread;
             if deviation.abs() > tuning.rate_change_sigmas {
                 self.arrivals.clear();
             }
@@ -213,8 +226,46 @@ impl ScalingState {
             .arrivals
             .iter()
             .fold((0.0, 0.0), |(s, m), a| (s + a.seconds, m + a.messages));
-        let error = tuning.rate_confidence_sigmas * messages.max(1.0).sqrt();
+        let error =
+            tuning.rate_confidence_sigmas * (self.dispersion(tuning) * messages.max(1.0)).sqrt();
         (messages / seconds, (messages + error) / seconds)
+    }
+
+    /// Real traffic is burstier than Poisson from second to second. Judged by Poisson's
+    /// spread, its ordinary bursts read as changes of rate, and each one restarts the average
+    /// from a single poll and scales up for a stabilization window.
+    fn note_poll_to_poll(
+        &mut self,
+        previous: &ArrivalCount,
+        latest: &ArrivalCount,
+        tuning: &PolicyTuning,
+    ) {
+        let messages = previous.messages + latest.messages;
+        // A few messages tell nothing of their spread.
+        if messages < tuning.min_messages_for_dispersion {
+            return;
+        }
+        let rate = messages / (previous.seconds + latest.seconds);
+        let move_ = latest.messages / latest.seconds - previous.messages / previous.seconds;
+        let poisson_variance = rate * (1.0 / previous.seconds + 1.0 / latest.seconds);
+        self.poll_to_poll
+            .push_back(move_ * move_ / poisson_variance);
+        if self.poll_to_poll.len() > tuning.dispersion_polls {
+            self.poll_to_poll.pop_front();
+        }
+    }
+
+    /// Variance over mean of the arrivals per poll (1 for Poisson), from the median of the
+    /// recent poll-to-poll moves: a median, so that a real change of rate, one large move,
+    /// does not read as burstiness and hide the next change.
+    fn dispersion(&self, tuning: &PolicyTuning) -> f64 {
+        if self.poll_to_poll.len() < tuning.dispersion_polls / 2 {
+            return 1.0;
+        }
+        let mut moves: Vec<f64> = self.poll_to_poll.iter().copied().collect();
+        moves.sort_by(f64::total_cmp);
+        let median = moves[moves.len() / 2];
+        (median / CHI_SQUARE_1_MEDIAN).clamp(1.0, tuning.max_dispersion)
     }
 
     /// Seconds the queue has been idle, counting this sample.

@@ -234,12 +234,15 @@ fn oscillating_load_does_not_flap() {
         }
         current = d.to;
     }
-    // The first minute may overshoot while the first replica is saturated; after that the
-    // count settles on what the high level needs and stays. Each swing is a real change of
-    // rate, so the estimate restarts from one 5 s poll: 750 messages ± 2·√750 → 161 msg/s
-    // × 0.5 s = 80.5 busy slots, at most 98 % busy → 83 slots → 9 replicas.
-    assert!(changes.iter().all(|(t, _)| *t < 60.0), "{changes:?}");
-    assert_eq!(current, 9);
+    // The first minute may overshoot while the first replica is saturated. Until 20 polls
+    // have measured how far apart consecutive polls are, each swing reads as a change of
+    // rate and the estimate restarts from one 5 s poll: 750 messages ± 2·√750 → 161 msg/s
+    // × 0.5 s = 80.5 busy slots, at most 98 % busy → 83 slots → 9 replicas. Measured, the
+    // swings are this traffic's burstiness: the estimate averages both levels and keeps a
+    // headroom as wide as the swings (10 replicas, 100 slots for 75 busy at the high level).
+    // Either way the count then stays.
+    assert!(changes.iter().all(|(t, _)| *t <= 105.0), "{changes:?}");
+    assert!((9..=10).contains(&current), "{changes:?}");
 }
 
 #[test]
@@ -386,6 +389,34 @@ fn poisson_noise_does_not_move_the_arrival_estimate_but_a_step_does() {
         assert!((r - 40.0).abs() < 2.5, "{r}");
     }
     assert_eq!(rates[25], 120.0);
+}
+
+#[test]
+fn bursty_arrivals_widen_what_counts_as_a_change_of_rate() {
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    // 20 msg/s arriving in clumps: messages per 3 s poll vary far more than Poisson's ±8,
+    // and two polls in eight are more than 4 Poisson deviations from the mean.
+    let clumps = [35.0, 85.0, 55.0, 65.0, 20.0, 100.0, 60.0, 60.0];
+    let mut rates = Vec::new();
+    let mut needed = Vec::new();
+    for i in 0..80u32 {
+        let t = f64::from(i) * 3.0;
+        let rate = clumps[i as usize % clumps.len()] / 3.0;
+        let d = p.decide(&mut state, t, 4, Some(&scraped(t, 4, 0, rate, 0.5)));
+        let used = d.signals.unwrap();
+        rates.push(used.arrival_rate.unwrap());
+        needed.push(used.needed_replicas);
+    }
+    // Once their spread is measured, the clumps no longer restart the average each time.
+    for r in &rates[48..] {
+        assert!((r - 20.0).abs() < 3.0, "{r}");
+    }
+    assert!(needed[48..].iter().all(|n| *n == needed[48]), "{needed:?}");
+    // A real change of rate is still followed at once.
+    let t = 80.0 * 3.0;
+    let d = p.decide(&mut state, t, 4, Some(&scraped(t, 4, 0, 100.0, 0.5)));
+    assert_eq!(d.signals.unwrap().arrival_rate, Some(100.0));
 }
 
 #[test]
