@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes seven traces that are not in ferry-scalesim's built-in suite, to check that the
+"""Writes fourteen traces that are not in ferry-scalesim's built-in suite, to check that the
 policy was not fitted to the suite (docs/autoscaling.md, "Traces outside the suite"):
 
     python3 scripts/scalesim-traces.py out/traces
@@ -77,6 +77,30 @@ def main():
     # 20 msg/s for an hour, in clumps of 5 on average (4 clumps a second)
     path = os.path.join(directory, "clumps.csv")
     write(rng, path, [4] * 3600, arrivals=lambda rng, rate: clumped(rng, rate, 5))
+    print(path)
+    more = [
+        # a spike to 405 msg/s every 30 minutes decaying back to 5 (time constant 200 s)
+        ("decay", [5 + 400 * math.exp(-(t % 1800) / 200) for t in range(5400)], None),
+        # one message every 10 minutes on average, for two hours
+        ("sparse", [1 / 600] * 7200, None),
+        # a week at one minute per second: 10-110 msg/s by day, weekends at a fifth
+        ("weekly", [max(0, 60 + 50 * math.sin(2 * math.pi * t / 1440)
+                        * (1 if (t // 1440) % 7 < 5 else 0.2)) for t in range(10080)], None),
+        # 40 msg/s whose seconds bring 2 s jobs one time in four and 0.1 s jobs otherwise
+        ("svc-mix", [40] * 3600, lambda t: 2.0 if rng.random() < 0.25 else 0.1),
+        # 2 msg/s with a 5 s storm of 300 msg/s every 10 minutes
+        ("storms", [300 if (t % 600) < 5 else 2 for t in range(3600)], None),
+        # 0.2 msg/s with 30 s at 60 msg/s every 15 minutes
+        ("trickle-burst", [0.2 if (t % 900) > 30 else 60 for t in range(3600)], None),
+    ]
+    for name, rates, service in more:
+        write(rng, os.path.join(directory, f"{name}.csv"), rates, service)
+        print(os.path.join(directory, f"{name}.csv"))
+    # 5,000 messages at once every 20 minutes and nothing between (a cron job's fan-out)
+    path = os.path.join(directory, "cron.csv")
+    with open(path, "w") as out:
+        for run in range(4):
+            out.write(f"{run * 1200},5000\n")
     print(path)
 
 
