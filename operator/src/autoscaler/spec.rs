@@ -120,10 +120,17 @@ pub struct PolicyTuning {
     /// dispersion) added to the arrival rate before provisioning.
     pub rate_confidence_sigmas: f64,
     /// Recent polls whose poll-to-poll moves measure how much burstier than Poisson the
-    /// arrivals are (the dispersion); half of them are needed before it is used.
+    /// arrivals are, and how much more the mean service time scatters than its deliveries
+    /// explain (the dispersions); half of them are needed before one is used.
     pub dispersion_polls: usize,
     /// Arrivals two consecutive polls must hold between them for their move to count.
     pub min_messages_for_dispersion: f64,
+    /// Deliveries each of two consecutive polls' mean service times must average for their
+    /// move to count.
+    pub min_completions_for_dispersion: f64,
+    /// How far a poll's completions may differ from its receives, as a share of them, for
+    /// its mean service time to count toward the measured scatter.
+    pub steady_rate_tolerance: f64,
     /// The most the measured dispersion may widen Poisson's spread (variance over mean), so
     /// that very bursty traffic still has its larger changes of rate followed at once.
     pub max_dispersion: f64,
@@ -156,6 +163,8 @@ impl Default for PolicyTuning {
             rate_confidence_sigmas: 2.0,
             dispersion_polls: 40,
             min_messages_for_dispersion: 20.0,
+            min_completions_for_dispersion: 10.0,
+            steady_rate_tolerance: 0.25,
             max_dispersion: 16.0,
             service_time_weight_per_delivery: 0.01,
             service_time_smoothing: 0.3,

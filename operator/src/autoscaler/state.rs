@@ -5,23 +5,57 @@
 
 use std::collections::VecDeque;
 
-use super::signals::ScalingSignals;
+use super::signals::{ScalingSignals, ThroughputSignal};
 use super::spec::PolicyTuning;
 
 /// The median of χ² with one degree of freedom: what the median poll-to-poll move is, in
 /// units of its Poisson variance, when arrivals are Poisson.
 const CHI_SQUARE_1_MEDIAN: f64 = 0.455;
 
+/// Recent poll-to-poll moves of a measured quantity, each in units of the variance it would
+/// have from sampling noise alone (χ² with one degree of freedom when that is all there is).
+/// Their median says how much noisier than that the quantity really is: a median, so that a
+/// real change, one large move, does not read as noise and hide the next change.
+#[derive(Debug, Clone, Default)]
+struct NoiseMoves(VecDeque<f64>);
+
+impl NoiseMoves {
+    fn record(&mut self, move_: f64, sampling_variance: f64, tuning: &PolicyTuning) {
+        self.0.push_back(move_ * move_ / sampling_variance);
+        if self.0.len() > tuning.dispersion_polls {
+            self.0.pop_front();
+        }
+    }
+
+    /// Variance over the sampling variance (at least 1), or 1 until half the polls are held.
+    fn dispersion(&self, tuning: &PolicyTuning) -> f64 {
+        if self.0.len() < tuning.dispersion_polls / 2 {
+            return 1.0;
+        }
+        let mut moves: Vec<f64> = self.0.iter().copied().collect();
+        moves.sort_by(f64::total_cmp);
+        let median = moves[moves.len() / 2];
+        (median / CHI_SQUARE_1_MEDIAN).clamp(1.0, tuning.max_dispersion)
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ScalingState {
     previous: Option<PreviousSample>,
     /// Arrivals seen per poll since the rate last changed, oldest first.
     arrivals: VecDeque<ArrivalCount>,
-    /// How far each recent poll's arrival rate moved from the one before, in units of the
-    /// move Poisson arrivals would make (χ² with one degree of freedom if they are Poisson),
-    /// oldest first. Not cleared when the rate changes: burstiness belongs to the traffic,
-    /// not to one rate.
-    poll_to_poll: VecDeque<f64>,
+    /// How far each recent poll's arrival rate moved from the one before, against the move
+    /// Poisson arrivals would make. Not cleared when the rate changes: burstiness belongs to
+    /// the traffic, not to one rate.
+    arrival_moves: NoiseMoves,
+    /// The last poll's mean service time and how many deliveries it averaged, if it was steady.
+    last_service_sample: Option<(f64, f64)>,
+    /// How far each recent poll's mean service time moved from the one before, against the
+    /// move sampling alone would make if service times varied as much as their mean (CV 1).
+    service_moves: NoiseMoves,
+    /// Whether the service time is changing, and upwards: set by a poll far outside the usual
+    /// scatter, cleared by the first poll on the other side of the estimate.
+    service_change_up: Option<bool>,
     service_seconds: Option<f64>,
     recommendations: VecDeque<Recommendation>,
     idle_since: Option<f64>,
@@ -119,16 +153,7 @@ impl ScalingState {
             && sample.is_finite()
             && sample > 0.0
         {
-            // Weighted by how many deliveries the sample averages, so that a window with two
-            // long jobs moves the estimate as little as two deliveries should; capped per poll
-            // so that busy queues still average over several polls.
-            let completions = (t.completion_rate * t.window_seconds).max(1.0);
-            let weight = (1.0 - (1.0 - tuning.service_time_weight_per_delivery).powf(completions))
-                .min(tuning.service_time_smoothing);
-            self.service_seconds = Some(match self.service_seconds {
-                Some(old) => old + weight * (sample - old),
-                None => sample,
-            });
+            self.fold_service_time(sample, &t, tuning);
         }
         if signals.sampled_at > self.previous.map_or(f64::NEG_INFINITY, |p| p.sampled_at) {
             self.previous = Some(PreviousSample {
@@ -161,6 +186,62 @@ impl ScalingState {
             startup_seconds,
             pending_ready_seconds,
         }
+    }
+
+    /// Folds one poll's mean service time into the estimate.
+    fn fold_service_time(&mut self, sample: f64, t: &ThroughputSignal, tuning: &PolicyTuning) {
+        let completions = (t.completion_rate * t.window_seconds).max(1.0);
+        // Only polls that complete about as much as they receive measure the scatter: while
+        // a queue fills or drains, the deliveries that finish are not a fair sample (the
+        // long ones finish last), and that bias is not the traffic's scatter.
+        let steady = completions >= tuning.min_completions_for_dispersion
+            && (t.completion_rate - t.receive_rate).abs()
+                <= tuning.steady_rate_tolerance * t.receive_rate;
+        if let (Some((previous, previous_completions)), Some(estimate)) =
+            (self.last_service_sample, self.service_seconds)
+            && steady
+        {
+            let sampling_variance =
+                estimate * estimate * (1.0 / previous_completions + 1.0 / completions);
+            self.service_moves
+                .record(sample - previous, sampling_variance, tuning);
+        }
+        self.last_service_sample = steady.then_some((sample, completions));
+        // Where the polls' means scatter more than their deliveries explain (batches of
+        // slow and fast jobs arriving by turns), each poll says less about the mean the
+        // replicas must be sized for, and weighs less: otherwise the estimate, and the
+        // replicas, follow every batch. A poll far outside that scatter is a real change
+        // of service time: it, the polls on the same side after it and the first one
+        // back across the estimate keep their full weight.
+        let dispersion = self.service_moves.dispersion(tuning);
+        let changing = self.service_seconds.is_some_and(|estimate| {
+            let deviation = sample - estimate;
+            let spread = estimate * (dispersion / completions).sqrt();
+            if deviation.abs() > tuning.rate_change_sigmas * spread {
+                self.service_change_up = Some(deviation > 0.0);
+                true
+            } else if self.service_change_up.is_some() {
+                // Still on the change's side, or back across it (the change was
+                // passing, like the long jobs that finish last when a queue drains):
+                // either way this poll tells where the mean now is.
+                if self.service_change_up != Some(deviation > 0.0) {
+                    self.service_change_up = None;
+                }
+                true
+            } else {
+                false
+            }
+        });
+        // Weighted by how many deliveries the sample averages, so that a window with two
+        // long jobs moves the estimate as little as two deliveries should; capped per poll
+        // so that busy queues still average over several polls.
+        let weight = (1.0 - (1.0 - tuning.service_time_weight_per_delivery).powf(completions))
+            .min(tuning.service_time_smoothing)
+            / if changing { 1.0 } else { dispersion };
+        self.service_seconds = Some(match self.service_seconds {
+            Some(old) => old + weight * (sample - old),
+            None => sample,
+        });
     }
 
     /// Remembers a scale-up until its replicas are ready, to learn how long start-up takes.
@@ -248,24 +329,12 @@ impl ScalingState {
         let rate = messages / (previous.seconds + latest.seconds);
         let move_ = latest.messages / latest.seconds - previous.messages / previous.seconds;
         let poisson_variance = rate * (1.0 / previous.seconds + 1.0 / latest.seconds);
-        self.poll_to_poll
-            .push_back(move_ * move_ / poisson_variance);
-        if self.poll_to_poll.len() > tuning.dispersion_polls {
-            self.poll_to_poll.pop_front();
-        }
+        self.arrival_moves.record(move_, poisson_variance, tuning);
     }
 
-    /// Variance over mean of the arrivals per poll (1 for Poisson), from the median of the
-    /// recent poll-to-poll moves: a median, so that a real change of rate, one large move,
-    /// does not read as burstiness and hide the next change.
+    /// Variance over mean of the arrivals per poll (1 for Poisson).
     fn dispersion(&self, tuning: &PolicyTuning) -> f64 {
-        if self.poll_to_poll.len() < tuning.dispersion_polls / 2 {
-            return 1.0;
-        }
-        let mut moves: Vec<f64> = self.poll_to_poll.iter().copied().collect();
-        moves.sort_by(f64::total_cmp);
-        let median = moves[moves.len() / 2];
-        (median / CHI_SQUARE_1_MEDIAN).clamp(1.0, tuning.max_dispersion)
+        self.arrival_moves.dispersion(tuning)
     }
 
     /// Seconds the queue has been idle, counting this sample.

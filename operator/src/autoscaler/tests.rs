@@ -420,6 +420,40 @@ fn bursty_arrivals_widen_what_counts_as_a_change_of_rate() {
 }
 
 #[test]
+fn batches_of_slow_and_fast_jobs_do_not_swing_the_service_time_but_a_real_change_does() {
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    // Each poll's 200 deliveries average 0.30 s or 0.85 s by turns: far more scatter than
+    // 200 deliveries of a 0.575 s mean explain (about ±7 %).
+    let mut service = Vec::new();
+    for i in 0..60u32 {
+        let t = f64::from(i) * 3.0;
+        let mean = if i % 2 == 0 { 0.30 } else { 0.85 };
+        let d = p.decide(&mut state, t, 4, Some(&scraped(t, 4, 0, 40.0, mean)));
+        service.push(d.signals.unwrap().service_seconds.unwrap());
+    }
+    // Once that scatter is measured, the estimate holds near the mean instead of following
+    // each batch (a swing of 0.1 s, ±8 %, with the full per-poll weight).
+    let settled = &service[30..];
+    let (low, high) = settled
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), s| (l.min(*s), h.max(*s)));
+    assert!(high - low < 0.03, "{settled:?}");
+    assert!(
+        (low - 0.575).abs() < 0.06 && (high - 0.575).abs() < 0.06,
+        "{settled:?}"
+    );
+    // Jobs that now take 2 s are far outside the scatter and followed at the full pace.
+    let mut last = 0.0;
+    for i in 60..63u32 {
+        let t = f64::from(i) * 3.0;
+        let d = p.decide(&mut state, t, 4, Some(&scraped(t, 4, 0, 40.0, 2.0)));
+        last = d.signals.unwrap().service_seconds.unwrap();
+    }
+    assert!(last > 1.4, "{last}");
+}
+
+#[test]
 fn a_repeated_sample_changes_nothing() {
     let p = policy(ScalingSpec::default());
     let mut state = ScalingState::default();
