@@ -57,6 +57,10 @@ pub struct ScalingState {
     /// scatter, cleared by the first poll on the other side of the estimate.
     service_change_up: Option<bool>,
     service_seconds: Option<f64>,
+    /// Deliveries the service-time estimate has seen since this state began.
+    deliveries_seen: f64,
+    /// The slots of the last poll, if all of them were busy.
+    saturated_slots: Option<u64>,
     recommendations: VecDeque<Recommendation>,
     idle_since: Option<f64>,
     /// Learned seconds from asking for more replicas to seeing them ready.
@@ -153,7 +157,12 @@ impl ScalingState {
             && sample.is_finite()
             && sample > 0.0
         {
-            self.fold_service_time(sample, &t, tuning);
+            let lower_bound = self.service_lower_bound(&t, tuning);
+            self.fold_service_time(sample.max(lower_bound.unwrap_or(0.0)), &t, tuning);
+            // A bound is not one more sample to average in: an estimate below it is wrong.
+            if let (Some(bound), Some(estimate)) = (lower_bound, self.service_seconds) {
+                self.service_seconds = Some(estimate.max(bound));
+            }
         }
         if signals.sampled_at > self.previous.map_or(f64::NEG_INFINITY, |p| p.sampled_at) {
             self.previous = Some(PreviousSample {
@@ -186,6 +195,27 @@ impl ScalingState {
             startup_seconds,
             pending_ready_seconds,
         }
+    }
+
+    /// Right after a cold start only the quick deliveries have finished, and their mean
+    /// would size the replicas for the quick ones while the slots are all busy with the rest.
+    /// Until enough deliveries have been seen, a poll whose slots were all busy throughout
+    /// bounds the service time from below by Little's law (busy slots over completions per
+    /// second), which counts the deliveries still running.
+    fn service_lower_bound(&mut self, t: &ThroughputSignal, tuning: &PolicyTuning) -> Option<f64> {
+        let young = self.deliveries_seen < tuning.young_estimate_deliveries;
+        self.deliveries_seen += t.completion_rate * t.window_seconds;
+        // All slots busy at this poll and the last: a replica that became ready within the
+        // window was busy only part of it, so only the smaller count was busy throughout.
+        let saturated_now = t.concurrency_limit > 0 && t.in_flight >= t.concurrency_limit;
+        let busy_throughout = self
+            .saturated_slots
+            .filter(|_| saturated_now)
+            .map(|before| before.min(t.concurrency_limit));
+        self.saturated_slots = saturated_now.then_some(t.concurrency_limit);
+        busy_throughout
+            .filter(|_| young && t.completion_rate > 0.0)
+            .map(|busy| busy as f64 / t.completion_rate)
     }
 
     /// Folds one poll's mean service time into the estimate.

@@ -454,6 +454,26 @@ fn batches_of_slow_and_fast_jobs_do_not_swing_the_service_time_but_a_real_change
 }
 
 #[test]
+fn a_cold_start_is_not_sized_for_the_deliveries_that_finish_first() {
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    // Two replicas just started on 5 s jobs: all 20 slots are busy, and the few deliveries
+    // that have finished are the quick ones (0.8 s on average), 4 a second.
+    let cold = |at: f64| {
+        let mut signals = scraped(at, 2, 200, 4.0, 0.8);
+        signals.backlog.in_flight = 20;
+        let throughput = signals.throughput.as_mut().unwrap();
+        throughput.in_flight = 20;
+        signals
+    };
+    p.decide(&mut state, 0.0, 2, Some(&cold(0.0)));
+    let d = p.decide(&mut state, 3.0, 2, Some(&cold(3.0)));
+    // Busy slots over completions per second: each delivery holds a slot at least 5 s.
+    let service = d.signals.unwrap().service_seconds.unwrap();
+    assert!(service >= 5.0, "{service}");
+}
+
+#[test]
 fn a_repeated_sample_changes_nothing() {
     let p = policy(ScalingSpec::default());
     let mut state = ScalingState::default();
