@@ -201,7 +201,9 @@ impl ScalingState {
     /// would size the replicas for the quick ones while the slots are all busy with the rest.
     /// Until enough deliveries have been seen, a poll whose slots were all busy throughout
     /// bounds the service time from below by Little's law (busy slots over completions per
-    /// second), which counts the deliveries still running.
+    /// second), which counts the deliveries still running. (Messages waiting behind their
+    /// ordering group count as held too, so on a FIFO queue with few groups the bound can be
+    /// high; it lasts only those first deliveries and errs toward more replicas.)
     fn service_lower_bound(&mut self, t: &ThroughputSignal, tuning: &PolicyTuning) -> Option<f64> {
         let young = self.deliveries_seen < tuning.young_estimate_deliveries;
         self.deliveries_seen += t.completion_rate * t.window_seconds;
