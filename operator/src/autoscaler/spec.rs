@@ -131,9 +131,6 @@ pub struct PolicyTuning {
     /// How far a poll's completions may differ from its receives, as a share of them, for
     /// its mean service time to count toward the measured scatter.
     pub steady_rate_tolerance: f64,
-    /// Deliveries seen before the service-time estimate stops bounding saturated polls by
-    /// Little's law.
-    pub young_estimate_deliveries: f64,
     /// The most the measured dispersion may widen Poisson's spread (variance over mean), so
     /// that very bursty traffic still has its larger changes of rate followed at once.
     pub max_dispersion: f64,
@@ -142,6 +139,9 @@ pub struct PolicyTuning {
     pub service_time_weight_per_delivery: f64,
     /// ...and the most one poll's mean may weigh.
     pub service_time_smoothing: f64,
+    /// Deliveries seen before the service-time estimate stops bounding saturated polls by
+    /// Little's law.
+    pub young_estimate_deliveries: f64,
     /// Replica start-up assumed until one has been observed.
     pub default_startup_seconds: f64,
     /// Weight of a new start-up observation in its moving average.
@@ -168,10 +168,10 @@ impl Default for PolicyTuning {
             min_messages_for_dispersion: 20.0,
             min_completions_for_dispersion: 10.0,
             steady_rate_tolerance: 0.25,
-            young_estimate_deliveries: 200.0,
             max_dispersion: 16.0,
             service_time_weight_per_delivery: 0.01,
             service_time_smoothing: 0.3,
+            young_estimate_deliveries: 200.0,
             default_startup_seconds: 15.0,
             startup_smoothing: 0.3,
             fallback_backlog_per_slot: 1.0,

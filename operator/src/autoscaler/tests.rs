@@ -45,6 +45,24 @@ fn scraped(at: f64, ready: u32, visible: u64, receive_rate: f64, service: f64) -
     }
 }
 
+/// Polls every 3 s with 4 replicas ready, poll `i` seeing the receive rate and mean service
+/// time `load(i)` gives; returns the signals each decision used.
+fn poll_every_3s(
+    p: &ScalingPolicy,
+    state: &mut ScalingState,
+    polls: std::ops::Range<u32>,
+    load: impl Fn(u32) -> (f64, f64),
+) -> Vec<SignalsUsed> {
+    polls
+        .map(|i| {
+            let t = f64::from(i) * 3.0;
+            let (rate, service) = load(i);
+            let d = p.decide(state, t, 4, Some(&scraped(t, 4, 0, rate, service)));
+            d.signals.unwrap()
+        })
+        .collect()
+}
+
 #[test]
 fn missing_signals_hold_instead_of_scaling_to_zero() {
     let p = policy(ScalingSpec::default());
@@ -373,18 +391,18 @@ fn a_cold_start_waits_for_measured_throughput_before_growing_further() {
 fn poisson_noise_does_not_move_the_arrival_estimate_but_a_step_does() {
     let p = policy(ScalingSpec::default());
     let mut state = ScalingState::default();
-    let mut rates = Vec::new();
     // 40 msg/s with ±10 % wobble, then a step to 120 msg/s.
-    for i in 0..30u32 {
-        let t = f64::from(i) * 3.0;
+    let rates: Vec<f64> = poll_every_3s(&p, &mut state, 0..30, |i| {
         let rate = if i < 25 {
             if i % 2 == 0 { 44.0 } else { 36.0 }
         } else {
             120.0
         };
-        let d = p.decide(&mut state, t, 4, Some(&scraped(t, 4, 0, rate, 0.5)));
-        rates.push(d.signals.unwrap().arrival_rate.unwrap());
-    }
+        (rate, 0.5)
+    })
+    .iter()
+    .map(|used| used.arrival_rate.unwrap())
+    .collect();
     for r in &rates[5..25] {
         assert!((r - 40.0).abs() < 2.5, "{r}");
     }
@@ -398,25 +416,19 @@ fn bursty_arrivals_widen_what_counts_as_a_change_of_rate() {
     // 20 msg/s arriving in clumps: messages per 3 s poll vary far more than Poisson's ±8,
     // and two polls in eight are more than 4 Poisson deviations from the mean.
     let clumps = [35.0, 85.0, 55.0, 65.0, 20.0, 100.0, 60.0, 60.0];
-    let mut rates = Vec::new();
-    let mut needed = Vec::new();
-    for i in 0..80u32 {
-        let t = f64::from(i) * 3.0;
-        let rate = clumps[i as usize % clumps.len()] / 3.0;
-        let d = p.decide(&mut state, t, 4, Some(&scraped(t, 4, 0, rate, 0.5)));
-        let used = d.signals.unwrap();
-        rates.push(used.arrival_rate.unwrap());
-        needed.push(used.needed_replicas);
-    }
+    let used = poll_every_3s(&p, &mut state, 0..80, |i| {
+        (clumps[i as usize % clumps.len()] / 3.0, 0.5)
+    });
+    let rates: Vec<f64> = used.iter().map(|u| u.arrival_rate.unwrap()).collect();
+    let needed: Vec<u32> = used.iter().map(|u| u.needed_replicas).collect();
     // Once their spread is measured, the clumps no longer restart the average each time.
     for r in &rates[48..] {
         assert!((r - 20.0).abs() < 3.0, "{r}");
     }
     assert!(needed[48..].iter().all(|n| *n == needed[48]), "{needed:?}");
     // A real change of rate is still followed at once.
-    let t = 80.0 * 3.0;
-    let d = p.decide(&mut state, t, 4, Some(&scraped(t, 4, 0, 100.0, 0.5)));
-    assert_eq!(d.signals.unwrap().arrival_rate, Some(100.0));
+    let step = poll_every_3s(&p, &mut state, 80..81, |_| (100.0, 0.5));
+    assert_eq!(step[0].arrival_rate, Some(100.0));
 }
 
 #[test]
@@ -425,13 +437,12 @@ fn batches_of_slow_and_fast_jobs_do_not_swing_the_service_time_but_a_real_change
     let mut state = ScalingState::default();
     // Each poll's 200 deliveries average 0.30 s or 0.85 s by turns: far more scatter than
     // 200 deliveries of a 0.575 s mean explain (about ±7 %).
-    let mut service = Vec::new();
-    for i in 0..60u32 {
-        let t = f64::from(i) * 3.0;
-        let mean = if i % 2 == 0 { 0.30 } else { 0.85 };
-        let d = p.decide(&mut state, t, 4, Some(&scraped(t, 4, 0, 40.0, mean)));
-        service.push(d.signals.unwrap().service_seconds.unwrap());
-    }
+    let service: Vec<f64> = poll_every_3s(&p, &mut state, 0..60, |i| {
+        (40.0, if i % 2 == 0 { 0.30 } else { 0.85 })
+    })
+    .iter()
+    .map(|used| used.service_seconds.unwrap())
+    .collect();
     // Once that scatter is measured, the estimate holds near the mean instead of following
     // each batch (a swing of 0.1 s, ±8 %, with the full per-poll weight).
     let settled = &service[30..];
@@ -444,12 +455,8 @@ fn batches_of_slow_and_fast_jobs_do_not_swing_the_service_time_but_a_real_change
         "{settled:?}"
     );
     // Jobs that now take 2 s are far outside the scatter and followed at the full pace.
-    let mut last = 0.0;
-    for i in 60..63u32 {
-        let t = f64::from(i) * 3.0;
-        let d = p.decide(&mut state, t, 4, Some(&scraped(t, 4, 0, 40.0, 2.0)));
-        last = d.signals.unwrap().service_seconds.unwrap();
-    }
+    let changed = poll_every_3s(&p, &mut state, 60..63, |_| (40.0, 2.0));
+    let last = changed[2].service_seconds.unwrap();
     assert!(last > 1.4, "{last}");
 }
 
