@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes fourteen traces that are not in ferry-scalesim's built-in suite, to check that the
+"""Writes nineteen traces that are not in ferry-scalesim's built-in suite, to check that the
 policy was not fitted to the suite (docs/autoscaling.md, "Traces outside the suite"):
 
     python3 scripts/scalesim-traces.py out/traces
@@ -102,6 +102,24 @@ def main():
         for run in range(4):
             out.write(f"{run * 1200},5000\n")
     print(path)
+    last = [
+        # exponential growth from 0.1 to 300 msg/s over an hour (doubling every 5 minutes),
+        # then 10 minutes at 300
+        ("growth", [0.1 * 3000 ** (min(t, 3600) / 3600) for t in range(4200)], None),
+        # 0.2 msg/s of 120 s jobs: every job is four times the latency target
+        ("very-long-jobs", [0.2] * 3600, lambda t: 120.0),
+        # 1,000 msg/s of 10 ms jobs: 10 slots' worth of work
+        ("tiny-jobs", [1000] * 1800, lambda t: 0.01),
+        # 2 msg/s whose jobs take 0.5 s one minute and 20 s the next
+        ("alt-length", [2] * 3600, lambda t: 20.0 if (t // 60) % 2 else 0.5),
+        # a working day in two hours (5 minutes per hour): 0.05 msg/s at night, 40 by day
+        # with a lunchtime dip to half
+        ("business", [40 * (1 - 0.5 * math.exp(-((t / 300 - 12.5) ** 2) / 0.5))
+                      if 8 <= t / 300 < 18 else 0.05 for t in range(7200)], None),
+    ]
+    for name, rates, service in last:
+        write(rng, os.path.join(directory, f"{name}.csv"), rates, service)
+        print(os.path.join(directory, f"{name}.csv"))
 
 
 if __name__ == "__main__":
