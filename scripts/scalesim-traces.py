@@ -53,6 +53,13 @@ def write(rng, path, rates, service=None, arrivals=poisson):
                 out.write(f"{second},{n}\n")
 
 
+def write_each(rng, directory, traces):
+    for name, rates, service in traces:
+        path = os.path.join(directory, f"{name}.csv")
+        write(rng, path, rates, service)
+        print(path)
+
+
 def main():
     directory = sys.argv[1] if len(sys.argv) > 1 else "target/scalesim-traces"
     os.makedirs(directory, exist_ok=True)
@@ -71,9 +78,7 @@ def main():
         # 50 msg/s with 10 s pulses of 250 every 7.5 minutes
         ("pulses", [250 if (t % 450) < 10 else 50 for t in range(3600)], None),
     ]
-    for name, rates, service in traces:
-        write(rng, os.path.join(directory, f"{name}.csv"), rates, service)
-        print(os.path.join(directory, f"{name}.csv"))
+    write_each(rng, directory, traces)
     # 20 msg/s for an hour, in clumps of 5 on average (4 clumps a second)
     path = os.path.join(directory, "clumps.csv")
     write(rng, path, [4] * 3600, arrivals=lambda rng, rate: clumped(rng, rate, 5))
@@ -93,9 +98,7 @@ def main():
         # 0.2 msg/s with 30 s at 60 msg/s every 15 minutes
         ("trickle-burst", [0.2 if (t % 900) > 30 else 60 for t in range(3600)], None),
     ]
-    for name, rates, service in more:
-        write(rng, os.path.join(directory, f"{name}.csv"), rates, service)
-        print(os.path.join(directory, f"{name}.csv"))
+    write_each(rng, directory, more)
     # 5,000 messages at once every 20 minutes and nothing between (a cron job's fan-out)
     path = os.path.join(directory, "cron.csv")
     with open(path, "w") as out:
@@ -117,9 +120,7 @@ def main():
         ("business", [40 * (1 - 0.5 * math.exp(-((t / 300 - 12.5) ** 2) / 0.5))
                       if 8 <= t / 300 < 18 else 0.05 for t in range(7200)], None),
     ]
-    for name, rates, service in last:
-        write(rng, os.path.join(directory, f"{name}.csv"), rates, service)
-        print(os.path.join(directory, f"{name}.csv"))
+    write_each(rng, directory, last)
 
 
 if __name__ == "__main__":
