@@ -30,6 +30,9 @@ impl ScalingDirection {
 pub enum DemandBasis {
     /// Arrival rate, backlog and measured service time against the latency target.
     LatencyTarget,
+    /// The latency target, with fewer replicas than it rounds up to while a short planned
+    /// queue (at most a quarter of the target) carries the rest of the demand.
+    PlannedQueue,
     /// The spec's `backlogPerReplica`.
     BacklogPerReplica,
     /// Queue length per replica because the service time has not been measured yet.
@@ -249,6 +252,15 @@ impl ScalingDecision {
 
     /// The human-readable explanation, for `status` and Events.
     pub fn message(&self) -> String {
-        format!("{} → {}: {}", self.from, self.to, self.reason)
+        let planned = self
+            .signals
+            .as_ref()
+            .is_some_and(|s| s.basis == DemandBasis::PlannedQueue);
+        let note = if planned {
+            " (fewer than the target rounds up to, while a short planned queue carries the rest)"
+        } else {
+            ""
+        };
+        format!("{} → {}: {}{note}", self.from, self.to, self.reason)
     }
 }

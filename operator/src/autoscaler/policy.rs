@@ -13,6 +13,21 @@ pub struct ScalingPolicy {
     tuning: PolicyTuning,
 }
 
+/// What [`ScalingPolicy::fewest_with_planned_queue`] weighs, from one poll's estimates.
+struct PlannedQueueInputs {
+    target: f64,
+    service_seconds: f64,
+    /// Messages per second one ready replica completes.
+    per_replica_rate: f64,
+    /// The arrival rate provisioned for (the estimate plus its error).
+    planning_rate: f64,
+    /// Visible messages plus what piles up before the replicas asked for are ready.
+    backlog_messages: f64,
+    /// Seconds until a replica asked for at the next poll would serve: the sample's age,
+    /// one poll and a start-up.
+    reaction_seconds: f64,
+}
+
 /// Replicas the queue needs right now, before bounds, steps and stabilization.
 #[derive(Debug, Clone, Copy)]
 struct Demand {
@@ -53,7 +68,7 @@ impl ScalingPolicy {
         }
 
         let estimates = state.observe(signals, &self.tuning);
-        let demand = self.demand(signals, &estimates, current);
+        let demand = self.demand(signals, &estimates, current, age);
         let idle_seconds = state.track_idle(signals);
         let used = self.signals_used(now, signals, &estimates, demand);
         let (to, reason) = if current == 0 {
@@ -99,7 +114,13 @@ impl ScalingPolicy {
         }
     }
 
-    fn demand(&self, signals: &ScalingSignals, estimates: &Estimates, current: u32) -> Demand {
+    fn demand(
+        &self,
+        signals: &ScalingSignals,
+        estimates: &Estimates,
+        current: u32,
+        sample_age: f64,
+    ) -> Demand {
         let backlog = &signals.backlog;
         let slots_per_replica = f64::from(signals.concurrency_per_replica.max(1));
         let work = (backlog.visible + backlog.in_flight) as f64;
@@ -136,7 +157,25 @@ impl ScalingPolicy {
                     self.tuning.max_utilization,
                 );
                 let slots = arrival_slots as f64 + backlog_slots;
-                Some((slots / slots_per_replica).ceil() as u32)
+                let whole = (slots / slots_per_replica).ceil() as u32;
+                let fewer = self.fewest_with_planned_queue(
+                    whole,
+                    &PlannedQueueInputs {
+                        target,
+                        service_seconds,
+                        per_replica_rate,
+                        planning_rate,
+                        backlog_messages,
+                        reaction_seconds: sample_age
+                            + estimates.poll_seconds
+                            + estimates.startup_seconds,
+                    },
+                );
+                Some(if fewer < whole {
+                    (fewer, DemandBasis::PlannedQueue)
+                } else {
+                    (whole, DemandBasis::LatencyTarget)
+                })
             }
             _ => None,
         };
@@ -146,14 +185,11 @@ impl ScalingPolicy {
             .map(|b| per_replica(f64::from(b)));
 
         match (by_latency, by_backlog) {
-            (Some(l), Some(b)) if b > l => Demand {
+            (Some((l, _)), Some(b)) if b > l => Demand {
                 replicas: b,
                 basis: DemandBasis::BacklogPerReplica,
             },
-            (Some(l), _) => Demand {
-                replicas: l,
-                basis: DemandBasis::LatencyTarget,
-            },
+            (Some((replicas, basis)), _) => Demand { replicas, basis },
             (None, Some(b)) => Demand {
                 replicas: b,
                 basis: DemandBasis::BacklogPerReplica,
@@ -163,6 +199,43 @@ impl ScalingPolicy {
                 basis: DemandBasis::BacklogFallback,
             },
         }
+    }
+
+    /// Whole replicas can only meet a fractional demand by rounding up, which on a small
+    /// pool is most of its headroom (3.4 replicas' worth of work runs on 4). A short queue
+    /// lets fewer replicas carry it for a while: the backlog grows by the shortfall, and
+    /// once it would outgrow the planned share of the target the next poll asks for the
+    /// whole count again, which drains it. Returns the fewest replicas (at most `whole`)
+    /// for which, over the longer of the reaction time and the minimum dwell, the queue stays
+    /// within that share, and maxReplicas could still drain it within the rest of the
+    /// target. Long jobs get no planned queue: with only a few turns of each slot inside the
+    /// planned wait, the queue's wait is the jobs' own length, not a backlog that drains.
+    fn fewest_with_planned_queue(&self, whole: u32, inputs: &PlannedQueueInputs) -> u32 {
+        let tuning = &self.tuning;
+        let planned_wait = inputs.target * tuning.planned_queue_fraction;
+        if planned_wait <= 0.0
+            || inputs.service_seconds * tuning.planned_queue_min_turns > planned_wait
+        {
+            return whole;
+        }
+        let horizon = inputs
+            .reaction_seconds
+            .max(tuning.planned_queue_min_dwell_seconds);
+        let max_surplus =
+            f64::from(self.spec.max_replicas) * inputs.per_replica_rate - inputs.planning_rate;
+        let carries_the_queue = |replicas: u32| {
+            let rate = f64::from(replicas) * inputs.per_replica_rate;
+            let shortfall = (inputs.planning_rate - rate).max(0.0);
+            // The most messages these replicas start within the planned wait.
+            let allowance = rate * planned_wait;
+            inputs.backlog_messages + shortfall * horizon <= allowance
+                && max_surplus * (inputs.target - planned_wait) >= allowance
+        };
+        let mut replicas = whole;
+        while replicas > 1 && carries_the_queue(replicas - 1) {
+            replicas -= 1;
+        }
+        replicas
     }
 
     fn decide_at_zero(&self, signals: &ScalingSignals, demand: Demand) -> (u32, ScalingReason) {

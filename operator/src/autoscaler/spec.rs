@@ -146,6 +146,14 @@ pub struct PolicyTuning {
     pub default_startup_seconds: f64,
     /// Weight of a new start-up observation in its moving average.
     pub startup_smoothing: f64,
+    /// Share of the latency target a planned queue may use, so that fewer whole replicas
+    /// than the fractional demand rounds up to can run while it lasts...
+    pub planned_queue_fraction: f64,
+    /// ...only where each slot serves at least this many messages within that share...
+    pub planned_queue_min_turns: f64,
+    /// ...and only for a count that would carry the queue at least this long, so the
+    /// replicas change every few minutes at most, not every poll.
+    pub planned_queue_min_dwell_seconds: f64,
     /// Backlog per replica used before the service time is known when the spec sets none,
     /// in multiples of one replica's concurrency.
     pub fallback_backlog_per_slot: f64,
@@ -175,6 +183,9 @@ impl Default for PolicyTuning {
             default_startup_seconds: 15.0,
             startup_smoothing: 0.3,
             fallback_backlog_per_slot: 1.0,
+            planned_queue_fraction: 0.25,
+            planned_queue_min_dwell_seconds: 120.0,
+            planned_queue_min_turns: 4.0,
         }
     }
 }

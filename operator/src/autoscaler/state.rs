@@ -105,6 +105,8 @@ pub struct Estimates {
     pub startup_seconds: f64,
     /// How long until the replicas already asked for are ready.
     pub pending_ready_seconds: f64,
+    /// Seconds between the last two samples: how soon a change can next be seen.
+    pub poll_seconds: f64,
 }
 
 impl ScalingState {
@@ -194,6 +196,7 @@ impl ScalingState {
             service_seconds: self.service_seconds,
             startup_seconds,
             pending_ready_seconds,
+            poll_seconds: latest.map_or(0.0, |l| l.seconds),
         }
     }
 

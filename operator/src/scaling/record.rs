@@ -20,6 +20,7 @@ fn to_i32(v: u32) -> i32 {
 fn basis_word(basis: DemandBasis) -> &'static str {
     match basis {
         DemandBasis::LatencyTarget => "LatencyTarget",
+        DemandBasis::PlannedQueue => "PlannedQueue",
         DemandBasis::BacklogPerReplica => "BacklogPerReplica",
         DemandBasis::BacklogFallback => "BacklogFallback",
     }
