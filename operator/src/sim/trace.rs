@@ -53,11 +53,9 @@ impl Trace {
             if !(2..=3).contains(&fields.len()) {
                 bail!("line {line_no}: expected `second,arrivals[,mean_service_s]`, got `{line}`");
             }
-            let absolute: u64 = fields[0]
-                .parse()
+            let absolute = parse_second(fields[0])
                 .with_context(|| format!("line {line_no}: second `{}`", fields[0]))?;
-            let arrivals: u32 = fields[1]
-                .parse()
+            let arrivals = parse_arrivals(fields[1])
                 .with_context(|| format!("line {line_no}: arrivals `{}`", fields[1]))?;
             let mean_service_seconds = match fields.get(2) {
                 Some(f) if !f.is_empty() => {
@@ -142,6 +140,35 @@ impl Trace {
     }
 }
 
+/// A second as an integer, or as a number with a fraction (spreadsheet exports write `12.0`,
+/// sub-second timestamps `12.25`), which counts toward the whole second it falls in.
+fn parse_second(field: &str) -> anyhow::Result<u64> {
+    if let Ok(second) = field.parse::<u64>() {
+        return Ok(second);
+    }
+    let second: f64 = field.parse().context("not a number")?;
+    if !(second.is_finite() && second >= 0.0) {
+        bail!("must be a non-negative number");
+    }
+    Ok(second.floor() as u64)
+}
+
+/// A count of messages: a whole number, also when written as `5.0`. A fraction is refused
+/// rather than rounded, since a column of rates would silently become a different trace.
+fn parse_arrivals(field: &str) -> anyhow::Result<u32> {
+    if let Ok(arrivals) = field.parse::<u32>() {
+        return Ok(arrivals);
+    }
+    let arrivals: f64 = field.parse().context("not a number")?;
+    if !(arrivals.is_finite() && arrivals >= 0.0 && arrivals.fract() == 0.0) {
+        bail!("must be a whole number of messages, got {arrivals}");
+    }
+    if arrivals > f64::from(u32::MAX) {
+        bail!("more than {} messages in one second", u32::MAX);
+    }
+    Ok(arrivals as u32)
+}
+
 /// The built-in suite. Fixed seeds: the traces are part of the benchmark, not of a run.
 pub fn builtin_suite() -> Vec<Trace> {
     vec![
@@ -187,6 +214,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn csv_from_a_spreadsheet_export_with_decimal_points() {
+        let trace = Trace::parse_csv(
+            "export",
+            "t,n\n1700000000.0,5.0\n1700000001.5,2\n1700000001.9,1e1\n",
+        )
+        .unwrap();
+        assert_eq!(trace.duration_seconds(), 2);
+        assert_eq!(trace.seconds[0].arrivals, 5);
+        assert_eq!(trace.seconds[1].arrivals, 12);
+    }
+
+    #[test]
     fn csv_with_header_gaps_and_service_column() {
         let trace = Trace::parse_csv(
             "mine",
@@ -224,6 +263,12 @@ mod tests {
         assert!(format!("{err:#}").contains("limited"), "{err:#}");
         assert!(Trace::parse_csv("bad", "0,1,-2\n").is_err());
         assert!(Trace::parse_csv("empty", "\n# nothing\n").is_err());
+        let err = Trace::parse_csv("rates", "0,2.5\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("whole number of messages"),
+            "{err:#}"
+        );
+        assert!(Trace::parse_csv("bad", "-1,2\n").is_err());
     }
 
     #[test]
