@@ -51,13 +51,24 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     binary
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, and one this process has not handed out before: the
+/// kernel may offer a port again as soon as its probe socket closes, and two tests running
+/// side by side would then start their servers on the same port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind an ephemeral port")
+            .local_addr()
+            .expect("local addr")
+            .port();
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A name no other test in this run uses.

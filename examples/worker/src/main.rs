@@ -102,7 +102,10 @@ async fn main() {
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .unwrap_or_else(|e| panic!("cannot listen on {}: {e}", options.listen));
-    eprintln!("example worker listening on http://{}/", options.listen);
+    // The bound address, not the requested one: with port 0 the kernel picks it, and this
+    // line is how whoever started the worker learns it.
+    let bound = listener.local_addr().unwrap_or(options.listen);
+    eprintln!("example worker listening on http://{bound}/");
     let app = axum::Router::new().fallback(work).with_state(options);
     axum::serve(listener, app).await.expect("serve");
 }

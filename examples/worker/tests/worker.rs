@@ -6,13 +6,14 @@
 //! operator's live tests and the end-to-end suite run as their pods' worker.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, ChildStderr, Command, Stdio};
 
 struct Worker {
     child: Child,
     addr: SocketAddr,
+    /// Held open so that a later line on stderr does not fail the worker's write.
+    _stderr: BufReader<ChildStderr>,
 }
 
 impl Drop for Worker {
@@ -23,27 +24,34 @@ impl Drop for Worker {
 }
 
 fn start(failure_rate: &str) -> Worker {
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
-    let child = Command::new(env!("CARGO_BIN_EXE_ferry-example-worker"))
-        .env("WORKER_LISTEN", addr.to_string())
+    // Port 0, and the address read back from the worker's first line: choosing a free port
+    // here and handing it over would race with the other test doing the same, and two
+    // workers could end up sharing one port (one of them failing to bind).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry-example-worker"))
+        .env("WORKER_LISTEN", "127.0.0.1:0")
         .env("WORKER_LATENCY_MS", "1")
         .env("WORKER_FAILURE_RATE", failure_rate)
         .env("WORKER_VERBOSE", "true")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start the example worker");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the worker never listened on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut first_line = String::new();
+    stderr
+        .read_line(&mut first_line)
+        .expect("the worker's first line");
+    let addr = first_line
+        .trim()
+        .strip_prefix("example worker listening on http://")
+        .and_then(|rest| rest.strip_suffix('/'))
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no listening address in {first_line:?}"));
+    Worker {
+        child,
+        addr,
+        _stderr: stderr,
     }
-    Worker { child, addr }
 }
 
 /// POSTs `body` as the sidecar would and returns the status code.
