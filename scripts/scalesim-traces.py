@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes nineteen traces that are not in ferry-scalesim's built-in suite, to check that the
+"""Writes twenty-seven traces that are not in ferry-scalesim's built-in suite, to check that the
 policy was not fitted to the suite (docs/autoscaling.md, "Traces outside the suite"):
 
     python3 scripts/scalesim-traces.py out/traces
@@ -121,6 +121,28 @@ def main():
                       if 8 <= t / 300 < 18 else 0.05 for t in range(7200)], None),
     ]
     write_each(rng, directory, last)
+    walk = [50.0]
+    for _ in range(3599):
+        walk.append(min(150.0, max(5.0, walk[-1] + rng.gauss(0, 2))))
+    after_planned_queue = [
+        # 10-200 msg/s in 10-minute sine waves
+        ("fast-sine", [105 + 95 * math.sin(2 * math.pi * t / 600) for t in range(3600)], None),
+        # 200 msg/s for 20 minutes, then 20
+        ("step-down", [200 if t < 1200 else 20 for t in range(2400)], None),
+        # 40 msg/s whose jobs slow down from 0.5 s to 3 s over the hour
+        ("drift-svc", [40] * 3600, lambda t: 0.5 + 2.5 * t / 3600),
+        # 700 msg/s: 44 of the 50 replicas maxReplicas allows
+        ("near-max", [700] * 1800, None),
+        # 300 msg/s down to 10 and back up over an hour
+        ("triangle", [10 + 290 * abs(t - 1800) / 1800 for t in range(3600)], None),
+        # a rate that wanders between 5 and 150 msg/s (steps of 2 msg/s a second)
+        ("random-walk", walk, None),
+        # 50 msg/s with 2 s at 500 every 30 s
+        ("micro-bursts", [500 if t % 30 < 2 else 50 for t in range(3600)], None),
+        # 3 msg/s for an hour: less than one replica's worth
+        ("low-steady", [3] * 3600, None),
+    ]
+    write_each(rng, directory, after_planned_queue)
 
 
 if __name__ == "__main__":
