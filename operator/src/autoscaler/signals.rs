@@ -69,6 +69,18 @@ impl ScalingSignals {
 
     /// True when nothing waits, nothing runs and nothing arrived during the window. Delayed
     /// messages count as work: they will become visible without anyone sending them.
+    /// Whether the consumer left messages in the queue during this sample's window: no pod
+    /// was receiving, every delivery slot was busy, or what it received had waited at least
+    /// a poll window. Otherwise the receivers took whatever arrived, and a visible count that
+    /// grew is a count catching up, not messages left behind.
+    pub fn holds_messages_back(&self) -> bool {
+        self.throughput.is_none_or(|t| {
+            t.saturation().is_none_or(|s| s >= 1.0)
+                || t.mean_age_at_receipt_seconds
+                    .is_some_and(|age| age >= t.window_seconds)
+        })
+    }
+
     pub fn is_idle(&self) -> bool {
         let b = &self.backlog;
         let quiet = self

@@ -78,6 +78,7 @@ struct ScaleUp {
 struct PreviousSample {
     sampled_at: f64,
     visible: u64,
+    held_back: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -120,6 +121,7 @@ impl ScalingState {
     /// faster than the sidecars refreshed) adds nothing and leaves the estimates as they are.
     pub fn observe(&mut self, signals: &ScalingSignals, tuning: &PolicyTuning) -> Estimates {
         let visible = signals.backlog.visible;
+        let held_back = signals.holds_messages_back();
         let repeated = self
             .previous
             .is_some_and(|p| p.sampled_at == signals.sampled_at);
@@ -128,8 +130,14 @@ impl ScalingState {
             (seconds > 0.0).then(|| {
                 // Receivers see only what they take; what they leave behind shows up as
                 // backlog growth, so together they are the arrivals even when the consumer is
-                // saturated.
-                let growth = visible as f64 - p.visible as f64;
+                // saturated. But a queue's counts can be stale (SQS's settle within about a
+                // minute), and a stale count that catches up would read as a burst: growth
+                // counts only when something held messages back at either end of the poll.
+                let growth = if held_back || p.held_back {
+                    visible as f64 - p.visible as f64
+                } else {
+                    0.0
+                };
                 let received = signals.throughput.map_or(0.0, |t| t.receive_rate * seconds);
                 ArrivalCount {
                     at: signals.sampled_at,
@@ -170,6 +178,7 @@ impl ScalingState {
             self.previous = Some(PreviousSample {
                 sampled_at: signals.sampled_at,
                 visible,
+                held_back,
             });
         }
         if let Some(waiting) = self.awaiting_ready

@@ -195,6 +195,40 @@ fn backlog_growth_counts_as_arrivals_when_replicas_are_saturated() {
 }
 
 #[test]
+fn a_stale_count_catching_up_is_not_read_as_arrivals_while_slots_are_free() {
+    // Four replicas take 20 msg/s of 1 s jobs with half their slots free and the messages
+    // received had not waited: they kept up. The queue's count, read a poll late, still
+    // jumps from 0 to 300 (SQS's approximate counts settle within about a minute).
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    p.decide(&mut state, 0.0, 4, Some(&scraped(0.0, 4, 0, 20.0, 1.0)));
+    let d = p.decide(&mut state, 5.0, 4, Some(&scraped(5.0, 4, 300, 20.0, 1.0)));
+    let used = d.signals.as_ref().unwrap();
+    assert_eq!(used.arrival_rate, Some(20.0), "{used:?}");
+    // The 300 visible messages are still drained as a backlog, not ignored.
+    assert!(d.to >= 4, "{d:?}");
+
+    // The same jump when every slot is busy is messages left behind: arrivals.
+    let mut state = ScalingState::default();
+    p.decide(&mut state, 0.0, 2, Some(&scraped(0.0, 2, 0, 20.0, 1.0)));
+    let d = p.decide(&mut state, 5.0, 2, Some(&scraped(5.0, 2, 300, 20.0, 1.0)));
+    assert_eq!(d.signals.unwrap().arrival_rate, Some(80.0));
+
+    // And so it is when slots are free but what was received had waited a poll or more
+    // (receivers that cannot keep up, whatever the workers could do).
+    let mut waited = scraped(5.0, 4, 300, 20.0, 1.0);
+    waited
+        .throughput
+        .as_mut()
+        .unwrap()
+        .mean_age_at_receipt_seconds = Some(6.0);
+    let mut state = ScalingState::default();
+    p.decide(&mut state, 0.0, 4, Some(&scraped(0.0, 4, 0, 20.0, 1.0)));
+    let d = p.decide(&mut state, 5.0, 4, Some(&waited));
+    assert_eq!(d.signals.unwrap().arrival_rate, Some(80.0));
+}
+
+#[test]
 fn backlog_per_replica_is_a_floor_next_to_the_latency_target() {
     let p = policy(ScalingSpec {
         backlog_per_replica: Some(2),

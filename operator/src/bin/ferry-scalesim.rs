@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use ferry_operator::autoscaler::ScalingSpec;
 use ferry_operator::sim::bench::{BenchConfig, run_trace};
+use ferry_operator::sim::counts::ApproximateCounts;
 use ferry_operator::sim::model::ModelConfig;
 use ferry_operator::sim::plot::trace_svg;
 use ferry_operator::sim::report::{Report, table};
@@ -71,6 +72,11 @@ struct Args {
     /// Age of scraped values (both ferry and KEDA see the queue this late).
     #[arg(long, default_value_t = 2)]
     metric_lag: u32,
+    /// SQS's approximate counts: each read of the queue's visible and in-flight counts (by
+    /// ferry's sidecars and by KEDA alike) returns them as they were up to this many seconds
+    /// earlier, drawn per read. 0 reads them exactly.
+    #[arg(long, default_value_t = 0)]
+    count_settle: u32,
     /// Seed for service times and arrival instants (the built-in traces' rates are fixed).
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -133,6 +139,10 @@ fn main() -> anyhow::Result<()> {
     let mut config = BenchConfig::new(model, scaling);
     config.scrape.poll_interval_seconds = args.poll_interval.max(1);
     config.scrape.lag_seconds = args.metric_lag;
+    config.scrape.counts = ApproximateCounts {
+        settle_seconds: args.count_settle,
+        seed: args.seed,
+    };
     anyhow::ensure!(
         (0.0..1.0).contains(&args.scrape_failure_rate),
         "--scrape-failure-rate must be in [0, 1)"

@@ -152,11 +152,14 @@ fn run_keda(
     messages: &[Message],
     queue_length: u32,
 ) -> PolicyRun {
-    let keda_config = KedaConfig::with_queue_length(
-        queue_length,
-        config.scaling.max_replicas,
-        config.scrape.lag_seconds,
-    );
+    let keda_config = KedaConfig {
+        counts: config.scrape.counts,
+        ..KedaConfig::with_queue_length(
+            queue_length,
+            config.scaling.max_replicas,
+            config.scrape.lag_seconds,
+        )
+    };
     let mut keda = KedaController::new(keda_config);
     PolicyRun::of(run_controller(config, trace, messages, &mut keda))
 }

@@ -8,6 +8,7 @@ use crate::autoscaler::{
     BacklogSignal, ScalingDecision, ScalingPolicy, ScalingSignals, ScalingState, ThroughputSignal,
 };
 
+use super::counts::ApproximateCounts;
 use super::model::{Controller, RemovalMode, TickRecord};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +19,8 @@ pub struct ScrapeConfig {
     pub lag_seconds: u32,
     /// Share of polls whose scrape fails, so the policy gets no signals at all.
     pub failure_rate: f64,
+    /// How stale the queue's counts are when the sidecars read them.
+    pub counts: ApproximateCounts,
     /// Seed for which polls fail.
     pub seed: u64,
 }
@@ -28,6 +31,7 @@ impl Default for ScrapeConfig {
             poll_interval_seconds: 3,
             lag_seconds: 2,
             failure_rate: 0.0,
+            counts: ApproximateCounts::default(),
             seed: 0,
         }
     }
@@ -61,6 +65,7 @@ impl FerryController {
             .len()
             .checked_sub(1 + self.scrape.lag_seconds as usize)?;
         let sample = history[latest];
+        let (visible, not_visible) = self.scrape.counts.read(history, latest);
         let earlier = history[latest.saturating_sub(self.scrape.poll_interval_seconds as usize)];
         let window = sample.time - earlier.time;
         let throughput = (sample.ready_receiving_pods > 0 && window > 0.0).then(|| {
@@ -86,8 +91,8 @@ impl FerryController {
         Some(ScalingSignals {
             sampled_at: sample.time,
             backlog: BacklogSignal {
-                visible: sample.visible,
-                in_flight: sample.not_visible,
+                visible,
+                in_flight: not_visible,
                 delayed: 0,
             },
             throughput,

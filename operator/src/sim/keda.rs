@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 
+use super::counts::ApproximateCounts;
 use super::model::{Controller, RemovalMode, TickRecord};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +26,8 @@ pub struct KedaConfig {
     pub min_replicas: u32,
     pub max_replicas: u32,
     pub lag_seconds: u32,
+    /// How stale the queue's counts are when KEDA reads them.
+    pub counts: ApproximateCounts,
 }
 
 impl KedaConfig {
@@ -40,6 +43,7 @@ impl KedaConfig {
             min_replicas: 0,
             max_replicas,
             lag_seconds,
+            counts: ApproximateCounts::default(),
         }
     }
 }
@@ -63,8 +67,8 @@ impl KedaController {
         let index = history
             .len()
             .checked_sub(1 + self.config.lag_seconds as usize)?;
-        let r = history[index];
-        Some(r.visible + r.not_visible)
+        let (visible, not_visible) = self.config.counts.read(history, index);
+        Some(visible + not_visible)
     }
 
     fn keda_loop(&mut self, now: f64, backlog: u64, replicas: u32) -> Option<u32> {

@@ -2,6 +2,7 @@
 //! autoscaler's own code), a model of KEDA on the HPA, and a clairvoyant lower bound.
 
 pub mod bench;
+pub mod counts;
 pub mod ferry;
 pub mod keda;
 pub mod model;

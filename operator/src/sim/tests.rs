@@ -232,3 +232,50 @@ fn failed_scrapes_make_ferry_hold_not_scale_to_zero() {
             .all(|d| d.signals.is_some() || d.from == d.to || d.reason.code() == "OutsideBounds")
     );
 }
+
+#[test]
+fn settling_counts_delay_both_policies_activation_and_lose_nothing() {
+    // Load arrives to zero replicas, so only the queue's count can start a consumer: a
+    // count up to 60 s stale starts both policies later, and every message is still served.
+    let trace = Trace {
+        name: "cold".into(),
+        seconds: (0..400)
+            .map(|t| TraceSecond {
+                arrivals: if t >= 100 { 20 } else { 0 },
+                mean_service_seconds: None,
+            })
+            .collect(),
+    };
+    let mut bench = BenchConfig::new(config(), ScalingSpec::default());
+    bench.keda_queue_lengths = vec![5, 20];
+    let exact = run_trace(&bench, &trace).unwrap();
+    bench.scrape.counts = super::counts::ApproximateCounts {
+        settle_seconds: 60,
+        seed: 3,
+    };
+    let settling = run_trace(&bench, &trace).unwrap();
+    for (name, exact, settling) in [
+        ("ferry", &exact.ferry, &settling.ferry),
+        ("keda", &exact.keda, &settling.keda),
+    ] {
+        assert_eq!(
+            settling.stats.messages as u64,
+            trace.total_arrivals(),
+            "{name}"
+        );
+        assert!(
+            settling.stats.summary.max_wait_s >= exact.stats.summary.max_wait_s,
+            "{name}: {:?} vs {:?}",
+            settling.stats.summary,
+            exact.stats.summary
+        );
+    }
+    assert_ne!(
+        exact.ferry.stats.summary, settling.ferry.stats.summary,
+        "the setting reached ferry's scrapes"
+    );
+    assert_ne!(
+        exact.keda.stats.summary, settling.keda.stats.summary,
+        "the setting reached KEDA's metric"
+    );
+}
