@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes twenty-seven traces that are not in ferry-scalesim's built-in suite, to check that the
+"""Writes twenty-eight traces that are not in ferry-scalesim's built-in suite, to check that the
 policy was not fitted to the suite (docs/autoscaling.md, "Traces outside the suite"):
 
     python3 scripts/scalesim-traces.py out/traces
@@ -143,6 +143,15 @@ def main():
         ("low-steady", [3] * 3600, None),
     ]
     write_each(rng, directory, after_planned_queue)
+    after_approximate_counts = [
+        # a real day, not compressed: 5 msg/s at midnight, 95 at noon, in a cosine
+        (
+            "real-day",
+            [50 - 45 * math.cos(2 * math.pi * t / 86400) for t in range(86400)],
+            None,
+        ),
+    ]
+    write_each(rng, directory, after_approximate_counts)
 
 
 if __name__ == "__main__":

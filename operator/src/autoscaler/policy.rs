@@ -21,6 +21,10 @@ struct PlannedQueueInputs {
     per_replica_rate: f64,
     /// The arrival rate provisioned for (the estimate plus its error).
     planning_rate: f64,
+    /// The arrival rate estimate itself. The planned queue grows at the shortfall against
+    /// it: the queue absorbs the estimate's error, and every poll sees how long it is, so
+    /// the upper bound the slots are provisioned for would count that error twice.
+    arrival_rate: f64,
     /// Visible messages plus what piles up before the replicas asked for are ready.
     backlog_messages: f64,
     /// Seconds until a replica asked for at the next poll would serve: the sample's age,
@@ -165,6 +169,7 @@ impl ScalingPolicy {
                         service_seconds,
                         per_replica_rate,
                         planning_rate,
+                        arrival_rate,
                         backlog_messages,
                         reaction_seconds: sample_age
                             + estimates.poll_seconds
@@ -225,7 +230,7 @@ impl ScalingPolicy {
             f64::from(self.spec.max_replicas) * inputs.per_replica_rate - inputs.planning_rate;
         let carries_the_queue = |replicas: u32| {
             let rate = f64::from(replicas) * inputs.per_replica_rate;
-            let shortfall = (inputs.planning_rate - rate).max(0.0);
+            let shortfall = (inputs.arrival_rate - rate).max(0.0);
             // The most messages these replicas start within the planned wait.
             let allowance = rate * planned_wait;
             inputs.backlog_messages + shortfall * horizon <= allowance
