@@ -196,23 +196,35 @@ fn backlog_growth_counts_as_arrivals_when_replicas_are_saturated() {
 
 #[test]
 fn a_stale_count_catching_up_is_not_read_as_arrivals_while_slots_are_free() {
+    let p = policy(ScalingSpec::default());
+    // A poll with an empty queue, then `second` five seconds later.
+    let after_quiet_poll = |ready: u32, second: ScalingSignals| {
+        let mut state = ScalingState::default();
+        p.decide(
+            &mut state,
+            0.0,
+            ready,
+            Some(&scraped(0.0, ready, 0, 20.0, 1.0)),
+        );
+        p.decide(&mut state, 5.0, ready, Some(&second))
+            .signals
+            .unwrap()
+    };
     // Four replicas take 20 msg/s of 1 s jobs with half their slots free and the messages
     // received had not waited: they kept up. The queue's count, read a poll late, still
     // jumps from 0 to 300 (SQS's approximate counts settle within about a minute).
-    let p = policy(ScalingSpec::default());
-    let mut state = ScalingState::default();
-    p.decide(&mut state, 0.0, 4, Some(&scraped(0.0, 4, 0, 20.0, 1.0)));
-    let d = p.decide(&mut state, 5.0, 4, Some(&scraped(5.0, 4, 300, 20.0, 1.0)));
-    let used = d.signals.as_ref().unwrap();
-    assert_eq!(used.arrival_rate, Some(20.0), "{used:?}");
+    let stale = after_quiet_poll(4, scraped(5.0, 4, 300, 20.0, 1.0));
+    assert_eq!(stale.arrival_rate, Some(20.0), "{stale:?}");
     // The 300 visible messages are still drained as a backlog, not ignored.
-    assert!(d.to >= 4, "{d:?}");
+    let empty = after_quiet_poll(4, scraped(5.0, 4, 0, 20.0, 1.0));
+    assert!(
+        stale.needed_replicas > empty.needed_replicas,
+        "{stale:?} {empty:?}"
+    );
 
     // The same jump when every slot is busy is messages left behind: arrivals.
-    let mut state = ScalingState::default();
-    p.decide(&mut state, 0.0, 2, Some(&scraped(0.0, 2, 0, 20.0, 1.0)));
-    let d = p.decide(&mut state, 5.0, 2, Some(&scraped(5.0, 2, 300, 20.0, 1.0)));
-    assert_eq!(d.signals.unwrap().arrival_rate, Some(80.0));
+    let saturated = after_quiet_poll(2, scraped(5.0, 2, 300, 20.0, 1.0));
+    assert_eq!(saturated.arrival_rate, Some(80.0));
 
     // And so it is when slots are free but what was received had waited a poll or more
     // (receivers that cannot keep up, whatever the workers could do).
@@ -222,10 +234,7 @@ fn a_stale_count_catching_up_is_not_read_as_arrivals_while_slots_are_free() {
         .as_mut()
         .unwrap()
         .mean_age_at_receipt_seconds = Some(6.0);
-    let mut state = ScalingState::default();
-    p.decide(&mut state, 0.0, 4, Some(&scraped(0.0, 4, 0, 20.0, 1.0)));
-    let d = p.decide(&mut state, 5.0, 4, Some(&waited));
-    assert_eq!(d.signals.unwrap().arrival_rate, Some(80.0));
+    assert_eq!(after_quiet_poll(4, waited).arrival_rate, Some(80.0));
 }
 
 #[test]
