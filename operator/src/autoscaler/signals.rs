@@ -67,8 +67,6 @@ impl ScalingSignals {
         (self.ready_replicas > 0).then(|| t.completion_rate / f64::from(self.ready_replicas))
     }
 
-    /// True when nothing waits, nothing runs and nothing arrived during the window. Delayed
-    /// messages count as work: they will become visible without anyone sending them.
     /// Whether the consumer left messages in the queue during this sample's window: no pod
     /// was receiving, every delivery slot was busy, or what it received had waited at least
     /// a poll window. Otherwise the receivers took whatever arrived, and a visible count that
@@ -81,6 +79,8 @@ impl ScalingSignals {
         })
     }
 
+    /// True when nothing waits, nothing runs and nothing arrived during the window. Delayed
+    /// messages count as work: they will become visible without anyone sending them.
     pub fn is_idle(&self) -> bool {
         let b = &self.backlog;
         let quiet = self

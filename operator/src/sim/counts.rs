@@ -3,6 +3,9 @@
 //! counts can take about a minute to settle. Both `ferry` (through its sidecars) and KEDA read
 //! them, so both get the same staleness.
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 use super::model::TickRecord;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -21,20 +24,12 @@ impl ApproximateCounts {
         let back = if self.settle_seconds == 0 {
             0
         } else {
-            (splitmix64(self.seed ^ index as u64) % (u64::from(self.settle_seconds) + 1)) as usize
+            StdRng::seed_from_u64(self.seed ^ index as u64).random_range(0..=self.settle_seconds)
+                as usize
         };
         let record = history[index.saturating_sub(back)];
         (record.visible, record.not_visible)
     }
-}
-
-/// A well-mixed 64-bit hash (SplitMix64's finalizer), so that neighbouring seconds draw
-/// unrelated staleness.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]
