@@ -30,6 +30,8 @@ struct PlannedQueueInputs {
     /// Seconds until a replica asked for at the next poll would serve: the sample's age,
     /// one poll and a start-up.
     reaction_seconds: f64,
+    /// The replica count the Deployment is set to now: fewer need the minimum dwell.
+    current: u32,
 }
 
 /// Replicas the queue needs right now, before bounds, steps and stabilization.
@@ -174,6 +176,7 @@ impl ScalingPolicy {
                         reaction_seconds: sample_age
                             + estimates.poll_seconds
                             + estimates.startup_seconds,
+                        current,
                     },
                 );
                 Some(if fewer < whole {
@@ -211,10 +214,15 @@ impl ScalingPolicy {
     /// lets fewer replicas carry it for a while: the backlog grows by the shortfall, and
     /// once it would outgrow the planned share of the target the next poll asks for the
     /// whole count again, which drains it. Returns the fewest replicas (at most `whole`)
-    /// for which, over the longer of the reaction time and the minimum dwell, the queue stays
-    /// within that share, and maxReplicas could still drain it within the rest of the
-    /// target. Long jobs get no planned queue: with only a few turns of each slot inside the
-    /// planned wait, the queue's wait is the jobs' own length, not a backlog that drains.
+    /// whose queue stays within that share and which maxReplicas could still drain within
+    /// the rest of the target. Stepping down to a count needs the queue to stay within its
+    /// share for the longer of the reaction time and the minimum dwell; a count that already
+    /// runs goes on while it does for the reaction time alone. Without that hysteresis the
+    /// dwell, asked again at every poll, ended each cycle as soon as the queue held a few
+    /// polls' worth, and a cycle's scale-up (a start-up's worth of replica-seconds) came
+    /// every minute instead of every few. Long jobs get no planned queue: with only a few
+    /// turns of each slot inside the planned wait, the queue's wait is the jobs' own length,
+    /// not a backlog that drains.
     fn fewest_with_planned_queue(&self, whole: u32, inputs: &PlannedQueueInputs) -> u32 {
         let tuning = &self.tuning;
         let planned_wait = inputs.target * tuning.planned_queue_fraction;
@@ -223,12 +231,16 @@ impl ScalingPolicy {
         {
             return whole;
         }
-        let horizon = inputs
-            .reaction_seconds
-            .max(tuning.planned_queue_min_dwell_seconds);
         let max_surplus =
             f64::from(self.spec.max_replicas) * inputs.per_replica_rate - inputs.planning_rate;
         let carries_the_queue = |replicas: u32| {
+            let horizon = if replicas < inputs.current {
+                inputs
+                    .reaction_seconds
+                    .max(tuning.planned_queue_min_dwell_seconds)
+            } else {
+                inputs.reaction_seconds
+            };
             let rate = f64::from(replicas) * inputs.per_replica_rate;
             let shortfall = (inputs.arrival_rate - rate).max(0.0);
             // The most messages these replicas start within the planned wait.
