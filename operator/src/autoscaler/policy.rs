@@ -220,9 +220,9 @@ impl ScalingPolicy {
     /// runs goes on while it does for the reaction time alone. Without that hysteresis the
     /// dwell, asked again at every poll, ended each cycle as soon as the queue held a few
     /// polls' worth, and a cycle's scale-up (a start-up's worth of replica-seconds) came
-    /// every minute instead of every few. Long jobs get no planned queue: with only a few
-    /// turns of each slot inside the planned wait, the queue's wait is the jobs' own length,
-    /// not a backlog that drains.
+    /// every minute instead of every few. Jobs longer than the planned wait get no planned
+    /// queue: a message queued behind them waits for a slot to turn over, the job's own
+    /// length, not for a backlog to drain.
     fn fewest_with_planned_queue(&self, whole: u32, inputs: &PlannedQueueInputs) -> u32 {
         let tuning = &self.tuning;
         let planned_wait = inputs.target * tuning.planned_queue_fraction;

@@ -149,10 +149,12 @@ pub struct PolicyTuning {
     /// Share of the latency target a planned queue may use, so that fewer whole replicas
     /// than the fractional demand rounds up to can run while it lasts...
     pub planned_queue_fraction: f64,
-    /// ...only where each slot serves at least this many messages within that share...
+    /// ...only where each slot serves at least this many messages within that share (1: a
+    /// job no longer than the planned wait; a queue behind longer jobs waits for a slot to
+    /// turn over, not for a backlog to drain)...
     pub planned_queue_min_turns: f64,
-    /// ...and only for a count that would carry the queue at least this long, so the
-    /// replicas change every few minutes at most, not every poll.
+    /// ...and only for a count that would carry the queue at least this long before stepping
+    /// down to it, so the replicas change every few minutes at most, not every poll.
     pub planned_queue_min_dwell_seconds: f64,
     /// Backlog per replica used before the service time is known when the spec sets none,
     /// in multiples of one replica's concurrency.
@@ -185,7 +187,7 @@ impl Default for PolicyTuning {
             fallback_backlog_per_slot: 1.0,
             planned_queue_fraction: 0.25,
             planned_queue_min_dwell_seconds: 120.0,
-            planned_queue_min_turns: 4.0,
+            planned_queue_min_turns: 1.0,
         }
     }
 }

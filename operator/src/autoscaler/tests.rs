@@ -669,6 +669,25 @@ fn a_planned_queue_must_last_the_dwell_to_begin_but_only_the_reaction_time_to_go
 }
 
 #[test]
+fn jobs_shorter_than_the_planned_wait_get_a_planned_queue() {
+    // 10 msg/s of 5 s jobs on 10 slots per replica: 50 busy slots. Rounded up with the
+    // utilization cap that is 6 replicas; 5 keep up, and a slot turns over 1.5 times in
+    // the 7.5 s a planned queue may use, so a short queue behind them drains.
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    let d = p.decide(&mut state, 0.0, 6, Some(&scraped(0.0, 6, 0, 10.0, 5.0)));
+    let used = d.signals.unwrap();
+    assert_eq!(
+        (used.needed_replicas, used.basis),
+        (5, DemandBasis::PlannedQueue)
+    );
+    let rounding_up = policy_rounding_up(ScalingSpec::default());
+    let mut fresh = ScalingState::default();
+    let d = rounding_up.decide(&mut fresh, 0.0, 6, Some(&scraped(0.0, 6, 0, 10.0, 5.0)));
+    assert_eq!(d.signals.unwrap().needed_replicas, 6);
+}
+
+#[test]
 fn long_jobs_get_no_planned_queue() {
     // 20 s jobs against a 30 s target: a slot turns over less than once in the 7.5 s a
     // planned queue may use, so waiting in it would be the jobs' length, not a drain.
