@@ -646,6 +646,21 @@ fn a_planned_queue_runs_fewer_replicas_than_rounding_up_would_and_stays_short() 
     assert!(planned.changes <= 24, "{}", planned.changes);
 }
 
+/// What a fresh policy state needs at its first poll: `current` replicas ready, `visible`
+/// messages queued, `rate` msg/s received of `service` s jobs.
+fn needed_at_first_poll(
+    p: &ScalingPolicy,
+    current: u32,
+    visible: u64,
+    rate: f64,
+    service: f64,
+) -> (u32, DemandBasis) {
+    let signals = scraped(0.0, current, visible, rate, service);
+    let d = p.decide(&mut ScalingState::default(), 0.0, current, Some(&signals));
+    let used = d.signals.unwrap();
+    (used.needed_replicas, used.basis)
+}
+
 #[test]
 fn a_planned_queue_must_last_the_dwell_to_begin_but_only_the_reaction_time_to_go_on() {
     // 110 msg/s of 0.5 s jobs, 20 msg/s per replica, 300 messages queued: five replicas fall
@@ -655,15 +670,7 @@ fn a_planned_queue_must_last_the_dwell_to_begin_but_only_the_reaction_time_to_go
     // later, when the queue is nearer its limit, makes the cycle long and the scale
     // events few), while six do not step down to five.
     let p = policy(ScalingSpec::default());
-    let needed_at = |current: u32| {
-        let mut state = ScalingState::default();
-        let signals = scraped(0.0, current, 300, 110.0, 0.5);
-        let used = p
-            .decide(&mut state, 0.0, current, Some(&signals))
-            .signals
-            .unwrap();
-        (used.needed_replicas, used.basis)
-    };
+    let needed_at = |current| needed_at_first_poll(&p, current, 300, 110.0, 0.5);
     assert_eq!(needed_at(5), (5, DemandBasis::PlannedQueue));
     assert_eq!(needed_at(6), (6, DemandBasis::PlannedQueue));
 }
@@ -673,18 +680,16 @@ fn jobs_shorter_than_the_planned_wait_get_a_planned_queue() {
     // 10 msg/s of 5 s jobs on 10 slots per replica: 50 busy slots. Rounded up with the
     // utilization cap that is 6 replicas; 5 keep up, and a slot turns over 1.5 times in
     // the 7.5 s a planned queue may use, so a short queue behind them drains.
-    let p = policy(ScalingSpec::default());
-    let mut state = ScalingState::default();
-    let d = p.decide(&mut state, 0.0, 6, Some(&scraped(0.0, 6, 0, 10.0, 5.0)));
-    let used = d.signals.unwrap();
+    let planned = policy(ScalingSpec::default());
     assert_eq!(
-        (used.needed_replicas, used.basis),
+        needed_at_first_poll(&planned, 6, 0, 10.0, 5.0),
         (5, DemandBasis::PlannedQueue)
     );
     let rounding_up = policy_rounding_up(ScalingSpec::default());
-    let mut fresh = ScalingState::default();
-    let d = rounding_up.decide(&mut fresh, 0.0, 6, Some(&scraped(0.0, 6, 0, 10.0, 5.0)));
-    assert_eq!(d.signals.unwrap().needed_replicas, 6);
+    assert_eq!(
+        needed_at_first_poll(&rounding_up, 6, 0, 10.0, 5.0),
+        (6, DemandBasis::LatencyTarget)
+    );
 }
 
 #[test]
@@ -692,7 +697,6 @@ fn long_jobs_get_no_planned_queue() {
     // 20 s jobs against a 30 s target: a slot turns over less than once in the 7.5 s a
     // planned queue may use, so waiting in it would be the jobs' length, not a drain.
     let p = policy(ScalingSpec::default());
-    let mut state = ScalingState::default();
-    let d = p.decide(&mut state, 0.0, 12, Some(&scraped(0.0, 12, 0, 5.0, 20.0)));
-    assert_eq!(d.signals.unwrap().basis, DemandBasis::LatencyTarget);
+    let (_, basis) = needed_at_first_poll(&p, 12, 0, 5.0, 20.0);
+    assert_eq!(basis, DemandBasis::LatencyTarget);
 }
