@@ -233,11 +233,12 @@ impl ScalingPolicy {
         }
         let max_surplus =
             f64::from(self.spec.max_replicas) * inputs.per_replica_rate - inputs.planning_rate;
+        let step_down_horizon = inputs
+            .reaction_seconds
+            .max(tuning.planned_queue_min_dwell_seconds);
         let carries_the_queue = |replicas: u32| {
             let horizon = if replicas < inputs.current {
-                inputs
-                    .reaction_seconds
-                    .max(tuning.planned_queue_min_dwell_seconds)
+                step_down_horizon
             } else {
                 inputs.reaction_seconds
             };
