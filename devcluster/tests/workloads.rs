@@ -197,7 +197,7 @@ async fn sigkill_after_grace_period_and_restart_policies() {
         &PostParams::default(),
         &mk(
             "stubborn",
-            "trap '' TERM; while true; do sleep 0.2; done",
+            "trap '' TERM; echo trapped; while true; do sleep 0.2; done",
             "Always",
             1,
         ),
@@ -205,6 +205,16 @@ async fn sigkill_after_grace_period_and_restart_policies() {
     .await
     .expect("create");
     wait_pod(&pods, "stubborn", "running", ready).await;
+    // Ready means started, not that the shell has run `trap` yet: a SIGTERM before that
+    // ends the script at once, and the grace period would never be tested.
+    eventually(10, "the TERM trap installed", || async {
+        let logs = pods
+            .logs("stubborn", &kube::api::LogParams::default())
+            .await
+            .ok()?;
+        logs.contains("trapped").then_some(())
+    })
+    .await;
     let started = std::time::Instant::now();
     pods.delete("stubborn", &DeleteParams::default())
         .await
