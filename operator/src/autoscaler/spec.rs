@@ -139,9 +139,12 @@ pub struct PolicyTuning {
     pub service_time_weight_per_delivery: f64,
     /// ...and the most one poll's mean may weigh.
     pub service_time_smoothing: f64,
-    /// Deliveries seen before the service-time estimate stops bounding saturated polls by
-    /// Little's law.
+    /// Deliveries seen before the service-time estimate stops being bounded from below by
+    /// Little's law (busy slots, or the messages held, over the rate they pass through).
     pub young_estimate_deliveries: f64,
+    /// Messages the sidecars must have received within the arrival window before the
+    /// message-seconds they held over them bound a young service-time estimate.
+    pub min_receipts_for_holding_bound: f64,
     /// Replica start-up assumed until one has been observed.
     pub default_startup_seconds: f64,
     /// Weight of a new start-up observation in its moving average.
@@ -182,6 +185,7 @@ impl Default for PolicyTuning {
             service_time_weight_per_delivery: 0.01,
             service_time_smoothing: 0.3,
             young_estimate_deliveries: 200.0,
+            min_receipts_for_holding_bound: 10.0,
             default_startup_seconds: 15.0,
             startup_smoothing: 0.3,
             fallback_backlog_per_slot: 1.0,

@@ -61,6 +61,9 @@ pub struct ScalingState {
     deliveries_seen: f64,
     /// The slots of the last poll, if all of them were busy.
     saturated_slots: Option<u64>,
+    /// While the estimate is young, the service time Little's law gives for the messages
+    /// held over the arrival window (see `holding_bound`).
+    holding_bound: Option<f64>,
     recommendations: VecDeque<Recommendation>,
     idle_since: Option<f64>,
     /// Learned seconds from asking for more replicas to seeing them ready.
@@ -79,6 +82,8 @@ struct PreviousSample {
     sampled_at: f64,
     visible: u64,
     held_back: bool,
+    /// Messages the sidecars held (`ferry_in_flight`, summed).
+    held: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -86,6 +91,11 @@ struct ArrivalCount {
     at: f64,
     seconds: f64,
     messages: f64,
+    /// Messages the sidecars received during the poll, and the message-seconds they held
+    /// (the mean of its two ends' counts times its length): over a window, the second over
+    /// the first is Little's law for the sidecars.
+    received: f64,
+    held_seconds: f64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -122,6 +132,7 @@ impl ScalingState {
     pub fn observe(&mut self, signals: &ScalingSignals, tuning: &PolicyTuning) -> Estimates {
         let visible = signals.backlog.visible;
         let held_back = signals.holds_messages_back();
+        let held = signals.throughput.map_or(0, |t| t.in_flight);
         let repeated = self
             .previous
             .is_some_and(|p| p.sampled_at == signals.sampled_at);
@@ -143,6 +154,8 @@ impl ScalingState {
                     at: signals.sampled_at,
                     seconds,
                     messages: (received + growth).max(0.0),
+                    received,
+                    held_seconds: (p.held + held) as f64 / 2.0 * seconds,
                 }
             })
         });
@@ -161,17 +174,24 @@ impl ScalingState {
                 (rate, rate)
             }
         };
-        if !repeated
-            && let Some(t) = signals.throughput
-            && let Some(sample) = t.mean_service_seconds
-            && sample.is_finite()
-            && sample > 0.0
-        {
-            let lower_bound = self.service_lower_bound(&t, tuning);
-            self.fold_service_time(sample.max(lower_bound.unwrap_or(0.0)), &t, tuning);
-            // A bound is not one more sample to average in: an estimate below it is wrong.
-            if let (Some(bound), Some(estimate)) = (lower_bound, self.service_seconds) {
-                self.service_seconds = Some(estimate.max(bound));
+        if !repeated && let Some(t) = signals.throughput {
+            let young = self.deliveries_seen < tuning.young_estimate_deliveries;
+            self.deliveries_seen += t.completion_rate * t.window_seconds;
+            let saturation_bound = self.saturation_bound(&t).filter(|_| young);
+            self.holding_bound = young.then(|| self.holding_bound(tuning)).flatten();
+            if let Some(sample) = t.mean_service_seconds
+                && sample.is_finite()
+                && sample > 0.0
+            {
+                let floor = saturation_bound
+                    .into_iter()
+                    .chain(self.holding_bound)
+                    .fold(0.0, f64::max);
+                self.fold_service_time(sample.max(floor), &t, tuning);
+                // A bound is not one more sample to average in: an estimate below it is wrong.
+                if let (Some(bound), Some(estimate)) = (saturation_bound, self.service_seconds) {
+                    self.service_seconds = Some(estimate.max(bound));
+                }
             }
         }
         if signals.sampled_at > self.previous.map_or(f64::NEG_INFINITY, |p| p.sampled_at) {
@@ -179,6 +199,7 @@ impl ScalingState {
                 sampled_at: signals.sampled_at,
                 visible,
                 held_back,
+                held,
             });
         }
         if let Some(waiting) = self.awaiting_ready
@@ -202,23 +223,28 @@ impl ScalingState {
         Estimates {
             arrival_rate,
             planning_arrival_rate,
-            service_seconds: self.service_seconds,
+            // The holding bound is not kept in the estimate: its arrival count carries
+            // Poisson's error, and an estimate raised to each poll's bound would end near the
+            // highest of them.
+            service_seconds: self
+                .service_seconds
+                .map(|s| s.max(self.holding_bound.unwrap_or(0.0))),
             startup_seconds,
             pending_ready_seconds,
             poll_seconds: latest.map_or(0.0, |l| l.seconds),
         }
     }
 
-    /// Right after a cold start only the quick deliveries have finished, and their mean
-    /// would size the replicas for the quick ones while the slots are all busy with the rest.
-    /// Until enough deliveries have been seen, a poll whose slots were all busy throughout
-    /// bounds the service time from below by Little's law (busy slots over completions per
-    /// second), which counts the deliveries still running. (Messages waiting behind their
-    /// ordering group count as held too, so on a FIFO queue with few groups the bound can be
-    /// high; it lasts only those first deliveries and errs toward more replicas.)
-    fn service_lower_bound(&mut self, t: &ThroughputSignal, tuning: &PolicyTuning) -> Option<f64> {
-        let young = self.deliveries_seen < tuning.young_estimate_deliveries;
-        self.deliveries_seen += t.completion_rate * t.window_seconds;
+    // Right after a cold start only the quick deliveries have finished, and their mean would
+    // size the replicas for the quick ones while the slots hold the rest. Until enough
+    // deliveries have been seen, Little's law bounds the service time from below in two
+    // ways that count the deliveries still running: `saturation_bound` and `holding_bound`.
+    // (Messages waiting behind their ordering group count as held too, so on a FIFO queue
+    // with few groups the bounds can be high; they last only those first deliveries and err
+    // toward more replicas.)
+
+    /// A poll whose slots were all busy throughout: busy slots over completions per second.
+    fn saturation_bound(&mut self, t: &ThroughputSignal) -> Option<f64> {
         // All slots busy at this poll and the last: a replica that became ready within the
         // window was busy only part of it, so only the smaller count was busy throughout.
         let saturated_now = t.concurrency_limit > 0 && t.in_flight >= t.concurrency_limit;
@@ -228,8 +254,25 @@ impl ScalingState {
             .map(|before| before.min(t.concurrency_limit));
         self.saturated_slots = saturated_now.then_some(t.concurrency_limit);
         busy_throughout
-            .filter(|_| young && t.completion_rate > 0.0)
+            .filter(|_| t.completion_rate > 0.0)
             .map(|busy| busy as f64 / t.completion_rate)
+    }
+
+    /// The arrival window, once the sidecars received enough in it: the message-seconds they
+    /// held over the messages they received. Held messages are those received and not
+    /// finished, so while the holding builds up after a start this stays below the mean
+    /// service time, and reaches it once as many finish as start. (Received, not arrived:
+    /// while a backlog drains, the sidecars hold what they take from it, far more than what
+    /// arrives.) It needs no busy slots:
+    /// jobs that take minutes, arriving a few a minute, never fill them, and their estimate
+    /// learned from the few quick ones that had finished (34 s for jobs of 300 s, five
+    /// minutes in) and ran them short of slots.
+    fn holding_bound(&self, tuning: &PolicyTuning) -> Option<f64> {
+        let (received, held_seconds) = self
+            .arrivals
+            .iter()
+            .fold((0.0, 0.0), |(r, h), a| (r + a.received, h + a.held_seconds));
+        (received >= tuning.min_receipts_for_holding_bound).then(|| held_seconds / received)
     }
 
     /// Folds one poll's mean service time into the estimate.

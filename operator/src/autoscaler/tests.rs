@@ -537,6 +537,33 @@ fn a_cold_start_is_not_sized_for_the_deliveries_that_finish_first() {
 }
 
 #[test]
+fn jobs_of_minutes_are_not_sized_for_the_few_that_finish_first() {
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    // Two replicas, five minutes after a start, on jobs of 300 s arriving 0.05 a second:
+    // the slots fill one by one (none is busy throughout, so no poll saturates) and the only
+    // deliveries that finished are a few quick ones of 20 s.
+    let mut used = None;
+    for i in 0..=100 {
+        let at = f64::from(i) * 3.0;
+        let mut signals = scraped(at, 2, 0, 0.05, 20.0);
+        let held = (0.05 * at).round() as u64;
+        signals.backlog.in_flight = held;
+        let throughput = signals.throughput.as_mut().unwrap();
+        throughput.in_flight = held;
+        throughput.completion_rate = 0.01;
+        used = p.decide(&mut state, at, 2, Some(&signals)).signals;
+    }
+    let used = used.unwrap();
+    // 15 received, none finished, held for 150 s on average: each takes at least that.
+    let service = used.service_seconds.unwrap();
+    assert!((140.0..=160.0).contains(&service), "{service}");
+    // 0.05 a second for at least 150 s is 7.5 slots busy on average, and a message must
+    // rarely wait for one to free up: two replicas. Sized for 20 s jobs, one slot, one replica.
+    assert_eq!(used.needed_replicas, 2, "{used:?}");
+}
+
+#[test]
 fn a_repeated_sample_changes_nothing() {
     let p = policy(ScalingSpec::default());
     let mut state = ScalingState::default();
