@@ -154,6 +154,7 @@ fn run_keda(
 ) -> PolicyRun {
     let keda_config = KedaConfig {
         counts: config.scrape.counts,
+        min_replicas: config.scaling.min_replicas,
         ..KedaConfig::with_queue_length(
             queue_length,
             config.scaling.max_replicas,

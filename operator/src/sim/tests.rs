@@ -194,6 +194,40 @@ fn ferry_beats_tuned_keda_on_a_step_in_waits_and_cost() {
 }
 
 #[test]
+fn the_replica_bounds_apply_to_every_policy() {
+    // Two messages a minute: left alone, every policy would idle at zero or one replica.
+    let trace = Trace {
+        name: "sparse".into(),
+        seconds: (0..900)
+            .map(|t| TraceSecond {
+                arrivals: u32::from(t % 30 == 0),
+                mean_service_seconds: None,
+            })
+            .collect(),
+    };
+    let spec = ScalingSpec {
+        min_replicas: 2,
+        max_replicas: 3,
+        ..ScalingSpec::default()
+    };
+    let mut bench = BenchConfig::new(config(), spec);
+    bench.keda_queue_lengths = vec![1, 5];
+    let result = run_trace(&bench, &trace).unwrap();
+    for (policy, run) in [
+        ("ferry", &result.ferry),
+        ("keda", &result.keda),
+        ("oracle", &result.oracle),
+    ] {
+        let after_the_first_poll = &run.replicas[60..900];
+        assert!(
+            after_the_first_poll.iter().all(|&r| (2..=3).contains(&r)),
+            "{policy}: {:?}",
+            after_the_first_poll
+        );
+    }
+}
+
+#[test]
 fn failed_scrapes_make_ferry_hold_not_scale_to_zero() {
     let trace = Trace {
         name: "flaky".into(),
