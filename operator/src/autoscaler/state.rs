@@ -183,11 +183,7 @@ impl ScalingState {
                 && sample.is_finite()
                 && sample > 0.0
             {
-                let floor = saturation_bound
-                    .into_iter()
-                    .chain(self.holding_bound)
-                    .fold(0.0, f64::max);
-                self.fold_service_time(sample.max(floor), &t, tuning);
+                self.fold_service_time(sample.max(saturation_bound.unwrap_or(0.0)), &t, tuning);
                 // A bound is not one more sample to average in: an estimate below it is wrong.
                 if let (Some(bound), Some(estimate)) = (saturation_bound, self.service_seconds) {
                     self.service_seconds = Some(estimate.max(bound));
@@ -223,9 +219,11 @@ impl ScalingState {
         Estimates {
             arrival_rate,
             planning_arrival_rate,
-            // The holding bound is not kept in the estimate: its arrival count carries
-            // Poisson's error, and an estimate raised to each poll's bound would end near the
-            // highest of them.
+            // The holding bound only floors what is reported; the estimate keeps learning
+            // from completions alone. Raised to each poll's bound, whose receipts carry
+            // Poisson's error, it would end near the highest of them; and a poll's mean of
+            // one or two long jobs, floored at about the true mean, averages well above it
+            // (jobs of 300 s were estimated at 400 s either way).
             service_seconds: self
                 .service_seconds
                 .map(|s| s.max(self.holding_bound.unwrap_or(0.0))),
