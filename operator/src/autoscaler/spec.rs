@@ -116,6 +116,9 @@ pub struct PolicyTuning {
     /// A poll whose arrivals differ from the average by more than this many standard
     /// deviations (Poisson's, widened by the measured dispersion) starts a new average.
     pub rate_change_sigmas: f64,
+    /// ...with the spread of a count expected to be at least this many messages, so that a
+    /// poll expecting one or two needs about ten to count as a change.
+    pub min_variance_for_rate_change: f64,
     /// Standard deviations of the average's error (Poisson's, widened by the measured
     /// dispersion) added to the arrival rate before provisioning.
     pub rate_confidence_sigmas: f64,
@@ -176,6 +179,7 @@ impl Default for PolicyTuning {
             min_arrivals_averaged: 300.0,
             max_arrival_window_seconds: 600.0,
             rate_change_sigmas: 4.0,
+            min_variance_for_rate_change: 5.0,
             rate_confidence_sigmas: 2.0,
             dispersion_polls: 40,
             min_messages_for_dispersion: 20.0,

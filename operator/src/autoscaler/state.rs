@@ -261,10 +261,9 @@ impl ScalingState {
     /// finished, so while the holding builds up after a start this stays below the mean
     /// service time, and reaches it once as many finish as start. (Received, not arrived:
     /// while a backlog drains, the sidecars hold what they take from it, far more than what
-    /// arrives.) It needs no busy slots:
-    /// jobs that take minutes, arriving a few a minute, never fill them, and their estimate
-    /// learned from the few quick ones that had finished (34 s for jobs of 300 s, five
-    /// minutes in) and ran them short of slots.
+    /// arrives.) It needs no busy slots: jobs that take minutes, arriving a few a minute,
+    /// never fill them, and their estimate learned from the few quick ones that had finished
+    /// (34 s for jobs of 300 s, five minutes in) and ran them short of slots.
     fn holding_bound(&self, tuning: &PolicyTuning) -> Option<f64> {
         let (received, held_seconds) = self
             .arrivals
@@ -376,7 +375,12 @@ impl ScalingState {
         }
         if seconds > 0.0 {
             let expected = messages / seconds * latest.seconds;
-            let spread = (self.dispersion(tuning) * expected.max(1.0)).sqrt();
+            // A Poisson count of a few has a far longer upper tail than the normal curve
+            // gives it: 7 messages where 1.5 are expected happen once in 1,200 polls, not
+            // once in 16,000 as 4.6 of its standard deviations suggest, and each such poll
+            // restarted the average from itself and scaled up for a stabilization window.
+            let variance = expected.max(tuning.min_variance_for_rate_change);
+            let spread = (self.dispersion(tuning) * variance).sqrt();
             let deviation = (latest.messages - expected) / spread;
             if deviation.abs() > tuning.rate_change_sigmas {
                 self.arrivals.clear();

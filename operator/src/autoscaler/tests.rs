@@ -466,6 +466,30 @@ fn poisson_noise_does_not_move_the_arrival_estimate_but_a_step_does() {
 }
 
 #[test]
+fn a_few_messages_more_than_a_sparse_queue_expects_are_not_a_change_of_rate() {
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    // 0.5 msg/s of 20 s jobs, 1.5 messages a poll, then one poll of 7 (as likely as once in
+    // 1,200 polls), then a real step to 5 msg/s.
+    let used = poll_every_3s(&p, &mut state, 0..45, |i| {
+        let rate = match i {
+            40 => 7.0 / 3.0,
+            43.. => 5.0,
+            _ => 0.5,
+        };
+        (rate, 20.0)
+    });
+    let before = &used[39];
+    let noisy = &used[40];
+    assert!(
+        noisy.arrival_rate.unwrap() < 0.7,
+        "the poll of 7 restarted the average: {noisy:?}"
+    );
+    assert_eq!(noisy.needed_replicas, before.needed_replicas, "{noisy:?}");
+    assert_eq!(used[43].arrival_rate, Some(5.0), "{:?}", used[43]);
+}
+
+#[test]
 fn bursty_arrivals_widen_what_counts_as_a_change_of_rate() {
     let p = policy(ScalingSpec::default());
     let mut state = ScalingState::default();
