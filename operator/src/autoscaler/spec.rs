@@ -117,7 +117,7 @@ pub struct PolicyTuning {
     /// deviations (Poisson's, widened by the measured dispersion) starts a new average.
     pub rate_change_sigmas: f64,
     /// ...with the spread of a count expected to be at least this many messages, so that a
-    /// poll expecting one or two needs about ten to count as a change.
+    /// poll expecting 1.5 needs 11 to count as a change.
     pub min_variance_for_rate_change: f64,
     /// Standard deviations of the average's error (Poisson's, widened by the measured
     /// dispersion) added to the arrival rate before provisioning.

@@ -376,8 +376,8 @@ impl ScalingState {
         if seconds > 0.0 {
             let expected = messages / seconds * latest.seconds;
             // A Poisson count of a few has a far longer upper tail than the normal curve
-            // gives it: 7 messages where 1.5 are expected happen once in 1,200 polls, not
-            // once in 16,000 as 4.6 of its standard deviations suggest, and each such poll
+            // gives it: 7 messages where 1.5 are expected happen once in 1,100 polls, not
+            // once in 280,000 as their 4.5 standard deviations suggest, and each such poll
             // restarted the average from itself and scaled up for a stabilization window.
             let variance = expected.max(tuning.min_variance_for_rate_change);
             let spread = (self.dispersion(tuning) * variance).sqrt();

@@ -470,7 +470,7 @@ fn a_few_messages_more_than_a_sparse_queue_expects_are_not_a_change_of_rate() {
     let p = policy(ScalingSpec::default());
     let mut state = ScalingState::default();
     // 0.5 msg/s of 20 s jobs, 1.5 messages a poll, then one poll of 7 (as likely as once in
-    // 1,200 polls), then a real step to 5 msg/s.
+    // 1,100 polls), then a real step to 5 msg/s.
     let used = poll_every_3s(&p, &mut state, 0..45, |i| {
         let rate = match i {
             40 => 7.0 / 3.0,
