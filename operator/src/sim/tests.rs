@@ -38,6 +38,20 @@ fn constant_trace(rate: u32, seconds: usize, service: Option<f64>) -> Trace {
     }
 }
 
+/// `seconds` seconds of traffic, `arrivals(t)` messages in second `t`, at the model's
+/// default service time.
+fn trace_of(name: &str, seconds: u32, arrivals: impl Fn(u32) -> u32) -> Trace {
+    Trace {
+        name: name.into(),
+        seconds: (0..seconds)
+            .map(|t| TraceSecond {
+                arrivals: arrivals(t),
+                mean_service_seconds: None,
+            })
+            .collect(),
+    }
+}
+
 fn config() -> ModelConfig {
     ModelConfig {
         pod_startup_seconds: 10.0,
@@ -120,15 +134,11 @@ fn draining_never_cuts_work_but_killing_does() {
 
 #[test]
 fn the_benchmark_runs_the_policy_and_reports_in_the_issue_shape() {
-    let trace = Trace {
-        name: "tiny".into(),
-        seconds: (0..600)
-            .map(|t| TraceSecond {
-                arrivals: if (100..200).contains(&t) { 40 } else { 2 },
-                mean_service_seconds: None,
-            })
-            .collect(),
-    };
+    let trace = trace_of(
+        "tiny",
+        600,
+        |t| if (100..200).contains(&t) { 40 } else { 2 },
+    );
     let mut bench = BenchConfig::new(config(), ScalingSpec::default());
     bench.keda_queue_lengths = vec![5, 20];
     let result = run_trace(&bench, &trace).unwrap();
@@ -164,15 +174,11 @@ fn the_benchmark_runs_the_policy_and_reports_in_the_issue_shape() {
 
 #[test]
 fn ferry_beats_tuned_keda_on_a_step_in_waits_and_cost() {
-    let trace = Trace {
-        name: "step".into(),
-        seconds: (0..900)
-            .map(|t| TraceSecond {
-                arrivals: if (300..600).contains(&t) { 150 } else { 15 },
-                mean_service_seconds: None,
-            })
-            .collect(),
-    };
+    let trace = trace_of(
+        "step",
+        900,
+        |t| if (300..600).contains(&t) { 150 } else { 15 },
+    );
     let mut bench = BenchConfig::new(config(), ScalingSpec::default());
     bench.keda_queue_lengths = vec![2, 5, 10, 20, 50];
     let result = run_trace(&bench, &trace).unwrap();
@@ -196,15 +202,7 @@ fn ferry_beats_tuned_keda_on_a_step_in_waits_and_cost() {
 #[test]
 fn the_replica_bounds_apply_to_every_policy() {
     // Two messages a minute: left alone, every policy would idle at zero or one replica.
-    let trace = Trace {
-        name: "sparse".into(),
-        seconds: (0..900)
-            .map(|t| TraceSecond {
-                arrivals: u32::from(t % 30 == 0),
-                mean_service_seconds: None,
-            })
-            .collect(),
-    };
+    let trace = trace_of("sparse", 900, |t| u32::from(t % 30 == 0));
     let spec = ScalingSpec {
         min_replicas: 2,
         max_replicas: 3,
@@ -229,15 +227,11 @@ fn the_replica_bounds_apply_to_every_policy() {
 
 #[test]
 fn failed_scrapes_make_ferry_hold_not_scale_to_zero() {
-    let trace = Trace {
-        name: "flaky".into(),
-        seconds: (0..900)
-            .map(|t| TraceSecond {
-                arrivals: if (300..600).contains(&t) { 150 } else { 15 },
-                mean_service_seconds: None,
-            })
-            .collect(),
-    };
+    let trace = trace_of(
+        "flaky",
+        900,
+        |t| if (300..600).contains(&t) { 150 } else { 15 },
+    );
     let mut bench = BenchConfig::new(config(), ScalingSpec::default());
     bench.keda_queue_lengths = vec![5];
     let healthy = run_trace(&bench, &trace).unwrap();
@@ -271,15 +265,7 @@ fn failed_scrapes_make_ferry_hold_not_scale_to_zero() {
 fn settling_counts_delay_both_policies_activation_and_lose_nothing() {
     // Load arrives to zero replicas, so only the queue's count can start a consumer: a
     // count up to 60 s stale starts both policies later, and every message is still served.
-    let trace = Trace {
-        name: "cold".into(),
-        seconds: (0..400)
-            .map(|t| TraceSecond {
-                arrivals: if t >= 100 { 20 } else { 0 },
-                mean_service_seconds: None,
-            })
-            .collect(),
-    };
+    let trace = trace_of("cold", 400, |t| if t >= 100 { 20 } else { 0 });
     let mut bench = BenchConfig::new(config(), ScalingSpec::default());
     bench.keda_queue_lengths = vec![5, 20];
     let exact = run_trace(&bench, &trace).unwrap();
