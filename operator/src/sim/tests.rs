@@ -52,6 +52,13 @@ fn trace_of(name: &str, seconds: u32, arrivals: impl Fn(u32) -> u32) -> Trace {
     }
 }
 
+/// The benchmark over `config()`, sweeping KEDA's queue length over `keda_queue_lengths`.
+fn bench_of(scaling: ScalingSpec, keda_queue_lengths: &[u32]) -> BenchConfig {
+    let mut bench = BenchConfig::new(config(), scaling);
+    bench.keda_queue_lengths = keda_queue_lengths.to_vec();
+    bench
+}
+
 fn config() -> ModelConfig {
     ModelConfig {
         pod_startup_seconds: 10.0,
@@ -139,8 +146,7 @@ fn the_benchmark_runs_the_policy_and_reports_in_the_issue_shape() {
         600,
         |t| if (100..200).contains(&t) { 40 } else { 2 },
     );
-    let mut bench = BenchConfig::new(config(), ScalingSpec::default());
-    bench.keda_queue_lengths = vec![5, 20];
+    let bench = bench_of(ScalingSpec::default(), &[5, 20]);
     let result = run_trace(&bench, &trace).unwrap();
     assert!(result.ferry.stats.summary.scale_events > 0);
     assert!(result.ferry.stats.messages as u64 == trace.total_arrivals());
@@ -179,8 +185,7 @@ fn ferry_beats_tuned_keda_on_a_step_in_waits_and_cost() {
         900,
         |t| if (300..600).contains(&t) { 150 } else { 15 },
     );
-    let mut bench = BenchConfig::new(config(), ScalingSpec::default());
-    bench.keda_queue_lengths = vec![2, 5, 10, 20, 50];
+    let bench = bench_of(ScalingSpec::default(), &[2, 5, 10, 20, 50]);
     let result = run_trace(&bench, &trace).unwrap();
     let (ferry, keda, oracle) = (
         &result.ferry.stats.summary,
@@ -208,8 +213,7 @@ fn the_replica_bounds_apply_to_every_policy() {
         max_replicas: 3,
         ..ScalingSpec::default()
     };
-    let mut bench = BenchConfig::new(config(), spec);
-    bench.keda_queue_lengths = vec![1, 5];
+    let bench = bench_of(spec, &[1, 5]);
     let result = run_trace(&bench, &trace).unwrap();
     for (policy, run) in [
         ("ferry", &result.ferry),
@@ -232,8 +236,7 @@ fn failed_scrapes_make_ferry_hold_not_scale_to_zero() {
         900,
         |t| if (300..600).contains(&t) { 150 } else { 15 },
     );
-    let mut bench = BenchConfig::new(config(), ScalingSpec::default());
-    bench.keda_queue_lengths = vec![5];
+    let mut bench = bench_of(ScalingSpec::default(), &[5]);
     let healthy = run_trace(&bench, &trace).unwrap();
     bench.scrape.failure_rate = 0.4;
     bench.scrape.seed = 7;
@@ -266,8 +269,7 @@ fn settling_counts_delay_both_policies_activation_and_lose_nothing() {
     // Load arrives to zero replicas, so only the queue's count can start a consumer: a
     // count up to 60 s stale starts both policies later, and every message is still served.
     let trace = trace_of("cold", 400, |t| if t >= 100 { 20 } else { 0 });
-    let mut bench = BenchConfig::new(config(), ScalingSpec::default());
-    bench.keda_queue_lengths = vec![5, 20];
+    let mut bench = bench_of(ScalingSpec::default(), &[5, 20]);
     let exact = run_trace(&bench, &trace).unwrap();
     bench.scrape.counts = super::counts::ApproximateCounts {
         settle_seconds: 60,
