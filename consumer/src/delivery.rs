@@ -2,15 +2,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use ferry_queues::{Provider, ReceivedMessage};
-use http_body_util::{BodyExt, Full};
-use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
-use hyper::{Method, Request, Uri};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::TokioExecutor;
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 
 use crate::config::StatusSet;
+use crate::worker_client::{ExchangeError, WorkerClient};
 
 /// Elastic Beanstalk's worker daemon identifies itself this way; workers that check for it
 /// keep working, and the suffix says who is really calling.
@@ -233,18 +229,10 @@ fn rfc3339(at: SystemTime) -> Option<HeaderValue> {
     HeaderValue::try_from(text).ok()
 }
 
-/// The HTTP side of delivery: one connection pool to the worker, reused across deliveries.
-///
-/// hyper's client directly rather than a general-purpose one: a delivery is one POST to one
-/// fixed address, and the layers a general client wraps around every request (URL
-/// conversion, redirect and retry policies, request extensions) cost allocations per message
-/// and do nothing here. In particular a 3xx is the worker's answer, and the contract retries
-/// it; a client that followed a 302 or 303 would send a GET without the body, and that GET's
-/// 200 would ack a message nobody processed.
-#[derive(Clone)]
+/// The HTTP side of delivery: the worker client (see `worker_client` for why it is our own)
+/// and the delivery timeout.
 pub struct Deliverer {
-    client: Client<HttpConnector, Full<Bytes>>,
-    uri: Uri,
+    client: WorkerClient,
     timeout: Duration,
 }
 
@@ -255,63 +243,27 @@ impl Deliverer {
         connect_timeout: Duration,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let uri: Uri = url.parse()?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            _ => anyhow::bail!(
-                "{url} is not an http:// URL; the worker is reached over plain HTTP inside the pod"
-            ),
-        }
-        anyhow::ensure!(uri.host().is_some(), "{url} has no host");
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(concurrency)
-            .build(connector);
         Ok(Self {
-            client,
-            uri,
+            client: WorkerClient::new(url, concurrency, connect_timeout)?,
             timeout,
         })
     }
 
-    pub async fn deliver(&self, headers: HeaderMap, body: Bytes) -> WorkerAnswer {
-        let mut request = Request::new(Full::new(body));
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = self.uri.clone();
-        *request.headers_mut() = headers;
-        let exchange = async {
-            let response = self.client.request(request).await?;
-            let code = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, SystemTime::now()));
-            // Read the body so the connection goes back to the pool; the status is the
-            // answer even if the body breaks off.
-            let _ = response.into_body().collect().await;
-            Ok::<_, hyper_util::client::legacy::Error>(WorkerAnswer::Status { code, retry_after })
-        };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) if e.is_connect() => WorkerAnswer::ConnectFailed(error_chain(&e)),
-            Ok(Err(e)) => WorkerAnswer::Failed(error_chain(&e)),
+    pub async fn deliver(&self, headers: HeaderMap, body: &[u8]) -> WorkerAnswer {
+        match tokio::time::timeout(self.timeout, self.client.post(headers, body)).await {
+            Ok(Ok(response)) => WorkerAnswer::Status {
+                code: response.status,
+                retry_after: response
+                    .retry_after
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, SystemTime::now())),
+            },
+            Ok(Err(ExchangeError::Connect(e))) => WorkerAnswer::ConnectFailed(e.to_string()),
+            Ok(Err(e @ ExchangeError::Broken(_))) => WorkerAnswer::Failed(e.to_string()),
             Err(_) => WorkerAnswer::TimedOut,
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -535,9 +487,7 @@ mod tests {
         let url = redirecting_worker().await;
         let deliverer =
             Deliverer::new(&url, 1, Duration::from_secs(5), Duration::from_secs(5)).unwrap();
-        let answer = deliverer
-            .deliver(HeaderMap::new(), Bytes::from_static(b"{}"))
-            .await;
+        let answer = deliverer.deliver(HeaderMap::new(), b"{}").await;
         assert_eq!(
             answer,
             WorkerAnswer::Status {

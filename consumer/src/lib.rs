@@ -9,3 +9,4 @@ pub mod metrics;
 pub mod pump;
 pub mod server;
 pub mod stats;
+pub mod worker_client;

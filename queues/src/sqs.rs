@@ -476,7 +476,12 @@ impl MessageQueue for SqsQueue {
             )
         };
         let (done, result) = oneshot::channel();
-        self.deletes_in_flight.send_modify(|n| *n += 1);
+        // Only a drain waits on this count, and only for zero: waking its waiters on every
+        // delete would cost a notification per message for nothing.
+        self.deletes_in_flight.send_if_modified(|n| {
+            *n += 1;
+            false
+        });
         let answered = match self.deletes.send(PendingDelete {
             receipt_handle: Self::receipt(lease),
             done,
@@ -484,7 +489,10 @@ impl MessageQueue for SqsQueue {
             Ok(()) => result.await.unwrap_or_else(|_| Err(stopped())),
             Err(_) => Err(stopped()),
         };
-        self.deletes_in_flight.send_modify(|n| *n -= 1);
+        self.deletes_in_flight.send_if_modified(|n| {
+            *n -= 1;
+            *n == 0
+        });
         answered
     }
 
