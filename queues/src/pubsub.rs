@@ -37,7 +37,8 @@ pub struct PubSubQueue {
     prefetched: Mutex<mpsc::Receiver<Received>>,
     /// Flipped on close: held retries are handed back at once instead of at their time.
     closing: watch::Sender<bool>,
-    closed: AtomicBool,
+    /// Set by the first `close`; shared with the tasks that nack after a retry backoff.
+    closed: Arc<AtomicBool>,
     /// The live stream's shutdown handle; the stream is rebuilt after it ends on an error.
     current_stream: Arc<SyncMutex<Option<ShutdownToken>>>,
     monitoring: Option<CloudMonitoring>,
@@ -204,7 +205,7 @@ impl PubSubQueue {
             dead_letter_publisher: OnceCell::new(),
             prefetched: Mutex::new(rx),
             closing,
-            closed: AtomicBool::new(false),
+            closed: Arc::new(AtomicBool::new(false)),
             current_stream,
             monitoring: target
                 .monitoring
@@ -264,9 +265,10 @@ impl PubSubQueue {
 /// on a stream that then goes away: they are never delivered to another consumer, and the
 /// subscription can stop delivering to new streams at all. A closed connection is handled
 /// correctly. So against the emulator (an endpoint override) the sidecar's drain neither
-/// cancels the stream nor nacks what it prefetched: it stops reading, and the process exit
-/// closes the connection, after which the emulator redelivers everything not acked. Against
-/// Google the drain nacks prefetched messages at once and cancels the stream.
+/// cancels the stream nor nacks what it prefetched, and once it is draining it nacks nothing
+/// else either (a retry whose backoff ends, a message handed back): it stops reading, and the
+/// process exit closes the connection, after which the emulator redelivers everything not
+/// acked. Against Google the drain nacks prefetched messages at once and cancels the stream.
 const EMULATOR_CANCELLATION: () = ();
 
 /// Against the emulator the stream is never shut down, so nothing signals when the client's
@@ -331,6 +333,15 @@ async fn pump_stream(
             _ = until_closing(&mut closing) => return,
         }
     }
+}
+
+/// Against the emulator, once the sidecar is draining: keeps messages leased until the
+/// process exits instead of nacking them, since a nack on a stream that then goes away loses
+/// the message in the emulator (see [`EMULATOR_CANCELLATION`]); the exit closes the
+/// connection and the emulator redelivers them.
+async fn hold_until_exit(handlers: Vec<Handler>) -> std::convert::Infallible {
+    let _held = handlers;
+    std::future::pending().await
 }
 
 async fn until_closing(closing: &mut watch::Receiver<bool>) {
@@ -422,10 +433,15 @@ impl MessageQueue for PubSubQueue {
         // leased (the client extends the lease) and nack it when the backoff is over, or at
         // once when the sidecar shuts down. The subscription's retry policy applies on top.
         let mut closing = self.closing.subscribe();
+        let closed = self.closed.clone();
+        let emulator = self.endpoint.is_some();
         tokio::spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = until_closing(&mut closing) => {}
+            }
+            if emulator && closed.load(Ordering::SeqCst) {
+                match hold_until_exit(vec![handler]).await {}
             }
             handler.nack();
         });
@@ -433,9 +449,12 @@ impl MessageQueue for PubSubQueue {
     }
 
     async fn release(&self, leases: Vec<Lease>) -> Result<(), QueueError> {
-        for lease in leases {
-            handler(lease).nack();
+        let handlers = leases.into_iter().map(handler);
+        if self.endpoint.is_some() && self.closed.load(Ordering::SeqCst) {
+            tokio::spawn(hold_until_exit(handlers.collect()));
+            return Ok(());
         }
+        handlers.for_each(Handler::nack);
         Ok(())
     }
 
