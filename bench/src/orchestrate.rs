@@ -7,7 +7,11 @@
 //!    first message is delivered and a warm-up, messages completed in a fixed window give
 //!    msgs/s (SQS: deletes seen by the endpoint; Pub/Sub: worker requests, or acks for the
 //!    raw client); CPU over the same window (utime+stime of the process tree from /proc)
-//!    gives CPU-seconds per 10,000 messages; VmHWM at the end gives peak RSS.
+//!    gives CPU-seconds per 10,000 messages; VmHWM at the end gives peak RSS; the machine's
+//!    busy share over the same window (/proc/stat, every process) says whether the cell was
+//!    bounded by the consumer or by the machine's cores, which the consumer shares with the
+//!    queue (endpoint or emulator) and the worker; the benchmark's own CPU over the window is
+//!    what the worker and (SQS) the endpoint cost, which it serves from its own threads.
 //! 2. **Latency** (low load): messages are released one at a time at a low rate.
 //!    SQS: added latency = worker request start − the moment the endpoint served the message
 //!    (exact). Pub/Sub (the emulator cannot be instrumented): publish → worker request start,
@@ -140,6 +144,12 @@ struct RunResult {
     msgs_per_s: Option<f64>,
     cpu_s_per_10k: Option<f64>,
     rss_mib: Option<f64>,
+    /// CPU of the benchmark's own process per 10,000 messages over the throughput window:
+    /// the worker and, on SQS, the endpoint (the Pub/Sub emulator is a process of its own).
+    rig_cpu_s_per_10k: Option<f64>,
+    /// Share of the machine's CPU that was busy during the throughput window (all processes:
+    /// consumer, queue or emulator, worker).
+    machine_busy_percent: Option<f64>,
     added_p50_ms: Option<f64>,
     added_p99_ms: Option<f64>,
     /// Pub/Sub: publish → worker start (or → receive for the raw client), before subtracting.
@@ -167,6 +177,8 @@ impl RunResult {
             "msgs_per_s": round(self.msgs_per_s, 1),
             "cpu_s_per_10k": round(self.cpu_s_per_10k, 3),
             "rss_mib": round(self.rss_mib, 1),
+            "rig_cpu_s_per_10k": round(self.rig_cpu_s_per_10k, 3),
+            "machine_busy_percent": round(self.machine_busy_percent, 0),
             "added_p50_ms": round(self.added_p50_ms, 3),
             "added_p99_ms": round(self.added_p99_ms, 3),
             "observed_p50_ms": round(self.observed_p50_ms, 3),
@@ -416,6 +428,8 @@ struct Throughput {
     msgs_per_s: f64,
     cpu_s_per_10k: f64,
     rss_mib: f64,
+    rig_cpu_s_per_10k: f64,
+    machine_busy_percent: Option<f64>,
     exhausted: bool,
 }
 
@@ -446,6 +460,8 @@ impl Bench {
         let pid = running.pid();
         let n0 = count(self, backend, consumer, running);
         let cpu0 = procstat::cpu_seconds(pid);
+        let machine0 = procstat::MachineTime::now();
+        let rig0 = procstat::own_cpu_seconds();
         let t0 = Instant::now();
         let near_end = budget.map(|b| base + b - b / 50);
         let mut exhausted = false;
@@ -458,6 +474,8 @@ impl Bench {
         }
         let n1 = count(self, backend, consumer, running);
         let cpu1 = procstat::cpu_seconds(pid);
+        let machine_busy_percent = machine0.and_then(procstat::MachineTime::busy_percent_since);
+        let rig1 = procstat::own_cpu_seconds();
         let elapsed = t0.elapsed().as_secs_f64();
         if !running.alive() {
             anyhow::bail!("the consumer exited; log:\n{}", running.log_tail());
@@ -470,6 +488,8 @@ impl Bench {
             msgs_per_s: done as f64 / elapsed,
             cpu_s_per_10k: (cpu1 - cpu0) / done as f64 * 10_000.0,
             rss_mib: procstat::peak_rss_mib(pid),
+            rig_cpu_s_per_10k: (rig1 - rig0) / done as f64 * 10_000.0,
+            machine_busy_percent,
             exhausted,
         })
     }
@@ -533,6 +553,8 @@ impl Bench {
         result.msgs_per_s = Some(throughput.msgs_per_s);
         result.cpu_s_per_10k = Some(throughput.cpu_s_per_10k);
         result.rss_mib = Some(throughput.rss_mib);
+        result.machine_busy_percent = throughput.machine_busy_percent;
+        result.rig_cpu_s_per_10k = Some(throughput.rig_cpu_s_per_10k);
 
         if !consumer.is_raw() {
             // Low load: stop the supply, let in-flight deliveries finish, then release
@@ -685,6 +707,8 @@ impl Bench {
         result.msgs_per_s = Some(throughput.msgs_per_s);
         result.cpu_s_per_10k = Some(throughput.cpu_s_per_10k);
         result.rss_mib = Some(throughput.rss_mib);
+        result.machine_busy_percent = throughput.machine_busy_percent;
+        result.rig_cpu_s_per_10k = Some(throughput.rig_cpu_s_per_10k);
         if throughput.exhausted {
             result.notes.push(
                 "the backlog ran low before the window ended; the window was shortened".into(),
@@ -1142,7 +1166,7 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
 /// the same table from a saved report).
 fn table(runs: &[Value]) -> String {
     let mut out = String::from(
-        "| backend | consumer | conc | worker ms | msgs/s | CPU s / 10k msgs | peak RSS MiB | added p50 ms | added p99 ms | publish→start p50 / p99 ms | steal % |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| backend | consumer | conc | worker ms | msgs/s | CPU s / 10k msgs | peak RSS MiB | added p50 ms | added p99 ms | publish→start p50 / p99 ms | worker + endpoint CPU s / 10k | machine busy % | steal % |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in runs {
         let f = |key: &str, digits: usize| fmt(r[key].as_f64(), digits);
@@ -1153,7 +1177,7 @@ fn table(runs: &[Value]) -> String {
             "–".into()
         };
         out.push_str(&format!(
-            "| {backend} | {} | {} | {} | {} | {} | {} | {} | {} | {observed} | {} |\n",
+            "| {backend} | {} | {} | {} | {} | {} | {} | {} | {} | {observed} | {} | {} | {} |\n",
             r["consumer"].as_str().unwrap_or(""),
             r["concurrency"],
             r["worker_ms"]
@@ -1164,6 +1188,8 @@ fn table(runs: &[Value]) -> String {
             f("rss_mib", 1),
             f("added_p50_ms", 2),
             f("added_p99_ms", 2),
+            f("rig_cpu_s_per_10k", 2),
+            f("machine_busy_percent", 0),
             f("steal_percent", 0),
         ));
     }

@@ -9,6 +9,8 @@ struct Stat {
     ppid: u32,
     /// utime + stime + cutime + cstime, in ticks.
     ticks: u64,
+    /// utime + stime alone: this process's own threads, not its reaped children.
+    own_ticks: u64,
 }
 
 fn stat(pid: u32) -> Option<Stat> {
@@ -21,6 +23,7 @@ fn stat(pid: u32) -> Option<Stat> {
     Some(Stat {
         ppid: num(1)? as u32,
         ticks: num(11)? + num(12)? + num(13)? + num(14)?,
+        own_ticks: num(11)? + num(12)?,
     })
 }
 
@@ -56,6 +59,12 @@ pub fn cpu_seconds(pid: u32) -> f64 {
         .sum()
 }
 
+/// CPU seconds used so far by this process's own threads (not by its children, running or
+/// reaped). The benchmark serves the worker and the SQS endpoint from its own threads.
+pub fn own_cpu_seconds() -> f64 {
+    stat(std::process::id()).map_or(0.0, |s| s.own_ticks as f64 / TICKS_PER_SECOND)
+}
+
 /// Peak resident memory (VmHWM) of `pid`'s tree, in MiB.
 pub fn peak_rss_mib(pid: u32) -> f64 {
     tree(pid)
@@ -70,11 +79,14 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
 }
 
 /// The machine's CPU time so far, from the `cpu` line of `/proc/stat`, in ticks: all of it,
-/// and the part the hypervisor gave to other guests (steal). A benchmark that shares its
-/// host is slowed by steal without spending any CPU of its own, so each cell reports it.
+/// the part left idle, and the part the hypervisor gave to other guests (steal). A benchmark
+/// that shares its host is slowed by steal without spending any CPU of its own, so each cell
+/// reports it; and one whose consumer, queue and worker share the machine is bounded by the
+/// machine's cores, so each cell reports how busy they were.
 #[derive(Debug, Clone, Copy)]
 pub struct MachineTime {
     total: u64,
+    idle: u64,
     steal: u64,
 }
 
@@ -91,6 +103,7 @@ impl MachineTime {
             .collect::<Option<_>>()?;
         (fields.len() == 8).then(|| Self {
             total: fields.iter().sum(),
+            idle: fields[3] + fields[4],
             steal: fields[7],
         })
     }
@@ -100,6 +113,17 @@ impl MachineTime {
         let now = Self::now()?;
         let total = now.total.checked_sub(self.total)?;
         (total > 0).then(|| (now.steal - self.steal) as f64 / total as f64 * 100.0)
+    }
+
+    /// Percentage of the machine's CPU time spent working (by any process, in user space or
+    /// the kernel) since `self`: 100 means every core was busy, so nothing on this machine
+    /// could have gone faster without taking CPU from the rest.
+    pub fn busy_percent_since(self) -> Option<f64> {
+        let now = Self::now()?;
+        let total = now.total.checked_sub(self.total)?;
+        let idle = now.idle.checked_sub(self.idle)?;
+        let steal = now.steal.checked_sub(self.steal)?;
+        (total > 0).then(|| (total - idle - steal) as f64 / total as f64 * 100.0)
     }
 }
 
@@ -112,6 +136,13 @@ mod tests {
         let me = std::process::id();
         assert!(cpu_seconds(me) >= 0.0);
         assert!(peak_rss_mib(me) > 0.0);
+        let spin = std::time::Instant::now();
+        let before = own_cpu_seconds();
+        while spin.elapsed() < std::time::Duration::from_millis(60) {}
+        assert!(
+            own_cpu_seconds() > before,
+            "60 ms of spinning shows as CPU time"
+        );
         let start = MachineTime::now().expect("/proc/stat has a cpu line");
         std::thread::sleep(std::time::Duration::from_millis(50));
         let steal = start.steal_percent_since();
@@ -119,6 +150,8 @@ mod tests {
             steal.is_none_or(|s| (0.0..=100.0).contains(&s)),
             "{steal:?}"
         );
+        let busy = start.busy_percent_since();
+        assert!(busy.is_none_or(|b| (0.0..=100.0).contains(&b)), "{busy:?}");
         assert_eq!(tree(me)[0], me);
     }
 }
