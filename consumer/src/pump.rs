@@ -23,6 +23,7 @@ use crate::delivery::{
 };
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::receive_batch::{DeliveryPace, linger_before_receive};
 
 /// Longest pause between failed receives; short enough to notice a fixed queue quickly.
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(30);
@@ -71,6 +72,9 @@ pub struct Pump {
     /// that, so a drain that finds every slot free still sees the settle and waits for it.
     settling: watch::Sender<usize>,
     groups: SyncMutex<HashMap<String, mpsc::UnboundedSender<Held>>>,
+    /// How long the worker has been taking to answer; decides whether a receive waits for
+    /// more free slots (`receive_batch`).
+    pace: DeliveryPace,
 }
 
 /// One settle a drain must wait for; counted down when the settle ends, however it ends.
@@ -124,6 +128,7 @@ impl Pump {
             draining: watch::channel(false).0,
             settling: watch::channel(0).0,
             groups: SyncMutex::new(HashMap::new()),
+            pace: DeliveryPace::default(),
             queue,
             deliverer,
             metrics,
@@ -155,6 +160,10 @@ impl Pump {
                     Ok(slot) => slots.push(slot),
                     Err(_) => break,
                 }
+            }
+            self.wait_for_a_fuller_batch(&mut slots).await;
+            if *draining.borrow() {
+                return;
             }
             let receive = self.queue.receive(slots.len(), self.settings.receive_wait);
             tokio::pin!(receive);
@@ -210,6 +219,26 @@ impl Pump {
                         _ = until_draining(&mut draining) => return,
                     }
                 }
+            }
+        }
+    }
+
+    /// Waits briefly for more free slots when deliveries are quick and the receive would
+    /// ask for fewer messages than it may (see `receive_batch`). Only for queues whose
+    /// receive is a call: Pub/Sub's reads a local buffer, and costs nothing to repeat.
+    async fn wait_for_a_fuller_batch(&self, slots: &mut Vec<OwnedSemaphorePermit>) {
+        if !self.queue.receive_calls_the_queue() {
+            return;
+        }
+        let batch = self.settings.concurrency.min(ferry_queues::sqs::MAX_BATCH);
+        let Some(linger) = linger_before_receive(slots.len(), batch, self.pace.typical()) else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + linger;
+        while slots.len() < batch {
+            match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
+                Ok(slot) => slots.push(slot.expect("slots are never closed")),
+                Err(_) => break,
             }
         }
     }
@@ -376,9 +405,9 @@ impl Pump {
             self.with_lease_extension(delivery, &message, companions.as_deref())
                 .await
         };
-        self.metrics
-            .delivery_duration
-            .observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        self.pace.record(took);
+        self.metrics.delivery_duration.observe(took.as_secs_f64());
         self.metrics.delivery(answer.label());
         let attempt = message.delivery_attempt.unwrap_or(1);
         let decision = verdict(
