@@ -11,6 +11,7 @@ mod orchestrate;
 mod procstat;
 mod raw;
 mod sqs_endpoint;
+mod stream_tap;
 mod worker;
 
 use clap::{Parser, Subcommand};

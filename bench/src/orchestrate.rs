@@ -35,6 +35,7 @@ use serde_json::{Value, json};
 
 use crate::procstat;
 use crate::sqs_endpoint::SqsEndpoint;
+use crate::stream_tap::{Seen, StreamTap};
 use crate::worker::{Worker, unix_nanos};
 
 const PROJECT: &str = "ferry-bench";
@@ -715,10 +716,17 @@ impl Bench {
             );
         }
 
-        // Latency at low load, on a fresh subscription.
+        // Latency at low load, on a fresh subscription, with the consumer reaching the
+        // emulator through a relay that notes when each message is handed to it.
         let (topic, subscription) = self.new_subscription("bench-lat").await?;
+        let emulator: std::net::SocketAddr = host_port
+            .parse()
+            .with_context(|| format!("the emulator's address {host_port}"))?;
+        let tap = StreamTap::start(emulator).await?;
         let target = Target {
             queue: subscription.clone(),
+            endpoint: format!("http://{}", tap.addr),
+            emulator_host_port: tap.addr.to_string(),
             ..target
         };
         let mut running = spawn(
@@ -730,20 +738,30 @@ impl Bench {
             &format!("{tag}-latency"),
         )?;
         let outcome = self
-            .pubsub_latency(consumer, &topic, &running, throughput.msgs_per_s)
+            .pubsub_latency(consumer, &topic, &running, throughput.msgs_per_s, &tap.seen)
             .await;
+        drop(tap);
         let alive = running.alive();
         let tail = running.log_tail();
         running.stop();
         self.delete_subscription(&topic, &subscription).await;
         match outcome {
-            Ok((observed, expected)) => {
-                result.latency_samples = observed.len();
+            Ok((observed, added, expected)) => {
+                result.latency_samples = added.len();
                 result.observed_p50_ms = percentile(&observed, 0.5);
                 result.observed_p99_ms = percentile(&observed, 0.99);
+                result.added_p50_ms = percentile(&added, 0.5);
+                result.added_p99_ms = percentile(&added, 0.99);
                 if observed.len() < expected {
                     result.notes.push(format!(
                         "latency: {} of {expected} paced messages arrived",
+                        observed.len()
+                    ));
+                }
+                if added.len() < observed.len() {
+                    result.notes.push(format!(
+                        "added latency: {} of {} arrived messages were seen passing the relay",
+                        added.len(),
                         observed.len()
                     ));
                 }
@@ -776,14 +794,16 @@ impl Bench {
     }
 
     /// Publishes warm-ups until the consumer takes one, then paced messages; returns the
-    /// publish → worker start (or → receive, raw) latencies in ms.
+    /// publish → worker start (or → receive, raw) latencies and the relay → worker start (or
+    /// → receive) latencies, in ms, and how many messages were paced.
     async fn pubsub_latency(
         &self,
         consumer: Consumer,
         topic: &str,
         running: &Running,
         saturated_rate: f64,
-    ) -> anyhow::Result<(Vec<f64>, usize)> {
+        relayed: &Seen,
+    ) -> anyhow::Result<(Vec<f64>, Vec<f64>, usize)> {
         let publisher = self.publisher(topic, false).await?;
         let base = count(self, Backend::PubSub, consumer, running);
         let mut warm = WARMUP_BASE;
@@ -809,6 +829,7 @@ impl Bench {
 
         self.worker.record_latency(true);
         running.received.lock().expect("received lock").clear();
+        relayed.record();
         let rate = (saturated_rate * 0.5).clamp(5.0, 100.0);
         let messages = ((rate * self.settings.latency_span.as_secs_f64()) as usize)
             .max(self.settings.latency_samples);
@@ -840,7 +861,12 @@ impl Bench {
             self.worker.record_latency(false)
         };
         self.worker.record_latency(false);
-        Ok((latencies(&published, &arrived), messages))
+        let relayed = relayed.take();
+        Ok((
+            latencies(&published, &arrived),
+            latencies(&relayed, &arrived),
+            messages,
+        ))
     }
 }
 
