@@ -14,9 +14,10 @@
 //!    what the worker and (SQS) the endpoint cost, which it serves from its own threads.
 //! 2. **Latency** (low load): messages are released one at a time at a low rate.
 //!    SQS: added latency = worker request start − the moment the endpoint served the message
-//!    (exact). Pub/Sub (the emulator cannot be instrumented): publish → worker request start,
-//!    minus the raw client's publish → receive at the same concurrency, percentile by
-//!    percentile (a proxy).
+//!    (exact). Pub/Sub (the emulator cannot be instrumented): worker request start − the
+//!    moment a relay between the consumer and the emulator wrote the message to the
+//!    consumer's socket (`stream_tap`), also exact; publish → worker request start is kept
+//!    next to it.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
