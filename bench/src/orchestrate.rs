@@ -671,7 +671,6 @@ impl Bench {
         concurrency: usize,
         worker_ms: Option<u64>,
         backlog: u64,
-        raw_latency: Option<(f64, f64)>,
     ) -> anyhow::Result<RunResult> {
         let pubsub = self.pubsub.as_ref().context("Pub/Sub emulator")?;
         let (url, host_port) = (pubsub.url.clone(), pubsub.host_port.clone());
@@ -764,21 +763,6 @@ impl Bench {
                         "added latency: {} of {} arrived messages were seen passing the relay",
                         added.len(),
                         observed.len()
-                    ));
-                }
-                // The proxy (publish → worker start minus the raw client's publish → receive)
-                // is kept in the notes; it is not reported as added latency when the
-                // emulator's own delivery jitter is larger than what it would measure.
-                if let (false, Some((raw50, raw99)), Some(p50), Some(p99)) = (
-                    consumer.is_raw(),
-                    raw_latency,
-                    result.observed_p50_ms,
-                    result.observed_p99_ms,
-                ) {
-                    result.notes.push(format!(
-                        "publish → worker start minus the raw client's publish → receive: p50 {:+.2} ms, p99 {:+.2} ms (raw: p50 {raw50:.2} ms, p99 {raw99:.2} ms)",
-                        p50 - raw50,
-                        p99 - raw99
                     ));
                 }
             }
@@ -1000,11 +984,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let started = procstat::MachineTime::now();
             let raw_result = match backend {
                 Backend::Sqs => bench.run_sqs(raw, concurrency, None).await,
-                Backend::PubSub => {
-                    bench
-                        .run_pubsub(raw, concurrency, None, guess as u64, None)
-                        .await
-                }
+                Backend::PubSub => bench.run_pubsub(raw, concurrency, None, guess as u64).await,
             };
             let raw_result = record(
                 &mut bench,
@@ -1013,7 +993,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 (backend, raw, concurrency, None),
             );
             let raw_rate = raw_result.msgs_per_s.unwrap_or(5_000.0);
-            let raw_latency = raw_result.observed_p50_ms.zip(raw_result.observed_p99_ms);
             for &delay in &worker_delays {
                 for consumer in Consumer::for_backend(backend) {
                     if !wanted(consumer) {
@@ -1039,13 +1018,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                                 + bench.settings.window.as_secs_f64();
                             let backlog = (bound * seconds * 1.5) as u64 + 200;
                             bench
-                                .run_pubsub(
-                                    consumer,
-                                    concurrency,
-                                    Some(delay),
-                                    backlog,
-                                    raw_latency,
-                                )
+                                .run_pubsub(consumer, concurrency, Some(delay), backlog)
                                 .await
                         }
                     };
