@@ -5,7 +5,8 @@
 //! position-independent binary, which the dynamic loader reads whole at start-up and which
 //! then stays resident: ferry-consumer's goes from 965 KiB to 13 KiB, and peak RSS fell by
 //! 1.2-2.1 MiB in every benchmark cell (docs/performance.md, item 9). The format needs glibc
-//! 2.36 or later where the binary runs; other targets link as before.
+//! 2.36 or later where the binary runs, which the image carries (scripts/build-images.py
+//! refuses an older libc6); other targets link as before.
 
 fn main() {
     let target = std::env::var("TARGET").unwrap_or_default();

@@ -3,6 +3,8 @@
 #   - .venv/ with moto[server] (the SQS-compatible server the SQS tests run against) and
 #     helm-python-sdk (Helm's own engine, which the chart tests lint, render and install with)
 #   - Prometheus (Debian's package), which the monitoring tests scrape and query
+#   - skopeo and umoci (Debian's packages), with which the image tests read, verify and
+#     unpack the OCI archives scripts/build-images.py writes
 # and checks what the image must already have: cargo, the Google Cloud CLI's Pub/Sub
 # emulator (with Java), kubectl. Idempotent; safe to run before every test run.
 set -euo pipefail
@@ -35,6 +37,13 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 prometheus --version >/dev/null 2>&1 || die "prometheus is installed but does not run"
+
+if ! command -v skopeo >/dev/null || ! command -v umoci >/dev/null; then
+  [ "$(id -u)" = 0 ] || die "skopeo and umoci are missing: sudo apt-get install skopeo umoci (Debian's packages), or run this script as root"
+  say "installing skopeo and umoci (Debian's packages)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends skopeo umoci >/dev/null
+fi
 
 if [ -z "${FERRY_PUBSUB_EMULATOR:-}" ]; then
   command -v gcloud >/dev/null || die "the Google Cloud CLI (gcloud) with its Pub/Sub emulator is needed; or set FERRY_PUBSUB_EMULATOR to a cloud-pubsub-emulator launcher"

@@ -20,8 +20,9 @@ fn drop_all() -> Capabilities {
     }
 }
 
-/// The sidecar is Ferry's own image (distroless, user 65532), so it gets the strictest
-/// context outright, including a read-only root file system: it writes nothing.
+/// The sidecar is Ferry's own image (`scripts/build-images.py`: no shell, user 65532), so it
+/// gets the strictest context outright, including a read-only root file system: it writes
+/// nothing.
 pub(super) fn sidecar_security_context() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
