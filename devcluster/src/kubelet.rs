@@ -866,29 +866,20 @@ impl EnvContext {
             "status.podIP" => self.ip.clone(),
             "status.hostIP" => "127.0.0.1".into(),
             other => {
-                if let Some(k) = other
-                    .strip_prefix("metadata.labels['")
-                    .and_then(|r| r.strip_suffix("']"))
-                {
-                    return self
-                        .pod
-                        .pointer("/metadata/labels")
-                        .and_then(|l| l.get(k))
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .into();
-                }
-                if let Some(k) = other
-                    .strip_prefix("metadata.annotations['")
-                    .and_then(|r| r.strip_suffix("']"))
-                {
-                    return self
-                        .pod
-                        .pointer("/metadata/annotations")
-                        .and_then(|l| l.get(k))
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .into();
+                // metadata.labels['k'] and metadata.annotations['k'].
+                for map in ["labels", "annotations"] {
+                    if let Some(k) = other
+                        .strip_prefix(&format!("metadata.{map}['"))
+                        .and_then(|r| r.strip_suffix("']"))
+                    {
+                        return self
+                            .pod
+                            .pointer(&format!("/metadata/{map}"))
+                            .and_then(|l| l.get(k))
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .into();
+                    }
                 }
                 String::new()
             }

@@ -81,7 +81,7 @@ async fn pods_run_as_processes_with_ips_env_probes_and_graceful_deletion() {
     std::fs::write(&unready, "").expect("unready file");
     let pods: Api<Pod> = Api::namespaced(dc.client(), "default");
     let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "worker", "labels": {"app": "w"}},
+        "metadata": {"name": "worker", "labels": {"app": "w"}, "annotations": {"team": "orders"}},
         "spec": {
             "terminationGracePeriodSeconds": 5,
             "containers": [{
@@ -91,6 +91,8 @@ async fn pods_run_as_processes_with_ips_env_probes_and_graceful_deletion() {
                     {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                     {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
                     {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                    {"name": "TEAM", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['team']"}}},
                     {"name": "GREETING", "value": "hello $(POD_NAME) in $(POD_NAMESPACE)"},
                     {"name": "MARK", "value": mark.display().to_string()},
                     {"name": "UNREADY_FILE", "value": unready.display().to_string()}
@@ -131,6 +133,8 @@ async fn pods_run_as_processes_with_ips_env_probes_and_graceful_deletion() {
     let env: serde_json::Value = serde_json::from_str(&body).expect("env json");
     assert_eq!(env["POD_NAME"], "worker");
     assert_eq!(env["POD_IP"], ip.as_str());
+    assert_eq!(env["APP"], "w");
+    assert_eq!(env["TEAM"], "orders");
     assert_eq!(env["GREETING"], "hello worker in default");
     assert_eq!(env["HOSTNAME"], "worker");
     // Not ready while the probe fails; ready once it passes.
