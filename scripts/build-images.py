@@ -16,7 +16,7 @@ manager, as in distroless images):
   - the CA certificates its TLS clients trust (rustls with the platform's roots), from
     Debian's ca-certificates, as the bundle /etc/ssl/certs/ca-certificates.crt;
   - /etc/passwd and /etc/group naming the user 65532 ("nonroot") the image runs as, which is
-    the user the operator's pod security context asks for;
+    the user the chart's operator pods and the sidecars Ferry injects are given;
   - /tmp (mode 1777) and /etc/nsswitch.conf (hosts from files, then DNS).
 
 The archives are named for the chart's default repositories (ghcr.io/ferry-dev/operator and

@@ -167,6 +167,15 @@ fn the_images_are_the_ones_the_chart_installs_and_run_as_the_user_pods_ask_for()
         .to_string();
     assert_eq!(reference("operator"), container["image"].as_str().unwrap());
     assert_eq!(reference("consumer"), sidecar_image);
+    let pod_security = &deployment["spec"]["template"]["spec"]["securityContext"];
+    assert_eq!(
+        format!(
+            "{}:{}",
+            pod_security["runAsUser"], pod_security["runAsGroup"]
+        ),
+        NONROOT,
+        "the chart runs the operator as the image's user"
+    );
 
     for (name, binary, port) in [
         ("operator", "ferry-operator", "8080/tcp"),
