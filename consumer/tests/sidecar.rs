@@ -424,6 +424,30 @@ async fn a_worker_that_is_down_loses_nothing(provider: Provider) {
 /// SIGTERM mid-delivery: the deliveries in flight finish and are acked, nothing more is
 /// started, the process exits 0, and a new sidecar gets every other message.
 async fn sigterm_finishes_in_flight_work_and_hands_back_the_rest(provider: Provider) {
+    // Google's Pub/Sub emulator now and then stops delivering a subscription altogether once
+    // a streaming subscriber has gone (see EMULATOR_CANCELLATION in queues/src/pubsub.rs):
+    // not even the messages published after the sidecar exited come back. Such a run says
+    // nothing about the sidecar, so it is repeated once on a new subscription; a wrong
+    // result (an acked message back, one missing) fails at once.
+    for attempt in 1..=2 {
+        match sigterm_scenario(provider).await {
+            Checked::Yes => return,
+            Checked::EmulatorDeliveredNothing => eprintln!(
+                "attempt {attempt}: the emulator delivered nothing, not even the messages \
+                 published after the sidecar exited; repeating on a new subscription"
+            ),
+        }
+    }
+    panic!("twice the Pub/Sub emulator delivered nothing after the sidecar exited");
+}
+
+enum Checked {
+    Yes,
+    /// Pub/Sub only: the emulator returned nothing at all, so nothing could be checked.
+    EmulatorDeliveredNothing,
+}
+
+async fn sigterm_scenario(provider: Provider) -> Checked {
     let setup = provision(provider, false, 10).await;
     let worker = Worker::start(|_| Reply::ok().after(Duration::from_secs(3))).await;
     let env = setup
@@ -446,6 +470,9 @@ async fn sigterm_finishes_in_flight_work_and_hands_back_the_rest(provider: Provi
         async || (worker.deliveries().len() >= 2).then_some(()),
     )
     .await;
+    // A second into the 3 s deliveries rather than at their first byte, which once came
+    // 87 ms after the sidecar started (the emulator then delivered nothing more).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     sidecar.signal("TERM");
     let status = sidecar.wait_exit(Duration::from_secs(15)).await;
     assert!(
@@ -475,6 +502,9 @@ async fn sigterm_finishes_in_flight_work_and_hands_back_the_rest(provider: Provi
         // the two acked messages must be gone, and the rest there, once each.
         let later_ids = setup.publish_bodies(later).await;
         let mut remaining = unary_pull(&setup, later_ids.len()).await;
+        if remaining.is_empty() {
+            return Checked::EmulatorDeliveredNothing;
+        }
         remaining.sort();
         let mut expected = later_ids;
         expected.sort();
@@ -482,7 +512,7 @@ async fn sigterm_finishes_in_flight_work_and_hands_back_the_rest(provider: Provi
             remaining, expected,
             "the acked messages are gone and nothing else is missing"
         );
-        return;
+        return Checked::Yes;
     }
     let _second = start(&env);
     eventually(
@@ -500,6 +530,7 @@ async fn sigterm_finishes_in_flight_work_and_hands_back_the_rest(provider: Provi
         delivered, expected,
         "nothing lost and nothing processed twice"
     );
+    Checked::Yes
 }
 
 /// The message ids a unary Pull (the emulator's REST API) returns from the subscription,
