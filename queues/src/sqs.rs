@@ -422,6 +422,17 @@ fn textual_attributes(
         .collect()
 }
 
+/// The system attributes a delivery carries, and no others: `All` would also bring the
+/// sender's account, the trace header and the sequence number of every message, which
+/// nothing reads, for SQS to send and the SDK to parse.
+const RECEIVED_SYSTEM_ATTRIBUTES: [MessageSystemAttributeName; 5] = [
+    MessageSystemAttributeName::SentTimestamp,
+    MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
+    MessageSystemAttributeName::ApproximateReceiveCount,
+    MessageSystemAttributeName::MessageGroupId,
+    MessageSystemAttributeName::MessageDeduplicationId,
+];
+
 #[async_trait]
 impl MessageQueue for SqsQueue {
     async fn receive(
@@ -436,7 +447,7 @@ impl MessageQueue for SqsQueue {
             .max_number_of_messages(max.clamp(1, MAX_BATCH) as i32)
             .wait_time_seconds(wait.as_secs().min(20) as i32)
             .visibility_timeout(self.lease.min(MAX_VISIBILITY).as_secs() as i32)
-            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .set_message_system_attribute_names(Some(RECEIVED_SYSTEM_ATTRIBUTES.to_vec()))
             .message_attribute_names("All")
             .send()
             .await
