@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
+use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use clap::Args;
 
 use crate::worker::{message_number, unix_nanos};
@@ -54,7 +54,9 @@ pub async fn raw_sqs(args: RawSqsArgs) -> anyhow::Result<()> {
                     .queue_url(&queue)
                     .max_number_of_messages(batch)
                     .wait_time_seconds(1)
-                    .message_system_attribute_names(MessageSystemAttributeName::All)
+                    .set_message_system_attribute_names(Some(
+                        ferry_queues::sqs::RECEIVED_SYSTEM_ATTRIBUTES.to_vec(),
+                    ))
                     .message_attribute_names("All")
                     .send()
                     .await

@@ -425,7 +425,7 @@ fn textual_attributes(
 /// The system attributes a delivery carries, and no others: `All` would also bring the
 /// sender's account, the trace header and the sequence number of every message, which
 /// nothing reads, for SQS to send and the SDK to parse.
-const RECEIVED_SYSTEM_ATTRIBUTES: [MessageSystemAttributeName; 5] = [
+pub const RECEIVED_SYSTEM_ATTRIBUTES: [MessageSystemAttributeName; 5] = [
     MessageSystemAttributeName::SentTimestamp,
     MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
     MessageSystemAttributeName::ApproximateReceiveCount,
