@@ -139,12 +139,12 @@ def glibc_version(libc6_deb):
 
 
 def glibc_needed(binary):
-    """The highest GLIBC_x.y symbol version the binary asks the loader for, and whether it
-    asks for GLIBC_ABI_DT_RELR (packed relocations)."""
-    names = re.findall(r"Name: (GLIBC_[0-9A-Z_.]+)", run(["readelf", "-V", "--wide", str(binary)]))
-    versions = [tuple(int(p) for p in n[len("GLIBC_"):].split("."))
-                for n in names if re.fullmatch(r"GLIBC_\d+(\.\d+)+", n)]
-    return max(versions, default=(0, 0)), "GLIBC_ABI_DT_RELR" in names
+    """The highest GLIBC_x.y symbol version the binary asks the loader for. (Packed
+    relocations ask for GLIBC_ABI_DT_RELR instead, which MIN_GLIBC covers.)"""
+    names = re.findall(r"Name: (GLIBC_\d+(?:\.\d+)+)\b",
+                       run(["readelf", "-V", "--wide", str(binary)]))
+    return max((tuple(int(p) for p in n[len("GLIBC_"):].split(".")) for n in names),
+               default=(0, 0))
 
 
 def runtime_rootfs(debs, rootfs):
@@ -298,6 +298,9 @@ def main():
             die(f"libc6 {libc_version} is older than glibc "
                 f"{MIN_GLIBC[0]}.{MIN_GLIBC[1]}, which the sidecar's packed relocations need: "
                 "build on Debian 12 or later")
+        # What both images share, unpacked and pruned once.
+        runtime = work / "runtime"
+        runtime_rootfs(debs, runtime)
         # The commit, when building from a git checkout.
         revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True,
                                   capture_output=True).stdout.strip()
@@ -305,12 +308,12 @@ def main():
             binary = binaries / image.binary
             if not binary.is_file():
                 die(f"{binary} is missing")
-            needed, relr = glibc_needed(binary)
-            if needed > libc or (relr and libc < MIN_GLIBC):
-                die(f"{image.binary} needs glibc {'.'.join(map(str, needed))}"
-                    f"{' and packed relocations' if relr else ''}, libc6 is {libc_version}")
+            needed = glibc_needed(binary)
+            if needed > libc:
+                die(f"{image.binary} needs glibc {'.'.join(map(str, needed))}, "
+                    f"libc6 is {libc_version}")
             rootfs = work / image.name
-            runtime_rootfs(debs, rootfs)
+            shutil.copytree(runtime, rootfs, symlinks=True)
             target = rootfs / "usr/local/bin" / image.binary
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(binary, target)

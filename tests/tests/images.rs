@@ -17,7 +17,7 @@ use ferry_queues::Provider;
 use ferry_queues::provision::{OutgoingMessage, QueueRequest, ensure_queue, publish};
 use ferry_tests::sidecar::{Sidecar, SidecarEnv};
 use ferry_tests::worker::{Reply, Worker};
-use ferry_tests::{emulators, eventually, helm, log_dir, unique_name, workspace_binary};
+use ferry_tests::{emulators, eventually, helm, log_dir, repo_root, unique_name, workspace_binary};
 use serde_json::{Value, json};
 
 const NONROOT: &str = "65532:65532";
@@ -32,30 +32,19 @@ fn archives() -> &'static PathBuf {
             .expect("a binary lives in a directory")
             .to_path_buf();
         workspace_binary("ferry-operator");
-        let script = workspace_root().join("scripts/build-images.py");
-        let output = Command::new("python3")
-            .arg(&script)
-            .arg("--binaries")
-            .arg(&binaries)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .expect("run python3 scripts/build-images.py");
-        assert!(
-            output.status.success(),
-            "scripts/build-images.py failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+        let script = repo_root().join("scripts/build-images.py");
+        tool(
+            "python3",
+            &[
+                &script.display().to_string(),
+                "--binaries",
+                &binaries.display().to_string(),
+                "--out",
+                &out.display().to_string(),
+            ],
         );
         out
     })
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is in the workspace")
-        .to_path_buf()
 }
 
 fn archive(name: &str) -> PathBuf {
