@@ -11,10 +11,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use ferry_crds::QueueConsumer;
-use ferry_devcluster::DevCluster;
 use ferry_queues::Provider;
+use ferry_tests::cluster::TestCluster;
 use ferry_tests::workspace_binary;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 
 /// A loopback port nothing listens on (the discard port), for the Google metadata server.
@@ -24,7 +23,7 @@ fn consumer(provider: Provider, name: &str) -> QueueConsumer {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "ferry.dev/v1alpha1",
         "kind": "QueueConsumer",
-        "metadata": { "name": name, "namespace": "default" },
+        "metadata": { "name": name },
         "spec": {
             "queue": { "provider": provider.as_str(), "name": ferry_tests::unique_name("nocreds") },
             "worker": { "spec": { "containers": [{ "name": "worker", "image": "example.com/worker:1" }] } },
@@ -45,16 +44,8 @@ fn queue_ready(qc: &QueueConsumer) -> Option<(String, String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_cloud_credentials_are_named_in_the_status() {
-    let cluster = DevCluster::builder()
-        .kubelet(false)
-        .start()
-        .await
-        .expect("devcluster");
-    let client = cluster.client();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(&PostParams::default(), &ferry_crds::crd::crd())
-        .await
-        .expect("install the CRD");
+    let cluster = TestCluster::start().await;
+    cluster.install_crd().await;
 
     // An empty home: no ~/.aws, no gcloud application-default credentials.
     let logs = ferry_tests::repo_root().join("target/test-logs");
@@ -75,7 +66,12 @@ async fn missing_cloud_credentials_are_named_in_the_status() {
         .env("AWS_REGION", "us-east-1")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("GCE_METADATA_HOST", NO_METADATA_SERVER)
-        .env("POD_NAMESPACE", "default")
+        // Its own namespace only: on a shared cluster, other tests' QueueConsumers are not
+        // this credential-less operator's to mark failed. (Its kubeconfig must then carry
+        // its own credentials, a token or a certificate: the empty home has no cloud CLI
+        // login for an exec plugin to use.)
+        .env("FERRY_WATCH_NAMESPACE", cluster.namespace())
+        .env("POD_NAMESPACE", cluster.namespace())
         .env("POD_NAME", "ferry-operator-0")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -85,7 +81,7 @@ async fn missing_cloud_credentials_are_named_in_the_status() {
         .spawn()
         .expect("start ferry-operator");
 
-    let api: Api<QueueConsumer> = Api::namespaced(client.clone(), "default");
+    let api: Api<QueueConsumer> = cluster.api();
     for (provider, name) in [(Provider::Sqs, "no-aws"), (Provider::PubSub, "no-google")] {
         api.create(&PostParams::default(), &consumer(provider, name))
             .await
@@ -127,5 +123,4 @@ async fn missing_cloud_credentials_are_named_in_the_status() {
     }
 
     let _ = operator.kill().await;
-    cluster.shutdown().await;
 }

@@ -1,16 +1,16 @@
-//! Leader election against devcluster's Lease API: one leader at a time, failover when the
+//! Leader election against a cluster's Lease API (devcluster's, or `FERRY_TEST_KUBECONFIG`'s): one leader at a time, failover when the
 //! leader disappears, immediate handover when it releases the lease.
 
 use std::time::{Duration, Instant};
 
-use ferry_devcluster::DevCluster;
 use ferry_operator::leader::{ElectionSettings, LeaderElection};
+use ferry_tests::cluster::TestCluster;
 use tokio::sync::{oneshot, watch};
 
-fn settings(identity: &str) -> ElectionSettings {
+fn settings(namespace: &str, identity: &str) -> ElectionSettings {
     ElectionSettings {
         lease_name: "ferry-operator".into(),
-        namespace: "default".into(),
+        namespace: namespace.into(),
         identity: identity.into(),
         lease_duration: Duration::from_secs(3),
         renew_every: Duration::from_millis(300),
@@ -23,8 +23,8 @@ struct Candidate {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn campaign(client: kube::Client, identity: &str) -> Candidate {
-    let election = LeaderElection::new(client, settings(identity));
+fn campaign(cluster: &TestCluster, identity: &str) -> Candidate {
+    let election = LeaderElection::new(cluster.client(), settings(cluster.namespace(), identity));
     let leading = election.leadership();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(election.run(async move {
@@ -51,14 +51,9 @@ async fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_elect_exactly_one_leader_and_fail_over() {
-    let cluster = DevCluster::builder()
-        .kubelet(false)
-        .controllers(false)
-        .start()
-        .await
-        .expect("devcluster");
-    let a = campaign(cluster.client(), "replica-a");
-    let b = campaign(cluster.client(), "replica-b");
+    let cluster = TestCluster::start().await;
+    let a = campaign(&cluster, "replica-a");
+    let b = campaign(&cluster, "replica-b");
     wait_until(Duration::from_secs(10), "a leader", || {
         *a.leading.borrow() || *b.leading.borrow()
     })
@@ -91,15 +86,10 @@ async fn two_replicas_elect_exactly_one_leader_and_fail_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_stops_hands_over_at_once() {
-    let cluster = DevCluster::builder()
-        .kubelet(false)
-        .controllers(false)
-        .start()
-        .await
-        .expect("devcluster");
-    let mut a = campaign(cluster.client(), "replica-a");
+    let cluster = TestCluster::start().await;
+    let mut a = campaign(&cluster, "replica-a");
     wait_until(Duration::from_secs(10), "a to lead", || *a.leading.borrow()).await;
-    let b = campaign(cluster.client(), "replica-b");
+    let b = campaign(&cluster, "replica-b");
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(!*b.leading.borrow(), "b follows while a renews");
 

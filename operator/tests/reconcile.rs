@@ -1,39 +1,31 @@
-//! The controller against devcluster, moto's SQS server and the Pub/Sub emulator: a QueueConsumer becomes a queue
-//! with its dead-letter queue and a worker Deployment with the sidecar, its status says so,
-//! and deletion follows the deletion policy without losing dead letters.
+//! The controller against a cluster (devcluster, or `FERRY_TEST_KUBECONFIG`'s), moto's SQS
+//! server and the Pub/Sub emulator: a QueueConsumer becomes a queue with its dead-letter
+//! queue and a worker Deployment with the sidecar, its status says so, and deletion follows
+//! the deletion policy without losing dead letters.
 
 use std::time::Duration;
 
 use ferry_crds::QueueConsumer;
-use ferry_devcluster::DevCluster;
 use ferry_operator::builders::OperatorSettings;
 use ferry_operator::controller::{self, CloudSettings, Context};
 use ferry_queues::Provider;
 use ferry_queues::provision::{OutgoingMessage, ensure_queue, publish};
+use ferry_tests::cluster::TestCluster;
 use ferry_tests::emulators;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, PostParams};
 
 struct Running {
-    cluster: DevCluster,
+    cluster: TestCluster,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
     async fn start() -> Self {
-        let cluster = DevCluster::builder()
-            .kubelet(false)
-            .start()
-            .await
-            .expect("devcluster");
-        let client = cluster.client();
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        crds.create(&PostParams::default(), &ferry_crds::crd::crd())
-            .await
-            .expect("install the CRD");
-        let (stop, task) = spawn_controller(client);
+        let cluster = TestCluster::start().await;
+        cluster.install_crd().await;
+        let (stop, task) = spawn_controller(&cluster);
         Self {
             cluster,
             stop: Some(stop),
@@ -46,36 +38,38 @@ impl Running {
     async fn crash_and_restart(&mut self) {
         self.task.abort();
         let _ = (&mut self.task).await;
-        let (stop, task) = spawn_controller(self.cluster.client());
+        let (stop, task) = spawn_controller(&self.cluster);
         self.stop = Some(stop);
         self.task = task;
     }
 
     fn api(&self) -> Api<QueueConsumer> {
-        Api::namespaced(self.cluster.client(), "default")
+        self.cluster.api()
     }
 
     async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
     }
 }
 
+/// The controller, watching this test's namespace only: on a shared cluster, the
+/// QueueConsumers of tests running beside it are not its to reconcile.
 fn spawn_controller(
-    client: kube::Client,
+    cluster: &TestCluster,
 ) -> (
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 ) {
     let ctx = Context::new(
-        client.clone(),
+        cluster.client(),
         OperatorSettings::new("ghcr.io/ferry-dev/consumer:test"),
         cloud_settings(),
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(controller::run(ctx, Api::all(client), async move {
+    let task = tokio::spawn(controller::run(ctx, cluster.api(), async move {
         let _ = stopped.await;
     }));
     (stop, task)
@@ -94,7 +88,7 @@ fn consumer(provider: Provider, name: &str, deletion_policy: &str, force: bool) 
     serde_json::from_value(serde_json::json!({
         "apiVersion": "ferry.dev/v1alpha1",
         "kind": "QueueConsumer",
-        "metadata": { "name": name, "namespace": "default" },
+        "metadata": { "name": name },
         "spec": {
             "queue": { "provider": provider.as_str(), "name": ferry_tests::unique_name("op") },
             "deadLetter": { "maxDeliveries": 5 },
@@ -179,7 +173,7 @@ async fn a_queue_consumer_gets_its_queue_dead_letter_queue_and_worker(provider: 
     assert!(existing.created.is_empty(), "{existing:?}");
 
     // The worker Deployment carries the sidecar configured for this queue.
-    let deployments: Api<Deployment> = Api::namespaced(running.cluster.client(), "default");
+    let deployments: Api<Deployment> = running.cluster.api();
     let deployment = deployments
         .get("orders-worker")
         .await
@@ -212,8 +206,7 @@ async fn a_queue_consumer_gets_its_queue_dead_letter_queue_and_worker(provider: 
     );
 
     // Ferry made the workers' ServiceAccount; once the template names the user's own, it goes.
-    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        Api::namespaced(running.cluster.client(), "default");
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = running.cluster.api();
     assert!(accounts.get_opt("orders-worker").await.unwrap().is_some());
     assert_eq!(pod.service_account_name.as_deref(), Some("orders-worker"));
 
@@ -223,8 +216,7 @@ async fn a_queue_consumer_gets_its_queue_dead_letter_queue_and_worker(provider: 
     assert_eq!(reason, "WorkerUnavailable", "{message}");
 
     // The user is told, in `kubectl describe qc`, that the queue is there.
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(running.cluster.client(), "default");
+    let events: Api<k8s_openapi::api::events::v1::Event> = running.cluster.api();
     eventually("a QueueProvisioned event", async || {
         let list = events.list(&Default::default()).await.ok()?;
         list.items
@@ -363,11 +355,12 @@ async fn kubectl_apply_rejects_invalid_queue_consumers_with_a_readable_message()
         std::env::temp_dir().join(format!("{}.yaml", ferry_tests::unique_name("bad-qc")));
     std::fs::write(
         &manifest,
-        r#"apiVersion: ferry.dev/v1alpha1
+        format!(
+            r#"apiVersion: ferry.dev/v1alpha1
 kind: QueueConsumer
 metadata:
   name: bad
-  namespace: default
+  namespace: {namespace}
 spec:
   queue:
     provider: pubsub
@@ -381,15 +374,15 @@ spec:
         - name: app
           image: example.com/app:1
 "#,
+            namespace = running.cluster.namespace()
+        ),
     )
     .unwrap();
-    let out = tokio::process::Command::new("kubectl")
-        .env("KUBECONFIG", running.cluster.kubeconfig())
-        .args(["apply", "-f"])
-        .arg(&manifest)
-        .output()
-        .await
-        .expect("run kubectl");
+    let out = running
+        .cluster
+        .kubectl(&["apply", "-f", &manifest.to_string_lossy()])
+        .await;
+    let _ = std::fs::remove_file(&manifest);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "kubectl apply must fail");
     assert!(
@@ -428,7 +421,7 @@ async fn a_restarted_operator_converges_after_a_crash_mid_reconcile() {
         again.created.is_empty() && again.corrected.is_empty(),
         "{again:?}"
     );
-    let deployments: Api<Deployment> = Api::namespaced(running.cluster.client(), "default");
+    let deployments: Api<Deployment> = running.cluster.api();
     assert!(
         deployments
             .get_opt("restart-worker")
@@ -452,7 +445,7 @@ async fn drift_in_the_worker_deployment_is_put_back() {
     )
     .await
     .expect("create");
-    let deployments: Api<Deployment> = Api::namespaced(running.cluster.client(), "default");
+    let deployments: Api<Deployment> = running.cluster.api();
     let image = |d: &Deployment| {
         d.spec
             .template

@@ -4,6 +4,7 @@
 //! Every service is started here, on 127.0.0.1, and a test that cannot get one fails with
 //! a message that says how to install it. Nothing is skipped.
 
+pub mod cluster;
 pub mod emulators;
 pub mod helm;
 pub mod monitoring;
