@@ -23,7 +23,7 @@ cargo test --workspace --no-fail-fast "$@" || status=$?
 if [[ $# -eq 0 && -z "${FERRY_TEST_KUBECONFIG:-}" ]]; then
   work=$(mktemp -d)
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  target/debug/ferry-devcluster serve --listen "127.0.0.1:$port" --kubeconfig "$work/kubeconfig" \
+  "${CARGO_TARGET_DIR:-target}/debug/ferry-devcluster" serve --listen "127.0.0.1:$port" --kubeconfig "$work/kubeconfig" \
     > "$work/devcluster.log" 2>&1 &
   serve=$!
   trap 'kill "$serve" 2>/dev/null || true; rm -rf "$work"' EXIT
