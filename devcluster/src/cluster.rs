@@ -10,7 +10,7 @@ use crate::apply::{self, Part, WriteContext};
 use crate::error::{ApiError, ApiResult};
 use crate::registry::{Registry, ResourceInfo, crd_resources};
 use crate::store::{GroupResource, Mutation, Store};
-use crate::{defaults, patch};
+use crate::{defaults, patch, pod_security};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sub {
@@ -455,7 +455,28 @@ impl Cluster {
             self.allocate_cluster_ip(&mut obj);
         }
         self.admit(info, &mut obj, None, strict)?;
+        if info.group.is_empty() && info.plural == "pods" {
+            self.check_pod_security(ns, &obj)?;
+        }
         Ok(obj)
+    }
+
+    /// The `PodSecurity` admission plugin's `enforce` mode, for a pod being created.
+    fn check_pod_security(&self, ns: &str, pod: &Value) -> ApiResult<()> {
+        let ns_gr = GroupResource::new("", "namespaces");
+        let Some(namespace) = self.store.get(&ns_gr, &(String::new(), ns.to_string())) else {
+            return Ok(());
+        };
+        let level = pod_security::Level::of_namespace(&namespace);
+        let found = pod_security::violations(level, pod.get("spec").unwrap_or(&Value::Null));
+        if found.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(pod_security::forbidden_message(
+            level,
+            meta_str(pod, "name").unwrap_or(""),
+            &found,
+        )))
     }
 
     fn insert_new(&self, info: &ResourceInfo, obj: Value, dry_run: bool) -> ApiResult<Value> {

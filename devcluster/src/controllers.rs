@@ -738,7 +738,22 @@ fn reconcile_replicaset(
                     field_manager: Some(MANAGER.into()),
                     ..Default::default()
                 },
-            )?;
+            );
+            // As the ReplicaSet controller does: `kubectl describe rs` says why there are no
+            // pods (a refused pod-security level, a terminating namespace).
+            let created = match created {
+                Ok(created) => created,
+                Err(e) => {
+                    cluster.record_event(
+                        &rs,
+                        "Warning",
+                        "FailedCreate",
+                        &format!("Error creating: {}", e.message),
+                        "replicaset-controller",
+                    );
+                    return Err(e.into());
+                }
+            };
             cluster.record_event(
                 &rs,
                 "Normal",

@@ -22,6 +22,7 @@ pub mod gc;
 pub mod kubelet;
 pub mod openapi;
 pub mod patch;
+pub mod pod_security;
 pub mod protobuf;
 pub mod registry;
 pub mod requests;

@@ -631,3 +631,92 @@ async fn the_serve_binary_writes_a_kubeconfig_and_answers_readyz() {
     let _ = child.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A namespace labelled `pod-security.kubernetes.io/enforce=restricted` refuses pods that
+/// break the restricted standard with the admission plugin's own message, admits those that
+/// meet it, and a Deployment whose template breaks it gets no pods and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_security_admission_enforces_the_namespace_level() {
+    let dc = cluster().await;
+    ok(
+        &kubectl(&dc, &["create", "namespace", "locked"]).await,
+        "create namespace",
+    );
+    ok(
+        &kubectl(
+            &dc,
+            &[
+                "label",
+                "namespace",
+                "locked",
+                "pod-security.kubernetes.io/enforce=restricted",
+            ],
+        )
+        .await,
+        "label namespace",
+    );
+
+    let r = kubectl(
+        &dc,
+        &[
+            "run",
+            "bare",
+            "-n",
+            "locked",
+            "--image=example.com/sleeper:1",
+            "--",
+            "300",
+        ],
+    )
+    .await;
+    assert!(!r.ok, "a bare pod must be refused: {}", r.stdout);
+    assert!(
+        r.stderr.contains(r#"pods "bare" is forbidden: violates PodSecurity "restricted:latest": allowPrivilegeEscalation != false (container "bare" must set securityContext.allowPrivilegeEscalation=false)"#),
+        "{}",
+        r.stderr
+    );
+
+    let compliant = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: tidy, namespace: locked}
+spec:
+  securityContext: {runAsNonRoot: true, runAsUser: 1000, seccompProfile: {type: RuntimeDefault}}
+  containers:
+  - name: main
+    image: example.com/sleeper:1
+    args: ["300"]
+    securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+"#;
+    ok(
+        &kubectl_stdin(&dc, &["apply", "-f", "-"], Some(compliant)).await,
+        "apply a compliant pod",
+    );
+
+    // A Deployment is not a pod: it is stored, and its ReplicaSet reports the refusal.
+    ok(
+        &kubectl_stdin(&dc, &["apply", "-n", "locked", "-f", "-"], Some(DEPLOYMENT)).await,
+        "apply the Deployment",
+    );
+    eventually(20, "a FailedCreate event", || async {
+        let r = kubectl(
+            &dc,
+            &[
+                "get",
+                "events",
+                "-n",
+                "locked",
+                "--field-selector",
+                "reason=FailedCreate",
+                "-o",
+                "jsonpath={.items[*].message}",
+            ],
+        )
+        .await;
+        (r.ok && r.stdout.contains("violates PodSecurity")).then_some(())
+    })
+    .await;
+    let r = kubectl(&dc, &["get", "pods", "-n", "locked", "-o", "name"]).await;
+    ok(&r, "get pods");
+    assert_eq!(r.stdout.trim(), "pod/tidy", "only the compliant pod exists");
+}

@@ -340,79 +340,14 @@ fn rbac_for_listed_namespaces_is_a_role_in_each_and_nothing_cluster_wide() {
     );
 }
 
-/// The "restricted" Pod Security Standard (Kubernetes' pod-security admission, v1.27+).
+/// The "restricted" Pod Security Standard, as Kubernetes' PodSecurity admission checks it
+/// (devcluster's copy of its checks, which also guards the namespaces of the live tests).
 fn assert_restricted(pod: &Value, who: &str) {
-    for host in ["hostNetwork", "hostPID", "hostIPC"] {
-        assert_ne!(pod[host], true, "{who}: {host}");
-    }
-    let allowed_volumes = [
-        "configMap",
-        "csi",
-        "downwardAPI",
-        "emptyDir",
-        "ephemeral",
-        "persistentVolumeClaim",
-        "projected",
-        "secret",
-    ];
-    for volume in pod["volumes"].as_array().into_iter().flatten() {
-        for key in volume.as_object().unwrap().keys().filter(|k| *k != "name") {
-            assert!(
-                allowed_volumes.contains(&key.as_str()),
-                "{who}: volume type {key}"
-            );
-        }
-    }
-    let pod_context = &pod["securityContext"];
-    let containers = pod["containers"]
-        .as_array()
-        .into_iter()
-        .chain(pod["initContainers"].as_array())
-        .flatten();
-    for container in containers {
-        let name = format!("{who}/{}", container["name"]);
-        let context = &container["securityContext"];
-        assert_ne!(context["privileged"], true, "{name}: privileged");
-        assert_eq!(
-            context["allowPrivilegeEscalation"], false,
-            "{name}: allowPrivilegeEscalation must be false"
-        );
-        let dropped: Vec<&str> = context["capabilities"]["drop"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        assert!(dropped.contains(&"ALL"), "{name}: capabilities.drop ALL");
-        for added in context["capabilities"]["add"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            assert_eq!(added, "NET_BIND_SERVICE", "{name}: adds {added}");
-        }
-        let non_root = if context["runAsNonRoot"].is_boolean() {
-            &context["runAsNonRoot"]
-        } else {
-            &pod_context["runAsNonRoot"]
-        };
-        assert_eq!(non_root, true, "{name}: runAsNonRoot");
-        for user in [&context["runAsUser"], &pod_context["runAsUser"]] {
-            assert_ne!(user, 0, "{name}: runAsUser 0");
-        }
-        let seccomp = if context["seccompProfile"].is_object() {
-            &context["seccompProfile"]["type"]
-        } else {
-            &pod_context["seccompProfile"]["type"]
-        };
-        assert!(
-            seccomp == "RuntimeDefault" || seccomp == "Localhost",
-            "{name}: seccompProfile {seccomp}"
-        );
-        for port in container["ports"].as_array().into_iter().flatten() {
-            assert!(port["hostPort"].is_null(), "{name}: hostPort");
-        }
-    }
+    let found = ferry_devcluster::pod_security::violations(
+        ferry_devcluster::pod_security::Level::Restricted,
+        pod,
+    );
+    assert!(found.is_empty(), "{who}: {found:#?}");
 }
 
 #[test]

@@ -66,6 +66,19 @@ async fn helm_install_brings_up_a_leader_elected_operator_that_reconciles_its_na
             .unwrap();
         assert!(out.status.success(), "{out:?}");
     }
+    // The operator's pods (and the workers it makes in shop) must pass devcluster's
+    // PodSecurity admission at the strictest level.
+    for namespace in [RELEASE_NAMESPACE, "shop"] {
+        let label = format!(
+            "{}=restricted",
+            ferry_devcluster::pod_security::ENFORCE_LABEL
+        );
+        let out = cluster
+            .kubectl_output(&["label", "namespace", namespace, &label])
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
 
     let values = json!({
         "operator": {

@@ -302,6 +302,45 @@ fn restricted_security_is_the_default_and_user_choices_stay() {
         Some(vec!["ALL".to_string()])
     );
     assert_eq!(sidecar.seccomp_profile.unwrap().type_, "RuntimeDefault");
+
+    // What a namespace enforcing `restricted` would say of it: only the user's own choice.
+    let found = restricted_violations(&qc);
+    assert_eq!(
+        found,
+        [
+            r#"allowPrivilegeEscalation != false (container "helper" must set securityContext.allowPrivilegeEscalation=false)"#
+        ]
+    );
+}
+
+/// The checks of Kubernetes' PodSecurity admission at the `restricted` level (devcluster's
+/// copy of them) that the worker Deployment's pod template fails.
+fn restricted_violations(qc: &QueueConsumer) -> Vec<String> {
+    let d = desired_deployment(qc, &settings(), &names()).unwrap();
+    let spec = serde_json::to_value(d.spec.template.spec.unwrap()).unwrap();
+    ferry_devcluster::pod_security::violations(
+        ferry_devcluster::pod_security::Level::Restricted,
+        &spec,
+    )
+}
+
+#[test]
+fn a_worker_that_sets_nothing_is_admitted_where_restricted_is_enforced() {
+    for provider in ["sqs", "pubsub"] {
+        let qc = consumer(json!({
+            "queue": {"provider": provider},
+            "worker": {"spec": {
+                "initContainers": [{"name": "migrate", "image": "m"}],
+                "containers": [{"name": "worker", "image": "w", "ports": [{"containerPort": 8080}]}],
+                "volumes": [{"name": "scratch", "emptyDir": {}}],
+            }},
+        }));
+        assert_eq!(
+            restricted_violations(&qc),
+            Vec::<String>::new(),
+            "{provider}"
+        );
+    }
 }
 
 #[test]
