@@ -33,7 +33,8 @@ if [[ $# -eq 0 && -z "${FERRY_TEST_KUBECONFIG:-}" ]]; then
     cat "$work/devcluster.log" >&2
     exit 1
   fi
-  FERRY_TEST_KUBECONFIG="$work/kubeconfig" cargo test -p ferry-operator --no-fail-fast \
+  # --workspace, as above: the same features, so nothing is compiled again.
+  FERRY_TEST_KUBECONFIG="$work/kubeconfig" cargo test --workspace --no-fail-fast \
     --test reconcile --test credentials --test leader || status=$?
   leftovers=$(KUBECONFIG="$work/kubeconfig" kubectl get namespaces -o name | grep -c ferry-test || true)
   if [[ "$leftovers" != 0 ]]; then

@@ -639,13 +639,43 @@ fn write_deployment_status(
     if progressed && !complete {
         progressing_c["lastUpdateTime"] = json!(now());
     }
+    let mut conditions = vec![available_c, progressing_c];
+    // A ReplicaSet that cannot create its pods says so on the Deployment too, the new one's
+    // failure first (the Deployment controller's getReplicaFailures).
+    let failure = owned
+        .iter()
+        .filter(|r| meta_str(r, "name") == Some(new_name))
+        .chain(
+            owned
+                .iter()
+                .filter(|r| meta_str(r, "name") != Some(new_name)),
+        )
+        .find_map(|r| {
+            r.pointer("/status/conditions")
+                .and_then(Value::as_array)?
+                .iter()
+                .find(|c| c.get("type").and_then(Value::as_str) == Some("ReplicaFailure"))
+                .cloned()
+        });
+    if let Some(failure) = failure {
+        conditions.push(condition(
+            &existing,
+            "ReplicaFailure",
+            failure
+                .get("status")
+                .and_then(Value::as_str)
+                .unwrap_or("True"),
+            failure.get("reason").and_then(Value::as_str).unwrap_or(""),
+            failure.get("message").and_then(Value::as_str).unwrap_or(""),
+        ));
+    }
     let mut status = json!({
         "observedGeneration": i(dep.pointer("/metadata/generation")),
         "replicas": replicas,
         "updatedReplicas": updated,
         "readyReplicas": ready,
         "availableReplicas": available,
-        "conditions": [available_c, progressing_c],
+        "conditions": conditions,
     });
     if desired - available > 0 {
         status["unavailableReplicas"] = json!(desired - available);
@@ -721,6 +751,8 @@ fn reconcile_replicaset(
         i(rs.pointer("/spec/replicas"))
     };
     let diff = desired - active.len() as i64;
+    // Why the last pod could not be created, for the ReplicaFailure condition.
+    let mut failed_create: Option<String> = None;
     if !deleting(&rs) && diff > 0 {
         let template = rs.pointer("/spec/template").cloned().unwrap_or(json!({}));
         for _ in 0..diff {
@@ -751,7 +783,8 @@ fn reconcile_replicaset(
                         &format!("Error creating: {}", e.message),
                         "replicaset-controller",
                     );
-                    return Err(e.into());
+                    failed_create = Some(e.message);
+                    break;
                 }
             };
             cluster.record_event(
@@ -805,10 +838,32 @@ fn reconcile_replicaset(
         .as_object_mut()
         .expect("object")
         .retain(|k, v| !(v == &json!(0) && k != "replicas" && k != "observedGeneration"));
+    // ReplicaFailure while pods cannot be created, gone once they can; the first failure's
+    // message stays until then, as with the real controller (each attempt's message names
+    // another generated pod, and rewriting it would wake this controller again at once).
+    // The Deployment controller copies it to the Deployment.
+    if failed_create.is_some() {
+        let kept = rs
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|c| c.get("type").and_then(Value::as_str) == Some("ReplicaFailure"))
+            })
+            .cloned();
+        let failure = kept.unwrap_or_else(|| {
+            json!({"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                   "message": failed_create.as_deref().unwrap_or(""), "lastTransitionTime": now()})
+        });
+        status["conditions"] = json!([failure]);
+    }
     if rs.get("status") != Some(&status) {
         cluster.write_status(&infos.rs, ns, name, status, MANAGER)?;
     }
-    Ok(())
+    match failed_create {
+        Some(message) => anyhow::bail!("creating a pod of {ns}/{name}: {message}"),
+        None => Ok(()),
+    }
 }
 
 /// Seconds since the pod's Ready condition turned true.

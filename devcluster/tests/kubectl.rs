@@ -719,4 +719,32 @@ spec:
     let r = kubectl(&dc, &["get", "pods", "-n", "locked", "-o", "name"]).await;
     ok(&r, "get pods");
     assert_eq!(r.stdout.trim(), "pod/tidy", "only the compliant pod exists");
+    // And the Deployment carries the ReplicaSet's ReplicaFailure condition.
+    let failure = eventually(20, "ReplicaFailure on the Deployment", || async {
+        let r = kubectl(
+            &dc,
+            &[
+                "get",
+                "deployment",
+                "web",
+                "-n",
+                "locked",
+                "-o",
+                r#"jsonpath={.status.conditions[?(@.type=="ReplicaFailure")]}"#,
+            ],
+        )
+        .await;
+        (r.ok && !r.stdout.is_empty()).then_some(r.stdout)
+    })
+    .await;
+    let failure: serde_json::Value = serde_json::from_str(&failure).unwrap();
+    assert_eq!(failure["status"], "True", "{failure}");
+    assert_eq!(failure["reason"], "FailedCreate", "{failure}");
+    assert!(
+        failure["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#"violates PodSecurity "restricted:latest""#),
+        "{failure}"
+    );
 }

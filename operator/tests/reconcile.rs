@@ -511,3 +511,51 @@ async fn drift_in_the_worker_deployment_is_put_back() {
     .await;
     running.stop().await;
 }
+
+/// A namespace that enforces the `restricted` Pod Security level refuses a worker that asks
+/// for more (here: privilege escalation, which Ferry keeps as the user's own choice). The
+/// QueueConsumer says so, with the cluster's own reason, instead of "not available yet".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_the_namespace_refuses_are_named_in_the_status() {
+    let running = Running::start().await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(running.cluster.client());
+    namespaces
+        .patch(
+            running.cluster.namespace(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"metadata": {"labels": {
+                "pod-security.kubernetes.io/enforce": "restricted"
+            }}})),
+        )
+        .await
+        .expect("label the namespace");
+    let mut qc = consumer(Provider::Sqs, "escalating", "Retain", false);
+    qc.spec.worker.spec.as_mut().unwrap().containers[0].security_context = Some(
+        serde_json::from_value(serde_json::json!({"allowPrivilegeEscalation": true})).unwrap(),
+    );
+    let api = running.api();
+    api.create(&PostParams::default(), &qc)
+        .await
+        .expect("create");
+    let (status, reason, message) =
+        eventually("WorkloadReady=False PodCreationFailed", async || {
+            let qc = api.get("escalating").await.ok()?;
+            condition(&qc, "WorkloadReady").filter(|(_, reason, _)| reason == "PodCreationFailed")
+        })
+        .await;
+    eprintln!("WorkloadReady {status} {reason}: {message}");
+    assert_eq!(status, "False");
+    for expected in [
+        r#"violates PodSecurity "restricted:latest""#,
+        "allowPrivilegeEscalation != false",
+        "fix spec.worker",
+    ] {
+        assert!(message.contains(expected), "{expected:?} in {message}");
+    }
+    let ready = condition(&api.get("escalating").await.unwrap(), "Ready").unwrap();
+    assert_eq!(
+        (ready.0.as_str(), ready.1.as_str()),
+        ("False", "PodCreationFailed")
+    );
+    running.stop().await;
+}

@@ -12,6 +12,7 @@ use kube::{Resource, ResourceExt};
 
 use super::{Context, Error, FIELD_MANAGER};
 use crate::builders::{BuildError, ConditionStatus, ConditionUpdate, ready_summary, set_condition};
+use crate::scaling::slim::REPLICA_FAILURE;
 
 /// What one reconcile found.
 pub struct Observed {
@@ -156,12 +157,37 @@ fn workload_condition(deployment: &Deployment, generation: Option<i64>) -> Condi
             generation,
         );
     }
+    // The cluster refuses to create pods (a namespace's Pod Security level, a quota): the
+    // refusal says what to change, so it is passed on rather than "not available yet".
+    let refused = current
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| {
+            c.type_.as_deref() == Some(REPLICA_FAILURE) && c.status.as_deref() == Some("True")
+        })
+        .map(|c| c.message.clone().unwrap_or_default());
     if available >= 1 {
+        let mut message =
+            format!("{available} of {wanted} worker pods of Deployment {name} are available");
+        if let Some(refused) = refused {
+            message.push_str(&format!("; more cannot be created: {refused}"));
+        }
         condition(
             condition_type::WORKLOAD_READY,
             ConditionStatus::True,
             "WorkerAvailable",
-            format!("{available} of {wanted} worker pods of Deployment {name} are available"),
+            message,
+            generation,
+        )
+    } else if let Some(refused) = refused {
+        condition(
+            condition_type::WORKLOAD_READY,
+            ConditionStatus::False,
+            "PodCreationFailed",
+            format!(
+                "Deployment {name} cannot create its worker pods: {refused}; fix spec.worker, or the namespace's policy"
+            ),
             generation,
         )
     } else {
@@ -375,6 +401,57 @@ mod tests {
             ("False", "QueueConflict")
         );
         assert_eq!(status.observed_generation, Some(3));
+    }
+
+    /// A worker Deployment as the cluster reports it: `available` pods, and the refusal of
+    /// its ReplicaSet when there is one.
+    fn deployment(available: i32, refused: Option<&str>) -> Deployment {
+        let mut conditions = vec![serde_json::json!({"type": "Available", "status": "False"})];
+        if let Some(message) = refused {
+            conditions.push(
+                serde_json::json!({"type": "ReplicaFailure", "status": "True",
+                "reason": "FailedCreate", "message": message}),
+            );
+        }
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "orders-worker", "namespace": "shop"},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": {"availableReplicas": available, "conditions": conditions}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pods_the_cluster_refuses_are_named_with_its_reason() {
+        let refusal = r#"pods "orders-worker-1" is forbidden: violates PodSecurity "restricted:latest": allowPrivilegeEscalation != false"#;
+        let observe = |deployment| Observed {
+            provisioned: Some(provisioned()),
+            queue_error: None,
+            build_error: None,
+            deployment: Some(deployment),
+        };
+        let status = desired_status(&consumer(), &observe(deployment(0, Some(refusal))), at(10));
+        let workload = get(&status, condition_type::WORKLOAD_READY);
+        assert_eq!(
+            (workload.status.as_str(), workload.reason.as_str()),
+            ("False", "PodCreationFailed")
+        );
+        assert!(workload.message.contains(refusal), "{}", workload.message);
+        let ready = get(&status, condition_type::READY);
+        assert_eq!(ready.reason, "PodCreationFailed");
+
+        // Some pods run: available, and the refusal of the rest is still told.
+        let status = desired_status(&consumer(), &observe(deployment(1, Some(refusal))), at(10));
+        let workload = get(&status, condition_type::WORKLOAD_READY);
+        assert_eq!(workload.status, "True");
+        assert!(workload.message.contains(refusal), "{}", workload.message);
+
+        // No refusal: not available yet, as before.
+        let status = desired_status(&consumer(), &observe(deployment(0, None)), at(10));
+        assert_eq!(
+            get(&status, condition_type::WORKLOAD_READY).reason,
+            "WorkerUnavailable"
+        );
     }
 
     #[test]

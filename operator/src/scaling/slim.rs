@@ -27,14 +27,29 @@ pub fn consumer(qc: &mut QueueConsumer) {
     slim_metadata(&mut qc.metadata);
 }
 
-/// Name, replicas and status counts are all the autoscaler reads of a Deployment.
+/// Name, replicas and status counts are all the autoscaler reads of a Deployment; the
+/// reconciler also reads a `ReplicaFailure` condition (pods that cannot be created, and why).
 pub fn deployment(deployment: &mut Deployment) {
     slim_metadata(&mut deployment.metadata);
     deployment.spec.template = PodTemplateSpec::default();
     if let Some(status) = &mut deployment.status {
-        status.conditions = None;
+        status.conditions = status
+            .conditions
+            .take()
+            .map(|all| {
+                all.into_iter()
+                    .filter(|c| {
+                        c.type_.as_deref() == Some(REPLICA_FAILURE)
+                            && c.status.as_deref() == Some("True")
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .filter(|kept| !kept.is_empty());
     }
 }
+
+/// The Deployment condition that says its pods cannot be created.
+pub const REPLICA_FAILURE: &str = "ReplicaFailure";
 
 /// A pod's labels and annotations (consumer, deletion cost), phase, IP, deletion mark and
 /// the sidecar's ports: what scraping and choosing pods to remove need.
@@ -121,5 +136,16 @@ mod tests {
         let status = d.status.as_ref().unwrap();
         assert_eq!((status.replicas, status.ready_replicas), (Some(3), Some(2)));
         assert!(status.conditions.is_none());
+
+        // Pods that cannot be created: the reconciler says why in the QueueConsumer's status.
+        d.status.as_mut().unwrap().conditions = serde_json::from_value(serde_json::json!([
+            {"type": "Available", "status": "False"},
+            {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": "forbidden"},
+        ]))
+        .unwrap();
+        deployment(&mut d);
+        let kept = d.status.unwrap().conditions.unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].message.as_deref(), Some("forbidden"));
     }
 }
