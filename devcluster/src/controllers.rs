@@ -157,14 +157,8 @@ fn deleting(o: &Value) -> bool {
 }
 
 pub fn pod_ready(pod: &Value) -> bool {
-    pod.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .is_some_and(|cs| {
-            cs.iter().any(|c| {
-                c.get("type").and_then(Value::as_str) == Some("Ready")
-                    && c.get("status").and_then(Value::as_str) == Some("True")
-            })
-        })
+    status_condition(pod, "Ready")
+        .is_some_and(|c| c.get("status").and_then(Value::as_str) == Some("True"))
 }
 
 /// Kubernetes' hash alphabet, so names look like `web-5d8f7c9b6d`.
@@ -650,13 +644,7 @@ fn write_deployment_status(
                 .iter()
                 .filter(|r| meta_str(r, "name") != Some(new_name)),
         )
-        .find_map(|r| {
-            r.pointer("/status/conditions")
-                .and_then(Value::as_array)?
-                .iter()
-                .find(|c| c.get("type").and_then(Value::as_str) == Some("ReplicaFailure"))
-                .cloned()
-        });
+        .find_map(|r| status_condition(r, "ReplicaFailure").cloned());
     if let Some(failure) = failure {
         conditions.push(condition(
             &existing,
@@ -843,14 +831,7 @@ fn reconcile_replicaset(
     // another generated pod, and rewriting it would wake this controller again at once).
     // The Deployment controller copies it to the Deployment.
     if failed_create.is_some() {
-        let kept = rs
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .and_then(|cs| {
-                cs.iter()
-                    .find(|c| c.get("type").and_then(Value::as_str) == Some("ReplicaFailure"))
-            })
-            .cloned();
+        let kept = status_condition(&rs, "ReplicaFailure").cloned();
         let failure = kept.unwrap_or_else(|| {
             json!({"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
                    "message": failed_create.as_deref().unwrap_or(""), "lastTransitionTime": now()})
@@ -866,14 +847,17 @@ fn reconcile_replicaset(
     }
 }
 
+/// The condition of this type in an object's `status.conditions`.
+fn status_condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
+    obj.pointer("/status/conditions")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some(type_))
+}
+
 /// Seconds since the pod's Ready condition turned true.
 fn ready_for(pod: &Value) -> i64 {
-    pod.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .and_then(|cs| {
-            cs.iter()
-                .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
-        })
+    status_condition(pod, "Ready")
         .and_then(|c| c.get("lastTransitionTime").and_then(Value::as_str))
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds())
