@@ -55,16 +55,9 @@ impl Live {
             .await
             .expect("install the CRD");
         // The worker pods must pass devcluster's PodSecurity admission at the strictest level.
-        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-            .patch(
-                "default",
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(serde_json::json!({"metadata": {"labels": {
-                    ferry_devcluster::pod_security::ENFORCE_LABEL: "restricted"
-                }}})),
-            )
+        ferry_tests::cluster::enforce_restricted_pods(&client, "default")
             .await
-            .expect("enforce the restricted pod security level");
+            .expect("label the namespace");
         let mut settings = OperatorSettings::new(SIDECAR_IMAGE);
         settings.sqs_endpoint = Some(emulators::moto().url());
         settings.pubsub_endpoint = Some(emulators::pubsub().host_port());

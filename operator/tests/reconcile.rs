@@ -518,17 +518,12 @@ async fn drift_in_the_worker_deployment_is_put_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_the_namespace_refuses_are_named_in_the_status() {
     let running = Running::start().await;
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(running.cluster.client());
-    namespaces
-        .patch(
-            running.cluster.namespace(),
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(serde_json::json!({"metadata": {"labels": {
-                "pod-security.kubernetes.io/enforce": "restricted"
-            }}})),
-        )
-        .await
-        .expect("label the namespace");
+    ferry_tests::cluster::enforce_restricted_pods(
+        &running.cluster.client(),
+        running.cluster.namespace(),
+    )
+    .await
+    .expect("label the namespace");
     let mut qc = consumer(Provider::Sqs, "escalating", "Retain", false);
     qc.spec.worker.spec.as_mut().unwrap().containers[0].security_context = Some(
         serde_json::from_value(serde_json::json!({"allowPrivilegeEscalation": true})).unwrap(),

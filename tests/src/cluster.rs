@@ -192,6 +192,20 @@ impl Drop for TestCluster {
     }
 }
 
+/// Makes `namespace` enforce the `restricted` Pod Security level (the `PodSecurity`
+/// admission plugin's label, which devcluster honours as a real cluster does), so every pod
+/// created there afterwards must meet it.
+pub async fn enforce_restricted_pods(client: &kube::Client, namespace: &str) -> anyhow::Result<()> {
+    let label = serde_json::json!({"metadata": {"labels": {
+        ferry_devcluster::pod_security::ENFORCE_LABEL: "restricted"
+    }}});
+    Api::<Namespace>::all(client.clone())
+        .patch(namespace, &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .with_context(|| format!("enforce the restricted Pod Security level in {namespace}"))?;
+    Ok(())
+}
+
 /// `FERRY_TEST_KUBECONFIG`, when set and not empty.
 pub fn external_kubeconfig() -> Option<PathBuf> {
     std::env::var_os(KUBECONFIG_ENV)

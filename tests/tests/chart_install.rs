@@ -69,15 +69,9 @@ async fn helm_install_brings_up_a_leader_elected_operator_that_reconciles_its_na
     // The operator's pods (and the workers it makes in shop) must pass devcluster's
     // PodSecurity admission at the strictest level.
     for namespace in [RELEASE_NAMESPACE, "shop"] {
-        let label = format!(
-            "{}=restricted",
-            ferry_devcluster::pod_security::ENFORCE_LABEL
-        );
-        let out = cluster
-            .kubectl_output(&["label", "namespace", namespace, &label])
+        ferry_tests::cluster::enforce_restricted_pods(&client, namespace)
             .await
             .unwrap();
-        assert!(out.status.success(), "{out:?}");
     }
 
     let values = json!({

@@ -200,16 +200,7 @@ impl Sandbox {
             .context("create ferry-system")?;
         // Every worker pod the operator makes must pass the strictest Pod Security level,
         // as devcluster's PodSecurity admission checks it when the ReplicaSet creates them.
-        Api::<Namespace>::all(client.clone())
-            .patch(
-                NAMESPACE,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(serde_json::json!({"metadata": {"labels": {
-                    ferry_devcluster::pod_security::ENFORCE_LABEL: "restricted"
-                }}})),
-            )
-            .await
-            .with_context(|| format!("enforce the restricted pod security level in {NAMESPACE}"))?;
+        crate::cluster::enforce_restricted_pods(&client, NAMESPACE).await?;
         let mut sandbox = Self {
             operator_addr: format!("127.0.0.1:{}", free_port()),
             config,
