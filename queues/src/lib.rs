@@ -9,6 +9,7 @@ pub mod model;
 pub mod monitoring;
 pub mod provision;
 pub mod pubsub;
+pub mod redrive;
 pub mod sqs;
 
 use std::sync::Arc;

@@ -136,3 +136,27 @@ pub fn test_message(id: &str, body: &str, attributes: BTreeMap<String, String>) 
         }),
     }
 }
+
+/// Attributes the sidecar adds when it dead-letters a message itself: they describe the
+/// failure, not the message, so a redrive takes them off again.
+pub mod dead_letter_attributes {
+    /// Why the message was dead-lettered, in words.
+    pub const REASON: &str = "ferry-dead-letter-reason";
+    /// The worker's HTTP status, when it answered one.
+    pub const STATUS: &str = "ferry-dead-letter-status";
+    /// The message's id in the queue it failed in.
+    pub const SOURCE_MESSAGE_ID: &str = "ferry-source-message-id";
+    /// Pub/Sub: the subscription it failed in.
+    pub const SOURCE_SUBSCRIPTION: &str = "ferry-source-subscription";
+    /// Pub/Sub: the message's ordering key, since the dead-letter topic is not published
+    /// with ordering; a redrive restores the key from it.
+    pub const ORDERING_KEY: &str = "ferry-ordering-key";
+    /// All of them.
+    pub const ALL: [&str; 5] = [
+        REASON,
+        STATUS,
+        SOURCE_MESSAGE_ID,
+        SOURCE_SUBSCRIPTION,
+        ORDERING_KEY,
+    ];
+}

@@ -18,6 +18,7 @@ use google_cloud_pubsub::subscriber::{ShutdownBehavior, ShutdownToken};
 use tokio::sync::{Mutex, OnceCell, mpsc, watch};
 
 use crate::model::LeaseInner;
+use crate::model::dead_letter_attributes;
 use crate::monitoring::CloudMonitoring;
 use crate::{
     ConsumerTarget, DeadLetterReason, Lease, MessageQueue, Provider, QueueError, QueueErrorKind,
@@ -482,20 +483,23 @@ impl MessageQueue for PubSubQueue {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         attributes.push((
-            "ferry-dead-letter-reason".into(),
+            dead_letter_attributes::REASON.into(),
             reason.description.clone(),
         ));
         if let Some(status) = reason.status {
-            attributes.push(("ferry-dead-letter-status".into(), status.to_string()));
+            attributes.push((dead_letter_attributes::STATUS.into(), status.to_string()));
         }
-        attributes.push(("ferry-source-message-id".into(), message.id.clone()));
         attributes.push((
-            "ferry-source-subscription".into(),
+            dead_letter_attributes::SOURCE_MESSAGE_ID.into(),
+            message.id.clone(),
+        ));
+        attributes.push((
+            dead_letter_attributes::SOURCE_SUBSCRIPTION.into(),
             self.subscription.clone(),
         ));
         if let Some(key) = &message.ordering_group {
             // The dead-letter topic is not published with ordering; keep the key for redrive.
-            attributes.push(("ferry-ordering-key".into(), key.clone()));
+            attributes.push((dead_letter_attributes::ORDERING_KEY.into(), key.clone()));
         }
         let dead_letter = Message::new()
             .set_data(message.body.clone())

@@ -15,6 +15,7 @@ use aws_sdk_sqs::types::{
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::model::LeaseInner;
+use crate::model::dead_letter_attributes;
 use crate::{
     ConsumerTarget, DeadLetterReason, Lease, MessageQueue, Provider, QueueError, QueueErrorKind,
     QueueStats, ReceivedMessage,
@@ -23,7 +24,7 @@ use crate::{
 /// SQS refuses batches of more than ten entries.
 pub const MAX_BATCH: usize = 10;
 /// SQS allows at most ten message attributes; dead-lettering adds its own only while they fit.
-const MAX_MESSAGE_ATTRIBUTES: usize = 10;
+pub(crate) const MAX_MESSAGE_ATTRIBUTES: usize = 10;
 /// The longest visibility timeout SQS accepts (12 h).
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
 /// How long the batcher waits for more deletes to fill a batch. Nothing waits on it but the
@@ -177,7 +178,7 @@ where
     QueueError::new(operation, kind, message)
 }
 
-fn classify_code(code: &str) -> QueueErrorKind {
+pub(crate) fn classify_code(code: &str) -> QueueErrorKind {
     match code {
         "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist" | "NonExistentQueue" => {
             QueueErrorKind::NotFound
@@ -560,12 +561,18 @@ impl MessageQueue for SqsQueue {
             .map(|(k, v)| (k.clone(), string_attribute(v)))
             .collect();
         let ferry_attributes = [
-            ("ferry-dead-letter-reason", Some(reason.description.clone())),
             (
-                "ferry-dead-letter-status",
+                dead_letter_attributes::REASON,
+                Some(reason.description.clone()),
+            ),
+            (
+                dead_letter_attributes::STATUS,
                 reason.status.map(|s| s.to_string()),
             ),
-            ("ferry-source-message-id", Some(message.id.clone())),
+            (
+                dead_letter_attributes::SOURCE_MESSAGE_ID,
+                Some(message.id.clone()),
+            ),
         ];
         for (name, value) in ferry_attributes {
             if let Some(value) = value
