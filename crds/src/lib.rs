@@ -21,7 +21,7 @@ pub use queue::{PubSubQueueSpec, PubSubRetryPolicy, QueueProvider, QueueSpec, Sq
 pub use scaling::ScalingSpec;
 pub use spec::{DeletionPolicy, QueueConsumer, QueueConsumerSpec};
 pub use status::{
-    BacklogStatus, QueueConsumerStatus, QueueReference, ScalingRecord, ScalingSignalsRecord,
-    condition_type,
+    BacklogStatus, QueueConsumerStatus, QueueReference, REDRIVE_ANNOTATION, RedrivePhase,
+    RedriveStatus, ScalingRecord, ScalingSignalsRecord, condition_type,
 };
 pub use workload::{ServiceAccountSpec, SidecarSpec};

@@ -52,6 +52,53 @@ pub struct QueueConsumerStatus {
     /// The last scaling decision that changed the replica count, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scaling: Option<ScalingRecord>,
+    /// The last redrive of the dead-letter queue, asked for with the `ferry.dev/redrive`
+    /// annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive: Option<RedriveStatus>,
+}
+
+/// The annotation that asks the operator to move every message in the dead-letter queue
+/// back to the queue, once the worker is fixed: `kubectl annotate qc <name>
+/// ferry.dev/redrive=$(date +%s) --overwrite`. Each new value is one redrive; an
+/// annotation rather than a spec field because it asks for an action, not a state (as
+/// `kubectl rollout restart` does).
+pub const REDRIVE_ANNOTATION: &str = "ferry.dev/redrive";
+
+/// How a redrive stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum RedrivePhase {
+    /// Messages are being moved.
+    Running,
+    /// Nothing is left to move.
+    Succeeded,
+    /// Stopped by an error that will not go away by itself (permissions, a missing queue);
+    /// `message` says what to fix, and a new annotation value starts again.
+    Failed,
+    /// The annotation was removed before the redrive finished.
+    Stopped,
+}
+
+/// A redrive of the dead-letter queue as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedriveStatus {
+    /// The `ferry.dev/redrive` annotation's value this redrive answers.
+    pub request: String,
+    /// `Running`, `Succeeded`, `Failed` or `Stopped`.
+    pub phase: RedrivePhase,
+    /// Messages moved back to the queue so far.
+    pub moved: i64,
+    /// Messages this redrive had already moved that failed again and are back in the
+    /// dead-letter queue: they are left there, not moved a second time.
+    pub failed_again: i64,
+    /// When the operator first saw this annotation value.
+    pub started_at: Time,
+    /// When it ended, whichever way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// What happened, in a sentence.
+    pub message: String,
 }
 
 /// Identifies a provisioned queue (or dead-letter queue).

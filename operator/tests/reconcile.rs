@@ -124,6 +124,7 @@ fn condition(qc: &QueueConsumer, type_: &str) -> Option<(String, String, String)
 ferry_tests::for_both_providers!(
     a_queue_consumer_gets_its_queue_dead_letter_queue_and_worker,
     delete_policy_waits_for_dead_letters_unless_forced,
+    dead_letters_go_back_to_the_queue_when_the_annotation_asks,
 );
 
 async fn a_queue_consumer_gets_its_queue_dead_letter_queue_and_worker(provider: Provider) {
@@ -552,5 +553,161 @@ async fn pods_the_namespace_refuses_are_named_in_the_status() {
         (ready.0.as_str(), ready.1.as_str()),
         ("False", "PodCreationFailed")
     );
+    running.stop().await;
+}
+
+/// The user fixed the worker and asks, with `kubectl annotate`, for the dead letters to go
+/// back: every one reaches the queue once, marked with the request, the status counts them
+/// and says so, an Event tells it, and the same annotation value does not move them again.
+async fn dead_letters_go_back_to_the_queue_when_the_annotation_asks(provider: Provider) {
+    let running = Running::start().await;
+    let api = running.api();
+    api.create(
+        &PostParams::default(),
+        &consumer(provider, "refunds", "Retain", false),
+    )
+    .await
+    .expect("create");
+    let qc = eventually("QueueReady=True", async || {
+        let qc = api.get("refunds").await.ok()?;
+        (condition(&qc, "QueueReady")?.0 == "True").then_some(qc)
+    })
+    .await;
+    let status = qc.status.clone().unwrap();
+    let dead_letter = status.dead_letter.unwrap();
+    let parked: Vec<OutgoingMessage> = (0..12)
+        .map(|i| OutgoingMessage {
+            body: format!("{{\"refund\":{i}}}").into_bytes(),
+            attributes: vec![("tenant".into(), "acme".into())],
+            ..Default::default()
+        })
+        .collect();
+    publish(
+        provider,
+        request_endpoint(provider).as_deref(),
+        dead_letter.topic.as_ref().unwrap_or(&dead_letter.id),
+        parked,
+    )
+    .await
+    .expect("dead letters");
+
+    let out = running
+        .cluster
+        .kubectl(&[
+            "-n",
+            running.cluster.namespace(),
+            "annotate",
+            "queueconsumer",
+            "refunds",
+            "ferry.dev/redrive=after-fix-1",
+            "--overwrite",
+        ])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let redriven = ferry_tests::eventually(
+        Duration::from_secs(60),
+        "the redrive to finish",
+        async || {
+            let redrive = api.get("refunds").await.ok()?.status?.redrive?;
+            (redrive.phase == ferry_crds::RedrivePhase::Succeeded).then_some(redrive)
+        },
+    )
+    .await;
+    assert_eq!(redriven.request, "after-fix-1");
+    assert_eq!(
+        (redriven.moved, redriven.failed_again),
+        (12, 0),
+        "{redriven:?}"
+    );
+    assert!(
+        redriven
+            .message
+            .starts_with("moved 12 message(s) from dead-letter queue"),
+        "{}",
+        redriven.message
+    );
+
+    let consumer = ferry_queues::connect(&ferry_queues::ConsumerTarget {
+        provider,
+        queue: status.queue.unwrap().id,
+        dead_letter: None,
+        dead_letter_topic: None,
+        endpoint: request_endpoint(provider),
+        lease: Duration::from_secs(60),
+        max_outstanding: 100,
+        monitoring: None,
+    })
+    .await
+    .expect("connect to the queue");
+    let mut bodies = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while bodies.len() < 12 && std::time::Instant::now() < deadline {
+        for message in consumer
+            .receive(10, Duration::from_millis(500))
+            .await
+            .expect("receive")
+        {
+            assert_eq!(
+                message.attributes.get("tenant").map(String::as_str),
+                Some("acme")
+            );
+            assert_eq!(
+                message
+                    .attributes
+                    .get(ferry_queues::redrive::REDRIVE_ATTRIBUTE)
+                    .map(String::as_str),
+                Some("after-fix-1")
+            );
+            bodies.push(String::from_utf8_lossy(&message.body).into_owned());
+            consumer.ack(message.lease).await.expect("ack");
+        }
+    }
+    consumer.close().await;
+    consumer.flush().await;
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(
+        bodies.len(),
+        12,
+        "every dead letter is back on the queue once: {bodies:?}"
+    );
+
+    let events: Api<k8s_openapi::api::events::v1::Event> = running.cluster.api();
+    let told = eventually("a Redriven event", async || {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("Redriven"))
+    })
+    .await;
+    assert!(
+        told.note
+            .unwrap_or_default()
+            .contains("moved 12 message(s)")
+    );
+
+    // The same value again (a re-apply of a manifest carrying it) moves nothing.
+    let patch = serde_json::json!({ "spec": { "delivery": { "concurrency": 3 } } });
+    api.patch(
+        "refunds",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .expect("a spec change");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = api
+        .get("refunds")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .redrive
+        .unwrap();
+    assert_eq!(after, redriven, "a redrive that finished is not run again");
     running.stop().await;
 }

@@ -5,6 +5,7 @@
 mod applied;
 mod metrics;
 mod queue_request;
+mod redrive;
 mod status;
 mod verified;
 
@@ -175,8 +176,11 @@ pub async fn run_watched(
     // marking for deletion bumps too) and the finalizers. Status writes, the reconciler's
     // own and the autoscaler's, change neither; reconciling on them re-applied every child
     // object several times per consumer and new consumers waited behind that churn.
+    // The redrive annotation asks for an action without changing the spec.
     let consumers = events.consumers.predicate_filter(
-        predicates::generation.combine(predicates::finalizers),
+        predicates::generation
+            .combine(predicates::finalizers)
+            .combine(redrive_request),
         PredicateConfig::default(),
     );
     Controller::for_stream(consumers, caches.consumers)
@@ -190,6 +194,15 @@ pub async fn run_watched(
             }
         })
         .await;
+}
+
+/// The `ferry.dev/redrive` annotation's value, hashed, for the reconcile predicate.
+fn redrive_request(qc: &QueueConsumer) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let value = qc.annotations().get(ferry_crds::REDRIVE_ANNOTATION)?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 pub async fn reconcile(qc: Arc<QueueConsumer>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -253,6 +266,7 @@ async fn apply(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
         queue_error: None,
         build_error: None,
         deployment: None,
+        redrive: None,
     };
     let mut requeue = RESYNC;
     let now = std::time::Instant::now();
@@ -290,6 +304,10 @@ async fn apply(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
     }
     if let Some(queue) = observed.provisioned.clone() {
         apply_workload(qc, ctx, &namespace, &queue, checked_now, &mut observed).await?;
+        if let Some((redrive, next_pass)) = redrive::reconcile(qc, ctx, &queue).await {
+            observed.redrive = Some(redrive);
+            requeue = next_pass.map_or(requeue, |due| due.min(requeue));
+        }
     }
     ctx.failures
         .lock()

@@ -20,6 +20,8 @@ pub struct Observed {
     pub queue_error: Option<QueueError>,
     pub build_error: Option<BuildError>,
     pub deployment: Option<Deployment>,
+    /// The redrive's status after this reconcile's pass, when one ran or stopped.
+    pub redrive: Option<ferry_crds::RedriveStatus>,
 }
 
 /// `QueueNotFound`-style reasons from an error kind.
@@ -139,6 +141,9 @@ pub fn desired_status(qc: &QueueConsumer, observed: &Observed, now: Time) -> Que
         status.replicas = Some(deployment_status.replicas.unwrap_or(0));
         status.ready_replicas = Some(deployment_status.ready_replicas.unwrap_or(0));
     }
+    if let Some(redrive) = &observed.redrive {
+        status.redrive = Some(redrive.clone());
+    }
     status.observed_generation = generation;
     status
 }
@@ -203,7 +208,7 @@ fn workload_condition(deployment: &Deployment, generation: Option<i64>) -> Condi
     }
 }
 
-fn now() -> Time {
+pub(super) fn now() -> Time {
     Time(Timestamp::now())
 }
 
@@ -281,7 +286,7 @@ fn transitions(
         .collect()
 }
 
-/// Events are for people; failing to publish one must not fail the reconcile.
+/// An Event for a condition that changed status.
 async fn announce(
     qc: &QueueConsumer,
     ctx: &Context,
@@ -290,16 +295,29 @@ async fn announce(
     reason: &str,
     message: &str,
 ) {
+    let action = format!("Set{type_}");
+    publish_event(qc, ctx, status == "False", reason, &action, message).await;
+}
+
+/// Events are for people; failing to publish one must not fail the reconcile.
+pub(super) async fn publish_event(
+    qc: &QueueConsumer,
+    ctx: &Context,
+    warning: bool,
+    reason: &str,
+    action: &str,
+    message: &str,
+) {
     use crate::events::{Event, EventType};
     let event = Event {
-        type_: if status == "False" {
+        type_: if warning {
             EventType::Warning
         } else {
             EventType::Normal
         },
         reason: reason.to_string(),
         note: Some(message.chars().take(1000).collect()),
-        action: format!("Set{type_}"),
+        action: action.to_string(),
         secondary: None,
     };
     if let Err(error) = ctx.recorder.publish(&event, &qc.object_ref(&())).await {
@@ -387,6 +405,7 @@ mod tests {
             )),
             build_error: None,
             deployment: None,
+            redrive: None,
         };
         let status = desired_status(&consumer(), &observed, at(10));
         let queue = get(&status, condition_type::QUEUE_READY);
@@ -429,6 +448,7 @@ mod tests {
             queue_error: None,
             build_error: None,
             deployment: Some(deployment),
+            redrive: None,
         };
         let status = desired_status(&consumer(), &observe(deployment(0, Some(refusal))), at(10));
         let workload = get(&status, condition_type::WORKLOAD_READY);
@@ -461,6 +481,7 @@ mod tests {
             queue_error: None,
             build_error: None,
             deployment: None,
+            redrive: None,
         };
         let mut qc = consumer();
         let first = desired_status(&qc, &observed, at(10));
@@ -484,6 +505,7 @@ mod tests {
             queue_error: None,
             build_error: None,
             deployment: None,
+            redrive: None,
         };
         let mut qc = consumer();
         let first = desired_status(&qc, &observed, at(10));

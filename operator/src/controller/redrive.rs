@@ -1,0 +1,381 @@
+//! Moving a QueueConsumer's dead-letter queue back to its queue when the user asks, with the
+//! `ferry.dev/redrive` annotation, once the worker is fixed.
+//!
+//! A redrive can hold more messages than one reconcile should spend time on, so it runs in
+//! passes of at most [`PASS_BUDGET`], one per reconcile, and `status.redrive` carries its
+//! progress from one to the next (an operator restart carries on from there). What to do
+//! next is decided by the pure [`next_step`] and [`after_pass`]; this module's only call
+//! out is the pass itself, in `ferry_queues::redrive`.
+
+use std::time::Duration;
+
+use ferry_crds::{QueueConsumer, REDRIVE_ANNOTATION, RedrivePhase, RedriveStatus};
+use ferry_queues::provision::ProvisionedQueue;
+use ferry_queues::redrive::{RedrivePass, RedriveRequest, redrive};
+use ferry_queues::{QueueError, QueueErrorKind};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+
+use super::{Context, is_terminal, queue_request, status};
+
+/// How long one pass may move messages: long enough for thousands, short enough that the
+/// reconcile's other work and a removed annotation are seen again soon.
+const PASS_BUDGET: Duration = Duration::from_secs(15);
+/// The next pass of a redrive that is not finished.
+const NEXT_PASS: Duration = Duration::from_secs(1);
+/// After a pass that failed on something that may pass (throttling, an outage).
+const RETRY_PASS: Duration = Duration::from_secs(10);
+
+/// What the annotation and the last recorded redrive call for.
+#[derive(Debug, PartialEq)]
+pub enum Step<'a> {
+    /// Nothing: no annotation, or its value was redriven already.
+    Idle,
+    /// A pass of this request, continuing from `so_far` when it is already running.
+    Pass {
+        request: &'a str,
+        so_far: Option<&'a RedriveStatus>,
+    },
+    /// The annotation was removed while a redrive ran: record that it stopped.
+    Stop(RedriveStatus),
+}
+
+/// Pure: the step for this annotation value and the recorded redrive.
+pub fn next_step<'a>(
+    annotation: Option<&'a str>,
+    recorded: Option<&'a RedriveStatus>,
+    now: &Time,
+) -> Step<'a> {
+    let running = recorded.filter(|r| r.phase == RedrivePhase::Running);
+    match annotation.map(str::trim).filter(|v| !v.is_empty()) {
+        None => match running {
+            Some(running) => Step::Stop(RedriveStatus {
+                phase: RedrivePhase::Stopped,
+                completed_at: Some(now.clone()),
+                message: format!(
+                    "stopped because the {REDRIVE_ANNOTATION} annotation was removed, after moving {} message(s); the rest stay in the dead-letter queue",
+                    running.moved
+                ),
+                ..running.clone()
+            }),
+            None => Step::Idle,
+        },
+        Some(request) => match recorded {
+            Some(r) if r.request == request && r.phase != RedrivePhase::Running => Step::Idle,
+            Some(r) if r.request == request => Step::Pass {
+                request,
+                so_far: Some(r),
+            },
+            _ => Step::Pass {
+                request,
+                so_far: None,
+            },
+        },
+    }
+}
+
+/// Pure: the redrive's status after a pass, from what it had moved before. `dead_letter` and
+/// `queue` are the short names the message shows.
+pub fn after_pass(
+    request: &str,
+    so_far: Option<&RedriveStatus>,
+    pass: Result<RedrivePass, &QueueError>,
+    now: &Time,
+    (dead_letter, queue): (&str, &str),
+) -> RedriveStatus {
+    let started_at = so_far.map_or_else(|| now.clone(), |r| r.started_at.clone());
+    let before = so_far.map_or(0, |r| r.moved);
+    let failed_before = so_far.map_or(0, |r| r.failed_again);
+    let record = |phase, moved: i64, failed_again: i64, message: String| RedriveStatus {
+        request: request.to_string(),
+        phase,
+        moved,
+        failed_again,
+        started_at: started_at.clone(),
+        completed_at: (phase != RedrivePhase::Running).then(|| now.clone()),
+        message,
+    };
+    match pass {
+        Ok(pass) => {
+            let moved = before + to_count(pass.moved);
+            // A message left in the dead-letter queue is handed back at the end of each pass
+            // and met again by the next one, so passes must not add these up.
+            let failed_again = failed_before.max(to_count(pass.left_again));
+            if !pass.finished {
+                return record(
+                    RedrivePhase::Running,
+                    moved,
+                    failed_again,
+                    format!(
+                        "moving the messages of dead-letter queue {dead_letter} back to {queue}: {moved} so far"
+                    ),
+                );
+            }
+            let mut message = format!(
+                "moved {moved} message(s) from dead-letter queue {dead_letter} back to {queue}"
+            );
+            if failed_again > 0 {
+                message.push_str(&format!(
+                    "; {failed_again} of them failed again and stay in the dead-letter queue: see why before a new redrive"
+                ));
+            }
+            record(RedrivePhase::Succeeded, moved, failed_again, message)
+        }
+        Err(error) if is_terminal(error.kind) => record(
+            RedrivePhase::Failed,
+            before,
+            failed_before,
+            format!(
+                "stopped after moving {before} message(s): {error}; {}, then set a new {REDRIVE_ANNOTATION} value",
+                fix_for(error.kind)
+            ),
+        ),
+        Err(error) => record(
+            RedrivePhase::Running,
+            before,
+            failed_before,
+            format!(
+                "moved {before} message(s) so far; the last pass failed ({error}) and is retried"
+            ),
+        ),
+    }
+}
+
+fn fix_for(kind: QueueErrorKind) -> &'static str {
+    match kind {
+        QueueErrorKind::PermissionDenied => {
+            "give the operator's cloud identity the permissions to receive and delete on the dead-letter queue and to send to the queue (docs/install.md)"
+        }
+        QueueErrorKind::NotFound => "check that the queue and its dead-letter queue exist",
+        _ => "fix the cause",
+    }
+}
+
+fn to_count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Runs the step the annotation calls for: the new `status.redrive`, and when the next pass
+/// is due, or `None` when there is nothing to do.
+pub async fn reconcile(
+    qc: &QueueConsumer,
+    ctx: &Context,
+    queue: &ProvisionedQueue,
+) -> Option<(RedriveStatus, Option<Duration>)> {
+    let now = status::now();
+    let recorded = qc.status.as_ref().and_then(|s| s.redrive.as_ref());
+    let annotation = qc.annotations().get(REDRIVE_ANNOTATION).map(String::as_str);
+    let (request, so_far) = match next_step(annotation, recorded, &now) {
+        Step::Idle => return None,
+        Step::Stop(stopped) => {
+            announce(qc, ctx, &stopped).await;
+            return Some((stopped, None));
+        }
+        Step::Pass { request, so_far } => (request, so_far),
+    };
+    let cloud = queue_request(qc, &ctx.cloud);
+    let pass = redrive(&RedriveRequest {
+        provider: cloud.provider,
+        endpoint: cloud.endpoint.as_deref(),
+        dead_letter: &queue.dead_letter,
+        destination: &queue.publish_to,
+        request,
+        budget: PASS_BUDGET,
+    })
+    .await;
+    if let Err(error) = &pass {
+        tracing::warn!(name = %qc.name_any(), request, "redrive pass failed: {error}");
+    }
+    let names = (short(&queue.dead_letter), short(&queue.queue));
+    let next = after_pass(
+        request,
+        so_far,
+        pass.as_ref().copied(),
+        &now,
+        (&names.0, &names.1),
+    );
+    if so_far.is_none() || next.phase != RedrivePhase::Running {
+        announce(qc, ctx, &next).await;
+    }
+    let due = match (&next.phase, &pass) {
+        (RedrivePhase::Running, Ok(_)) => Some(NEXT_PASS),
+        (RedrivePhase::Running, Err(_)) => Some(RETRY_PASS),
+        _ => None,
+    };
+    Some((next, due))
+}
+
+fn short(id: &str) -> String {
+    id.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(id)
+        .to_string()
+}
+
+/// An Event when a redrive starts and when it ends, whichever way.
+async fn announce(qc: &QueueConsumer, ctx: &Context, redrive: &RedriveStatus) {
+    let (warning, reason) = match redrive.phase {
+        RedrivePhase::Running => (false, "RedriveStarted"),
+        RedrivePhase::Succeeded => (false, "Redriven"),
+        RedrivePhase::Failed => (true, "RedriveFailed"),
+        RedrivePhase::Stopped => (true, "RedriveStopped"),
+    };
+    status::publish_event(qc, ctx, warning, reason, "Redrive", &redrive.message).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn recorded(request: &str, phase: RedrivePhase, moved: i64) -> RedriveStatus {
+        RedriveStatus {
+            request: request.into(),
+            phase,
+            moved,
+            failed_again: 0,
+            started_at: at(100),
+            completed_at: None,
+            message: String::new(),
+        }
+    }
+
+    const NAMES: (&str, &str) = ("orders-dlq", "orders");
+
+    #[test]
+    fn each_new_annotation_value_is_one_redrive() {
+        let now = at(200);
+        assert_eq!(next_step(None, None, &now), Step::Idle);
+        assert_eq!(next_step(Some("  "), None, &now), Step::Idle);
+        assert_eq!(
+            next_step(Some("1"), None, &now),
+            Step::Pass {
+                request: "1",
+                so_far: None
+            }
+        );
+        let done = recorded("1", RedrivePhase::Succeeded, 7);
+        assert_eq!(next_step(Some("1"), Some(&done), &now), Step::Idle);
+        assert_eq!(
+            next_step(Some("2"), Some(&done), &now),
+            Step::Pass {
+                request: "2",
+                so_far: None
+            }
+        );
+        let failed = recorded("1", RedrivePhase::Failed, 3);
+        assert_eq!(next_step(Some("1"), Some(&failed), &now), Step::Idle);
+    }
+
+    #[test]
+    fn a_running_redrive_continues_and_stops_when_the_annotation_goes() {
+        let now = at(200);
+        let running = recorded("1", RedrivePhase::Running, 40);
+        assert_eq!(
+            next_step(Some("1"), Some(&running), &now),
+            Step::Pass {
+                request: "1",
+                so_far: Some(&running)
+            }
+        );
+        let Step::Stop(stopped) = next_step(None, Some(&running), &now) else {
+            panic!("a removed annotation stops a running redrive");
+        };
+        assert_eq!(stopped.phase, RedrivePhase::Stopped);
+        assert_eq!(stopped.moved, 40);
+        assert_eq!(stopped.completed_at, Some(now));
+        assert!(
+            stopped.message.contains("after moving 40"),
+            "{}",
+            stopped.message
+        );
+    }
+
+    #[test]
+    fn passes_add_up_until_nothing_is_left() {
+        let first = after_pass(
+            "1",
+            None,
+            Ok(RedrivePass {
+                moved: 500,
+                left_again: 0,
+                finished: false,
+            }),
+            &at(200),
+            NAMES,
+        );
+        assert_eq!(first.phase, RedrivePhase::Running);
+        assert_eq!((first.moved, first.started_at.clone()), (500, at(200)));
+        assert_eq!(first.completed_at, None);
+        let last = after_pass(
+            "1",
+            Some(&first),
+            Ok(RedrivePass {
+                moved: 20,
+                left_again: 2,
+                finished: true,
+            }),
+            &at(216),
+            NAMES,
+        );
+        assert_eq!(last.phase, RedrivePhase::Succeeded);
+        assert_eq!((last.moved, last.failed_again), (520, 2));
+        assert_eq!(last.started_at, at(200));
+        assert_eq!(last.completed_at, Some(at(216)));
+        assert!(
+            last.message.starts_with("moved 520 message(s) from dead-letter queue orders-dlq back to orders; 2 of them failed again"),
+            "{}",
+            last.message
+        );
+    }
+
+    #[test]
+    fn messages_met_again_in_later_passes_are_not_counted_twice() {
+        let pass = |left_again| RedrivePass {
+            moved: 0,
+            left_again,
+            finished: false,
+        };
+        let first = after_pass("1", None, Ok(pass(3)), &at(200), NAMES);
+        let second = after_pass("1", Some(&first), Ok(pass(3)), &at(216), NAMES);
+        assert_eq!(second.failed_again, 3);
+    }
+
+    #[test]
+    fn errors_that_need_a_fix_fail_the_redrive_and_others_retry() {
+        let running = recorded("1", RedrivePhase::Running, 40);
+        let denied = QueueError::new(
+            "ReceiveMessage",
+            QueueErrorKind::PermissionDenied,
+            "not authorized",
+        );
+        let failed = after_pass("1", Some(&running), Err(&denied), &at(300), NAMES);
+        assert_eq!(failed.phase, RedrivePhase::Failed);
+        assert_eq!(failed.moved, 40);
+        assert_eq!(failed.completed_at, Some(at(300)));
+        assert!(
+            failed.message.contains("permissions to receive and delete"),
+            "{}",
+            failed.message
+        );
+        assert!(
+            failed.message.contains("set a new ferry.dev/redrive value"),
+            "{}",
+            failed.message
+        );
+        let throttled = QueueError::new("SendMessageBatch", QueueErrorKind::Throttled, "slow down");
+        let retried = after_pass("1", Some(&running), Err(&throttled), &at(300), NAMES);
+        assert_eq!(retried.phase, RedrivePhase::Running);
+        assert_eq!(retried.completed_at, None);
+        assert!(
+            retried.message.contains("is retried"),
+            "{}",
+            retried.message
+        );
+    }
+}
