@@ -45,7 +45,9 @@ pub enum DeletionPolicy {
     printcolumn(name = "Provider", type_ = "string", json_path = ".spec.queue.provider"),
     printcolumn(name = "Queue", type_ = "string", json_path = ".status.queue.name"),
     printcolumn(name = "Backlog", type_ = "integer", json_path = ".status.backlog.visible"),
+    printcolumn(name = "Dead Letters", type_ = "integer", json_path = ".status.backlog.deadLetter", description = "messages in the dead-letter queue"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
+    printcolumn(name = "Redrive", type_ = "string", json_path = ".status.redrive.phase", description = "the last redrive of the dead-letter queue", priority = "1"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     // Child names are `<name>-worker` and the name is a label value (at most 63 characters).
     validation = Rule::new("size(self.metadata.name) <= 56").message("metadata.name of a QueueConsumer has at most 56 characters (its Deployment is named <name>-worker)"),

@@ -52,7 +52,16 @@ fn names_scope_and_subresources() {
         .collect();
     assert_eq!(
         columns,
-        ["Ready", "Provider", "Queue", "Backlog", "Replicas", "Age"]
+        [
+            "Ready",
+            "Provider",
+            "Queue",
+            "Backlog",
+            "Dead Letters",
+            "Replicas",
+            "Redrive",
+            "Age"
+        ]
     );
 }
 

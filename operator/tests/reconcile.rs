@@ -630,6 +630,23 @@ async fn dead_letters_go_back_to_the_queue_when_the_annotation_asks(provider: Pr
         "{}",
         redriven.message
     );
+    let wide = running
+        .cluster
+        .kubectl(&[
+            "-n",
+            running.cluster.namespace(),
+            "get",
+            "qc",
+            "refunds",
+            "-o",
+            "wide",
+        ])
+        .await;
+    let table = String::from_utf8_lossy(&wide.stdout);
+    assert!(
+        table.contains("DEAD LETTERS") && table.contains("REDRIVE") && table.contains("Succeeded"),
+        "kubectl get -o wide shows the redrive: {table}"
+    );
 
     let consumer = ferry_queues::connect(&ferry_queues::ConsumerTarget {
         provider,
