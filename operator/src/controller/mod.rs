@@ -95,6 +95,9 @@ pub struct Context {
     deployments: RwLock<Vec<Store<Deployment>>>,
     /// Consecutive failures per object, for exponential backoff per object.
     failures: Mutex<HashMap<ObjectRef<QueueConsumer>, u32>>,
+    /// The redrive status each object's last pass wrote: the next pass starts 1 s later,
+    /// possibly before the watch cache shows that write.
+    redrives: redrive::LastPasses,
 }
 
 impl Context {
@@ -118,6 +121,7 @@ impl Context {
             applied: applied::AppliedChildren::default(),
             deployments: RwLock::default(),
             failures: Mutex::default(),
+            redrives: redrive::LastPasses::default(),
         })
     }
 
@@ -414,6 +418,7 @@ async fn cleanup(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
     ctx.metrics.forget_consumer(&namespace, &qc.name_any());
     ctx.verified.forget(qc);
     ctx.applied.forget(qc);
+    ctx.redrives.forget(qc);
     if qc.spec.deletion_policy == DeletionPolicy::Retain {
         tracing::info!(name = %qc.name_any(), "deletionPolicy Retain: the queue, its dead-letter queue and their messages stay");
         return Ok(Action::await_change());

@@ -7,6 +7,8 @@
 //! next is decided by the pure [`next_step`] and [`after_pass`]; this module's only call
 //! out is the pass itself, in `ferry_queues::redrive`.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use ferry_crds::{QueueConsumer, REDRIVE_ANNOTATION, RedrivePhase, RedriveStatus};
@@ -15,6 +17,7 @@ use ferry_queues::redrive::{RedrivePass, RedriveRequest, redrive};
 use ferry_queues::{QueueError, QueueErrorKind};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
 
 use super::{Context, is_terminal, queue_request, status};
 
@@ -25,6 +28,38 @@ const PASS_BUDGET: Duration = Duration::from_secs(15);
 const NEXT_PASS: Duration = Duration::from_secs(1);
 /// After a pass that failed on something that may pass (throttling, an outage).
 const RETRY_PASS: Duration = Duration::from_secs(10);
+
+/// The `status.redrive` each object's last pass wrote.
+#[derive(Default)]
+pub struct LastPasses(Mutex<HashMap<ObjectRef<QueueConsumer>, LastPass>>);
+
+/// The object's uid (a deleted and recreated object has a new one) and what was written.
+type LastPass = (Option<String>, RedriveStatus);
+
+impl LastPasses {
+    /// What the last pass wrote, when it is for this object (same uid).
+    fn get(&self, qc: &QueueConsumer) -> Option<RedriveStatus> {
+        let key = ObjectRef::from_obj(qc);
+        let passes = self.0.lock().expect("redrive passes lock");
+        passes
+            .get(&key)
+            .filter(|(uid, _)| *uid == qc.metadata.uid)
+            .map(|(_, status)| status.clone())
+    }
+
+    fn record(&self, qc: &QueueConsumer, status: &RedriveStatus) {
+        let mut passes = self.0.lock().expect("redrive passes lock");
+        passes.insert(
+            ObjectRef::from_obj(qc),
+            (qc.metadata.uid.clone(), status.clone()),
+        );
+    }
+
+    pub fn forget(&self, qc: &QueueConsumer) {
+        let mut passes = self.0.lock().expect("redrive passes lock");
+        passes.remove(&ObjectRef::from_obj(qc));
+    }
+}
 
 /// What the annotation and the last recorded redrive call for.
 #[derive(Debug, PartialEq)]
@@ -163,12 +198,17 @@ pub async fn reconcile(
     queue: &ProvisionedQueue,
 ) -> Option<(RedriveStatus, Option<Duration>)> {
     let now = status::now();
-    let recorded = qc.status.as_ref().and_then(|s| s.redrive.as_ref());
+    // This process's own last pass is never older than what the watch cache shows.
+    let remembered = ctx.redrives.get(qc);
+    let recorded = remembered
+        .as_ref()
+        .or_else(|| qc.status.as_ref().and_then(|s| s.redrive.as_ref()));
     let annotation = qc.annotations().get(REDRIVE_ANNOTATION).map(String::as_str);
     let (request, so_far) = match next_step(annotation, recorded, &now) {
         Step::Idle => return None,
         Step::Stop(stopped) => {
             announce(qc, ctx, &stopped).await;
+            ctx.redrives.record(qc, &stopped);
             return Some((stopped, None));
         }
         Step::Pass { request, so_far } => (request, so_far),
@@ -186,7 +226,10 @@ pub async fn reconcile(
     if let Err(error) = &pass {
         tracing::warn!(name = %qc.name_any(), request, "redrive pass failed: {error}");
     }
-    let names = (short(&queue.dead_letter), short(&queue.queue));
+    let names = (
+        status::short(&queue.dead_letter),
+        status::short(&queue.queue),
+    );
     let next = after_pass(
         request,
         so_far,
@@ -197,20 +240,13 @@ pub async fn reconcile(
     if so_far.is_none() || next.phase != RedrivePhase::Running {
         announce(qc, ctx, &next).await;
     }
+    ctx.redrives.record(qc, &next);
     let due = match (&next.phase, &pass) {
         (RedrivePhase::Running, Ok(_)) => Some(NEXT_PASS),
         (RedrivePhase::Running, Err(_)) => Some(RETRY_PASS),
         _ => None,
     };
     Some((next, due))
-}
-
-fn short(id: &str) -> String {
-    id.trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap_or(id)
-        .to_string()
 }
 
 /// An Event when a redrive starts and when it ends, whichever way.
@@ -377,5 +413,31 @@ mod tests {
             "{}",
             retried.message
         );
+    }
+
+    #[test]
+    fn the_last_pass_is_remembered_for_the_same_object_only() {
+        let object = |uid: &str| {
+            let mut qc: QueueConsumer = serde_json::from_value(serde_json::json!({
+                "apiVersion": "ferry.dev/v1alpha1", "kind": "QueueConsumer",
+                "metadata": {"name": "orders", "namespace": "shop", "uid": uid},
+                "spec": {"queue": {"provider": "sqs"},
+                         "worker": {"spec": {"containers": [{"name": "w", "image": "w"}]}}}
+            }))
+            .unwrap();
+            qc.metadata.uid = Some(uid.into());
+            qc
+        };
+        let passes = LastPasses::default();
+        let running = recorded("1", RedrivePhase::Running, 40);
+        passes.record(&object("a"), &running);
+        assert_eq!(passes.get(&object("a")), Some(running));
+        assert_eq!(
+            passes.get(&object("b")),
+            None,
+            "a recreated object starts afresh"
+        );
+        passes.forget(&object("a"));
+        assert_eq!(passes.get(&object("a")), None);
     }
 }

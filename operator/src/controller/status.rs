@@ -39,7 +39,8 @@ fn reason_of(error: &QueueError) -> String {
     format!("Queue{camel}")
 }
 
-fn short(id: &str) -> String {
+/// A queue's short name from its URL or path.
+pub(super) fn short(id: &str) -> String {
     id.trim_end_matches('/')
         .rsplit('/')
         .next()
