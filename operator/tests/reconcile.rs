@@ -17,6 +17,8 @@ use kube::api::{Api, DeleteParams, PostParams};
 
 struct Running {
     cluster: TestCluster,
+    /// The running controller's context (its metrics).
+    ctx: std::sync::Arc<Context>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -25,9 +27,10 @@ impl Running {
     async fn start() -> Self {
         let cluster = TestCluster::start().await;
         cluster.install_crd().await;
-        let (stop, task) = spawn_controller(&cluster);
+        let (ctx, stop, task) = spawn_controller(&cluster);
         Self {
             cluster,
+            ctx,
             stop: Some(stop),
             task,
         }
@@ -38,7 +41,8 @@ impl Running {
     async fn crash_and_restart(&mut self) {
         self.task.abort();
         let _ = (&mut self.task).await;
-        let (stop, task) = spawn_controller(&self.cluster);
+        let (ctx, stop, task) = spawn_controller(&self.cluster);
+        self.ctx = ctx;
         self.stop = Some(stop);
         self.task = task;
     }
@@ -60,6 +64,7 @@ impl Running {
 fn spawn_controller(
     cluster: &TestCluster,
 ) -> (
+    std::sync::Arc<Context>,
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 ) {
@@ -69,10 +74,10 @@ fn spawn_controller(
         cloud_settings(),
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(controller::run(ctx, cluster.api(), async move {
+    let task = tokio::spawn(controller::run(ctx.clone(), cluster.api(), async move {
         let _ = stopped.await;
     }));
-    (stop, task)
+    (ctx, stop, task)
 }
 
 fn cloud_settings() -> CloudSettings {
@@ -630,6 +635,12 @@ async fn dead_letters_go_back_to_the_queue_when_the_annotation_asks(provider: Pr
         "{}",
         redriven.message
     );
+    let series = format!(
+        "ferry_redriven_messages_total{{namespace=\"{}\",queueconsumer=\"refunds\"}} 12",
+        running.cluster.namespace()
+    );
+    let exposition = running.ctx.metrics.encode();
+    assert!(exposition.contains(&series), "{series} in:\n{exposition}");
     let wide = running
         .cluster
         .kubectl(&[

@@ -17,6 +17,9 @@ pub struct OperatorMetrics {
     pub consumer_replicas: GaugeVec,
     /// `ferry_scaling_decisions_total{namespace,queueconsumer,direction="up|down"}`.
     pub scaling_decisions: IntCounterVec,
+    /// `ferry_redriven_messages_total{namespace,queueconsumer}`: messages moved from the
+    /// dead-letter queue back to the queue.
+    pub redriven_messages: IntCounterVec,
     /// `ferry_consumer_target_latency_seconds`: the effective `spec.scaling.targetLatencySeconds`.
     target_latency: GaugeVec,
     /// `ferry_consumer_max_replicas`: `spec.scaling.maxReplicas`.
@@ -84,6 +87,14 @@ impl Default for OperatorMetrics {
             &["namespace", "queueconsumer", "direction"],
         )
         .expect("valid metric");
+        let redriven_messages = IntCounterVec::new(
+            Opts::new(
+                "ferry_redriven_messages_total",
+                "Messages a redrive (the ferry.dev/redrive annotation) moved from a QueueConsumer's dead-letter queue back to its queue.",
+            ),
+            &consumer,
+        )
+        .expect("valid metric");
         let queue_api_requests = IntCounterVec::new(
             Opts::new(
                 "ferry_queue_api_requests_total",
@@ -97,6 +108,7 @@ impl Default for OperatorMetrics {
             Box::new(queue_api_requests.clone()),
             Box::new(consumer_replicas.clone()),
             Box::new(scaling_decisions.clone()),
+            Box::new(redriven_messages.clone()),
             Box::new(target_latency.clone()),
             Box::new(max_replicas.clone()),
         ] {
@@ -115,6 +127,7 @@ impl Default for OperatorMetrics {
             consumer_backlog,
             consumer_replicas,
             scaling_decisions,
+            redriven_messages,
             target_latency,
             max_replicas,
             queue_api_requests,
@@ -159,6 +172,9 @@ impl OperatorMetrics {
                 .scaling_decisions
                 .remove_label_values(&[namespace, name, direction]);
         }
+        let _ = self
+            .redriven_messages
+            .remove_label_values(&[namespace, name]);
         let _ = self.target_latency.remove_label_values(&[namespace, name]);
         let _ = self.max_replicas.remove_label_values(&[namespace, name]);
     }

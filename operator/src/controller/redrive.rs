@@ -223,8 +223,18 @@ pub async fn reconcile(
         budget: PASS_BUDGET,
     })
     .await;
-    if let Err(error) = &pass {
-        tracing::warn!(name = %qc.name_any(), request, "redrive pass failed: {error}");
+    match &pass {
+        Ok(pass) => ctx
+            .metrics
+            .redriven_messages
+            .with_label_values(&[
+                qc.namespace().unwrap_or_else(|| "default".into()).as_str(),
+                qc.name_any().as_str(),
+            ])
+            .inc_by(pass.moved),
+        Err(error) => {
+            tracing::warn!(name = %qc.name_any(), request, "redrive pass failed: {error}")
+        }
     }
     let names = (
         status::short(&queue.dead_letter),
