@@ -265,50 +265,62 @@ impl SqsQueue {
         receipts: Vec<String>,
         visibility: Duration,
     ) -> Result<(), QueueError> {
-        let seconds = visibility.min(MAX_VISIBILITY).as_secs() as i32;
-        let mut first_error = None;
-        for chunk in receipts.chunks(MAX_BATCH) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, receipt)| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(receipt)
-                        .visibility_timeout(seconds)
-                        .build()
-                        .expect("id and receipt handle are set")
-                })
-                .collect::<Vec<_>>();
-            let result = self
-                .client
-                .change_message_visibility_batch()
-                .queue_url(&self.url)
-                .set_entries(Some(entries))
-                .send()
-                .await;
-            match result {
-                Ok(out) => {
-                    if let Some(failed) = out.failed().first() {
-                        first_error.get_or_insert(QueueError::new(
-                            operation,
-                            classify_code(failed.code()),
-                            format!(
-                                "{} of {} entries failed: {}",
-                                out.failed().len(),
-                                chunk.len(),
-                                failed.message().unwrap_or(failed.code())
-                            ),
-                        ));
-                    }
-                }
-                Err(err) => {
-                    first_error.get_or_insert(map_sdk_error(operation, err));
+        change_visibility_batch(&self.client, &self.url, operation, receipts, visibility).await
+    }
+}
+
+/// Changes the visibility of messages in batches of ten; every batch is tried, and the first
+/// failure is returned. The sidecar hands messages back and extends leases with it, the
+/// redrive hands back what it holds.
+pub(crate) async fn change_visibility_batch(
+    client: &Client,
+    queue_url: &str,
+    operation: &'static str,
+    receipts: Vec<String>,
+    visibility: Duration,
+) -> Result<(), QueueError> {
+    let seconds = visibility.min(MAX_VISIBILITY).as_secs() as i32;
+    let mut first_error = None;
+    for chunk in receipts.chunks(MAX_BATCH) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, receipt)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .visibility_timeout(seconds)
+                    .build()
+                    .expect("id and receipt handle are set")
+            })
+            .collect::<Vec<_>>();
+        let result = client
+            .change_message_visibility_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                if let Some(failed) = out.failed().first() {
+                    first_error.get_or_insert(QueueError::new(
+                        operation,
+                        classify_code(failed.code()),
+                        format!(
+                            "{} of {} entries failed: {}",
+                            out.failed().len(),
+                            chunk.len(),
+                            failed.message().unwrap_or(failed.code())
+                        ),
+                    ));
                 }
             }
+            Err(err) => {
+                first_error.get_or_insert(map_sdk_error(operation, err));
+            }
         }
-        first_error.map_or(Ok(()), Err)
     }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Collects deletes that arrive while earlier ones are in flight into batches of up to ten,

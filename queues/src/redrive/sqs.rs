@@ -6,15 +6,18 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
-    MessageAttributeValue, MessageSystemAttributeName, SendMessageBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
+    SendMessageBatchRequestEntry,
 };
 
 use super::{
     REDRIVE_ATTRIBUTE, RedrivePass, RedriveRequest, carried_attributes, deduplication_id,
     redriven_by,
 };
-use crate::sqs::{MAX_BATCH, MAX_MESSAGE_ATTRIBUTES, MAX_VISIBILITY, classify_code, map_sdk_error};
+use crate::sqs::{
+    MAX_BATCH, MAX_MESSAGE_ATTRIBUTES, MAX_VISIBILITY, change_visibility_batch, classify_code,
+    map_sdk_error,
+};
 use crate::{QueueError, QueueErrorKind};
 
 /// A long poll of one second: short polling asks a subset of SQS's servers and can answer
@@ -63,7 +66,15 @@ pub(super) async fn pass(request: &RedriveRequest<'_>) -> Result<RedrivePass, Qu
     .await;
     // Handed back even when the pass failed, so they do not stay invisible for the whole
     // visibility timeout. A failure here loses nothing: they return when it ends.
-    if let Err(err) = change_visibility(&client, request.dead_letter, held, 0).await {
+    if let Err(err) = change_visibility_batch(
+        &client,
+        request.dead_letter,
+        "ChangeMessageVisibilityBatch",
+        held,
+        Duration::ZERO,
+    )
+    .await
+    {
         tracing::warn!(error = %err, "could not hand back dead letters left again; they return when their visibility timeout ends");
     }
     pass.finished = outcome?;
@@ -298,52 +309,17 @@ async fn hand_back<'m>(
     messages: impl Iterator<Item = &'m Message>,
 ) {
     let receipts = messages.filter_map(|m| m.receipt_handle.clone()).collect();
-    if let Err(err) = change_visibility(client, request.dead_letter, receipts, 0).await {
+    if let Err(err) = change_visibility_batch(
+        client,
+        request.dead_letter,
+        "ChangeMessageVisibilityBatch",
+        receipts,
+        Duration::ZERO,
+    )
+    .await
+    {
         tracing::warn!(error = %err, "could not hand back dead letters whose copy failed; they return when their visibility timeout ends");
     }
-}
-
-async fn change_visibility(
-    client: &Client,
-    queue: &str,
-    receipts: Vec<String>,
-    seconds: i32,
-) -> Result<(), QueueError> {
-    for chunk in receipts.chunks(MAX_BATCH) {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .map(|(index, receipt)| {
-                ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(index.to_string())
-                    .receipt_handle(receipt)
-                    .visibility_timeout(seconds)
-                    .build()
-                    .map_err(|e| {
-                        QueueError::new(
-                            "ChangeMessageVisibilityBatch",
-                            QueueErrorKind::Invalid,
-                            e.to_string(),
-                        )
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let out = client
-            .change_message_visibility_batch()
-            .queue_url(queue)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .map_err(|e| map_sdk_error("ChangeMessageVisibilityBatch", e))?;
-        if let Some(failure) = out.failed().first() {
-            return Err(QueueError::new(
-                "ChangeMessageVisibilityBatch",
-                classify_code(failure.code()),
-                failure.message().unwrap_or(failure.code()).to_string(),
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
