@@ -265,7 +265,9 @@ impl PubSubQueue {
 /// the client's RST_STREAM fails with a NoSuchMethodError) and loses track of messages nacked
 /// on a stream that then goes away: they are never delivered to another consumer, and the
 /// subscription can stop delivering to new streams at all. A closed connection is handled
-/// correctly. So against the emulator (an endpoint override) the sidecar's drain neither
+/// better: what it held comes back when its ack deadline runs out (the emulator may still
+/// hand later messages to the closed stream, which come back the same way; see
+/// docs/sandbox.md and scripts/pubsub-emulator-exited-streams.sh). So against the emulator (an endpoint override) the sidecar's drain neither
 /// cancels the stream nor nacks what it prefetched, and once it is draining it nacks nothing
 /// else either (a retry whose backoff ends, a message handed back): it stops reading, and the
 /// process exit closes the connection, after which the emulator redelivers everything not

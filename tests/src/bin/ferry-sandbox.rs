@@ -1,5 +1,6 @@
 //! The whole system on one machine with a live view: devcluster, a queue emulator, the
-//! operator, and the example QueueConsumer, under a burst, a steady load and an idle phase.
+//! operator, and the example QueueConsumer, under a burst, a steady load and an idle phase;
+//! then the worker is fixed to accept the poison and the dead-letter queue is redriven.
 //! The last line of the output is the run's summary as one JSON object.
 //!
 //! `scripts/sandbox.sh` builds everything and runs this.
@@ -36,6 +37,10 @@ struct Options {
     /// Seconds between two autoscaler polls.
     #[arg(long, default_value_t = 2.0)]
     poll_interval: f64,
+    /// Once the load is settled, fix the worker and redrive the dead-letter queue (default:
+    /// true for sqs; false for pubsub, whose emulator delays messages after pods exit).
+    #[arg(long)]
+    redrive: Option<bool>,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
@@ -53,6 +58,9 @@ async fn main() -> ExitCode {
     config.steady_rate = options.steady_rate;
     config.steady_seconds = options.steady_seconds;
     config.poison_every = options.poison_every;
+    if let Some(redrive) = options.redrive {
+        config.redrive = redrive;
+    }
     config.poll_interval_seconds = options.poll_interval;
     config.timeout = Duration::from_secs(options.timeout);
     eprintln!(
@@ -82,7 +90,8 @@ async fn main() -> ExitCode {
         Ok(summary) => {
             let ok = summary.lost == 0
                 && summary.duplicates == 0
-                && summary.poison_not_dead_lettered == 0;
+                && summary.poison_not_dead_lettered == 0
+                && (summary.redrive.is_none() || summary.in_dead_letter == 0);
             println!(
                 "\n{} published, {} processed, {} dead-lettered, {} lost, {} duplicates; max wait {:.1}s, p99 {:.1}s; up to {} replicas, {:.0} replica-seconds",
                 summary.published,
@@ -95,6 +104,16 @@ async fn main() -> ExitCode {
                 summary.max_replicas,
                 summary.replica_seconds
             );
+            if let Some(redrive) = &summary.redrive {
+                println!(
+                    "after the fix: the redrive moved {} dead letter(s) back ({} failed again), the fixed worker processed {} of them in {:.0}s; {} left in the dead-letter queue",
+                    redrive.moved,
+                    redrive.failed_again,
+                    redrive.processed_after,
+                    redrive.seconds,
+                    summary.in_dead_letter
+                );
+            }
             println!(
                 "{}",
                 serde_json::to_string(&summary).expect("a summary serializes")
@@ -103,7 +122,7 @@ async fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 eprintln!(
-                    "FAILED: messages were lost, duplicated, or poison was not dead-lettered"
+                    "FAILED: messages were lost, duplicated, poison was not dead-lettered, or the redrive left dead letters"
                 );
                 ExitCode::FAILURE
             }

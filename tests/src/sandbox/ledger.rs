@@ -99,6 +99,11 @@ impl Ledger {
         self.successes.len()
     }
 
+    /// Whether a worker answered 2xx to this message.
+    pub fn is_processed(&self, seq: u64) -> bool {
+        self.successes.contains_key(&seq)
+    }
+
     /// Failed deliveries that were retried or dead-lettered.
     pub fn failed_deliveries(&self) -> usize {
         self.failures.values().sum()
@@ -138,14 +143,21 @@ impl Ledger {
                 .is_some_and(|n| *n >= max_deliveries)
     }
 
+    /// When the first delivery that settled the message started: its first success or its
+    /// rejection as poison, whichever came first (a poison message processed after a redrive
+    /// waited until it was rejected; the redrive is a later, deliberate step).
+    fn settled_at(&self, seq: u64) -> Option<u64> {
+        let succeeded = self.successes.get(&seq).map(|(_, at)| *at);
+        let rejected = self.rejected.get(&seq).copied();
+        match (succeeded, rejected) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Milliseconds from publishing to the first delivery that settled the message.
     fn wait_ms(&self, message: &Published) -> Option<u64> {
-        let started = self
-            .successes
-            .get(&message.seq)
-            .map(|(_, at)| *at)
-            .or_else(|| self.rejected.get(&message.seq).copied())?;
-        Some(started.saturating_sub(message.at_ms))
+        Some(self.settled_at(message.seq)?.saturating_sub(message.at_ms))
     }
 
     /// The longest wait among messages first settled at or after `since_ms`, for the live view.
@@ -153,11 +165,7 @@ impl Ledger {
         published
             .iter()
             .filter_map(|m| {
-                let started = self
-                    .successes
-                    .get(&m.seq)
-                    .map(|(_, at)| *at)
-                    .or_else(|| self.rejected.get(&m.seq).copied())?;
+                let started = self.settled_at(m.seq)?;
                 (started >= since_ms).then(|| started.saturating_sub(m.at_ms))
             })
             .max()
@@ -171,11 +179,14 @@ pub struct Summary {
     pub published: usize,
     /// Messages a worker answered 2xx to.
     pub processed: usize,
-    /// Messages found in the dead-letter queue.
+    /// Messages found in the dead-letter queue (before the redrive, when the run had one).
     pub dead_lettered: usize,
-    /// Poison messages published that are not in the dead-letter queue.
+    /// Poison messages published that never reached the dead-letter queue.
     pub poison_not_dead_lettered: usize,
-    /// Published, and neither processed nor dead-lettered. Must be 0.
+    /// Messages in the dead-letter queue when the run ended: `dead_lettered` without a
+    /// redrive, 0 after one that put every message back and saw it processed.
+    pub in_dead_letter: usize,
+    /// Published, and neither processed nor in the dead-letter queue at the end. Must be 0.
     pub lost: usize,
     /// The lost ones, as `seq/id`, to look them up in the logs (left out when none).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -191,14 +202,34 @@ pub struct Summary {
     pub max_replicas: i32,
     pub final_replicas: i32,
     pub seconds: f64,
+    /// The redrive after the worker was fixed, when the run had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redrive: Option<RedriveSummary>,
 }
 
-/// Everything but the timing fields, which the sandbox fills in.
+/// What the redrive at the end of a run did: the operator's counts from `status.redrive`,
+/// and what the workers' lines say became of the messages it moved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RedriveSummary {
+    /// `status.redrive.moved`: messages the operator put back on the queue.
+    pub moved: i64,
+    /// `status.redrive.failedAgain`: moved, failed again, left in the dead-letter queue.
+    pub failed_again: i64,
+    /// Dead-lettered messages a worker then answered 2xx to.
+    pub processed_after: usize,
+    /// From the annotation to the last dead-lettered message processed.
+    pub seconds: f64,
+}
+
+/// Everything but the timing fields and the redrive, which the sandbox fills in.
+/// `dead_lettered` is every message seen in the dead-letter queue before any redrive;
+/// `in_dead_letter` what it holds at the end (the same set when there was no redrive).
 pub fn summarize(
     provider: &str,
     published: &[Published],
     ledger: &Ledger,
-    dead_letter_seqs: &BTreeSet<u64>,
+    dead_lettered: &BTreeSet<u64>,
+    in_dead_letter: &BTreeSet<u64>,
 ) -> Summary {
     let processed: BTreeSet<u64> = published
         .iter()
@@ -207,14 +238,14 @@ pub fn summarize(
         .collect();
     let lost_messages: Vec<String> = published
         .iter()
-        .filter(|m| !processed.contains(&m.seq) && !dead_letter_seqs.contains(&m.seq))
+        .filter(|m| !processed.contains(&m.seq) && !in_dead_letter.contains(&m.seq))
         .map(|m| format!("{}/{}", m.seq, m.id))
         .collect();
     let lost = lost_messages.len();
     let duplicates = ledger.successes.values().filter(|(n, _)| *n > 1).count();
     let poison_not_dead_lettered = published
         .iter()
-        .filter(|m| m.poison && !dead_letter_seqs.contains(&m.seq))
+        .filter(|m| m.poison && !dead_lettered.contains(&m.seq))
         .count();
     let mut waits: Vec<u64> = published.iter().filter_map(|m| ledger.wait_ms(m)).collect();
     waits.sort_unstable();
@@ -229,8 +260,9 @@ pub fn summarize(
         provider: provider.to_string(),
         published: published.len(),
         processed: processed.len(),
-        dead_lettered: dead_letter_seqs.len(),
+        dead_lettered: dead_lettered.len(),
         poison_not_dead_lettered,
+        in_dead_letter: in_dead_letter.len(),
         lost,
         lost_messages,
         duplicates,
@@ -241,6 +273,7 @@ pub fn summarize(
         max_replicas: 0,
         final_replicas: 0,
         seconds: 0.0,
+        redrive: None,
     }
 }
 
@@ -313,7 +346,8 @@ mod tests {
         }
         assert!(ledger.is_settled(0, 5) && ledger.is_settled(2, 5));
         assert!(!ledger.is_settled(3, 5));
-        let summary = summarize("sqs", &messages, &ledger, &BTreeSet::from([2]));
+        let dead = BTreeSet::from([2]);
+        let summary = summarize("sqs", &messages, &ledger, &dead, &dead);
         assert_eq!(summary.processed, 2);
         assert_eq!(summary.dead_lettered, 1);
         assert_eq!(summary.lost, 1, "d went nowhere");
@@ -323,6 +357,41 @@ mod tests {
         assert_eq!(summary.max_wait_s, 2.0);
         assert_eq!(summary.p99_wait_s, 2.0);
         assert_eq!(ledger.recent_max_wait_ms(&messages, 2_500), Some(2_000));
+    }
+
+    #[test]
+    fn after_a_redrive_a_message_is_lost_only_if_neither_processed_nor_still_dead_lettered() {
+        let messages = [
+            published(0, "a", true),
+            published(1, "b", true),
+            published(2, "c", true),
+        ];
+        let mut ledger = Ledger::default();
+        for d in [
+            line(422, 0, 1_100),
+            line(422, 1, 1_200),
+            line(422, 2, 1_300),
+            // The fixed worker processes two of them once they are redriven.
+            line(200, 0, 9_000),
+            line(200, 1, 9_100),
+        ] {
+            ledger.record(&d);
+        }
+        let before = BTreeSet::from([0, 1, 2]);
+        let summary = summarize("sqs", &messages, &ledger, &before, &BTreeSet::new());
+        assert_eq!(summary.dead_lettered, 3);
+        assert_eq!(summary.poison_not_dead_lettered, 0);
+        assert_eq!(summary.processed, 2);
+        assert_eq!(summary.in_dead_letter, 0);
+        assert_eq!(summary.duplicates, 0, "a 422 then a 200 is one processing");
+        assert_eq!(summary.lost_messages, vec!["2/c".to_string()]);
+        let still_dead = BTreeSet::from([2]);
+        let summary = summarize("sqs", &messages, &ledger, &before, &still_dead);
+        assert_eq!((summary.lost, summary.in_dead_letter), (0, 1));
+        assert_eq!(
+            summary.max_wait_s, 0.3,
+            "a poison message waited until its first, rejected, delivery"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, anyhow, bail};
 use ferry_crds::QueueConsumer;
+use ferry_crds::status::RedrivePhase;
 use ferry_devcluster::DevCluster;
 use ferry_queues::Provider;
 use ferry_queues::provision::{OutgoingMessage, publish};
@@ -23,7 +24,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 
-pub use ledger::{Ledger, Published, Summary, parse_delivery, summarize};
+pub use ledger::{Ledger, Published, RedriveSummary, Summary, parse_delivery, summarize};
 pub use view::{Snapshot, View};
 
 use crate::{emulators, free_port, repo_root, workspace_binary};
@@ -58,6 +59,13 @@ pub struct SandboxConfig {
     /// The queue's name instead of the example's `sandbox-orders`, so runs sharing one
     /// emulator do not share a queue.
     pub queue_name: Option<String>,
+    /// After the load, fix the worker (it accepts the poison from then on), redrive the
+    /// dead-letter queue with the `ferry.dev/redrive` annotation, and wait until the fixed
+    /// worker has processed every dead-lettered message: the whole loop a team goes through.
+    /// On by default for SQS only: Google's emulator keeps handing a subscription's messages
+    /// to the streams of pods that have exited, so after the rollout of the fix redriven
+    /// messages come back only an ack deadline (60 s) at a time (docs/sandbox.md).
+    pub redrive: bool,
 }
 
 impl SandboxConfig {
@@ -73,6 +81,7 @@ impl SandboxConfig {
             work_dir: repo_root().join("target/sandbox"),
             queue_endpoint_override: None,
             queue_name: None,
+            redrive: provider == Provider::Sqs,
         }
     }
 
@@ -142,10 +151,13 @@ pub struct Sandbox {
     max_replicas: i32,
     started: Instant,
     last_sample: Option<Instant>,
-    /// Every dead letter read so far (by sequence number). Reading takes them (Pub/Sub acks,
-    /// SQS leases them for a minute), so what one read saw is kept for the next.
+    /// Every dead letter read so far (by sequence number). A read hands every message back,
+    /// but one read may miss some (the emulators' pulls can come back empty early), so what
+    /// each read saw is kept.
     dead_seen: BTreeSet<u64>,
     last_dead_letter_read: Option<Instant>,
+    /// What the redrive phase did, once it has run.
+    redrive: Option<RedriveSummary>,
     // Last: the cluster's pods stop after the operator.
     cluster: DevCluster,
 }
@@ -212,6 +224,7 @@ impl Sandbox {
             last_sample: None,
             dead_seen: BTreeSet::new(),
             last_dead_letter_read: None,
+            redrive: None,
             cluster,
         };
         sandbox.start_operator()?;
@@ -679,20 +692,171 @@ impl Sandbox {
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         self.wait_settled(remaining, show).await?;
+        if self.config.redrive {
+            self.fix_and_redrive(deadline, show).await?;
+        }
         self.summary().await
+    }
+
+    /// What a team does once the bug behind its dead letters is fixed: deploy the fix (here
+    /// the worker stops rejecting poison), wait for the rollout, then ask the operator to put
+    /// the dead-letter queue back on the queue; waits until the fixed workers have processed
+    /// every dead-lettered message and the consumer is back at its floor.
+    pub async fn fix_and_redrive(
+        &mut self,
+        deadline: Instant,
+        show: &mut dyn FnMut(&Snapshot),
+    ) -> anyhow::Result<()> {
+        let dead = self.dead_letters().await?;
+        self.dead_seen.extend(dead);
+        let dead_lettered = self.dead_seen.clone();
+        if dead_lettered.is_empty() {
+            return Ok(());
+        }
+        // The example worker rejects bodies containing WORKER_POISON; empty rejects nothing.
+        self.kubectl(&[
+            "patch",
+            "qc",
+            CONSUMER_NAME,
+            "--type=json",
+            r#"-p=[{"op":"add","path":"/spec/worker/spec/containers/0/env/-","value":{"name":"WORKER_POISON","value":""}}]"#,
+        ])
+        .await?;
+        while !self.rolled_out_with("WORKER_POISON").await? {
+            show(&self.snapshot("fix").await?);
+            if Instant::now() >= deadline {
+                bail!(
+                    "the fixed worker was not rolled out before the deadline; see {}",
+                    self.operator_log().display()
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let asked = Instant::now();
+        let request = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)?
+            .as_secs()
+            .to_string();
+        self.kubectl(&[
+            "annotate",
+            "qc",
+            CONSUMER_NAME,
+            &format!("{}={request}", ferry_crds::status::REDRIVE_ANNOTATION),
+            "--overwrite",
+        ])
+        .await?;
+        let redrive = loop {
+            let status = self.consumer().await?.status.and_then(|s| s.redrive);
+            match status {
+                Some(r) if r.request == request && r.phase == RedrivePhase::Succeeded => break r,
+                Some(r) if r.request == request && r.phase != RedrivePhase::Running => {
+                    bail!("the redrive ended {:?}: {}", r.phase, r.message)
+                }
+                _ => {}
+            }
+            show(&self.snapshot("redrive").await?);
+            if Instant::now() >= deadline {
+                bail!(
+                    "the redrive did not finish before the deadline; see {}",
+                    self.operator_log().display()
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        loop {
+            let ledger = self.ledger();
+            let waiting = dead_lettered
+                .iter()
+                .filter(|seq| !ledger.is_processed(**seq))
+                .count();
+            let (current, desired) = self.replicas().await?;
+            let floor = self.config.floor();
+            if waiting == 0 && current == floor && desired == floor {
+                self.redrive = Some(RedriveSummary {
+                    moved: redrive.moved,
+                    failed_again: redrive.failed_again,
+                    processed_after: dead_lettered.len() - waiting,
+                    seconds: (asked.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                });
+                return Ok(());
+            }
+            show(&self.snapshot("redrive").await?);
+            if Instant::now() >= deadline {
+                bail!(
+                    "{waiting} of the {} redriven messages not processed before the deadline (replicas {current}, floor {floor}); logs in {}",
+                    dead_lettered.len(),
+                    self.config.work_dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Whether the worker Deployment has rolled out a template whose worker has `env` and no
+    /// pod of an older one is left, not even a terminating one: a stopping pod finishes the
+    /// long poll it has open, and would reject the redriven poison once more.
+    async fn rolled_out_with(&self, env: &str) -> anyhow::Result<bool> {
+        let has_env = |spec: Option<&k8s_openapi::api::core::v1::PodSpec>| {
+            spec.and_then(|s| s.containers.iter().find(|c| c.name == "worker"))
+                .and_then(|c| c.env.as_ref())
+                .is_some_and(|vars| vars.iter().any(|v| v.name == env))
+        };
+        let deployments: Api<Deployment> = Api::namespaced(self.cluster.client(), NAMESPACE);
+        let Some(deployment) = deployments.get_opt(DEPLOYMENT_NAME).await? else {
+            return Ok(false);
+        };
+        let observed = deployment
+            .status
+            .as_ref()
+            .and_then(|s| s.observed_generation)
+            .unwrap_or(0)
+            >= deployment.metadata.generation.unwrap_or(0);
+        if !has_env(deployment.spec.template.spec.as_ref()) || !observed {
+            return Ok(false);
+        }
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(self.cluster.client(), NAMESPACE);
+        let pods = pods
+            .list(&kube::api::ListParams::default().labels("ferry.dev/queue-consumer=orders"))
+            .await?;
+        Ok(pods.items.iter().all(|pod| has_env(pod.spec.as_ref())))
+    }
+
+    async fn kubectl(&self, args: &[&str]) -> anyhow::Result<()> {
+        let out = self
+            .cluster
+            .kubectl_output(args)
+            .await
+            .context("run kubectl (it must be installed)")?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
     }
 
     pub async fn summary(&mut self) -> anyhow::Result<Summary> {
         let (current, _) = self.replicas().await?;
-        let dead = self.dead_letters().await?;
-        self.dead_seen.extend(dead);
-        let dead = self.dead_seen.clone();
+        let now_dead = self.dead_letters().await?;
+        // Without a redrive the dead-letter queue only grows, and every read adds to what was
+        // seen; after one, what it holds now is what is left.
+        let in_dead_letter = if self.redrive.is_some() {
+            now_dead
+        } else {
+            self.dead_seen.extend(now_dead);
+            self.dead_seen.clone()
+        };
         let mut summary = summarize(
             self.config.provider.as_str(),
             &self.published,
             &self.ledger(),
-            &dead,
+            &self.dead_seen,
+            &in_dead_letter,
         );
+        summary.redrive = self.redrive.clone();
         summary.replica_seconds = (self.replica_seconds * 10.0).round() / 10.0;
         summary.max_replicas = self.max_replicas;
         summary.final_replicas = current;
@@ -735,7 +899,8 @@ fn kill_processes_with_env(entry: &str) -> usize {
     killed
 }
 
-/// Every message in an SQS queue (left there: a lease of a minute keeps each counted once).
+/// Every message in an SQS queue, left there: each is held until the reading is done (so it
+/// is counted once) and then handed back, for a redrive to find.
 async fn read_sqs(endpoint: &str, queue_url: &str) -> anyhow::Result<Vec<Vec<u8>>> {
     let target = ferry_queues::ConsumerTarget {
         provider: Provider::Sqs,
@@ -749,24 +914,32 @@ async fn read_sqs(endpoint: &str, queue_url: &str) -> anyhow::Result<Vec<Vec<u8>
     };
     let queue = ferry_queues::connect(&target).await?;
     let mut bodies = Vec::new();
+    let mut leases = Vec::new();
     let mut empty = 0;
     while empty < 2 {
         let batch = queue.receive(10, Duration::from_secs(1)).await?;
         if batch.is_empty() {
             empty += 1;
         }
-        bodies.extend(batch.into_iter().map(|m| m.body.to_vec()));
+        for message in batch {
+            bodies.push(message.body.to_vec());
+            leases.push(message.lease);
+        }
     }
+    queue.release(leases).await?;
+    queue.close().await;
     Ok(bodies)
 }
 
-/// Every message on a Pub/Sub subscription, through the emulator's REST pull (acknowledged,
-/// so each is counted once).
+/// Every message on a Pub/Sub subscription, through the emulator's REST pull, left there:
+/// each is held until the reading is done (so it is counted once), then handed back with a
+/// zero ack deadline, for a redrive to find.
 async fn read_pubsub(endpoint: &str, subscription: &str) -> anyhow::Result<Vec<Vec<u8>>> {
     use base64::Engine as _;
     let client = reqwest::Client::new();
     let base = format!("http://{endpoint}/v1/{subscription}");
     let mut bodies = Vec::new();
+    let mut ack_ids = Vec::new();
     let mut empty = 0;
     while empty < 3 {
         let response: serde_json::Value = serde_json::from_str(
@@ -788,18 +961,27 @@ async fn read_pubsub(endpoint: &str, subscription: &str) -> anyhow::Result<Vec<V
             tokio::time::sleep(Duration::from_millis(300)).await;
             continue;
         }
-        let ack_ids: Vec<serde_json::Value> = received.iter().map(|m| m["ackId"].clone()).collect();
         for m in &received {
+            ack_ids.push(m["ackId"].clone());
             if let Some(data) = m["message"]["data"].as_str() {
                 bodies.push(base64::engine::general_purpose::STANDARD.decode(data)?);
             }
         }
-        client
-            .post(format!("{base}:acknowledge"))
+    }
+    if !ack_ids.is_empty() {
+        let response = client
+            .post(format!("{base}:modifyAckDeadline"))
             .header("content-type", "application/json")
-            .body(serde_json::json!({ "ackIds": ack_ids }).to_string())
+            .body(serde_json::json!({ "ackIds": ack_ids, "ackDeadlineSeconds": 0 }).to_string())
             .send()
             .await?;
+        if !response.status().is_success() {
+            bail!(
+                "handing back the dead letters read from {subscription}: {} {}",
+                response.status(),
+                response.text().await.unwrap_or_default()
+            );
+        }
     }
     Ok(bodies)
 }
