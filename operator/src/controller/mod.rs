@@ -308,7 +308,10 @@ async fn apply(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
     }
     if let Some(queue) = observed.provisioned.clone() {
         apply_workload(qc, ctx, &namespace, &queue, checked_now, &mut observed).await?;
-        if let Some((redrive, next_pass)) = redrive::reconcile(qc, ctx, &queue).await {
+        let deployment = observed.deployment.clone();
+        if let Some((redrive, next_pass)) =
+            redrive::reconcile(qc, ctx, &queue, deployment.as_ref()).await
+        {
             observed.redrive = Some(redrive);
             requeue = next_pass.map_or(requeue, |due| due.min(requeue));
         }

@@ -15,11 +15,15 @@ use ferry_crds::{QueueConsumer, REDRIVE_ANNOTATION, RedrivePhase, RedriveStatus}
 use ferry_queues::provision::ProvisionedQueue;
 use ferry_queues::redrive::{RedrivePass, RedriveRequest, redrive};
 use ferry_queues::{QueueError, QueueErrorKind};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
+use kube::api::{Api, ListParams};
 use kube::runtime::reflector::ObjectRef;
 
 use super::{Context, is_terminal, queue_request, status};
+use crate::builders::QUEUE_CONSUMER_LABEL;
 
 /// How long one pass may move messages: long enough for thousands, short enough that the
 /// reconcile's other work and a removed annotation are seen again soon.
@@ -28,6 +32,8 @@ const PASS_BUDGET: Duration = Duration::from_secs(15);
 const NEXT_PASS: Duration = Duration::from_secs(1);
 /// After a pass that failed on something that may pass (throttling, an outage).
 const RETRY_PASS: Duration = Duration::from_secs(10);
+/// How often a redrive waiting for the worker's rollout looks again.
+const HOLD_RECHECK: Duration = Duration::from_secs(2);
 
 /// The `status.redrive` each object's last pass wrote.
 #[derive(Default)]
@@ -176,6 +182,64 @@ pub fn after_pass(
     }
 }
 
+/// Pure: why a redrive must not start yet, or `None`. A redrive is usually asked for right
+/// after a fix is deployed, and until the rollout is over a pod of the old worker can take
+/// the messages it moves and fail them again: one that is still stopping delivers what its
+/// last long poll brought (a drain hands nothing back, so as not to spend a delivery
+/// attempt). So the first pass waits until the worker Deployment has rolled out its latest
+/// template and none of the consumer's pods is terminating.
+pub fn hold_reason(deployment: Option<&Deployment>, pods: &[Pod]) -> Option<String> {
+    let mut reasons = Vec::new();
+    if let Some(deployment) = deployment {
+        let status = deployment.status.clone().unwrap_or_default();
+        let generation = deployment.metadata.generation.unwrap_or(0);
+        let replicas = status.replicas.unwrap_or(0);
+        let updated = status.updated_replicas.unwrap_or(0);
+        if status.observed_generation.unwrap_or(0) < generation {
+            reasons.push("its latest change is not rolled out yet".to_string());
+        } else if updated < replicas {
+            reasons.push(format!(
+                "{} of its {replicas} pod(s) run an older template",
+                replicas - updated
+            ));
+        }
+    }
+    let stopping = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_some())
+        .count();
+    if stopping > 0 {
+        reasons.push(format!("{stopping} pod(s) are still stopping"));
+    }
+    (!reasons.is_empty()).then(|| {
+        format!(
+            "{WAITING_FOR_ROLLOUT} ({}): a pod of the old worker would fail the messages again",
+            reasons.join("; ")
+        )
+    })
+}
+
+/// How the message of a redrive that waits to start begins.
+const WAITING_FOR_ROLLOUT: &str = "waiting for the worker's rollout before moving anything";
+
+/// Pure: the status of a redrive that waits to start (see [`hold_reason`]).
+fn held(
+    request: &str,
+    so_far: Option<&RedriveStatus>,
+    now: &Time,
+    reason: String,
+) -> RedriveStatus {
+    RedriveStatus {
+        request: request.to_string(),
+        phase: RedrivePhase::Running,
+        moved: 0,
+        failed_again: 0,
+        started_at: so_far.map_or_else(|| now.clone(), |r| r.started_at.clone()),
+        completed_at: None,
+        message: reason,
+    }
+}
+
 fn fix_for(kind: QueueErrorKind) -> &'static str {
     match kind {
         QueueErrorKind::PermissionDenied => {
@@ -196,6 +260,7 @@ pub async fn reconcile(
     qc: &QueueConsumer,
     ctx: &Context,
     queue: &ProvisionedQueue,
+    deployment: Option<&Deployment>,
 ) -> Option<(RedriveStatus, Option<Duration>)> {
     let now = status::now();
     // This process's own last pass is never older than what the watch cache shows.
@@ -213,6 +278,21 @@ pub async fn reconcile(
         }
         Step::Pass { request, so_far } => (request, so_far),
     };
+    let nothing_moved_yet = so_far.is_none_or(|r| r.moved == 0 && r.failed_again == 0);
+    // Only before anything is moved: a started redrive goes on whatever the pods do.
+    let hold = if nothing_moved_yet {
+        hold_reason(deployment, &worker_pods(qc, ctx).await)
+    } else {
+        None
+    };
+    if let Some(reason) = hold {
+        let waiting = held(request, so_far, &now, reason);
+        if so_far.is_none_or(|r| r.message != waiting.message) {
+            announce(qc, ctx, &waiting).await;
+        }
+        ctx.redrives.record(qc, &waiting);
+        return Some((waiting, Some(HOLD_RECHECK)));
+    }
     let cloud = queue_request(qc, &ctx.cloud);
     let pass = redrive(&RedriveRequest {
         provider: cloud.provider,
@@ -247,7 +327,8 @@ pub async fn reconcile(
         &now,
         (&names.0, &names.1),
     );
-    if so_far.is_none() || next.phase != RedrivePhase::Running {
+    let first_pass = so_far.is_none_or(|r| r.message.starts_with(WAITING_FOR_ROLLOUT));
+    if first_pass || next.phase != RedrivePhase::Running {
         announce(qc, ctx, &next).await;
     }
     ctx.redrives.record(qc, &next);
@@ -257,6 +338,21 @@ pub async fn reconcile(
         _ => None,
     };
     Some((next, due))
+}
+
+/// The consumer's worker pods. A failed list holds nothing back: the pods are only looked at
+/// to avoid a needless second redrive, and the redrive counts what fails again either way.
+async fn worker_pods(qc: &QueueConsumer, ctx: &Context) -> Vec<Pod> {
+    let namespace = qc.namespace().unwrap_or_else(|| "default".into());
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let selector = format!("{QUEUE_CONSUMER_LABEL}={}", qc.name_any());
+    match pods.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => list.items,
+        Err(error) => {
+            tracing::warn!(name = %qc.name_any(), "listing the worker pods before a redrive: {error}");
+            Vec::new()
+        }
+    }
 }
 
 /// An Event when a redrive starts and when it ends, whichever way.
@@ -449,5 +545,72 @@ mod tests {
         );
         passes.forget(&object("a"));
         assert_eq!(passes.get(&object("a")), None);
+    }
+
+    fn deployment(generation: i64, observed: i64, replicas: i32, updated: i32) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "orders-worker", "generation": generation},
+            "spec": {"selector": {}, "template": {}},
+            "status": {"observedGeneration": observed, "replicas": replicas, "updatedReplicas": updated}
+        }))
+        .unwrap()
+    }
+
+    fn pod(stopping: bool) -> Pod {
+        let mut metadata = serde_json::json!({"name": "orders-worker-abc"});
+        if stopping {
+            metadata["deletionTimestamp"] = "2026-12-06T00:00:00Z".into();
+        }
+        serde_json::from_value(serde_json::json!({ "metadata": metadata })).unwrap()
+    }
+
+    #[test]
+    fn a_redrive_waits_until_no_pod_of_the_old_worker_is_left() {
+        let rolled_out = deployment(3, 3, 2, 2);
+        assert_eq!(
+            hold_reason(Some(&rolled_out), &[pod(false), pod(false)]),
+            None
+        );
+        assert_eq!(
+            hold_reason(None, &[]),
+            None,
+            "no workload: nothing to protect"
+        );
+        assert_eq!(
+            hold_reason(Some(&deployment(0, 0, 0, 0)), &[]),
+            None,
+            "scaled to zero, nothing stopping"
+        );
+
+        let not_seen = hold_reason(Some(&deployment(4, 3, 2, 2)), &[]).unwrap();
+        assert!(not_seen.starts_with(WAITING_FOR_ROLLOUT), "{not_seen}");
+        assert!(not_seen.contains("not rolled out yet"), "{not_seen}");
+
+        let half = hold_reason(Some(&deployment(4, 4, 3, 1)), &[]).unwrap();
+        assert!(
+            half.contains("2 of its 3 pod(s) run an older template"),
+            "{half}"
+        );
+
+        let stopping = hold_reason(Some(&rolled_out), &[pod(false), pod(true), pod(true)]).unwrap();
+        assert!(
+            stopping.contains("2 pod(s) are still stopping"),
+            "{stopping}"
+        );
+        assert!(
+            stopping.ends_with("would fail the messages again"),
+            "{stopping}"
+        );
+    }
+
+    #[test]
+    fn a_waiting_redrive_keeps_its_start_and_has_moved_nothing() {
+        let first = held("r1", None, &at(100), "waiting".into());
+        assert_eq!(first.phase, RedrivePhase::Running);
+        assert_eq!((first.moved, first.failed_again), (0, 0));
+        assert_eq!(first.started_at, at(100));
+        assert_eq!(first.completed_at, None);
+        let later = held("r1", Some(&first), &at(130), "waiting".into());
+        assert_eq!(later, first, "no status churn while it waits");
     }
 }

@@ -219,6 +219,10 @@ pub struct RedriveSummary {
     pub processed_after: usize,
     /// From the annotation to the last dead-lettered message processed.
     pub seconds: f64,
+    /// Whether the sandbox saw the operator hold the redrive until the fix was rolled out
+    /// and no pod of the old worker was left (it looks once a second, so a short wait can
+    /// pass unseen).
+    pub waited_for_rollout: bool,
 }
 
 /// Everything but the timing fields and the redrive, which the sandbox fills in.

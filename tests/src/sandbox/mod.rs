@@ -699,9 +699,9 @@ impl Sandbox {
     }
 
     /// What a team does once the bug behind its dead letters is fixed: deploy the fix (here
-    /// the worker stops rejecting poison), wait for the rollout, then ask the operator to put
-    /// the dead-letter queue back on the queue; waits until the fixed workers have processed
-    /// every dead-lettered message and the consumer is back at its floor.
+    /// the worker stops rejecting poison) and ask the operator to put the dead-letter queue
+    /// back on the queue; waits until the fixed workers have processed every dead-lettered
+    /// message and the consumer is back at its floor.
     pub async fn fix_and_redrive(
         &mut self,
         deadline: Instant,
@@ -714,6 +714,9 @@ impl Sandbox {
             return Ok(());
         }
         // The example worker rejects bodies containing WORKER_POISON; empty rejects nothing.
+        // The redrive is asked for at once, as a team would after deploying its fix: the
+        // operator waits for the rollout (and for pods of the old worker still stopping)
+        // before it moves anything.
         self.kubectl(&[
             "patch",
             "qc",
@@ -722,16 +725,6 @@ impl Sandbox {
             r#"-p=[{"op":"add","path":"/spec/worker/spec/containers/0/env/-","value":{"name":"WORKER_POISON","value":""}}]"#,
         ])
         .await?;
-        while !self.rolled_out_with("WORKER_POISON").await? {
-            show(&self.snapshot("fix").await?);
-            if Instant::now() >= deadline {
-                bail!(
-                    "the fixed worker was not rolled out before the deadline; see {}",
-                    self.operator_log().display()
-                );
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
         let asked = Instant::now();
         let request = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)?
@@ -745,8 +738,12 @@ impl Sandbox {
             "--overwrite",
         ])
         .await?;
+        let mut waited_for_rollout = false;
         let redrive = loop {
             let status = self.consumer().await?.status.and_then(|s| s.redrive);
+            if let Some(r) = status.as_ref().filter(|r| r.request == request) {
+                waited_for_rollout |= r.message.starts_with("waiting for the worker's rollout");
+            }
             match status {
                 Some(r) if r.request == request && r.phase == RedrivePhase::Succeeded => break r,
                 Some(r) if r.request == request && r.phase != RedrivePhase::Running => {
@@ -776,6 +773,7 @@ impl Sandbox {
                     moved: redrive.moved,
                     failed_again: redrive.failed_again,
                     processed_after: dead_lettered.len() - waiting,
+                    waited_for_rollout,
                     seconds: (asked.elapsed().as_secs_f64() * 10.0).round() / 10.0,
                 });
                 return Ok(());
@@ -790,36 +788,6 @@ impl Sandbox {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-    }
-
-    /// Whether the worker Deployment has rolled out a template whose worker has `env` and no
-    /// pod of an older one is left, not even a terminating one: a stopping pod finishes the
-    /// long poll it has open, and would reject the redriven poison once more.
-    async fn rolled_out_with(&self, env: &str) -> anyhow::Result<bool> {
-        let has_env = |spec: Option<&k8s_openapi::api::core::v1::PodSpec>| {
-            spec.and_then(|s| s.containers.iter().find(|c| c.name == "worker"))
-                .and_then(|c| c.env.as_ref())
-                .is_some_and(|vars| vars.iter().any(|v| v.name == env))
-        };
-        let deployments: Api<Deployment> = Api::namespaced(self.cluster.client(), NAMESPACE);
-        let Some(deployment) = deployments.get_opt(DEPLOYMENT_NAME).await? else {
-            return Ok(false);
-        };
-        let observed = deployment
-            .status
-            .as_ref()
-            .and_then(|s| s.observed_generation)
-            .unwrap_or(0)
-            >= deployment.metadata.generation.unwrap_or(0);
-        if !has_env(deployment.spec.template.spec.as_ref()) || !observed {
-            return Ok(false);
-        }
-        let pods: Api<k8s_openapi::api::core::v1::Pod> =
-            Api::namespaced(self.cluster.client(), NAMESPACE);
-        let pods = pods
-            .list(&kube::api::ListParams::default().labels("ferry.dev/queue-consumer=orders"))
-            .await?;
-        Ok(pods.items.iter().all(|pod| has_env(pod.spec.as_ref())))
     }
 
     async fn kubectl(&self, args: &[&str]) -> anyhow::Result<()> {
