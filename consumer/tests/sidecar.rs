@@ -498,20 +498,35 @@ async fn sigterm_scenario(provider: Provider) -> Checked {
 
     if provider == Provider::PubSub {
         // A new streaming subscriber is where the emulator is unreliable after another one
-        // went away (see above), so the subscription is read with the emulator's unary pull:
-        // the two acked messages must be gone, and the rest there, once each.
+        // went away (see above), so the subscription is read with the emulator's unary pull.
+        // The two acked messages must not come back. The messages published after the
+        // sidecar exited show that the subscription can be read; the emulator may hand some
+        // of them to the exited sidecar's stream, from which they come back only an ack
+        // deadline at a time, if at all (docs/sandbox.md), so one missing is reported, not
+        // failed: the sidecar never saw them.
         let later_ids = setup.publish_bodies(later).await;
         let mut remaining = unary_pull(&setup, later_ids.len()).await;
         if remaining.is_empty() {
             return Checked::EmulatorDeliveredNothing;
         }
         remaining.sort();
-        let mut expected = later_ids;
-        expected.sort();
-        assert_eq!(
-            remaining, expected,
-            "the acked messages are gone and nothing else is missing"
+        let back: Vec<&String> = remaining.iter().filter(|id| ids.contains(id)).collect();
+        assert!(back.is_empty(), "acked messages came back: {back:?}");
+        let mut once = remaining.clone();
+        once.dedup();
+        assert_eq!(once, remaining, "each message comes once");
+        assert!(
+            remaining.iter().all(|id| later_ids.contains(id)),
+            "nothing but the messages published after the exit: {remaining:?} against {later_ids:?}"
         );
+        if remaining.len() < later_ids.len() {
+            eprintln!(
+                "the emulator held {} of the {} messages published after the sidecar exited \
+                 (its exited-stream behaviour, docs/sandbox.md)",
+                later_ids.len() - remaining.len(),
+                later_ids.len()
+            );
+        }
         return Checked::Yes;
     }
     let _second = start(&env);
@@ -534,7 +549,8 @@ async fn sigterm_scenario(provider: Provider) -> Checked {
 }
 
 /// The message ids a unary Pull (the emulator's REST API) returns from the subscription,
-/// acknowledged so each is counted once; gives up after 30 s.
+/// acknowledged so each is counted once; gives up 90 s after it starts or 30 s after the
+/// last new message.
 async fn unary_pull(setup: &Setup, expected: usize) -> Vec<String> {
     let client = reqwest::Client::new();
     let base = format!("http://{}/v1/{}", setup.endpoint, setup.queue.queue);
@@ -543,7 +559,13 @@ async fn unary_pull(setup: &Setup, expected: usize) -> Vec<String> {
     // streaming subscriber had gone, presumably holding the messages for the gone stream
     // until their ack deadline ran out.
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while ids.len() < expected && std::time::Instant::now() < deadline {
+    // Once some have come, the rest are given 30 s more (see the caller on what the
+    // emulator may hold back).
+    let mut last_new = None::<std::time::Instant>;
+    while ids.len() < expected
+        && std::time::Instant::now() < deadline
+        && last_new.is_none_or(|at| at.elapsed() < Duration::from_secs(30))
+    {
         let response = client
             .post(format!("{base}:pull"))
             .header("content-type", "application/json")
@@ -561,6 +583,7 @@ async fn unary_pull(setup: &Setup, expected: usize) -> Vec<String> {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
+        last_new = Some(std::time::Instant::now());
         let ack_ids: Vec<serde_json::Value> = received.iter().map(|m| m["ackId"].clone()).collect();
         ids.extend(
             received
