@@ -42,6 +42,11 @@ use crate::worker::{Worker, unix_nanos};
 const PROJECT: &str = "ferry-bench";
 /// Message numbers from here on are warm-ups, never measured.
 const WARMUP_BASE: u64 = 1 << 40;
+/// Message numbers of the latency phase's batched part start here.
+const BATCHED_BASE: u64 = 1 << 32;
+/// The emulator hands out a subscription's messages every 50 ms; messages published further
+/// apart than that reach a consumer one at a time.
+const EMULATOR_DISPATCH_GAP: Duration = Duration::from_millis(60);
 const PAD: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
 
 #[derive(Args, Debug)]
@@ -69,6 +74,10 @@ pub struct RunArgs {
     /// Seconds of the throughput window (after a warm-up).
     #[arg(long)]
     pub window: Option<f64>,
+    /// Paced messages in each latency phase, at least (200; --quick 20). p99 of 200 is the
+    /// third-slowest message, so one pause of the machine moves it; more give a steadier tail.
+    #[arg(long)]
+    pub latency_samples: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,6 +163,10 @@ struct RunResult {
     machine_busy_percent: Option<f64>,
     added_p50_ms: Option<f64>,
     added_p99_ms: Option<f64>,
+    /// Pub/Sub: added latency of messages paced at up to 100 msgs/s, which the emulator
+    /// hands out in batches, so a message can wait behind others of its batch.
+    batched_p50_ms: Option<f64>,
+    batched_p99_ms: Option<f64>,
     /// Pub/Sub: publish → worker start (or → receive for the raw client), before subtracting.
     observed_p50_ms: Option<f64>,
     observed_p99_ms: Option<f64>,
@@ -183,6 +196,8 @@ impl RunResult {
             "machine_busy_percent": round(self.machine_busy_percent, 0),
             "added_p50_ms": round(self.added_p50_ms, 3),
             "added_p99_ms": round(self.added_p99_ms, 3),
+            "batched_p50_ms": round(self.batched_p50_ms, 3),
+            "batched_p99_ms": round(self.batched_p99_ms, 3),
             "observed_p50_ms": round(self.observed_p50_ms, 3),
             "observed_p99_ms": round(self.observed_p99_ms, 3),
             "latency_samples": self.latency_samples,
@@ -746,24 +761,29 @@ impl Bench {
         running.stop();
         self.delete_subscription(&topic, &subscription).await;
         match outcome {
-            Ok((observed, added, expected)) => {
-                result.latency_samples = added.len();
-                result.observed_p50_ms = percentile(&observed, 0.5);
-                result.observed_p99_ms = percentile(&observed, 0.99);
-                result.added_p50_ms = percentile(&added, 0.5);
-                result.added_p99_ms = percentile(&added, 0.99);
-                if observed.len() < expected {
-                    result.notes.push(format!(
-                        "latency: {} of {expected} paced messages arrived",
-                        observed.len()
-                    ));
-                }
-                if added.len() < observed.len() {
-                    result.notes.push(format!(
-                        "added latency: {} of {} arrived messages were seen passing the relay",
-                        added.len(),
-                        observed.len()
-                    ));
+            Ok((singles, batched)) => {
+                result.latency_samples = singles.added.len();
+                result.observed_p50_ms = percentile(&singles.observed, 0.5);
+                result.observed_p99_ms = percentile(&singles.observed, 0.99);
+                result.added_p50_ms = percentile(&singles.added, 0.5);
+                result.added_p99_ms = percentile(&singles.added, 0.99);
+                result.batched_p50_ms = percentile(&batched.added, 0.5);
+                result.batched_p99_ms = percentile(&batched.added, 0.99);
+                for (phase, paced) in [("one at a time", &singles), ("in batches", &batched)] {
+                    if paced.observed.len() < paced.expected {
+                        result.notes.push(format!(
+                            "latency, {phase}: {} of {} paced messages arrived",
+                            paced.observed.len(),
+                            paced.expected
+                        ));
+                    }
+                    if paced.added.len() < paced.observed.len() {
+                        result.notes.push(format!(
+                            "added latency, {phase}: {} of {} arrived messages were seen passing the relay",
+                            paced.added.len(),
+                            paced.observed.len()
+                        ));
+                    }
                 }
             }
             Err(e) => result.notes.push(format!(
@@ -778,9 +798,10 @@ impl Bench {
         Ok(result)
     }
 
-    /// Publishes warm-ups until the consumer takes one, then paced messages; returns the
-    /// publish → worker start (or → receive, raw) latencies and the relay → worker start (or
-    /// → receive) latencies, in ms, and how many messages were paced.
+    /// Publishes warm-ups until the consumer takes one, then two paced phases: messages
+    /// one at a time (the figure compared with SQS's, where the endpoint hands each message
+    /// over in a receive of its own), then at up to 100 msgs/s, which the emulator hands out
+    /// in batches of about five.
     async fn pubsub_latency(
         &self,
         consumer: Consumer,
@@ -788,7 +809,7 @@ impl Bench {
         running: &Running,
         saturated_rate: f64,
         relayed: &Seen,
-    ) -> anyhow::Result<(Vec<f64>, Vec<f64>, usize)> {
+    ) -> anyhow::Result<(Paced, Paced)> {
         let publisher = self.publisher(topic, false).await?;
         let base = count(self, Backend::PubSub, consumer, running);
         let mut warm = WARMUP_BASE;
@@ -812,16 +833,51 @@ impl Bench {
         .await;
         tokio::time::sleep(Duration::from_millis(200)).await;
 
+        let half = saturated_rate * 0.5;
+        let singles = self
+            .pubsub_paced(
+                consumer,
+                &publisher,
+                running,
+                relayed,
+                half.clamp(5.0, 1.0 / EMULATOR_DISPATCH_GAP.as_secs_f64()),
+                0,
+            )
+            .await?;
+        let batched = self
+            .pubsub_paced(
+                consumer,
+                &publisher,
+                running,
+                relayed,
+                half.clamp(5.0, 100.0),
+                BATCHED_BASE,
+            )
+            .await?;
+        Ok((singles, batched))
+    }
+
+    /// Publishes messages numbered from `first` at `rate`; returns their publish → worker
+    /// start (or → receive, raw) latencies and relay → worker start (or → receive)
+    /// latencies, in ms, and how many were published.
+    async fn pubsub_paced(
+        &self,
+        consumer: Consumer,
+        publisher: &Publisher,
+        running: &Running,
+        relayed: &Seen,
+        rate: f64,
+        first: u64,
+    ) -> anyhow::Result<Paced> {
         self.worker.record_latency(true);
         running.received.lock().expect("received lock").clear();
         relayed.record();
-        let rate = (saturated_rate * 0.5).clamp(5.0, 100.0);
         let messages = ((rate * self.settings.latency_span.as_secs_f64()) as usize)
             .max(self.settings.latency_samples);
         let mut published = HashMap::with_capacity(messages);
         let mut pending = Vec::with_capacity(messages);
         let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-        for n in 0..messages as u64 {
+        for n in first..first + messages as u64 {
             ticker.tick().await;
             published.insert(n, unix_nanos());
             pending.push(publisher.publish(Message::new().set_data(body(n))));
@@ -847,12 +903,22 @@ impl Bench {
         };
         self.worker.record_latency(false);
         let relayed = relayed.take();
-        Ok((
-            latencies(&published, &arrived),
-            latencies(&relayed, &arrived),
-            messages,
-        ))
+        Ok(Paced {
+            observed: latencies(&published, &arrived),
+            added: latencies(&relayed, &arrived),
+            expected: messages,
+        })
     }
+}
+
+/// One paced phase of a Pub/Sub latency measurement, in ms.
+struct Paced {
+    /// Publish → worker start (raw: → receive).
+    observed: Vec<f64>,
+    /// Relay → worker start (raw: → receive).
+    added: Vec<f64>,
+    /// Messages published.
+    expected: usize,
 }
 
 fn body(n: u64) -> Vec<u8> {
@@ -910,7 +976,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         warmup: Duration::from_secs_f64(if args.quick { 0.5 } else { 1.0 }),
         window: Duration::from_secs_f64(window),
         latency_span: Duration::from_secs_f64(if args.quick { 1.0 } else { 2.0 }),
-        latency_samples: if args.quick { 20 } else { 200 },
+        latency_samples: args
+            .latency_samples
+            .unwrap_or(if args.quick { 20 } else { 200 }),
         log_dir,
         ferry: std::path::absolute(&args.ferry)?,
         bench_dir: std::path::absolute(&args.bench_dir)?,
@@ -1147,6 +1215,7 @@ fn ratios(results: &[RunResult]) -> Vec<Value> {
             "msgs_per_s_vs_raw": of_raw.map(|v| (v * 100.0).round() / 100.0),
             "msgs_per_s_vs_raw_delivering": delivering,
             "added_p99_ms": ferry.added_p99_ms,
+            "batched_p99_ms": ferry.batched_p99_ms,
             "goal_cpu_3x": per_cpu.map(|v| v >= 3.0),
             "goal_rss_fifth": rss.map(|v| v <= 0.2),
             "goal_p99_1ms": ferry.added_p99_ms.map(|v| v <= 1.0),
@@ -1166,18 +1235,22 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
 /// the same table from a saved report).
 fn table(runs: &[Value]) -> String {
     let mut out = String::from(
-        "| backend | consumer | conc | worker ms | msgs/s | CPU s / 10k msgs | peak RSS MiB | added p50 ms | added p99 ms | publish→start p50 / p99 ms | worker + endpoint CPU s / 10k | machine busy % | steal % |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| backend | consumer | conc | worker ms | msgs/s | CPU s / 10k msgs | peak RSS MiB | added p50 ms | added p99 ms | in batches: added p50 / p99 ms | publish→start p50 / p99 ms | worker + endpoint CPU s / 10k | machine busy % | steal % |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in runs {
         let f = |key: &str, digits: usize| fmt(r[key].as_f64(), digits);
         let backend = r["backend"].as_str().unwrap_or("");
-        let observed = if backend == "pubsub" && r["observed_p50_ms"].is_number() {
-            format!("{} / {}", f("observed_p50_ms", 1), f("observed_p99_ms", 1))
-        } else {
-            "–".into()
+        let pair = |p50: &str, p99: &str, digits: usize| {
+            if backend == "pubsub" && r[p50].is_number() {
+                format!("{} / {}", f(p50, digits), f(p99, digits))
+            } else {
+                "–".into()
+            }
         };
+        let batched = pair("batched_p50_ms", "batched_p99_ms", 2);
+        let observed = pair("observed_p50_ms", "observed_p99_ms", 1);
         out.push_str(&format!(
-            "| {backend} | {} | {} | {} | {} | {} | {} | {} | {} | {observed} | {} | {} | {} |\n",
+            "| {backend} | {} | {} | {} | {} | {} | {} | {} | {} | {batched} | {observed} | {} | {} | {} |\n",
             r["consumer"].as_str().unwrap_or(""),
             r["concurrency"],
             r["worker_ms"]
@@ -1217,12 +1290,12 @@ pub fn print_report(path: &Path) -> anyhow::Result<()> {
 
 fn ratio_table(ratios: &[Value]) -> String {
     let mut out = String::from(
-        "| backend | conc | worker ms | best peer | ferry msgs/CPU-s ÷ peer (goal ≥ 3) | ferry RSS ÷ peer (goal ≤ 0.2) | ferry msgs/s ÷ peer | ferry msgs/s ÷ raw (goal ≥ 0.9) | ferry msgs/s ÷ raw + POST | ferry added p99 ms (goal ≤ 1) |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|\n",
+        "| backend | conc | worker ms | best peer | ferry msgs/CPU-s ÷ peer (goal ≥ 3) | ferry RSS ÷ peer (goal ≤ 0.2) | ferry msgs/s ÷ peer | ferry msgs/s ÷ raw (goal ≥ 0.9) | ferry msgs/s ÷ raw + POST | ferry added p99 ms (goal ≤ 1) | ferry added p99 ms in batches |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in ratios {
         let f = |key: &str, digits: usize| fmt(r[key].as_f64(), digits);
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r["backend"].as_str().unwrap_or(""),
             r["concurrency"],
             r["worker_ms"],
@@ -1237,6 +1310,7 @@ fn ratio_table(ratios: &[Value]) -> String {
             },
             f("msgs_per_s_vs_raw_delivering", 2),
             f("added_p99_ms", 2),
+            f("batched_p99_ms", 2),
         ));
     }
     out
