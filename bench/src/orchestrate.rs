@@ -975,7 +975,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings {
         warmup: Duration::from_secs_f64(if args.quick { 0.5 } else { 1.0 }),
         window: Duration::from_secs_f64(window),
-        latency_span: Duration::from_secs_f64(if args.quick { 1.0 } else { 2.0 }),
+        latency_span: Duration::from_secs_f64(if args.quick { 1.0 } else { 5.0 }),
         latency_samples: args
             .latency_samples
             .unwrap_or(if args.quick { 20 } else { 200 }),
