@@ -737,5 +737,33 @@ async fn dead_letters_go_back_to_the_queue_when_the_annotation_asks(provider: Pr
         .redrive
         .unwrap();
     assert_eq!(after, redriven, "a redrive that finished is not run again");
+
+    // A status write built from a watch cache that had not yet seen the finished redrive
+    // puts the Running status of its last pass back; the next reconcile puts it right.
+    let stale = serde_json::json!({ "status": { "redrive": {
+        "phase": "Running",
+        "completedAt": null,
+        "message": "moving the messages of dead-letter queue back: 12 so far",
+    } } });
+    api.patch_status(
+        "refunds",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&stale),
+    )
+    .await
+    .expect("a stale status write");
+    let patch = serde_json::json!({ "spec": { "delivery": { "concurrency": 4 } } });
+    api.patch(
+        "refunds",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .expect("a spec change");
+    eventually("the finished redrive's status back", async || {
+        let redrive = api.get("refunds").await.ok()?.status?.redrive?;
+        (redrive == redriven).then_some(())
+    })
+    .await;
     running.stop().await;
 }

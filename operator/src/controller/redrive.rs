@@ -270,7 +270,12 @@ pub async fn reconcile(
         .or_else(|| qc.status.as_ref().and_then(|s| s.redrive.as_ref()));
     let annotation = qc.annotations().get(REDRIVE_ANNOTATION).map(String::as_str);
     let (request, so_far) = match next_step(annotation, recorded, &now) {
-        Step::Idle => return None,
+        // Nothing to do, but what this process wrote last is written again. The status is
+        // built from the watch cache, which may not show that write yet: a reconcile in that
+        // window with anything else to write (the replicas, a condition) would put the older
+        // redrive status back, a finished redrive would read Running for good, and nothing
+        // would correct it, since this step is idle.
+        Step::Idle => return remembered.map(|last| (last, None)),
         Step::Stop(stopped) => {
             announce(qc, ctx, &stopped).await;
             ctx.redrives.record(qc, &stopped);
