@@ -718,15 +718,19 @@ async fn dead_letters_go_back_to_the_queue_when_the_annotation_asks(provider: Pr
             .contains("moved 12 message(s)")
     );
 
+    // A spec change, which makes the operator reconcile again.
+    let set_concurrency = async |concurrency: u32| {
+        let patch = serde_json::json!({ "spec": { "delivery": { "concurrency": concurrency } } });
+        api.patch(
+            "refunds",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("a spec change");
+    };
     // The same value again (a re-apply of a manifest carrying it) moves nothing.
-    let patch = serde_json::json!({ "spec": { "delivery": { "concurrency": 3 } } });
-    api.patch(
-        "refunds",
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&patch),
-    )
-    .await
-    .expect("a spec change");
+    set_concurrency(3).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = api
         .get("refunds")
@@ -752,14 +756,7 @@ async fn dead_letters_go_back_to_the_queue_when_the_annotation_asks(provider: Pr
     )
     .await
     .expect("a stale status write");
-    let patch = serde_json::json!({ "spec": { "delivery": { "concurrency": 4 } } });
-    api.patch(
-        "refunds",
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&patch),
-    )
-    .await
-    .expect("a spec change");
+    set_concurrency(4).await;
     eventually("the finished redrive's status back", async || {
         let redrive = api.get("refunds").await.ok()?.status?.redrive?;
         (redrive == redriven).then_some(())
