@@ -104,6 +104,20 @@ async fn main() -> ExitCode {
                 summary.max_replicas,
                 summary.replica_seconds
             );
+            if summary.unseen_attempts > 0 {
+                println!(
+                    "{} delivery attempt(s) of {} message(s) reached no worker{}",
+                    summary.unseen_attempts,
+                    summary.messages_with_unseen_attempts,
+                    if summary.provider == "pubsub" {
+                        ": the Pub/Sub emulator handed them to the streams of pods that had \
+                         exited, where each waited out its ack deadline; real Pub/Sub does \
+                         not (docs/sandbox.md)"
+                    } else {
+                        " (docs/sandbox.md)"
+                    }
+                );
+            }
             if let Some(redrive) = &summary.redrive {
                 println!(
                     "after the fix: the redrive moved {} dead letter(s) back ({} failed again), the fixed worker processed {} of them in {:.0}s; {} left in the dead-letter queue",

@@ -67,10 +67,17 @@ pub struct Ledger {
     failures: HashMap<u64, usize>,
     /// Messages the worker rejected as permanent (422): the sidecar dead-letters them at once.
     rejected: HashMap<u64, u64>,
+    /// The attempt numbers a worker saw, per message id (a redriven Pub/Sub message is a new
+    /// message with an id of its own, whose attempts count from 1 again).
+    attempts_seen: HashMap<String, BTreeSet<u32>>,
 }
 
 impl Ledger {
     pub fn record(&mut self, delivery: &Delivery) {
+        self.attempts_seen
+            .entry(delivery.message_id.clone())
+            .or_default()
+            .insert(delivery.attempt);
         match delivery.status {
             200..=299 => {
                 let entry = self
@@ -111,6 +118,24 @@ impl Ledger {
 
     pub fn rejected(&self) -> usize {
         self.rejected.len()
+    }
+
+    /// Delivery attempts the queue counted that no worker saw: the numbers missing below the
+    /// highest attempt a worker saw of each message, and how many messages have such gaps.
+    /// The queue numbers every hand-over to a consumer, so a gap is a hand-over that never
+    /// became a delivery: the Pub/Sub emulator giving the message to a stream whose pod has
+    /// exited (docs/sandbox.md), or a sidecar that stopped with the message in hand.
+    pub fn unseen_attempts(&self) -> (usize, usize) {
+        self.attempts_seen
+            .values()
+            .filter_map(|seen| {
+                let highest = *seen.last()?;
+                let missing = (1..highest).filter(|n| !seen.contains(n)).count();
+                (missing > 0).then_some(missing)
+            })
+            .fold((0, 0), |(attempts, messages), missing| {
+                (attempts + missing, messages + 1)
+            })
     }
 
     /// Messages processed more than once that at-least-once delivery does not explain,
@@ -195,6 +220,10 @@ pub struct Summary {
     pub duplicates: usize,
     /// Deliveries the worker failed (each one retried or, at the limit, dead-lettered).
     pub failed_deliveries: usize,
+    /// Delivery attempts the queue counted that reached no worker (see
+    /// [`Ledger::unseen_attempts`]), and the messages they belong to.
+    pub unseen_attempts: usize,
+    pub messages_with_unseen_attempts: usize,
     pub max_wait_s: f64,
     pub p99_wait_s: f64,
     /// Worker pods × seconds they existed, summed over the run.
@@ -260,6 +289,7 @@ pub fn summarize(
         let index = ((waits.len() as f64 * q).ceil() as usize).clamp(1, waits.len()) - 1;
         waits[index] as f64 / 1000.0
     };
+    let (unseen_attempts, messages_with_unseen_attempts) = ledger.unseen_attempts();
     Summary {
         provider: provider.to_string(),
         published: published.len(),
@@ -271,6 +301,8 @@ pub fn summarize(
         lost_messages,
         duplicates,
         failed_deliveries: ledger.failed_deliveries(),
+        unseen_attempts,
+        messages_with_unseen_attempts,
         max_wait_s: quantile(1.0),
         p99_wait_s: quantile(0.99),
         replica_seconds: 0.0,
@@ -296,6 +328,14 @@ mod tests {
 
     fn line(status: u16, seq: u64, at: u64) -> Delivery {
         attempt_line(status, seq, 1, at)
+    }
+
+    fn ledger_of(deliveries: impl IntoIterator<Item = Delivery>) -> Ledger {
+        let mut ledger = Ledger::default();
+        for delivery in deliveries {
+            ledger.record(&delivery);
+        }
+        ledger
     }
 
     fn attempt_line(status: u16, seq: u64, attempt: u32, at: u64) -> Delivery {
@@ -338,16 +378,13 @@ mod tests {
             published(2, "c", true),
             published(3, "d", false),
         ];
-        let mut ledger = Ledger::default();
-        for d in [
+        let ledger = ledger_of([
             line(500, 0, 1_500),
             line(200, 0, 3_000),
             line(200, 1, 2_000),
             line(200, 1, 9_000),
             line(422, 2, 1_100),
-        ] {
-            ledger.record(&d);
-        }
+        ]);
         assert!(ledger.is_settled(0, 5) && ledger.is_settled(2, 5));
         assert!(!ledger.is_settled(3, 5));
         let dead = BTreeSet::from([2]);
@@ -370,17 +407,14 @@ mod tests {
             published(1, "b", true),
             published(2, "c", true),
         ];
-        let mut ledger = Ledger::default();
-        for d in [
+        let ledger = ledger_of([
             line(422, 0, 1_100),
             line(422, 1, 1_200),
             line(422, 2, 1_300),
             // The fixed worker processes two of them once they are redriven.
             line(200, 0, 9_000),
             line(200, 1, 9_100),
-        ] {
-            ledger.record(&d);
-        }
+        ]);
         let before = BTreeSet::from([0, 1, 2]);
         let summary = summarize("sqs", &messages, &ledger, &before, &BTreeSet::new());
         assert_eq!(summary.dead_lettered, 3);
@@ -399,9 +433,43 @@ mod tests {
     }
 
     #[test]
+    fn attempts_missing_from_the_workers_lines_are_counted_per_message() {
+        let ledger = ledger_of([
+            // Seen in order: nothing missing.
+            attempt_line(500, 0, 1, 1_000),
+            attempt_line(200, 0, 2, 2_000),
+            // Attempts 2 and 3 went to a stream no worker read.
+            attempt_line(500, 1, 1, 1_000),
+            attempt_line(200, 1, 4, 130_000),
+            // The first hand-over was lost; lines may come in any order.
+            attempt_line(200, 2, 3, 70_000),
+            attempt_line(500, 2, 2, 5_000),
+        ]);
+        assert_eq!(ledger.unseen_attempts(), (3, 2));
+        let messages = [
+            published(0, "a", false),
+            published(1, "b", false),
+            published(2, "c", false),
+        ];
+        let summary = summarize(
+            "pubsub",
+            &messages,
+            &ledger,
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+        );
+        assert_eq!(
+            (
+                summary.unseen_attempts,
+                summary.messages_with_unseen_attempts
+            ),
+            (3, 2)
+        );
+    }
+
+    #[test]
     fn a_repeat_is_explained_only_by_an_answer_the_sidecar_never_got() {
-        let mut ledger = Ledger::default();
-        for d in [
+        let ledger = ledger_of([
             attempt_line(200, 0, 1, 1_000),
             attempt_line(200, 0, 2, 2_000),
             attempt_line(200, 1, 1, 1_000),
@@ -410,9 +478,7 @@ mod tests {
             attempt_line(200, 3, 1, 1_000),
             attempt_line(200, 3, 2, 2_000),
             attempt_line(200, 3, 3, 3_000),
-        ] {
-            ledger.record(&d);
-        }
+        ]);
         let lost = HashSet::from([
             ("id-0".to_string(), 1),
             ("id-1".to_string(), 2),
