@@ -36,10 +36,14 @@ impl Trace {
 
     /// Parses `second,arrivals[,mean_service_s]` lines. The first line's second is second 0,
     /// so relative seconds and Unix times both work. Seconds may have gaps (no arrivals then)
-    /// but must not go backwards; blank lines, `#` comments and a header line are skipped.
+    /// but must not go backwards; blank lines and `#` comments are skipped, and so is the
+    /// first other line when it does not start with a number (a header). Any other line that
+    /// does not parse is an error naming it: a file in another format (`;`-separated, say)
+    /// must not pass as an empty or shorter trace.
     pub fn parse_csv(name: &str, text: &str) -> anyhow::Result<Self> {
         let mut seconds: Vec<TraceSecond> = Vec::new();
         let mut first_second: Option<u64> = None;
+        let mut header_allowed = true;
         for (index, line) in text.lines().enumerate() {
             let line_no = index + 1;
             let line = line.trim();
@@ -47,7 +51,9 @@ impl Trace {
                 continue;
             }
             let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-            if first_second.is_none() && fields[0].parse::<f64>().is_err() {
+            let is_header = header_allowed && fields[0].parse::<f64>().is_err();
+            header_allowed = false;
+            if is_header {
                 continue;
             }
             if !(2..=3).contains(&fields.len()) {
@@ -98,7 +104,7 @@ impl Trace {
             }
         }
         if seconds.is_empty() {
-            bail!("trace {name} has no lines");
+            bail!("trace {name} has no `second,arrivals` lines");
         }
         Ok(Self {
             name: name.to_owned(),
@@ -269,6 +275,27 @@ mod tests {
             "{err:#}"
         );
         assert!(Trace::parse_csv("bad", "-1,2\n").is_err());
+    }
+
+    #[test]
+    fn only_the_first_line_may_be_a_header() {
+        // A `;`-separated export: its first line passes for a header, the next is refused
+        // by name instead of the file passing as an empty trace.
+        let err = Trace::parse_csv("semicolons", "0;5\n1;6\n").unwrap_err();
+        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
+        assert!(format!("{err:#}").contains("`1;6`"), "{err:#}");
+        let err = Trace::parse_csv("semicolons", "second;arrivals\n0;5\n1;6\n").unwrap_err();
+        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
+        let err = Trace::parse_csv("two headers", "second,arrivals\nt,n\n0,5\n").unwrap_err();
+        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
+        let err = Trace::parse_csv("header only", "second,arrivals\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no `second,arrivals` lines"),
+            "{err:#}"
+        );
+        // Windows line endings and a trailing empty column are a spreadsheet's habits.
+        let trace = Trace::parse_csv("excel", "second,arrivals\r\n0,5,\r\n1, 7\r\n").unwrap();
+        assert_eq!(trace.total_arrivals(), 12);
     }
 
     #[test]
