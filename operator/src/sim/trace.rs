@@ -36,14 +36,14 @@ impl Trace {
 
     /// Parses `second,arrivals[,mean_service_s]` lines. The first line's second is second 0,
     /// so relative seconds and Unix times both work. Seconds may have gaps (no arrivals then)
-    /// but must not go backwards; blank lines and `#` comments are skipped, and so is the
-    /// first other line when it does not start with a number (a header). Any other line that
-    /// does not parse is an error naming it: a file in another format (`;`-separated, say)
-    /// must not pass as an empty or shorter trace.
+    /// but must not go backwards; blank lines, `#` comments and the lines before the first
+    /// whose first field is a number (headers, titles) are skipped. A file with no such line
+    /// (`;`-separated, say) is refused naming its first line, so it cannot pass for
+    /// something else.
     pub fn parse_csv(name: &str, text: &str) -> anyhow::Result<Self> {
         let mut seconds: Vec<TraceSecond> = Vec::new();
         let mut first_second: Option<u64> = None;
-        let mut header_allowed = true;
+        let mut first_skipped: Option<(usize, &str)> = None;
         for (index, line) in text.lines().enumerate() {
             let line_no = index + 1;
             let line = line.trim();
@@ -51,9 +51,8 @@ impl Trace {
                 continue;
             }
             let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-            let is_header = header_allowed && fields[0].parse::<f64>().is_err();
-            header_allowed = false;
-            if is_header {
+            if first_second.is_none() && fields[0].parse::<f64>().is_err() {
+                first_skipped.get_or_insert((line_no, line));
                 continue;
             }
             if !(2..=3).contains(&fields.len()) {
@@ -104,7 +103,12 @@ impl Trace {
             }
         }
         if seconds.is_empty() {
-            bail!("trace {name} has no `second,arrivals` lines");
+            match first_skipped {
+                Some((line_no, line)) => bail!(
+                    "trace {name} has no `second,arrivals[,mean_service_s]` lines: no line has a number before its first comma (line {line_no}: `{line}`)"
+                ),
+                None => bail!("trace {name} has no `second,arrivals` lines"),
+            }
         }
         Ok(Self {
             name: name.to_owned(),
@@ -278,24 +282,27 @@ mod tests {
     }
 
     #[test]
-    fn only_the_first_line_may_be_a_header() {
-        // A `;`-separated export: its first line passes for a header, the next is refused
-        // by name instead of the file passing as an empty trace.
-        let err = Trace::parse_csv("semicolons", "0;5\n1;6\n").unwrap_err();
-        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
-        assert!(format!("{err:#}").contains("`1;6`"), "{err:#}");
+    fn a_file_of_another_format_is_refused_naming_its_first_line() {
         let err = Trace::parse_csv("semicolons", "second;arrivals\n0;5\n1;6\n").unwrap_err();
-        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
-        let err = Trace::parse_csv("two headers", "second,arrivals\nt,n\n0,5\n").unwrap_err();
-        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
-        let err = Trace::parse_csv("header only", "second,arrivals\n").unwrap_err();
+        let err = format!("{err:#}");
         assert!(
-            format!("{err:#}").contains("no `second,arrivals` lines"),
-            "{err:#}"
+            err.contains("no line has a number before its first comma")
+                && err.contains("line 1: `second;arrivals`"),
+            "{err}"
         );
-        // Windows line endings and a trailing empty column are a spreadsheet's habits.
-        let trace = Trace::parse_csv("excel", "second,arrivals\r\n0,5,\r\n1, 7\r\n").unwrap();
+        let err = Trace::parse_csv("header only", "second,arrivals\n").unwrap_err();
+        assert!(format!("{err:#}").contains("line 1"), "{err:#}");
+        // Lines before the data may be a title and a header; Windows line endings and a
+        // trailing empty column are a spreadsheet's habits.
+        let trace = Trace::parse_csv(
+            "excel",
+            "orders per second\r\nsecond,arrivals\r\n0,5,\r\n1, 7\r\n",
+        )
+        .unwrap();
         assert_eq!(trace.total_arrivals(), 12);
+        // Once the data has started, a line that does not parse is an error.
+        let err = Trace::parse_csv("mixed", "0,5\n1;6\n").unwrap_err();
+        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
     }
 
     #[test]
