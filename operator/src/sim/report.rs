@@ -89,13 +89,13 @@ pub fn table(results: &[TraceResult]) -> String {
         );
         let _ = writeln!(
             out,
-            "| {} | {} {} | {:.2} {} | {:.2} {} | {} | {} |",
+            "| {} | {} {} | {} {} | {} {} | {} | {} |",
             r.name,
             ratio(f.p99_wait_s, k.p99_wait_s),
             mark(v.half_of_keda_wait),
-            f.replica_seconds / k.replica_seconds,
+            ratio(f.replica_seconds, k.replica_seconds),
             mark(v.no_costlier_than_keda),
-            f.replica_seconds / o.replica_seconds,
+            ratio(f.replica_seconds, o.replica_seconds),
             mark(v.within_oracle_bound),
             mark(v.ferry_meets_target),
             mark(v.all()),
@@ -116,5 +116,17 @@ fn ratio(a: f64, b: f64) -> String {
         "0/0".to_owned()
     } else {
         "∞".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ratio_of_nothing_to_nothing_reads_0_over_0_not_nan() {
+        assert_eq!(ratio(1.0, 4.0), "0.25");
+        assert_eq!(ratio(0.0, 0.0), "0/0", "a trace with no messages");
+        assert_eq!(ratio(3.0, 0.0), "∞");
     }
 }
