@@ -109,10 +109,11 @@ async fn main() -> ExitCode {
                     "{} delivery attempt(s) of {} message(s) reached no worker{}",
                     summary.unseen_attempts,
                     summary.messages_with_unseen_attempts,
-                    if summary.provider == "pubsub" {
-                        ": the Pub/Sub emulator handed them to the streams of pods that had \
-                         exited, where each waited out its ack deadline; real Pub/Sub does \
-                         not (docs/sandbox.md)"
+                    if provider == Provider::PubSub {
+                        ": the Pub/Sub emulator handed them to pods that were leaving or had \
+                         already exited, and gave them out again only after their ack \
+                         deadline or the pod's exit; real Pub/Sub does not hand messages to \
+                         exited pods (docs/sandbox.md)"
                     } else {
                         " (docs/sandbox.md)"
                     }
