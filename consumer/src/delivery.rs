@@ -2,6 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use ferry_queues::model::periodic_task;
 use ferry_queues::{Provider, ReceivedMessage};
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 
@@ -190,6 +191,7 @@ pub fn delivery_headers(message: &ReceivedMessage, fixed: &FixedHeaders) -> Head
     if let Some(at) = message.published_at.and_then(rfc3339) {
         headers.append(HeaderName::from_static("ferry-published-at"), at);
     }
+    let task = periodic_task_headers(message);
     match fixed.provider {
         Provider::Sqs => {
             headers.append(USER_AGENT, HeaderValue::from_static(SQSD_USER_AGENT));
@@ -206,12 +208,53 @@ pub fn delivery_headers(message: &ReceivedMessage, fixed: &FixedHeaders) -> Head
                 headers.append(HeaderName::from_static("x-aws-sqsd-receive-count"), attempt);
             }
             put_attributes(&mut headers, "x-aws-sqsd-attr-");
+            if let Some((name, scheduled_at)) = &task {
+                headers.append(HeaderName::from_static("x-aws-sqsd-taskname"), name.clone());
+                if let Some(at) = scheduled_at {
+                    headers.append(
+                        HeaderName::from_static("x-aws-sqsd-scheduled-at"),
+                        at.clone(),
+                    );
+                }
+            }
         }
         Provider::PubSub => {
             headers.append(USER_AGENT, HeaderValue::from_static(FERRY_USER_AGENT));
         }
     }
+    if let Some((name, scheduled_at)) = task {
+        headers.append(HeaderName::from_static("ferry-task-name"), name);
+        if let Some(at) = scheduled_at {
+            headers.append(HeaderName::from_static("ferry-scheduled-at"), at);
+        }
+    }
     headers
+}
+
+/// A periodic task's name and tick, when the message is one (see
+/// `ferry_queues::model::periodic_task`).
+fn periodic_task_headers(message: &ReceivedMessage) -> Option<(HeaderValue, Option<HeaderValue>)> {
+    if message.attributes.is_empty() {
+        return None;
+    }
+    let name = header_value(message.attributes.get(periodic_task::NAME_ATTRIBUTE)?)?;
+    let scheduled_at = message
+        .attributes
+        .get(periodic_task::SCHEDULED_AT_ATTRIBUTE)
+        .and_then(|at| header_value(at));
+    Some((name, scheduled_at))
+}
+
+/// Where a message goes on the worker: a periodic task's own path, as Elastic Beanstalk's
+/// worker daemon does, or (`None`) the configured `FERRY_DELIVERY_URL`.
+pub fn task_path(message: &ReceivedMessage) -> Option<&str> {
+    if message.attributes.is_empty() {
+        return None;
+    }
+    message
+        .attributes
+        .get(periodic_task::PATH_ATTRIBUTE)
+        .map(String::as_str)
 }
 
 /// Any text a header may carry, UTF-8 included (as obs-text, which workers' HTTP servers
@@ -249,8 +292,14 @@ impl Deliverer {
         })
     }
 
-    pub async fn deliver(&self, headers: HeaderMap, body: &[u8]) -> WorkerAnswer {
-        match tokio::time::timeout(self.timeout, self.client.post(headers, body)).await {
+    /// Delivers to the worker's URL, or to `path` on it (a periodic task's).
+    pub async fn deliver(
+        &self,
+        path: Option<&str>,
+        headers: HeaderMap,
+        body: &[u8],
+    ) -> WorkerAnswer {
+        match tokio::time::timeout(self.timeout, self.client.post(path, headers, body)).await {
             Ok(Ok(response)) => WorkerAnswer::Status {
                 code: response.status,
                 retry_after: response
@@ -462,6 +511,39 @@ mod tests {
         );
     }
 
+    #[test]
+    fn periodic_tasks_carry_the_worker_daemons_task_headers_and_their_path() {
+        let task = message(&[
+            ("beanstalk.sqsd.task_name", "Remove unattended jobs"),
+            ("beanstalk.sqsd.path", "/tasks/cleanup"),
+            ("beanstalk.sqsd.scheduled_time", "2026-03-05 11:00:00 UTC"),
+        ]);
+        assert_eq!(task_path(&task), Some("/tasks/cleanup"));
+        let h = delivery_headers(
+            &task,
+            &FixedHeaders::new(Provider::Sqs, "orders", "application/json"),
+        );
+        let get = |n: &str| h.get(n).unwrap().to_str().unwrap().to_string();
+        assert_eq!(get("x-aws-sqsd-taskname"), "Remove unattended jobs");
+        assert_eq!(get("x-aws-sqsd-scheduled-at"), "2026-03-05 11:00:00 UTC");
+        assert_eq!(get("ferry-task-name"), "Remove unattended jobs");
+        assert_eq!(get("ferry-scheduled-at"), "2026-03-05 11:00:00 UTC");
+        let h = delivery_headers(
+            &task,
+            &FixedHeaders::new(Provider::PubSub, "orders-sub", "application/json"),
+        );
+        assert_eq!(h.get("ferry-task-name").unwrap(), "Remove unattended jobs");
+        assert!(h.get("x-aws-sqsd-taskname").is_none());
+        // Any other message goes to FERRY_DELIVERY_URL, without task headers.
+        let plain = message(&[("tenant", "acme")]);
+        assert_eq!(task_path(&plain), None);
+        let h = delivery_headers(
+            &plain,
+            &FixedHeaders::new(Provider::Sqs, "orders", "application/json"),
+        );
+        assert!(h.get("ferry-task-name").is_none() && h.get("x-aws-sqsd-taskname").is_none());
+    }
+
     /// A real HTTP worker on a loopback port that redirects `/` to `/elsewhere` and would
     /// answer 200 there.
     async fn redirecting_worker() -> String {
@@ -487,7 +569,7 @@ mod tests {
         let url = redirecting_worker().await;
         let deliverer =
             Deliverer::new(&url, 1, Duration::from_secs(5), Duration::from_secs(5)).unwrap();
-        let answer = deliverer.deliver(HeaderMap::new(), b"{}").await;
+        let answer = deliverer.deliver(None, HeaderMap::new(), b"{}").await;
         assert_eq!(
             answer,
             WorkerAnswer::Status {

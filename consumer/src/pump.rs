@@ -19,7 +19,8 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::config::StatusSet;
 use crate::delivery::{
-    Deliverer, FixedHeaders, RetryPolicy, Verdict, WorkerAnswer, delivery_headers, verdict,
+    Deliverer, FixedHeaders, RetryPolicy, Verdict, WorkerAnswer, delivery_headers, task_path,
+    verdict,
 };
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -400,7 +401,8 @@ impl Pump {
         // moved into another async fn is laid out again inside it, and with 100 deliveries
         // in flight every byte of this task is held 100 times.
         let answer = {
-            let delivery = self.deliverer.deliver(headers, &message.body);
+            let path = task_path(&message);
+            let delivery = self.deliverer.deliver(path, headers, &message.body);
             tokio::pin!(delivery);
             self.with_lease_extension(delivery, &message, companions.as_deref())
                 .await

@@ -90,14 +90,16 @@ impl WorkerClient {
         })
     }
 
-    /// POSTs `body` with `headers` and returns the worker's answer. Dropping the future
-    /// (a delivery timeout) closes the connection it was using.
+    /// POSTs `body` with `headers` to the URL's path, or to `path` on the same host (a
+    /// periodic task's), and returns the worker's answer. Dropping the future (a delivery
+    /// timeout) closes the connection it was using.
     pub async fn post(
         &self,
+        path: Option<&str>,
         headers: HeaderMap,
         body: &[u8],
     ) -> Result<WorkerResponse, ExchangeError> {
-        let (request, call) = self.encode(headers, body)?;
+        let (request, call) = self.encode(path, headers, body)?;
         let mut stream = match self.take_idle() {
             Some(stream) => stream,
             None => self.connect().await?,
@@ -118,12 +120,16 @@ impl WorkerClient {
     /// messages), and the call ready to read the answer to it.
     fn encode(
         &self,
+        path: Option<&str>,
         headers: HeaderMap,
         body: &[u8],
     ) -> Result<(Vec<u8>, Call<RecvResponse>), ExchangeError> {
         let mut request = Request::new(());
         *request.method_mut() = Method::POST;
-        *request.uri_mut() = self.uri.clone();
+        *request.uri_mut() = match path {
+            None => self.uri.clone(),
+            Some(path) => self.uri_with_path(path)?,
+        };
         *request.headers_mut() = headers;
         request
             .headers_mut()
@@ -162,6 +168,25 @@ impl WorkerClient {
         .ok_or_else(|| ExchangeError::Broken("the request could not be written whole".into()))?;
         out.truncate(used);
         Ok((out, call))
+    }
+
+    /// The worker's URL with another path (and query). Only a path: a message cannot send
+    /// the sidecar to another host.
+    fn uri_with_path(&self, path: &str) -> Result<Uri, ExchangeError> {
+        let not_a_path = |why: String| {
+            ExchangeError::Broken(format!(
+                "the message asks for delivery to `{path}`, which is not a URL path ({why})"
+            ))
+        };
+        if !path.starts_with('/') {
+            return Err(not_a_path("it must start with '/'".into()));
+        }
+        let mut parts = self.uri.clone().into_parts();
+        parts.path_and_query = Some(
+            path.parse()
+                .map_err(|e: http::uri::InvalidUri| not_a_path(e.to_string()))?,
+        );
+        Uri::from_parts(parts).map_err(|e| not_a_path(e.to_string()))
     }
 
     /// The most recently used idle connection that the worker has not closed meanwhile.
@@ -389,7 +414,10 @@ mod tests {
     #[tokio::test]
     async fn a_delivery_is_one_post_with_host_length_and_body() {
         let (url, seen) = scripted_worker(vec![NO_CONTENT], |_| false).await;
-        let answer = client(&url).post(headers(), b"{\"a\":1}").await.unwrap();
+        let answer = client(&url)
+            .post(None, headers(), b"{\"a\":1}")
+            .await
+            .unwrap();
         assert_eq!(answer.status, 204);
         let request = seen.lock().unwrap()[0][0].clone();
         let host = url
@@ -406,6 +434,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_periodic_task_goes_to_its_own_path_on_the_same_host_only() {
+        let (url, seen) = scripted_worker(vec![NO_CONTENT], |_| false).await;
+        let client = client(&url);
+        let answer = client
+            .post(Some("/tasks/cleanup?all=1"), headers(), b"x")
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 204);
+        let request = seen.lock().unwrap()[0][0].clone();
+        assert!(
+            request.starts_with("POST /tasks/cleanup?all=1 HTTP/1.1\r\n"),
+            "{request}"
+        );
+        // Not a path: refused before anything is sent, saying why.
+        for bad in ["http://elsewhere/x", "tasks", "/a b"] {
+            let error = client.post(Some(bad), headers(), b"x").await.unwrap_err();
+            assert!(
+                error.to_string().contains("which is not a URL path"),
+                "{bad}: {error}"
+            );
+        }
+        assert_eq!(seen.lock().unwrap().iter().flatten().count(), 1);
+    }
+
+    #[tokio::test]
     async fn connections_are_kept_alive_across_body_framings() {
         let (url, seen) = scripted_worker(
             vec![
@@ -419,7 +472,7 @@ mod tests {
         let client = client(&url);
         let mut statuses = Vec::new();
         for _ in 0..3 {
-            statuses.push(client.post(headers(), b"{}").await.unwrap().status);
+            statuses.push(client.post(None, headers(), b"{}").await.unwrap().status);
         }
         assert_eq!(statuses, [200, 200, 204]);
         let seen = seen.lock().unwrap();
@@ -444,7 +497,7 @@ mod tests {
         for _ in 0..3 {
             // Gives the worker's close time to arrive, as it would between real deliveries.
             tokio::time::sleep(Duration::from_millis(50)).await;
-            statuses.push(client.post(headers(), b"{}").await.unwrap().status);
+            statuses.push(client.post(None, headers(), b"{}").await.unwrap().status);
         }
         assert_eq!(statuses, [200, 200, 204]);
         let seen = seen.lock().unwrap();
@@ -460,7 +513,7 @@ mod tests {
             |_| false,
         )
         .await;
-        let answer = client(&url).post(headers(), b"{}").await.unwrap();
+        let answer = client(&url).post(None, headers(), b"{}").await.unwrap();
         assert_eq!(answer.status, 503);
         assert_eq!(answer.retry_after, Some(HeaderValue::from_static("7")));
     }
@@ -473,8 +526,14 @@ mod tests {
         )
         .await;
         let client = client(&url);
-        assert_eq!(client.post(headers(), b"{}").await.unwrap().status, 422);
-        assert_eq!(client.post(headers(), b"{}").await.unwrap().status, 204);
+        assert_eq!(
+            client.post(None, headers(), b"{}").await.unwrap().status,
+            422
+        );
+        assert_eq!(
+            client.post(None, headers(), b"{}").await.unwrap().status,
+            204
+        );
         assert_eq!(
             seen.lock().unwrap().len(),
             2,
@@ -487,14 +546,14 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         drop(listener);
-        let error = client(&url).post(headers(), b"{}").await.unwrap_err();
+        let error = client(&url).post(None, headers(), b"{}").await.unwrap_err();
         assert!(matches!(error, ExchangeError::Connect(_)), "{error:?}");
     }
 
     #[tokio::test]
     async fn an_answer_cut_off_is_broken() {
         let (url, _) = scripted_worker(vec!["HTTP/1.1 20"], |_| true).await;
-        let error = client(&url).post(headers(), b"{}").await.unwrap_err();
+        let error = client(&url).post(None, headers(), b"{}").await.unwrap_err();
         assert!(
             matches!(&error, ExchangeError::Broken(why) if why.contains("without answering")),
             "{error:?}"

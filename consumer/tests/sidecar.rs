@@ -86,6 +86,7 @@ impl Setup {
                     body: b.clone().into_bytes(),
                     attributes: vec![("tenant".into(), "acme".into())],
                     ordering_group: None,
+                    deduplication_id: None,
                 })
                 .collect(),
         )
@@ -154,6 +155,7 @@ ferry_tests::for_both_providers!(
     retry_after_from_the_worker_is_honoured,
     ordering_groups_are_delivered_one_at_a_time_in_order,
     a_missing_queue_makes_the_sidecar_unready_not_crash,
+    a_periodic_task_message_goes_to_its_path_with_the_task_headers,
 );
 
 /// N messages: each delivered once with the contract's headers, settled, and /metrics says so.
@@ -245,6 +247,64 @@ async fn every_message_is_delivered_once_and_settled(provider: Provider) {
         )
         .await;
     }
+}
+
+/// A message in the format of Elastic Beanstalk's periodic tasks (what the operator sends
+/// for `spec.periodicTasks`) is POSTed to the task's path with the task headers; the
+/// messages around it still go to FERRY_DELIVERY_URL.
+async fn a_periodic_task_message_goes_to_its_path_with_the_task_headers(provider: Provider) {
+    let setup = provision(provider, false, 5).await;
+    let worker = Worker::start(|_| Reply::ok()).await;
+    let _sidecar = start(&setup.env(&worker.url()));
+    let task = OutgoingMessage {
+        body: b"elasticbeanstalk scheduled job".to_vec(),
+        attributes: vec![
+            ("beanstalk.sqsd.task_name".into(), "Nightly report".into()),
+            (
+                "beanstalk.sqsd.path".into(),
+                "/tasks/report?format=csv".into(),
+            ),
+            (
+                "beanstalk.sqsd.scheduled_time".into(),
+                "2026-03-05 03:00:00 UTC".into(),
+            ),
+        ],
+        ..Default::default()
+    };
+    let ids = setup.publish(vec![task]).await;
+    setup.publish_bodies(&bodies("plain", 1)).await;
+    eventually(
+        Duration::from_secs(30),
+        "both messages delivered",
+        async || (worker.succeeded_ids().len() >= 2).then_some(()),
+    )
+    .await;
+    let deliveries = worker.deliveries();
+    let task = deliveries
+        .iter()
+        .find(|d| d.message_id == ids[0])
+        .expect("the task delivered");
+    assert_eq!(task.path, "/tasks/report?format=csv");
+    assert_eq!(task.body, "elasticbeanstalk scheduled job");
+    let header = |name: &str| task.headers.get(name).map(String::as_str);
+    assert_eq!(header("ferry-task-name"), Some("Nightly report"));
+    assert_eq!(
+        header("ferry-scheduled-at"),
+        Some("2026-03-05 03:00:00 UTC")
+    );
+    if provider == Provider::Sqs {
+        assert_eq!(header("x-aws-sqsd-taskname"), Some("Nightly report"));
+        assert_eq!(
+            header("x-aws-sqsd-scheduled-at"),
+            Some("2026-03-05 03:00:00 UTC")
+        );
+    }
+    let plain = deliveries
+        .iter()
+        .find(|d| d.message_id != ids[0])
+        .expect("the plain message");
+    assert_eq!(plain.path, "/work");
+    assert!(!plain.headers.contains_key("ferry-task-name"));
 }
 
 /// A worker answering 500 gets exactly max-deliveries attempts, with backoff between them,
@@ -783,6 +843,7 @@ async fn ordering_groups_are_delivered_one_at_a_time_in_order(provider: Provider
                 body: format!("{group}-{i}").into_bytes(),
                 attributes: vec![],
                 ordering_group: Some(group.into()),
+                deduplication_id: None,
             });
         }
     }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dead_letter::DeadLetterSpec;
 use crate::delivery::DeliverySpec;
+use crate::periodic::PeriodicTask;
 use crate::queue::QueueSpec;
 use crate::scaling::ScalingSpec;
 use crate::status::QueueConsumerStatus;
@@ -90,6 +91,13 @@ pub struct QueueConsumerSpec {
     /// Identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account: Option<ServiceAccountSpec>,
+    /// Periodic tasks, as Elastic Beanstalk's `cron.yaml` lists them (`name`, `url`,
+    /// `schedule`): at each tick the operator sends a message to the queue that the sidecar
+    /// delivers to `url`, retried and dead-lettered like any other message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub periodic_tasks: Vec<PeriodicTask>,
     /// Overrides for the injected ferry-consumer sidecar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar: Option<SidecarSpec>,

@@ -56,6 +56,10 @@ pub struct QueueConsumerStatus {
     /// annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redrive: Option<RedriveStatus>,
+    /// Each periodic task of `spec.periodicTasks`: the last tick sent and the next one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub periodic_tasks: Vec<crate::periodic::PeriodicTaskStatus>,
 }
 
 /// The annotation that asks the operator to move every message in the dead-letter queue

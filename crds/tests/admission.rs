@@ -239,6 +239,48 @@ fn scaling_delivery_and_deletion_rules() {
 }
 
 #[test]
+fn periodic_tasks_take_cron_yaml_entries_and_refuse_what_cannot_be_sent() {
+    let a = Admission::new();
+    let task = |name: &str, url: &str, schedule: &str| {
+        with(
+            sqs(),
+            "/spec/periodicTasks",
+            json!([{"name": name, "url": url, "schedule": schedule}]),
+        )
+    };
+    a.assert_admitted(&task(
+        "Remove unattended jobs",
+        "/tasks/cleanup?all=1",
+        "*/10 * * * *",
+    ));
+    a.assert_admitted(&task("nightly", "/nightly", "0 3 * * MON-FRI"));
+    a.assert_admitted(&task("hourly", "/h", " @hourly "));
+    a.assert_rejected(
+        &task("t", "tasks/cleanup", "* * * * *"),
+        None,
+        "url must be a path starting with '/'",
+    );
+    a.assert_rejected(
+        &task("t", "/tasks/clean up", "* * * * *"),
+        None,
+        "url must be a path starting with '/'",
+    );
+    a.assert_rejected(
+        &task("line\nbreak", "/t", "* * * * *"),
+        None,
+        "name must not contain control characters",
+    );
+    // Seconds (six fields), four fields and unknown macros are not cron.yaml schedules.
+    for schedule in ["0 * * * * *", "* * * *", "@every 5m", "@reboot"] {
+        a.assert_rejected(
+            &task("t", "/t", schedule),
+            None,
+            "schedule must be five cron fields",
+        );
+    }
+}
+
+#[test]
 fn worker_needs_a_container_and_names_fit_labels() {
     let a = Admission::new();
     let empty = with(sqs(), "/spec/worker", json!({"spec": {"containers": []}}));

@@ -233,6 +233,7 @@ async fn publish_burst(provider: Provider, destination: &str, count: usize) -> V
             body: format!("{{\"order\":{i}}}").into_bytes(),
             attributes: vec![],
             ordering_group: None,
+            deduplication_id: None,
         })
         .collect();
     publish(provider, Some(&endpoint), destination, messages)

@@ -116,6 +116,25 @@ fn request_endpoint(provider: Provider) -> Option<String> {
     }
 }
 
+/// A plain consumer of the queue, for a test to read what reached it.
+async fn queue_reader(
+    provider: Provider,
+    queue: String,
+) -> std::sync::Arc<dyn ferry_queues::MessageQueue> {
+    ferry_queues::connect(&ferry_queues::ConsumerTarget {
+        provider,
+        queue,
+        dead_letter: None,
+        dead_letter_topic: None,
+        endpoint: request_endpoint(provider),
+        lease: Duration::from_secs(60),
+        max_outstanding: 100,
+        monitoring: None,
+    })
+    .await
+    .expect("connect to the queue")
+}
+
 fn condition(qc: &QueueConsumer, type_: &str) -> Option<(String, String, String)> {
     let c = qc
         .status
@@ -130,6 +149,7 @@ ferry_tests::for_both_providers!(
     a_queue_consumer_gets_its_queue_dead_letter_queue_and_worker,
     delete_policy_waits_for_dead_letters_unless_forced,
     dead_letters_go_back_to_the_queue_when_the_annotation_asks,
+    a_periodic_task_sends_one_message_per_tick_even_across_an_operator_restart,
 );
 
 async fn a_queue_consumer_gets_its_queue_dead_letter_queue_and_worker(provider: Provider) {
@@ -659,18 +679,7 @@ async fn dead_letters_go_back_to_the_queue_when_the_annotation_asks(provider: Pr
         "kubectl get -o wide shows the redrive: {table}"
     );
 
-    let consumer = ferry_queues::connect(&ferry_queues::ConsumerTarget {
-        provider,
-        queue: status.queue.unwrap().id,
-        dead_letter: None,
-        dead_letter_topic: None,
-        endpoint: request_endpoint(provider),
-        lease: Duration::from_secs(60),
-        max_outstanding: 100,
-        monitoring: None,
-    })
-    .await
-    .expect("connect to the queue");
+    let consumer = queue_reader(provider, status.queue.unwrap().id).await;
     let mut bodies = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while bodies.len() < 12 && std::time::Instant::now() < deadline {
@@ -762,5 +771,89 @@ async fn dead_letters_go_back_to_the_queue_when_the_annotation_asks(provider: Pr
         (redrive == redriven).then_some(())
     })
     .await;
+    running.stop().await;
+}
+
+/// A `cron.yaml` entry in `spec.periodicTasks`: at its tick one message reaches the queue in
+/// the worker daemon's format, the status records it and names the next tick, and an
+/// operator that crashes and restarts right after does not send that tick again.
+async fn a_periodic_task_sends_one_message_per_tick_even_across_an_operator_restart(
+    provider: Provider,
+) {
+    let mut running = Running::start().await;
+    let api = running.api();
+    let mut qc = consumer(provider, "reports", "Retain", false);
+    qc.spec.periodic_tasks = vec![
+        serde_json::from_value(serde_json::json!({
+            "name": "Nightly report", "url": "/tasks/report?format=csv", "schedule": "* * * * *"
+        }))
+        .unwrap(),
+    ];
+    api.create(&PostParams::default(), &qc)
+        .await
+        .expect("create");
+    let task_status = async || {
+        let status = api.get("reports").await.ok()?.status?;
+        status.periodic_tasks.into_iter().next()
+    };
+    let first = eventually("the task's first tick in the status", async || {
+        let task = task_status().await?;
+        task.next_schedule_time.is_some().then_some(task)
+    })
+    .await;
+    assert_eq!(
+        first.last_schedule_time, None,
+        "nothing is sent before the first tick"
+    );
+    let tick = first.next_schedule_time.clone().unwrap();
+    let sent = ferry_tests::eventually(
+        Duration::from_secs(90),
+        "the tick's message to be sent",
+        async || {
+            let task = task_status().await?;
+            (task.last_schedule_time.as_ref() == Some(&tick)).then_some(task)
+        },
+    )
+    .await;
+    assert!(sent.message.is_empty(), "{}", sent.message);
+    assert!(
+        sent.next_schedule_time.as_ref().unwrap().0 > tick.0,
+        "the next tick is named: {sent:?}"
+    );
+    running.crash_and_restart().await;
+
+    let status = api.get("reports").await.unwrap().status.unwrap();
+    let consumer = queue_reader(provider, status.queue.unwrap().id).await;
+    let scheduled_at = tick.0.strftime("%Y-%m-%d %H:%M:%S UTC").to_string();
+    let mut for_this_tick = Vec::new();
+    // Long enough for the restarted operator to reconcile and, were it to, send again.
+    let until = std::time::Instant::now() + Duration::from_secs(12);
+    while std::time::Instant::now() < until {
+        for message in consumer
+            .receive(10, Duration::from_millis(500))
+            .await
+            .expect("receive")
+        {
+            let attribute = |name: &str| message.attributes.get(name).cloned().unwrap_or_default();
+            assert_eq!(
+                String::from_utf8_lossy(&message.body),
+                "elasticbeanstalk scheduled job"
+            );
+            assert_eq!(attribute("beanstalk.sqsd.task_name"), "Nightly report");
+            assert_eq!(attribute("beanstalk.sqsd.path"), "/tasks/report?format=csv");
+            // A later tick may come while this runs; only this one's copies are counted.
+            if attribute("beanstalk.sqsd.scheduled_time") == scheduled_at {
+                for_this_tick.push(message.id.clone());
+            }
+            consumer.ack(message.lease).await.expect("ack");
+        }
+    }
+    consumer.close().await;
+    consumer.flush().await;
+    assert_eq!(
+        for_this_tick,
+        vec![sent.last_message_id.clone().unwrap()],
+        "one message for the tick at {scheduled_at}, the one the status names"
+    );
     running.stop().await;
 }

@@ -160,3 +160,13 @@ pub mod dead_letter_attributes {
         ORDERING_KEY,
     ];
 }
+
+/// Periodic tasks (Elastic Beanstalk's `cron.yaml`) travel as ordinary messages in the
+/// worker daemon's format: this body, and attributes naming the task, the path on the worker
+/// it is delivered to, and the tick it is for (`2015-03-05 10:00:00 UTC`).
+pub mod periodic_task {
+    pub const BODY: &str = "elasticbeanstalk scheduled job";
+    pub const NAME_ATTRIBUTE: &str = "beanstalk.sqsd.task_name";
+    pub const PATH_ATTRIBUTE: &str = "beanstalk.sqsd.path";
+    pub const SCHEDULED_AT_ATTRIBUTE: &str = "beanstalk.sqsd.scheduled_time";
+}

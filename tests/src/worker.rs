@@ -43,6 +43,8 @@ impl Reply {
 #[derive(Clone, Debug)]
 pub struct Delivery {
     pub message_id: String,
+    /// The request's path and query.
+    pub path: String,
     pub body: String,
     pub headers: BTreeMap<String, String>,
     pub started: Instant,
@@ -160,6 +162,7 @@ impl Drop for Worker {
 
 async fn handle(
     State(state): State<Arc<WorkerState>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> impl IntoResponse {
@@ -188,6 +191,10 @@ async fn handle(
         }
         let delivery = Delivery {
             message_id,
+            path: uri
+                .path_and_query()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             body: String::from_utf8_lossy(&body).into_owned(),
             headers,
             started: Instant::now(),

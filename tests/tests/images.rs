@@ -255,6 +255,7 @@ async fn the_sidecar_image_consumes_a_queue_and_delivers_to_the_worker() {
             body: format!("{{\"n\":{i}}}").into_bytes(),
             attributes: Vec::new(),
             ordering_group: None,
+            deduplication_id: None,
         })
         .collect();
     let mut ids = publish(Provider::Sqs, Some(&endpoint), &queue.publish_to, bodies)

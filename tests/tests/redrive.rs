@@ -72,6 +72,7 @@ fn message(body: &str, attributes: &[(&str, &str)], group: Option<&str>) -> Outg
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         ordering_group: group.map(str::to_string),
+        deduplication_id: None,
     }
 }
 

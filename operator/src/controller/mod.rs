@@ -3,7 +3,9 @@
 //! `queue_request`; this module only orchestrates calls.
 
 mod applied;
+mod last_written;
 mod metrics;
+mod periodic;
 mod queue_request;
 mod redrive;
 mod status;
@@ -98,6 +100,8 @@ pub struct Context {
     /// The redrive status each object's last pass wrote: the next pass starts 1 s later,
     /// possibly before the watch cache shows that write.
     redrives: redrive::LastPasses,
+    /// The periodic tasks' status each object's last reconcile computed, for the same reason.
+    periodic: periodic::LastTicks,
 }
 
 impl Context {
@@ -122,6 +126,7 @@ impl Context {
             deployments: RwLock::default(),
             failures: Mutex::default(),
             redrives: redrive::LastPasses::default(),
+            periodic: periodic::LastTicks::default(),
         })
     }
 
@@ -271,6 +276,7 @@ async fn apply(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
         build_error: None,
         deployment: None,
         redrive: None,
+        periodic_tasks: None,
     };
     let mut requeue = RESYNC;
     let now = std::time::Instant::now();
@@ -315,6 +321,9 @@ async fn apply(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
             observed.redrive = Some(redrive);
             requeue = next_pass.map_or(requeue, |due| due.min(requeue));
         }
+        let (tasks, next_tick) = periodic::reconcile(qc, ctx, &queue).await;
+        observed.periodic_tasks = Some(tasks);
+        requeue = next_tick.map_or(requeue, |due| due.min(requeue));
     }
     ctx.failures
         .lock()
@@ -422,6 +431,7 @@ async fn cleanup(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
     ctx.verified.forget(qc);
     ctx.applied.forget(qc);
     ctx.redrives.forget(qc);
+    ctx.periodic.forget(qc);
     if qc.spec.deletion_policy == DeletionPolicy::Retain {
         tracing::info!(name = %qc.name_any(), "deletionPolicy Retain: the queue, its dead-letter queue and their messages stay");
         return Ok(Action::await_change());

@@ -7,8 +7,6 @@
 //! next is decided by the pure [`next_step`] and [`after_pass`]; this module's only call
 //! out is the pass itself, in `ferry_queues::redrive`.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use ferry_crds::{QueueConsumer, REDRIVE_ANNOTATION, RedrivePhase, RedriveStatus};
@@ -20,8 +18,8 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-use kube::runtime::reflector::ObjectRef;
 
+use super::last_written::LastWritten;
 use super::{Context, is_terminal, queue_request, status};
 use crate::builders::QUEUE_CONSUMER_LABEL;
 
@@ -36,36 +34,7 @@ const RETRY_PASS: Duration = Duration::from_secs(10);
 const HOLD_RECHECK: Duration = Duration::from_secs(2);
 
 /// The `status.redrive` each object's last pass wrote.
-#[derive(Default)]
-pub struct LastPasses(Mutex<HashMap<ObjectRef<QueueConsumer>, LastPass>>);
-
-/// The object's uid (a deleted and recreated object has a new one) and what was written.
-type LastPass = (Option<String>, RedriveStatus);
-
-impl LastPasses {
-    /// What the last pass wrote, when it is for this object (same uid).
-    fn get(&self, qc: &QueueConsumer) -> Option<RedriveStatus> {
-        let key = ObjectRef::from_obj(qc);
-        let passes = self.0.lock().expect("redrive passes lock");
-        passes
-            .get(&key)
-            .filter(|(uid, _)| *uid == qc.metadata.uid)
-            .map(|(_, status)| status.clone())
-    }
-
-    fn record(&self, qc: &QueueConsumer, status: &RedriveStatus) {
-        let mut passes = self.0.lock().expect("redrive passes lock");
-        passes.insert(
-            ObjectRef::from_obj(qc),
-            (qc.metadata.uid.clone(), status.clone()),
-        );
-    }
-
-    pub fn forget(&self, qc: &QueueConsumer) {
-        let mut passes = self.0.lock().expect("redrive passes lock");
-        passes.remove(&ObjectRef::from_obj(qc));
-    }
-}
+pub type LastPasses = LastWritten<RedriveStatus>;
 
 /// What the annotation and the last recorded redrive call for.
 #[derive(Debug, PartialEq)]
@@ -278,7 +247,7 @@ pub async fn reconcile(
         Step::Idle => return remembered.map(|last| (last, None)),
         Step::Stop(stopped) => {
             announce(qc, ctx, &stopped).await;
-            ctx.redrives.record(qc, &stopped);
+            ctx.redrives.record(qc, stopped.clone());
             return Some((stopped, None));
         }
         Step::Pass { request, so_far } => (request, so_far),
@@ -295,7 +264,7 @@ pub async fn reconcile(
         if so_far.is_none_or(|r| r.message != waiting.message) {
             announce(qc, ctx, &waiting).await;
         }
-        ctx.redrives.record(qc, &waiting);
+        ctx.redrives.record(qc, waiting.clone());
         return Some((waiting, Some(HOLD_RECHECK)));
     }
     let cloud = queue_request(qc, &ctx.cloud);
@@ -336,7 +305,7 @@ pub async fn reconcile(
     if first_pass || next.phase != RedrivePhase::Running {
         announce(qc, ctx, &next).await;
     }
-    ctx.redrives.record(qc, &next);
+    ctx.redrives.record(qc, next.clone());
     let due = match (&next.phase, &pass) {
         (RedrivePhase::Running, Ok(_)) => Some(NEXT_PASS),
         (RedrivePhase::Running, Err(_)) => Some(RETRY_PASS),
@@ -541,7 +510,7 @@ mod tests {
         };
         let passes = LastPasses::default();
         let running = recorded("1", RedrivePhase::Running, 40);
-        passes.record(&object("a"), &running);
+        passes.record(&object("a"), running.clone());
         assert_eq!(passes.get(&object("a")), Some(running));
         assert_eq!(
             passes.get(&object("b")),

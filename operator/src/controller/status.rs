@@ -22,6 +22,8 @@ pub struct Observed {
     pub deployment: Option<Deployment>,
     /// The redrive's status after this reconcile's pass, when one ran or stopped.
     pub redrive: Option<ferry_crds::RedriveStatus>,
+    /// Every periodic task's status after this reconcile, when the queue was reached.
+    pub periodic_tasks: Option<Vec<ferry_crds::PeriodicTaskStatus>>,
 }
 
 /// `QueueNotFound`-style reasons from an error kind.
@@ -144,6 +146,9 @@ pub fn desired_status(qc: &QueueConsumer, observed: &Observed, now: Time) -> Que
     }
     if let Some(redrive) = &observed.redrive {
         status.redrive = Some(redrive.clone());
+    }
+    if let Some(tasks) = &observed.periodic_tasks {
+        status.periodic_tasks = tasks.clone();
     }
     status.observed_generation = generation;
     status
@@ -407,6 +412,7 @@ mod tests {
             build_error: None,
             deployment: None,
             redrive: None,
+            periodic_tasks: None,
         };
         let status = desired_status(&consumer(), &observed, at(10));
         let queue = get(&status, condition_type::QUEUE_READY);
@@ -450,6 +456,7 @@ mod tests {
             build_error: None,
             deployment: Some(deployment),
             redrive: None,
+            periodic_tasks: None,
         };
         let status = desired_status(&consumer(), &observe(deployment(0, Some(refusal))), at(10));
         let workload = get(&status, condition_type::WORKLOAD_READY);
@@ -483,6 +490,7 @@ mod tests {
             build_error: None,
             deployment: None,
             redrive: None,
+            periodic_tasks: None,
         };
         let mut qc = consumer();
         let first = desired_status(&qc, &observed, at(10));
@@ -507,6 +515,7 @@ mod tests {
             build_error: None,
             deployment: None,
             redrive: None,
+            periodic_tasks: None,
         };
         let mut qc = consumer();
         let first = desired_status(&qc, &observed, at(10));

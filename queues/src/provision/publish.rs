@@ -1,5 +1,5 @@
-//! A producer-side helper for tests, the demo and the benchmarks; applications publish with
-//! their own SDK.
+//! A producer-side helper: the operator's periodic tasks, tests, the demo and the
+//! benchmarks; applications publish with their own SDK.
 
 use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::model::Message;
@@ -15,10 +15,14 @@ pub struct OutgoingMessage {
     pub attributes: Vec<(String, String)>,
     /// SQS FIFO message group / Pub/Sub ordering key.
     pub ordering_group: Option<String>,
+    /// SQS FIFO: the deduplication id (a message sent twice with one id within five minutes
+    /// arrives once). Without one, each message gets a unique id.
+    pub deduplication_id: Option<String>,
 }
 
-/// Publishes messages in order and returns their ids. A producer-side helper for tests,
-/// the demo and the benchmarks; applications use their own SDK.
+/// Publishes messages in order and returns their ids. It sets up a client per call: for
+/// tests, the demo and the operator's periodic tasks (a message a minute at most), not for
+/// a stream of messages.
 pub async fn publish(
     provider: Provider,
     endpoint: Option<&str>,
@@ -53,7 +57,11 @@ pub async fn publish(
                                 .message_group_id(
                                     m.ordering_group.clone().unwrap_or_else(|| "default".into()),
                                 )
-                                .message_deduplication_id(format!("{index}-{i}-{}", uniq()));
+                                .message_deduplication_id(
+                                    m.deduplication_id
+                                        .clone()
+                                        .unwrap_or_else(|| format!("{index}-{i}-{}", uniq())),
+                                );
                         }
                         entry.build().expect("id and body are set")
                     })

@@ -192,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
                 },
                 attributes: vec![("source".into(), "demo".into())],
                 ordering_group: None,
+                deduplication_id: None,
             }
         })
         .collect();

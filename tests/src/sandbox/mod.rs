@@ -399,6 +399,7 @@ impl Sandbox {
                 .into_bytes(),
                 attributes: vec![],
                 ordering_group: None,
+                deduplication_id: None,
             })
             .collect();
         let at_ms = unix_ms();

@@ -1,0 +1,74 @@
+//! `spec.periodicTasks`: Elastic Beanstalk's `cron.yaml`, as part of the QueueConsumer.
+//!
+//! At each tick of a task's schedule the operator sends one message to the queue, in the
+//! format Elastic Beanstalk's worker daemon sends its periodic tasks (body `elasticbeanstalk
+//! scheduled job`, attributes `beanstalk.sqsd.task_name`, `beanstalk.sqsd.path` and
+//! `beanstalk.sqsd.scheduled_time`). The sidecar delivers it to the task's `url` like any
+//! other message, so a task is retried, dead-lettered and scaled from zero like the rest.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+/// How long after its tick a task that could not be sent on time (the operator was
+/// restarting, the queue API was down) is still sent, by default.
+pub const DEFAULT_STARTING_DEADLINE_SECONDS: i32 = 300;
+
+/// One periodic task: the same three fields as an entry of `cron.yaml`'s `cron` list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeriodicTask {
+    /// The task's name, unique in the list; the worker receives it in `X-Aws-Sqsd-Taskname`
+    /// (SQS) and `Ferry-Task-Name`.
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("!self.matches('[\\\\x00-\\\\x1f\\\\x7f]')").message("spec.periodicTasks[].name must not contain control characters (it is sent as an HTTP header)"))]
+    pub name: String,
+    /// The path on the worker that the task's message is POSTed to, such as
+    /// `/tasks/cleanup`.
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('/') && !self.matches('[\\\\s\\\\x00-\\\\x1f\\\\x7f]')").message("spec.periodicTasks[].url must be a path starting with '/', without spaces"))]
+    pub url: String,
+    /// When, in UTC: five cron fields (`minute hour day-of-month month day-of-week`, with
+    /// lists, ranges, steps and names such as `MON` or `JAN`) or one of `@yearly`,
+    /// `@monthly`, `@weekly`, `@daily` and `@hourly`. Elastic Beanstalk's `cron.yaml`
+    /// schedules are taken unchanged.
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self.matches('^\\\\s*@(yearly|annually|monthly|weekly|daily|midnight|hourly)\\\\s*$') || self.matches('^\\\\s*[^\\\\s@]+(\\\\s+[^\\\\s@]+){4}\\\\s*$')").message("spec.periodicTasks[].schedule must be five cron fields (minute hour day-of-month month day-of-week) or @yearly, @monthly, @weekly, @daily or @hourly"))]
+    pub schedule: String,
+    /// How many seconds after its tick a task that could not be sent on time (the operator
+    /// was not running, the queue API failed) may still be sent; later, that tick is skipped
+    /// and an Event says so. Default 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub starting_deadline_seconds: Option<i32>,
+}
+
+impl PeriodicTask {
+    pub fn starting_deadline_seconds(&self) -> i32 {
+        self.starting_deadline_seconds
+            .unwrap_or(DEFAULT_STARTING_DEADLINE_SECONDS)
+    }
+}
+
+/// A periodic task as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeriodicTaskStatus {
+    /// The task's name.
+    pub name: String,
+    /// The schedule these times follow; a changed schedule starts again from its next tick.
+    pub schedule: String,
+    /// The last tick whose message was sent to the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+    /// The id of the message sent for that tick (the worker receives it as the message id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message_id: Option<String>,
+    /// The next tick a message will be sent for; absent when the schedule is invalid or
+    /// never fires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<Time>,
+    /// What happened last, in a sentence: an invalid schedule, a skipped or failed tick.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}

@@ -1,0 +1,505 @@
+//! Periodic tasks (`spec.periodicTasks`, Elastic Beanstalk's `cron.yaml`): at each tick of a
+//! task's schedule, one message to the queue, which the sidecar delivers to the task's path.
+//!
+//! Going through the queue rather than calling the worker means a tick is retried and
+//! dead-lettered like any message, wakes a consumer scaled to zero, and is sent once however
+//! many pods run (only the elected operator sends). `status.periodicTasks` records the next
+//! tick of each task, so an operator restart neither repeats a tick nor forgets one: a tick
+//! missed while no operator ran is still sent within the task's `startingDeadlineSeconds`.
+//! What to do is decided by the pure [`plan`] and [`after_send`]; the send is this module's
+//! only call out.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
+use ferry_crds::{PeriodicTask, PeriodicTaskStatus, QueueConsumer};
+use ferry_queues::QueueError;
+use ferry_queues::model::periodic_task;
+use ferry_queues::provision::ProvisionedQueue;
+use ferry_queues::provision::{OutgoingMessage, publish};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use super::last_written::LastWritten;
+use super::{Context, queue_request, status};
+
+/// How soon a tick whose message could not be sent is tried again (within its deadline).
+const RETRY_SEND: Duration = Duration::from_secs(5);
+
+/// The `status.periodicTasks` each object's last reconcile computed: the next reconcile may
+/// start before the watch cache shows that write, and must not send a tick twice.
+pub type LastTicks = LastWritten<Vec<PeriodicTaskStatus>>;
+
+/// Parses a schedule as `cron.yaml` writes it: five fields or a macro, in UTC. Seconds and
+/// years, which some cron dialects add, are refused: the CRD's rule already does, and a
+/// schedule that means something else here than where it was written must not run.
+pub fn parse_schedule(schedule: &str) -> Result<Cron, String> {
+    CronParser::builder()
+        .seconds(Seconds::Disallowed)
+        .year(Year::Disallowed)
+        .build()
+        .parse(schedule.trim())
+        .map_err(|e| e.to_string())
+}
+
+/// What to do for one task now.
+#[derive(Debug, PartialEq)]
+pub struct Plan {
+    /// The tick to send a message for, now.
+    pub send: Option<DateTime<Utc>>,
+    /// The task's status without a send (or when the send fails).
+    pub status: PeriodicTaskStatus,
+    /// A tick that is skipped because its deadline passed before it could be sent.
+    pub skipped: Option<DateTime<Utc>>,
+    /// When to look again: the next tick, or the retry of a tick not sent yet.
+    pub next_look: Option<DateTime<Utc>>,
+}
+
+/// Pure: what `task` calls for at `now`, given what its status recorded last.
+///
+/// A task first seen (or whose schedule changed) starts from its next tick; nothing before
+/// it is sent. A tick is sent once `now` reaches it; if several passed unseen (no operator
+/// ran), only the latest is sent, and only within `startingDeadlineSeconds` of it.
+pub fn plan(
+    task: &PeriodicTask,
+    recorded: Option<&PeriodicTaskStatus>,
+    now: DateTime<Utc>,
+) -> Plan {
+    // Earlier sends stay visible whatever changed since.
+    let history = recorded.filter(|r| r.name == task.name);
+    let entry = |next: Option<DateTime<Utc>>, message: String| PeriodicTaskStatus {
+        name: task.name.clone(),
+        schedule: task.schedule.clone(),
+        last_schedule_time: history.and_then(|r| r.last_schedule_time.clone()),
+        last_message_id: history.and_then(|r| r.last_message_id.clone()),
+        next_schedule_time: next.map(to_time),
+        message,
+    };
+    let idle = |status: PeriodicTaskStatus, next_look| Plan {
+        send: None,
+        status,
+        skipped: None,
+        next_look,
+    };
+    let cron = match parse_schedule(&task.schedule) {
+        Ok(cron) => cron,
+        Err(error) => {
+            let message = format!(
+                "schedule `{}` is not valid: {error}; fix spec.periodicTasks[{}].schedule",
+                task.schedule, task.name
+            );
+            return idle(entry(None, message), None);
+        }
+    };
+    let next_after = |at: DateTime<Utc>| cron.find_next_occurrence(&at, false).ok();
+    // The tick this schedule waits for, as recorded; none for a task first seen or whose
+    // schedule changed.
+    let recorded = history
+        .filter(|r| r.schedule == task.schedule)
+        .and_then(|r| {
+            let due = from_time(r.next_schedule_time.as_ref()?);
+            Some((r, due))
+        });
+    let Some((recorded, due)) = recorded else {
+        let next = next_after(now);
+        let message = if next.is_none() {
+            format!("schedule `{}` has no tick to come", task.schedule)
+        } else {
+            String::new()
+        };
+        return idle(entry(next, message), next);
+    };
+    if now < due {
+        return idle(recorded.clone(), Some(due));
+    }
+    // The latest tick that has come: `due` itself unless later ones passed unseen too.
+    let tick = cron
+        .find_previous_occurrence(&now, true)
+        .ok()
+        .filter(|t| *t >= due)
+        .unwrap_or(due);
+    let deadline = chrono::Duration::seconds(i64::from(task.starting_deadline_seconds()));
+    if now - tick > deadline {
+        let next = next_after(now);
+        let message = format!(
+            "the tick at {} was skipped: it could not be sent within startingDeadlineSeconds ({}s) (was the operator running?)",
+            scheduled_at(tick),
+            deadline.num_seconds()
+        );
+        return Plan {
+            send: None,
+            status: entry(next, message),
+            skipped: Some(tick),
+            next_look: next,
+        };
+    }
+    Plan {
+        send: Some(tick),
+        status: recorded.clone(),
+        skipped: None,
+        next_look: Some(tick + deadline),
+    }
+}
+
+/// Pure: the task's status after sending the message for `tick` (or failing to).
+pub fn after_send(
+    task: &PeriodicTask,
+    before: &PeriodicTaskStatus,
+    tick: DateTime<Utc>,
+    sent: Result<String, &QueueError>,
+    now: DateTime<Utc>,
+) -> PeriodicTaskStatus {
+    match sent {
+        Ok(message_id) => {
+            let next = parse_schedule(&task.schedule)
+                .ok()
+                .and_then(|cron| cron.find_next_occurrence(&now, false).ok());
+            PeriodicTaskStatus {
+                name: task.name.clone(),
+                schedule: task.schedule.clone(),
+                last_schedule_time: Some(to_time(tick)),
+                last_message_id: Some(message_id),
+                next_schedule_time: next.map(to_time),
+                message: String::new(),
+            }
+        }
+        Err(error) => {
+            let deadline =
+                tick + chrono::Duration::seconds(i64::from(task.starting_deadline_seconds()));
+            PeriodicTaskStatus {
+                message: format!(
+                    "could not send the tick at {}: {error}; retrying until {}",
+                    scheduled_at(tick),
+                    scheduled_at(deadline)
+                ),
+                ..before.clone()
+            }
+        }
+    }
+}
+
+/// The message for one tick, as Elastic Beanstalk's worker daemon sends it.
+pub fn task_message(task: &PeriodicTask, tick: DateTime<Utc>, fifo: bool) -> OutgoingMessage {
+    OutgoingMessage {
+        body: periodic_task::BODY.as_bytes().to_vec(),
+        attributes: vec![
+            (periodic_task::NAME_ATTRIBUTE.into(), task.name.clone()),
+            (periodic_task::PATH_ATTRIBUTE.into(), task.url.clone()),
+            (
+                periodic_task::SCHEDULED_AT_ATTRIBUTE.into(),
+                scheduled_at(tick),
+            ),
+        ],
+        // A FIFO queue needs a group; the task's own keeps its ticks in order. Its
+        // deduplication id makes a tick sent twice (an operator that stopped between the
+        // send and the status write) arrive once, within SQS's five-minute window.
+        ordering_group: fifo.then(|| task.name.clone()),
+        deduplication_id: fifo.then(|| format!("{}@{}", task.name, tick.timestamp())),
+    }
+}
+
+/// `2015-03-05 10:00:00 UTC`: how Elastic Beanstalk writes a tick in
+/// `beanstalk.sqsd.scheduled_time`, which workers receive in `X-Aws-Sqsd-Scheduled-At`.
+pub fn scheduled_at(tick: DateTime<Utc>) -> String {
+    tick.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+fn to_time(at: DateTime<Utc>) -> Time {
+    Time(Timestamp::from_second(at.timestamp()).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+fn from_time(time: &Time) -> DateTime<Utc> {
+    DateTime::from_timestamp(time.0.as_second(), 0).unwrap_or_default()
+}
+
+/// Sends what is due for every task of `qc` and returns their statuses (in spec order) and
+/// how long until one needs looking at again.
+pub async fn reconcile(
+    qc: &QueueConsumer,
+    ctx: &Context,
+    queue: &ProvisionedQueue,
+) -> (Vec<PeriodicTaskStatus>, Option<Duration>) {
+    let now = DateTime::from_timestamp(status::now().0.as_second(), 0).unwrap_or_default();
+    let remembered = ctx.periodic.get(qc);
+    let recorded = remembered.unwrap_or_else(|| {
+        qc.status
+            .as_ref()
+            .map(|s| s.periodic_tasks.clone())
+            .unwrap_or_default()
+    });
+    let cloud = queue_request(qc, &ctx.cloud);
+    let fifo = queue.publish_to.ends_with(".fifo");
+    let mut statuses = Vec::with_capacity(qc.spec.periodic_tasks.len());
+    let mut next_look: Option<DateTime<Utc>> = None;
+    for task in &qc.spec.periodic_tasks {
+        let previous = recorded.iter().find(|r| r.name == task.name);
+        let plan = plan(task, previous, now);
+        let mut look = plan.next_look;
+        let mut entry = plan.status;
+        if let Some(skipped) = plan.skipped {
+            tracing::warn!(name = %qc.name_any(), task = %task.name, tick = %skipped, "periodic task tick skipped");
+            status::publish_event(
+                qc,
+                ctx,
+                true,
+                "PeriodicTaskSkipped",
+                "SendPeriodicTask",
+                &entry.message,
+            )
+            .await;
+        }
+        if let Some(tick) = plan.send {
+            let message = task_message(task, tick, fifo);
+            let sent = publish(
+                cloud.provider,
+                cloud.endpoint.as_deref(),
+                &queue.publish_to,
+                vec![message],
+            )
+            .await
+            .map(|ids| ids.into_iter().next().unwrap_or_default());
+            let failed = sent.is_err();
+            entry = after_send(task, &entry, tick, sent.as_ref().cloned(), now);
+            if failed {
+                tracing::warn!(name = %qc.name_any(), task = %task.name, "{}", entry.message);
+                if previous.is_none_or(|p| p.message != entry.message) {
+                    status::publish_event(
+                        qc,
+                        ctx,
+                        true,
+                        "PeriodicTaskFailed",
+                        "SendPeriodicTask",
+                        &entry.message,
+                    )
+                    .await;
+                }
+                let retry = now + chrono::Duration::from_std(RETRY_SEND).unwrap_or_default();
+                look = look.map(|deadline| deadline.min(retry)).or(Some(retry));
+            } else {
+                tracing::info!(name = %qc.name_any(), task = %task.name, tick = %tick, "periodic task sent");
+                look = entry.next_schedule_time.as_ref().map(from_time);
+            }
+        }
+        if let Some(look) = look {
+            next_look = Some(next_look.map_or(look, |n| n.min(look)));
+        }
+        statuses.push(entry);
+    }
+    ctx.periodic.record(qc, statuses.clone());
+    let due_in = next_look.map(|at| {
+        (at - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .max(Duration::from_secs(1))
+    });
+    (statuses, due_in)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn task(schedule: &str) -> PeriodicTask {
+        PeriodicTask {
+            name: "cleanup".into(),
+            url: "/tasks/cleanup".into(),
+            schedule: schedule.into(),
+            starting_deadline_seconds: None,
+        }
+    }
+
+    fn sent(task: &PeriodicTask, tick: &str, now: &str) -> PeriodicTaskStatus {
+        let first = plan(task, None, at("2026-01-01T00:00:00Z")).status;
+        after_send(task, &first, at(tick), Ok("m-1".into()), at(now))
+    }
+
+    #[test]
+    fn a_new_task_waits_for_its_next_tick_and_sends_nothing_before_it() {
+        let hourly = task("0 * * * *");
+        let first = plan(&hourly, None, at("2026-03-05T10:20:00Z"));
+        assert_eq!(first.send, None);
+        assert_eq!(first.next_look, Some(at("2026-03-05T11:00:00Z")));
+        assert_eq!(
+            first.status.next_schedule_time,
+            Some(to_time(at("2026-03-05T11:00:00Z")))
+        );
+        // Before the tick: nothing, and the status stays as it was (no churn).
+        let early = plan(&hourly, Some(&first.status), at("2026-03-05T10:59:59Z"));
+        assert_eq!(early.send, None);
+        assert_eq!(early.status, first.status);
+        // At the tick: send it.
+        let due = plan(&hourly, Some(&first.status), at("2026-03-05T11:00:00Z"));
+        assert_eq!(due.send, Some(at("2026-03-05T11:00:00Z")));
+    }
+
+    #[test]
+    fn a_sent_tick_is_recorded_and_not_sent_again() {
+        let hourly = task("0 * * * *");
+        let after = sent(&hourly, "2026-03-05T11:00:00Z", "2026-03-05T11:00:01Z");
+        assert_eq!(
+            after.last_schedule_time,
+            Some(to_time(at("2026-03-05T11:00:00Z")))
+        );
+        assert_eq!(after.last_message_id.as_deref(), Some("m-1"));
+        assert_eq!(
+            after.next_schedule_time,
+            Some(to_time(at("2026-03-05T12:00:00Z")))
+        );
+        let again = plan(&hourly, Some(&after), at("2026-03-05T11:00:30Z"));
+        assert_eq!(again.send, None);
+        assert_eq!(again.status, after);
+        assert_eq!(again.next_look, Some(at("2026-03-05T12:00:00Z")));
+    }
+
+    #[test]
+    fn ticks_missed_while_no_operator_ran_send_the_latest_within_the_deadline_only() {
+        let every_minute = task("* * * * *");
+        let after = sent(
+            &every_minute,
+            "2026-03-05T11:00:00Z",
+            "2026-03-05T11:00:01Z",
+        );
+        // Down from 11:00:30 to 11:03:10: 11:01, 11:02 and 11:03 passed; 11:03 is sent.
+        let back = plan(&every_minute, Some(&after), at("2026-03-05T11:03:10Z"));
+        assert_eq!(back.send, Some(at("2026-03-05T11:03:00Z")));
+        // Down for an hour with a 300 s deadline: the latest tick (12:00) is still in time.
+        let long = plan(&every_minute, Some(&after), at("2026-03-05T12:00:20Z"));
+        assert_eq!(long.send, Some(at("2026-03-05T12:00:00Z")));
+        // A daily task whose tick is an hour gone is skipped, and says why.
+        let daily = task("0 3 * * *");
+        let recorded = sent(&daily, "2026-03-04T03:00:00Z", "2026-03-04T03:00:01Z");
+        let late = plan(&daily, Some(&recorded), at("2026-03-05T04:00:00Z"));
+        assert_eq!(late.send, None);
+        assert_eq!(late.skipped, Some(at("2026-03-05T03:00:00Z")));
+        assert!(
+            late.status
+                .message
+                .contains("2026-03-05 03:00:00 UTC was skipped"),
+            "{}",
+            late.status.message
+        );
+        assert_eq!(
+            late.status.next_schedule_time,
+            Some(to_time(at("2026-03-06T03:00:00Z")))
+        );
+        assert_eq!(late.status.last_schedule_time, recorded.last_schedule_time);
+        // With a longer deadline the same tick is sent.
+        let patient = PeriodicTask {
+            starting_deadline_seconds: Some(7200),
+            ..daily.clone()
+        };
+        assert_eq!(
+            plan(&patient, Some(&recorded), at("2026-03-05T04:00:00Z")).send,
+            Some(at("2026-03-05T03:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn a_failed_send_keeps_the_tick_due_and_says_until_when_it_is_retried() {
+        let hourly = task("0 * * * *");
+        let first = plan(&hourly, None, at("2026-03-05T10:20:00Z")).status;
+        let due = plan(&hourly, Some(&first), at("2026-03-05T11:00:00Z"));
+        let error = QueueError::new(
+            "SendMessageBatch",
+            ferry_queues::QueueErrorKind::Unavailable,
+            "connection refused",
+        );
+        let failed = after_send(
+            &hourly,
+            &due.status,
+            at("2026-03-05T11:00:00Z"),
+            Err(&error),
+            at("2026-03-05T11:00:00Z"),
+        );
+        assert_eq!(failed.next_schedule_time, first.next_schedule_time);
+        assert!(
+            failed
+                .message
+                .contains("retrying until 2026-03-05 11:05:00 UTC"),
+            "{}",
+            failed.message
+        );
+        // Still due on the next look.
+        assert_eq!(
+            plan(&hourly, Some(&failed), at("2026-03-05T11:00:05Z")).send,
+            Some(at("2026-03-05T11:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn a_changed_schedule_starts_again_from_its_own_next_tick() {
+        let hourly = task("0 * * * *");
+        let after = sent(&hourly, "2026-03-05T11:00:00Z", "2026-03-05T11:00:01Z");
+        let daily = task("30 6 * * *");
+        let changed = plan(&daily, Some(&after), at("2026-03-05T12:10:00Z"));
+        assert_eq!(changed.send, None);
+        assert_eq!(changed.status.schedule, "30 6 * * *");
+        assert_eq!(
+            changed.status.next_schedule_time,
+            Some(to_time(at("2026-03-06T06:30:00Z")))
+        );
+        // What was sent before stays visible.
+        assert_eq!(changed.status.last_message_id.as_deref(), Some("m-1"));
+    }
+
+    #[test]
+    fn cron_yaml_schedules_parse_and_bad_ones_say_what_to_fix() {
+        for good in [
+            "*/10 * * * *",
+            "0 3 * * MON-FRI",
+            "0 0 1 JAN *",
+            "@daily",
+            "5,35 8-18 * * 1-5",
+        ] {
+            assert!(parse_schedule(good).is_ok(), "{good}");
+        }
+        let bad = plan(&task("61 * * * *"), None, at("2026-03-05T10:20:00Z"));
+        assert_eq!(bad.send, None);
+        assert_eq!(bad.next_look, None);
+        assert_eq!(bad.status.next_schedule_time, None);
+        assert!(
+            bad.status
+                .message
+                .contains("fix spec.periodicTasks[cleanup].schedule"),
+            "{}",
+            bad.status.message
+        );
+        assert!(
+            parse_schedule("0 * * * * *").is_err(),
+            "seconds are not cron.yaml's"
+        );
+    }
+
+    #[test]
+    fn the_message_is_the_worker_daemons_and_fifo_ticks_deduplicate() {
+        let hourly = task("0 * * * *");
+        let tick = at("2026-03-05T11:00:00Z");
+        let message = task_message(&hourly, tick, false);
+        assert_eq!(message.body, b"elasticbeanstalk scheduled job");
+        assert!(
+            message
+                .attributes
+                .contains(&("beanstalk.sqsd.path".into(), "/tasks/cleanup".into()))
+        );
+        assert!(message.attributes.contains(&(
+            "beanstalk.sqsd.scheduled_time".into(),
+            "2026-03-05 11:00:00 UTC".into()
+        )));
+        assert_eq!(message.deduplication_id, None);
+        let fifo = task_message(&hourly, tick, true);
+        assert_eq!(fifo.ordering_group.as_deref(), Some("cleanup"));
+        assert_eq!(
+            fifo.deduplication_id,
+            task_message(&hourly, tick, true).deduplication_id
+        );
+    }
+}
