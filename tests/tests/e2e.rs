@@ -28,8 +28,10 @@ fn config(provider: Provider, scenario: &str) -> SandboxConfig {
         provider.as_str()
     ));
     config.queue_name = Some(unique_name("e2e"));
-    // The fault scenarios end when the load is settled; the whole loop redrives too.
+    // The fault scenarios end when the load is settled; the whole loop redrives too, and
+    // waits for a tick of the example's periodic task.
     config.redrive = false;
+    config.periodic_tick = false;
     config
 }
 
@@ -89,6 +91,7 @@ async fn the_whole_loop_loses_nothing_and_scales_out_and_back(provider: Provider
     let _one = ONE_AT_A_TIME.lock().await;
     let mut config = config(provider, "loop");
     config.redrive = provider == Provider::Sqs;
+    config.periodic_tick = true;
     let floor = config.floor();
     let mut sandbox = Sandbox::start(config).await.expect("sandbox starts");
     let summary = sandbox
@@ -98,6 +101,10 @@ async fn the_whole_loop_loses_nothing_and_scales_out_and_back(provider: Provider
     sandbox.shutdown().await;
     assert_sound(&summary, floor, 0);
     assert!(summary.dead_lettered >= summary.published / 25);
+    // The example's periodic task: the operator sent its ticks through the queue and the
+    // workers processed each once (on SQS, starting from zero for it).
+    assert!(summary.periodic_ticks_processed >= 1, "{summary:?}");
+    assert_eq!(summary.periodic_tick_duplicates, 0, "{summary:?}");
     if provider != Provider::Sqs {
         return;
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -48,7 +48,12 @@ fn unit_hash(parts: impl Hash) -> f64 {
     (hasher.finish() % 1_000_000) as f64 / 1_000_000.0
 }
 
-async fn work(State(options): State<Arc<Options>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn work(
+    State(options): State<Arc<Options>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
     let header = |name: &str| {
         headers
             .get(name)
@@ -73,20 +78,28 @@ async fn work(State(options): State<Arc<Options>>, headers: HeaderMap, body: Byt
             StatusCode::OK
         };
     if options.verbose {
+        // A periodic task's message comes to its own path, named in Ferry-Task-Name.
+        let task = header("ferry-task-name");
+        let task = if task.is_empty() {
+            String::new()
+        } else {
+            format!(" task={}", one_word(&task))
+        };
         println!(
-            "{} message={id} attempt={attempt} latency={latency:?} started_ms={started_ms} body={}",
+            "{} message={id} attempt={attempt} latency={latency:?} started_ms={started_ms} path={}{task} body={}",
             status.as_u16(),
-            body_excerpt(&body)
+            uri.path(),
+            one_word(&String::from_utf8_lossy(&body))
         );
     }
     status
 }
 
-/// The body's first 100 characters on one word, for the verbose line: the sandbox matches
-/// deliveries to what it published by content, not by the ids the publisher was given.
-fn body_excerpt(body: &[u8]) -> String {
-    String::from_utf8_lossy(body)
-        .chars()
+/// The first 100 characters on one word, for the verbose line (the body's: the sandbox
+/// matches deliveries to what it published by content, not by the ids the publisher was
+/// given).
+fn one_word(text: &str) -> String {
+    text.chars()
         .take(100)
         .map(|c| if c.is_whitespace() { '_' } else { c })
         .collect()

@@ -90,6 +90,7 @@ async fn main() -> ExitCode {
         Ok(summary) => {
             let ok = summary.lost == 0
                 && summary.duplicates == 0
+                && summary.periodic_tick_duplicates == 0
                 && summary.poison_not_dead_lettered == 0
                 && (summary.redrive.is_none() || summary.in_dead_letter == 0);
             println!(
@@ -103,6 +104,15 @@ async fn main() -> ExitCode {
                 summary.p99_wait_s,
                 summary.max_replicas,
                 summary.replica_seconds
+            );
+            println!(
+                "periodic task `heartbeat` (spec.periodicTasks, every minute): {} tick(s) the operator sent through the queue were processed, {}",
+                summary.periodic_ticks_processed,
+                if summary.periodic_tick_duplicates == 0 {
+                    "each once"
+                } else {
+                    "some more than once"
+                }
             );
             if summary.unseen_attempts > 0 {
                 println!(

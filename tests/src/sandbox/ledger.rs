@@ -46,6 +46,35 @@ pub fn parse_delivery(line: &str) -> Option<Delivery> {
     })
 }
 
+/// A periodic task's delivery line, which the example worker marks with the task's name:
+/// `200 message=<id> attempt=<n> … path=/tasks/heartbeat task=heartbeat body=…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskDelivery {
+    pub status: u16,
+    pub message_id: String,
+    pub task: String,
+}
+
+pub fn parse_task_delivery(line: &str) -> Option<TaskDelivery> {
+    let (head, _) = line.split_once(" body=")?;
+    let mut words = head.split_whitespace();
+    let status = words.next()?.parse().ok()?;
+    let mut message_id = None;
+    let mut task = None;
+    for word in words {
+        if let Some(id) = word.strip_prefix("message=") {
+            message_id = Some(id.to_string());
+        } else if let Some(name) = word.strip_prefix("task=") {
+            task = Some(name.to_string());
+        }
+    }
+    Some(TaskDelivery {
+        status,
+        message_id: message_id?,
+        task: task?,
+    })
+}
+
 /// A message the sandbox published: its sequence number (also in its body), the id the
 /// provider gave it, and when.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,9 +99,29 @@ pub struct Ledger {
     /// The attempt numbers a worker saw, per message id (a redriven Pub/Sub message is a new
     /// message with an id of its own, whose attempts count from 1 again).
     attempts_seen: HashMap<String, BTreeSet<u32>>,
+    /// Successful deliveries per periodic task message (one per tick the operator sent).
+    tick_successes: HashMap<String, usize>,
 }
 
 impl Ledger {
+    pub fn record_tick(&mut self, delivery: &TaskDelivery) {
+        if (200..300).contains(&delivery.status) {
+            *self
+                .tick_successes
+                .entry(delivery.message_id.clone())
+                .or_insert(0) += 1;
+        }
+    }
+
+    /// Whether a worker answered 2xx to the periodic task message with this id.
+    pub fn tick_processed(&self, message_id: &str) -> bool {
+        self.tick_successes.contains_key(message_id)
+    }
+
+    pub fn ticks_processed(&self) -> usize {
+        self.tick_successes.len()
+    }
+
     pub fn record(&mut self, delivery: &Delivery) {
         self.attempts_seen
             .entry(delivery.message_id.clone())
@@ -220,6 +269,10 @@ pub struct Summary {
     pub duplicates: usize,
     /// Deliveries the worker failed (each one retried or, at the limit, dead-lettered).
     pub failed_deliveries: usize,
+    /// Periodic task ticks (`spec.periodicTasks`, sent by the operator) a worker answered 2xx
+    /// to, and how many of them more than once.
+    pub periodic_ticks_processed: usize,
+    pub periodic_tick_duplicates: usize,
     /// Delivery attempts the queue counted that reached no worker (see
     /// [`Ledger::unseen_attempts`]), and the messages they belong to.
     pub unseen_attempts: usize,
@@ -301,6 +354,8 @@ pub fn summarize(
         lost_messages,
         duplicates,
         failed_deliveries: ledger.failed_deliveries(),
+        periodic_ticks_processed: ledger.ticks_processed(),
+        periodic_tick_duplicates: ledger.tick_successes.values().filter(|n| **n > 1).count(),
         unseen_attempts,
         messages_with_unseen_attempts,
         max_wait_s: quantile(1.0),
@@ -367,6 +422,43 @@ mod tests {
         assert_eq!(
             parse_delivery("example worker listening on http://127.0.0.2:8080/"),
             None
+        );
+    }
+
+    #[test]
+    fn periodic_task_lines_are_counted_apart_from_the_published_messages() {
+        let tick = "200 message=t-1 attempt=1 latency=150ms started_ms=5 path=/tasks/heartbeat task=heartbeat body=elasticbeanstalk_scheduled_job";
+        assert_eq!(
+            parse_delivery(tick),
+            None,
+            "not one of the published messages"
+        );
+        let parsed = parse_task_delivery(tick).unwrap();
+        assert_eq!(
+            parsed,
+            TaskDelivery {
+                status: 200,
+                message_id: "t-1".into(),
+                task: "heartbeat".into()
+            }
+        );
+        let plain = r#"200 message=m-1 attempt=1 latency=1ms started_ms=1 path=/ body={"seq":1}"#;
+        assert_eq!(parse_task_delivery(plain), None);
+        assert_eq!(parse_delivery(plain).map(|d| d.seq), Some(1));
+        let mut ledger = Ledger::default();
+        let failed = parse_task_delivery(&tick.replacen("200", "500", 1)).unwrap();
+        ledger.record_tick(&failed);
+        assert!(!ledger.tick_processed("t-1"));
+        ledger.record_tick(&parsed);
+        ledger.record_tick(&parsed);
+        assert!(ledger.tick_processed("t-1"));
+        let summary = summarize("sqs", &[], &ledger, &BTreeSet::new(), &BTreeSet::new());
+        assert_eq!(
+            (
+                summary.periodic_ticks_processed,
+                summary.periodic_tick_duplicates
+            ),
+            (1, 1)
         );
     }
 

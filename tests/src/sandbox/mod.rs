@@ -24,7 +24,10 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 
-pub use ledger::{Ledger, Published, RedriveSummary, Summary, parse_delivery, summarize};
+pub use ledger::{
+    Ledger, Published, RedriveSummary, Summary, TaskDelivery, parse_delivery, parse_task_delivery,
+    summarize,
+};
 pub use view::{Snapshot, View};
 
 use crate::{emulators, free_port, repo_root, workspace_binary};
@@ -66,6 +69,10 @@ pub struct SandboxConfig {
     /// to the streams of pods that have exited, so after the rollout of the fix redriven
     /// messages come back only an ack deadline (60 s) at a time (docs/sandbox.md).
     pub redrive: bool,
+    /// Settle only once a worker has processed a tick of the example's periodic task (a
+    /// message a minute; see [`Sandbox::settled`]); a run shorter than a minute waits for
+    /// the first.
+    pub periodic_tick: bool,
 }
 
 impl SandboxConfig {
@@ -82,6 +89,7 @@ impl SandboxConfig {
             queue_endpoint_override: None,
             queue_name: None,
             redrive: provider == Provider::Sqs,
+            periodic_tick: true,
         }
     }
 
@@ -443,8 +451,12 @@ impl Sandbox {
     pub fn ledger(&self) -> Ledger {
         let mut ledger = Ledger::default();
         for text in self.container_logs("worker") {
-            for delivery in text.lines().filter_map(parse_delivery) {
-                ledger.record(&delivery);
+            for line in text.lines() {
+                if let Some(delivery) = parse_delivery(line) {
+                    ledger.record(&delivery);
+                } else if let Some(tick) = parse_task_delivery(line) {
+                    ledger.record_tick(&tick);
+                }
             }
         }
         ledger
@@ -565,19 +577,47 @@ impl Sandbox {
                 .filter(|m| !ledger.is_settled(m.seq, MAX_DELIVERIES) && !seen.contains(&m.seq))
                 .count()
         };
-        if unaccounted(&self.dead_seen) == 0 {
+        if unaccounted(&self.dead_seen) != 0 {
+            if self
+                .last_dead_letter_read
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(5))
+            {
+                return Ok(false);
+            }
+            self.last_dead_letter_read = Some(Instant::now());
+            let dead = self.dead_letters().await?;
+            self.dead_seen.extend(dead);
+            if unaccounted(&self.dead_seen) != 0 {
+                return Ok(false);
+            }
+        }
+        self.ticks_settled(&ledger).await
+    }
+
+    /// The example's periodic task (`spec.periodicTasks`, a tick a minute): settled once a
+    /// worker has processed a tick, so a run shorter than a minute waits for the first.
+    /// A consumer at zero starts for a tick and goes back to zero after it, so there the last
+    /// tick the operator sent must be processed too, or the run could end between a tick's
+    /// send and the pod it starts. At a floor of one a tick changes no replicas, and on the
+    /// emulator a tick can reach a worker only at its third or fourth attempt (it hands
+    /// messages to exited pods' streams first), later than the next tick is sent, so there
+    /// one processed tick is enough.
+    async fn ticks_settled(&self, ledger: &Ledger) -> anyhow::Result<bool> {
+        if !self.config.periodic_tick {
             return Ok(true);
         }
-        if self
-            .last_dead_letter_read
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(5))
-        {
+        if ledger.ticks_processed() == 0 {
             return Ok(false);
         }
-        self.last_dead_letter_read = Some(Instant::now());
-        let dead = self.dead_letters().await?;
-        self.dead_seen.extend(dead);
-        Ok(unaccounted(&self.dead_seen) == 0)
+        if self.config.floor() > 0 {
+            return Ok(true);
+        }
+        let qc = self.consumer().await?;
+        let sent = qc.status.map(|s| s.periodic_tasks).unwrap_or_default();
+        Ok(sent
+            .iter()
+            .filter_map(|task| task.last_message_id.as_deref())
+            .all(|id| ledger.tick_processed(id)))
     }
 
     /// Waits until [`Sandbox::settled`], showing progress; fails with what is missing.
@@ -690,6 +730,12 @@ impl Sandbox {
                 sent = due;
             }
             show(&self.snapshot("steady").await?);
+        }
+        // The last round can fall just short of the phase's end; what is left of the phase's
+        // count goes now, so a run publishes what its flags say.
+        let total = (rate * steady_for.as_secs_f64()) as usize;
+        if total > sent {
+            self.publish(total - sent).await?;
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         self.wait_settled(remaining, show).await?;
