@@ -216,6 +216,9 @@ pub fn delivery_headers(message: &ReceivedMessage, fixed: &FixedHeaders) -> Head
                         at.clone(),
                     );
                 }
+                if let Some(sender) = message.sender_id.as_deref().and_then(header_value) {
+                    headers.append(HeaderName::from_static("x-aws-sqsd-sender-id"), sender);
+                }
             }
         }
         Provider::PubSub => {
@@ -513,11 +516,12 @@ mod tests {
 
     #[test]
     fn periodic_tasks_carry_the_worker_daemons_task_headers_and_their_path() {
-        let task = message(&[
+        let mut task = message(&[
             ("beanstalk.sqsd.task_name", "Remove unattended jobs"),
             ("beanstalk.sqsd.path", "/tasks/cleanup"),
             ("beanstalk.sqsd.scheduled_time", "2026-03-05 11:00:00 UTC"),
         ]);
+        task.sender_id = Some("AROAEXAMPLE:ferry-operator".into());
         assert_eq!(task_path(&task), Some("/tasks/cleanup"));
         let h = delivery_headers(
             &task,
@@ -526,6 +530,7 @@ mod tests {
         let get = |n: &str| h.get(n).unwrap().to_str().unwrap().to_string();
         assert_eq!(get("x-aws-sqsd-taskname"), "Remove unattended jobs");
         assert_eq!(get("x-aws-sqsd-scheduled-at"), "2026-03-05 11:00:00 UTC");
+        assert_eq!(get("x-aws-sqsd-sender-id"), "AROAEXAMPLE:ferry-operator");
         assert_eq!(get("ferry-task-name"), "Remove unattended jobs");
         assert_eq!(get("ferry-scheduled-at"), "2026-03-05 11:00:00 UTC");
         let h = delivery_headers(

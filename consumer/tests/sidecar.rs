@@ -298,6 +298,12 @@ async fn a_periodic_task_message_goes_to_its_path_with_the_task_headers(provider
             header("x-aws-sqsd-scheduled-at"),
             Some("2026-03-05 03:00:00 UTC")
         );
+        // Who sent it, as SQS reports it (moto: its fixed account's sender).
+        assert!(
+            header("x-aws-sqsd-sender-id").is_some_and(|s| !s.is_empty()),
+            "{:?}",
+            task.headers
+        );
     }
     let plain = deliveries
         .iter()
@@ -305,6 +311,7 @@ async fn a_periodic_task_message_goes_to_its_path_with_the_task_headers(provider
         .expect("the plain message");
     assert_eq!(plain.path, "/work");
     assert!(!plain.headers.contains_key("ferry-task-name"));
+    assert!(!plain.headers.contains_key("x-aws-sqsd-sender-id"));
 }
 
 /// A worker answering 500 gets exactly max-deliveries attempts, with backoff between them,

@@ -76,6 +76,10 @@ pub struct ReceivedMessage {
     pub ordering_group: Option<String>,
     /// SQS FIFO deduplication id, kept so dead-lettering preserves it.
     pub deduplication_id: Option<String>,
+    /// Who sent a periodic task's message (SQS `SenderId`: the account or role that sent
+    /// it), which the worker daemon passes on as `X-Aws-Sqsd-Sender-Id`. Kept for periodic
+    /// tasks only, the one kind of message it is passed on with.
+    pub sender_id: Option<String>,
     pub lease: Lease,
 }
 
@@ -131,6 +135,7 @@ pub fn test_message(id: &str, body: &str, attributes: BTreeMap<String, String>) 
         delivery_attempt: None,
         ordering_group: None,
         deduplication_id: None,
+        sender_id: None,
         lease: Lease(LeaseInner::Sqs {
             receipt_handle: String::new(),
         }),

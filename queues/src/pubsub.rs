@@ -369,6 +369,7 @@ fn to_received(message: Message, handler: Handler) -> ReceivedMessage {
             .and_then(|a| u32::try_from(a).ok()),
         ordering_group: Some(message.ordering_key).filter(|k| !k.is_empty()),
         deduplication_id: None,
+        sender_id: None,
         lease: Lease(LeaseInner::PubSub(handler)),
     }
 }

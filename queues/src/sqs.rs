@@ -15,7 +15,7 @@ use aws_sdk_sqs::types::{
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::model::LeaseInner;
-use crate::model::dead_letter_attributes;
+use crate::model::{dead_letter_attributes, periodic_task};
 use crate::{
     ConsumerTarget, DeadLetterReason, Lease, MessageQueue, Provider, QueueError, QueueErrorKind,
     QueueStats, ReceivedMessage,
@@ -436,14 +436,16 @@ fn textual_attributes(
 }
 
 /// The system attributes a delivery carries, and no others: `All` would also bring the
-/// sender's account, the trace header and the sequence number of every message, which
-/// nothing reads, for SQS to send and the SDK to parse.
-pub const RECEIVED_SYSTEM_ATTRIBUTES: [MessageSystemAttributeName; 5] = [
+/// trace header and the sequence number of every message, which nothing reads, for SQS to
+/// send and the SDK to parse. (`SenderId` is read for periodic tasks only, but SQS cannot be
+/// asked for it on some messages.)
+pub const RECEIVED_SYSTEM_ATTRIBUTES: [MessageSystemAttributeName; 6] = [
     MessageSystemAttributeName::SentTimestamp,
     MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
     MessageSystemAttributeName::ApproximateReceiveCount,
     MessageSystemAttributeName::MessageGroupId,
     MessageSystemAttributeName::MessageDeduplicationId,
+    MessageSystemAttributeName::SenderId,
 ];
 
 #[async_trait]
@@ -472,10 +474,16 @@ impl MessageQueue for SqsQueue {
                 let receipt_handle = m.receipt_handle?;
                 let system = m.attributes.unwrap_or_default();
                 let get = |name: MessageSystemAttributeName| system.get(&name);
+                let attributes = textual_attributes(m.message_attributes);
+                let sender_id = if attributes.contains_key(periodic_task::NAME_ATTRIBUTE) {
+                    get(MessageSystemAttributeName::SenderId).cloned()
+                } else {
+                    None
+                };
                 Some(ReceivedMessage {
                     id: m.message_id.unwrap_or_default(),
                     body: m.body.unwrap_or_default().into(),
-                    attributes: textual_attributes(m.message_attributes),
+                    attributes,
                     published_at: epoch_millis(get(MessageSystemAttributeName::SentTimestamp)),
                     first_received_at: epoch_millis(get(
                         MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
@@ -485,6 +493,7 @@ impl MessageQueue for SqsQueue {
                     ordering_group: get(MessageSystemAttributeName::MessageGroupId).cloned(),
                     deduplication_id: get(MessageSystemAttributeName::MessageDeduplicationId)
                         .cloned(),
+                    sender_id,
                     lease: Lease(LeaseInner::Sqs { receipt_handle }),
                 })
             })
