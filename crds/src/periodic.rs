@@ -68,7 +68,24 @@ pub struct PeriodicTaskStatus {
     /// never fires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_schedule_time: Option<Time>,
+    /// The last tick that was skipped: not sent within `startingDeadlineSeconds` (no operator
+    /// ran, or the queue refused the message until then). Later than `lastScheduleTime`, it
+    /// means the task's latest tick did not run; `ferry_periodic_task_skipped` says the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_skipped_time: Option<Time>,
     /// What happened last, in a sentence: an invalid schedule, a skipped or failed tick.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+}
+
+impl PeriodicTaskStatus {
+    /// Whether the task's latest tick was skipped rather than sent: a skip recorded after
+    /// the last send.
+    pub fn latest_tick_skipped(&self) -> bool {
+        match (&self.last_skipped_time, &self.last_schedule_time) {
+            (Some(skipped), Some(sent)) => skipped.0 > sent.0,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
 }

@@ -528,6 +528,7 @@ fn every_alert_has_a_runbook_section() {
             "FerryWorkerFailureRatioHigh",
             "FerryOperatorReconcileErrors",
             "FerryScrapeTargetDown",
+            "FerryPeriodicTaskSkipped",
         ]
     );
     let anchors = runbook_anchors();
@@ -555,7 +556,7 @@ fn every_alert_has_a_runbook_section() {
     )
     .unwrap();
     let rules = off.one("PrometheusRule")["spec"]["groups"][0]["rules"].clone();
-    assert_eq!(rules.as_array().unwrap().len(), 5);
+    assert_eq!(rules.as_array().unwrap().len(), 6);
     assert!(!rules.to_string().contains("FerryScrapeTargetDown"));
 }
 

@@ -8,7 +8,8 @@
 //! it finds in devcluster to a file_sd file with the same `__meta_kubernetes_*` labels.)
 //! and every alert must fire in the scenario made for it: a dead-letter queue filled by
 //! poison messages, messages older than a tiny target, half the deliveries failing, a backlog
-//! growing at maxReplicas, a deletion blocked by dead letters, a scrape target gone.
+//! growing at maxReplicas, a deletion blocked by dead letters, a scrape target gone, a
+//! periodic task's tick missed while the operator was scaled to zero.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -34,8 +35,9 @@ fn queue_consumers(client: kube::Client) -> Api<DynamicObject> {
 }
 
 /// A consumer built to trip every alert: two slow replicas at most (the autoscaler goes from one to two), a 0.1 s latency target,
-/// a worker that fails half its deliveries and rejects poison, and `Delete` so that its
-/// dead letters block the deletion.
+/// a worker that fails half its deliveries and rejects poison, `Delete` so that its
+/// dead letters block the deletion, and a periodic task every minute whose ticks must be sent
+/// within a second.
 fn consumer(queue: &str) -> DynamicObject {
     serde_json::from_value(json!({
         "apiVersion": "ferry.dev/v1alpha1",
@@ -51,6 +53,10 @@ fn consumer(queue: &str) -> DynamicObject {
                 "retryBackoff": { "minSeconds": 0.5, "maxSeconds": 1 }
             },
             "scaling": { "maxReplicas": 2, "targetLatencySeconds": 0.1 },
+            "periodicTasks": [{
+                "name": "report", "url": "/tasks/report", "schedule": "* * * * *",
+                "startingDeadlineSeconds": 1
+            }],
             "worker": { "spec": { "containers": [{
                 "name": "worker",
                 "image": "example.com/worker:1",
@@ -86,6 +92,7 @@ fn values(cluster: &DevCluster) -> Value {
             "deadLetterNotEmpty": no_wait, "messagesOlderThanTarget": no_wait,
             "backlogGrowingAtMaxReplicas": {"for": "0s", "window": "1m"},
             "workerFailureRatio": no_wait, "operatorReconcileErrors": no_wait, "scrapeTargetDown": no_wait,
+            "periodicTaskSkipped": no_wait,
         }},
     })
 }
@@ -321,6 +328,21 @@ async fn wait_firing(prometheus: &Prometheus, alerts: &[&str], timeout: Duration
     }
 }
 
+async fn scale_operator(cluster: &DevCluster, deployment: &str, replicas: u32) {
+    let out = cluster
+        .kubectl_output(&[
+            "scale",
+            "deployment",
+            "-n",
+            RELEASE_NAMESPACE,
+            deployment,
+            &format!("--replicas={replicas}"),
+        ])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_dashboard_query_and_alert_returns_data_and_the_alerts_fire() {
     let started = Instant::now();
@@ -474,6 +496,56 @@ async fn every_dashboard_query_and_alert_returns_data_and_the_alerts_fire() {
         Duration::from_secs(60),
     )
     .await;
+
+    // The operator scaled to zero over a tick of the periodic task (an upgrade or a drain
+    // gone wrong): once it is back, the tick is past its one-second deadline and skipped.
+    // First a tick is sent, so the dashboard has a last tick to show.
+    ferry_tests::eventually(
+        Duration::from_secs(90),
+        "a tick of the periodic task sent",
+        async || {
+            let qc = consumers.get(CONSUMER).await.ok()?;
+            qc.data["status"]["periodicTasks"][0]["lastScheduleTime"]
+                .is_string()
+                .then_some(())
+        },
+    )
+    .await;
+    let operator = rendered.one("Deployment")["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    scale_operator(&cluster, &operator, 0).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
+    ferry_tests::eventually(
+        Duration::from_secs(60),
+        "the operator's pod gone",
+        async || {
+            pods.list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let next_tick = (now.as_secs() / 60 + 1) * 60;
+    tokio::time::sleep(Duration::from_secs(next_tick - now.as_secs() + 3)).await;
+    scale_operator(&cluster, &operator, 1).await;
+    wait_firing(
+        &prometheus,
+        &["FerryPeriodicTaskSkipped"],
+        Duration::from_secs(90),
+    )
+    .await;
+    let qc = consumers.get(CONSUMER).await.expect("the QueueConsumer");
+    // The skip stays recorded after the next tick is sent (the alert then ends).
+    let task = &qc.data["status"]["periodicTasks"][0];
+    assert!(task["lastSkippedTime"].is_string(), "{task}");
 
     // Deleting a Delete-policy consumer whose dead-letter queue holds messages fails, and
     // keeps failing, until forced.

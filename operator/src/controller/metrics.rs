@@ -2,6 +2,10 @@
 //! fail, what the autoscaler sees and decides per QueueConsumer, and each consumer's scaling
 //! bounds, which the alert rules compare against.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use ferry_crds::PeriodicTaskStatus;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -27,6 +31,13 @@ pub struct OperatorMetrics {
     /// `ferry_queue_api_requests_total{provider,operation}`: copied from
     /// `ferry_queues::calls` at every scrape, since the calls are made inside that crate.
     queue_api_requests: IntCounterVec,
+    /// `ferry_periodic_task_last_schedule_time_seconds{namespace,queueconsumer,task}`.
+    periodic_last_tick: GaugeVec,
+    /// `ferry_periodic_task_skipped{namespace,queueconsumer,task}`: 1 while the task's latest
+    /// tick was skipped. Read from `status`, so a restarted operator still reports it.
+    periodic_skipped: IntGaugeVec,
+    /// The tasks each consumer has series for, so a removed task's series go with it.
+    periodic_tasks: Mutex<BTreeMap<(String, String), BTreeSet<String>>>,
 }
 
 impl Default for OperatorMetrics {
@@ -103,8 +114,27 @@ impl Default for OperatorMetrics {
             &["provider", "operation"],
         )
         .expect("valid metric");
+        let task = ["namespace", "queueconsumer", "task"];
+        let periodic_last_tick = GaugeVec::new(
+            Opts::new(
+                "ferry_periodic_task_last_schedule_time_seconds",
+                "Unix time of the last tick of a periodic task (spec.periodicTasks) whose message was sent to the queue.",
+            ),
+            &task,
+        )
+        .expect("valid metric");
+        let periodic_skipped = IntGaugeVec::new(
+            Opts::new(
+                "ferry_periodic_task_skipped",
+                "1 while a periodic task's latest tick was skipped (not sent within startingDeadlineSeconds), until a tick is sent again.",
+            ),
+            &task,
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(consumer_backlog.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(periodic_last_tick.clone()),
+            Box::new(periodic_skipped.clone()),
             Box::new(queue_api_requests.clone()),
             Box::new(consumer_replicas.clone()),
             Box::new(scaling_decisions.clone()),
@@ -131,6 +161,9 @@ impl Default for OperatorMetrics {
             target_latency,
             max_replicas,
             queue_api_requests,
+            periodic_last_tick,
+            periodic_skipped,
+            periodic_tasks: Mutex::default(),
         }
     }
 }
@@ -156,9 +189,60 @@ impl OperatorMetrics {
             .set(i64::from(scaling.max_replicas));
     }
 
+    /// Publishes each periodic task's last tick and whether its latest was skipped, from the
+    /// status just computed; series of tasks no longer in the spec are dropped.
+    pub fn record_periodic_tasks(
+        &self,
+        namespace: &str,
+        name: &str,
+        statuses: &[PeriodicTaskStatus],
+    ) {
+        let mut known = self
+            .periodic_tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let tasks = known
+            .entry((namespace.to_string(), name.to_string()))
+            .or_default();
+        let current: BTreeSet<String> = statuses.iter().map(|s| s.name.clone()).collect();
+        for gone in tasks.difference(&current) {
+            self.forget_periodic_task(namespace, name, gone);
+        }
+        for status in statuses {
+            let labels = [namespace, name, status.name.as_str()];
+            match &status.last_schedule_time {
+                Some(tick) => self
+                    .periodic_last_tick
+                    .with_label_values(&labels)
+                    .set(tick.0.as_second() as f64),
+                None => {
+                    let _ = self.periodic_last_tick.remove_label_values(&labels);
+                }
+            }
+            self.periodic_skipped
+                .with_label_values(&labels)
+                .set(i64::from(status.latest_tick_skipped()));
+        }
+        if current.is_empty() {
+            known.remove(&(namespace.to_string(), name.to_string()));
+        } else {
+            *tasks = current;
+        }
+    }
+
+    fn forget_periodic_task(&self, namespace: &str, name: &str, task: &str) {
+        let _ = self
+            .periodic_last_tick
+            .remove_label_values(&[namespace, name, task]);
+        let _ = self
+            .periodic_skipped
+            .remove_label_values(&[namespace, name, task]);
+    }
+
     /// Drops a deleted QueueConsumer's series, so dashboards do not show it forever and
     /// nothing alerts on a consumer that is gone.
     pub fn forget_consumer(&self, namespace: &str, name: &str) {
+        self.record_periodic_tasks(namespace, name, &[]);
         let _ = self
             .consumer_backlog
             .remove_label_values(&[namespace, name]);
@@ -277,5 +361,62 @@ mod tests {
         );
         metrics.forget_consumer("shop", "orders");
         assert!(!metrics.encode().contains("ferry_consumer_max_replicas{"));
+    }
+
+    #[test]
+    fn periodic_tasks_report_their_last_tick_and_a_skip_until_the_next_send() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        use k8s_openapi::jiff::Timestamp;
+        let time = |s: i64| Some(Time(Timestamp::from_second(s).unwrap()));
+        let status = |name: &str, sent: Option<Time>, skipped: Option<Time>| PeriodicTaskStatus {
+            name: name.into(),
+            schedule: "0 3 * * *".into(),
+            last_schedule_time: sent,
+            last_message_id: None,
+            next_schedule_time: None,
+            last_skipped_time: skipped,
+            message: String::new(),
+        };
+        let metrics = OperatorMetrics::default();
+        metrics.record_periodic_tasks(
+            "shop",
+            "orders",
+            &[
+                status("report", time(1_772_679_600), time(1_772_766_000)),
+                status("cleanup", time(1_772_679_600), None),
+                status("new", None, None),
+            ],
+        );
+        let text = metrics.encode();
+        let series = |name: &str, task: &str, value: &str| {
+            format!("{name}{{namespace=\"shop\",queueconsumer=\"orders\",task=\"{task}\"}} {value}")
+        };
+        for expected in [
+            series("ferry_periodic_task_skipped", "report", "1"),
+            series("ferry_periodic_task_skipped", "cleanup", "0"),
+            series("ferry_periodic_task_skipped", "new", "0"),
+            series(
+                "ferry_periodic_task_last_schedule_time_seconds",
+                "cleanup",
+                "1772679600",
+            ),
+        ] {
+            assert!(text.contains(&expected), "{expected} in {text}");
+        }
+        assert!(!text.contains("ferry_periodic_task_last_schedule_time_seconds{namespace=\"shop\",queueconsumer=\"orders\",task=\"new\"}"));
+        // The next tick is sent; `cleanup` leaves the spec.
+        metrics.record_periodic_tasks(
+            "shop",
+            "orders",
+            &[status("report", time(1_772_852_400), time(1_772_766_000))],
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains(&series("ferry_periodic_task_skipped", "report", "0")),
+            "{text}"
+        );
+        assert!(!text.contains("task=\"cleanup\""), "{text}");
+        metrics.forget_consumer("shop", "orders");
+        assert!(!metrics.encode().contains("ferry_periodic_task"));
     }
 }

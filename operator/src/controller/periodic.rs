@@ -76,6 +76,7 @@ pub fn plan(
         last_schedule_time: history.and_then(|r| r.last_schedule_time.clone()),
         last_message_id: history.and_then(|r| r.last_message_id.clone()),
         next_schedule_time: next.map(to_time),
+        last_skipped_time: history.and_then(|r| r.last_skipped_time.clone()),
         message,
     };
     let idle = |status: PeriodicTaskStatus, next_look| Plan {
@@ -131,7 +132,10 @@ pub fn plan(
         );
         return Plan {
             send: None,
-            status: entry(next, message),
+            status: PeriodicTaskStatus {
+                last_skipped_time: Some(to_time(tick)),
+                ..entry(next, message)
+            },
             skipped: Some(tick),
             next_look: next,
         };
@@ -163,6 +167,7 @@ pub fn after_send(
                 last_schedule_time: Some(to_time(tick)),
                 last_message_id: Some(message_id),
                 next_schedule_time: next.map(to_time),
+                last_skipped_time: before.last_skipped_time.clone(),
                 message: String::new(),
             }
         }
@@ -289,6 +294,11 @@ pub async fn reconcile(
         statuses.push(entry);
     }
     ctx.periodic.record(qc, statuses.clone());
+    ctx.metrics.record_periodic_tasks(
+        &qc.namespace().unwrap_or_default(),
+        &qc.name_any(),
+        &statuses,
+    );
     let due_in = next_look.map(|at| {
         (at - now)
             .to_std()
@@ -392,6 +402,27 @@ mod tests {
             Some(to_time(at("2026-03-06T03:00:00Z")))
         );
         assert_eq!(late.status.last_schedule_time, recorded.last_schedule_time);
+        // The skip is recorded, and stays the latest until a tick is sent again; a restart
+        // in between (the plan of the same status) keeps it.
+        assert_eq!(
+            late.status.last_skipped_time,
+            Some(to_time(at("2026-03-05T03:00:00Z")))
+        );
+        assert!(late.status.latest_tick_skipped());
+        assert!(!recorded.latest_tick_skipped());
+        let waiting = plan(&daily, Some(&late.status), at("2026-03-05T04:00:05Z"));
+        assert!(waiting.status.latest_tick_skipped());
+        let next = plan(&daily, Some(&late.status), at("2026-03-06T03:00:00Z"));
+        assert_eq!(next.send, Some(at("2026-03-06T03:00:00Z")));
+        let resumed = after_send(
+            &daily,
+            &next.status,
+            at("2026-03-06T03:00:00Z"),
+            Ok("m-2".into()),
+            at("2026-03-06T03:00:01Z"),
+        );
+        assert!(!resumed.latest_tick_skipped());
+        assert_eq!(resumed.last_skipped_time, late.status.last_skipped_time);
         // With a longer deadline the same tick is sent.
         let patient = PeriodicTask {
             starting_deadline_seconds: Some(7200),
