@@ -18,7 +18,7 @@ pub mod workload;
 pub use dead_letter::DeadLetterSpec;
 pub use delivery::{DeliverySpec, RetryBackoff};
 pub use names::default_queue_name;
-pub use periodic::{PeriodicTask, PeriodicTaskStatus};
+pub use periodic::{PeriodicTask, PeriodicTaskStatus, RUN_TASK_ANNOTATION, task_to_run};
 pub use queue::{PubSubQueueSpec, PubSubRetryPolicy, QueueProvider, QueueSpec, SqsQueueSpec};
 pub use scaling::ScalingSpec;
 pub use spec::{DeletionPolicy, QueueConsumer, QueueConsumerSpec};

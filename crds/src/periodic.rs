@@ -73,6 +73,12 @@ pub struct PeriodicTaskStatus {
     /// means the task's latest tick did not run; `ferry_periodic_task_skipped` says the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_skipped_time: Option<Time>,
+    /// The last `ferry.dev/run-task` value that ran this task out of schedule, and when its
+    /// message was sent; a new value runs it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_request: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_time: Option<Time>,
     /// What happened last, in a sentence: an invalid schedule, a skipped or failed tick.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
@@ -87,5 +93,44 @@ impl PeriodicTaskStatus {
             (Some(_), None) => true,
             (None, _) => false,
         }
+    }
+}
+
+/// The annotation that runs one periodic task now, out of schedule, as `kubectl create job
+/// --from=cronjob/…` does for a CronJob: `kubectl annotate qc <name>
+/// ferry.dev/run-task="<task name>@$(date +%s)" --overwrite`. The value is the task's name,
+/// optionally followed by `@` and anything that makes it new; each new value sends the task's
+/// message once.
+pub const RUN_TASK_ANNOTATION: &str = "ferry.dev/run-task";
+
+/// The task a `ferry.dev/run-task` value names, among `tasks`: the whole value when a task
+/// has that name (names may contain `@`), else the part before the last `@`.
+pub fn task_to_run<'a>(value: &str, tasks: &'a [PeriodicTask]) -> Option<&'a PeriodicTask> {
+    let value = value.trim();
+    let named = |name: &str| tasks.iter().find(|t| t.name == name);
+    named(value).or_else(|| named(value.rsplit_once('@')?.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_task_value_names_a_task_with_or_without_a_token() {
+        let task = |name: &str| PeriodicTask {
+            name: name.into(),
+            url: "/tasks".into(),
+            schedule: "@daily".into(),
+            starting_deadline_seconds: None,
+        };
+        let tasks = [task("report"), task("sync@eu")];
+        let run = |value: &str| task_to_run(value, &tasks).map(|t| t.name.as_str());
+        assert_eq!(run("report"), Some("report"));
+        assert_eq!(run(" report@1733500000 "), Some("report"));
+        assert_eq!(run("sync@eu"), Some("sync@eu"));
+        assert_eq!(run("sync@eu@2"), Some("sync@eu"));
+        assert_eq!(run("sync"), None);
+        assert_eq!(run("cleanup@1"), None);
+        assert_eq!(run(""), None);
     }
 }

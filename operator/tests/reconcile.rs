@@ -135,6 +135,18 @@ async fn queue_reader(
     .expect("connect to the queue")
 }
 
+/// The first Event with this reason, once there is one.
+async fn event(running: &Running, reason: &str) -> k8s_openapi::api::events::v1::Event {
+    let events: Api<k8s_openapi::api::events::v1::Event> = running.cluster.api();
+    eventually(&format!("a {reason} event"), async || {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some(reason))
+    })
+    .await
+}
+
 fn condition(qc: &QueueConsumer, type_: &str) -> Option<(String, String, String)> {
     let c = qc
         .status
@@ -150,6 +162,7 @@ ferry_tests::for_both_providers!(
     delete_policy_waits_for_dead_letters_unless_forced,
     dead_letters_go_back_to_the_queue_when_the_annotation_asks,
     a_periodic_task_sends_one_message_per_tick_even_across_an_operator_restart,
+    a_periodic_task_runs_now_once_per_run_task_value,
 );
 
 async fn a_queue_consumer_gets_its_queue_dead_letter_queue_and_worker(provider: Provider) {
@@ -713,14 +726,7 @@ async fn dead_letters_go_back_to_the_queue_when_the_annotation_asks(provider: Pr
         "every dead letter is back on the queue once: {bodies:?}"
     );
 
-    let events: Api<k8s_openapi::api::events::v1::Event> = running.cluster.api();
-    let told = eventually("a Redriven event", async || {
-        let list = events.list(&Default::default()).await.ok()?;
-        list.items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("Redriven"))
-    })
-    .await;
+    let told = event(&running, "Redriven").await;
     assert!(
         told.note
             .unwrap_or_default()
@@ -774,6 +780,26 @@ async fn dead_letters_go_back_to_the_queue_when_the_annotation_asks(provider: Pr
     running.stop().await;
 }
 
+/// Creates the consumer `reports` with one periodic task, `Nightly report`.
+async fn create_with_task(api: &Api<QueueConsumer>, provider: Provider, url: &str, schedule: &str) {
+    let mut qc = consumer(provider, "reports", "Retain", false);
+    qc.spec.periodic_tasks = vec![
+        serde_json::from_value(serde_json::json!({
+            "name": "Nightly report", "url": url, "schedule": schedule
+        }))
+        .unwrap(),
+    ];
+    api.create(&PostParams::default(), &qc)
+        .await
+        .expect("create");
+}
+
+/// The status of `reports`' periodic task.
+async fn task_status(api: &Api<QueueConsumer>) -> Option<ferry_crds::PeriodicTaskStatus> {
+    let status = api.get("reports").await.ok()?.status?;
+    status.periodic_tasks.into_iter().next()
+}
+
 /// A `cron.yaml` entry in `spec.periodicTasks`: at its tick one message reaches the queue in
 /// the worker daemon's format, the status records it and names the next tick, and an
 /// operator that crashes and restarts right after does not send that tick again.
@@ -782,20 +808,8 @@ async fn a_periodic_task_sends_one_message_per_tick_even_across_an_operator_rest
 ) {
     let mut running = Running::start().await;
     let api = running.api();
-    let mut qc = consumer(provider, "reports", "Retain", false);
-    qc.spec.periodic_tasks = vec![
-        serde_json::from_value(serde_json::json!({
-            "name": "Nightly report", "url": "/tasks/report?format=csv", "schedule": "* * * * *"
-        }))
-        .unwrap(),
-    ];
-    api.create(&PostParams::default(), &qc)
-        .await
-        .expect("create");
-    let task_status = async || {
-        let status = api.get("reports").await.ok()?.status?;
-        status.periodic_tasks.into_iter().next()
-    };
+    create_with_task(&api, provider, "/tasks/report?format=csv", "* * * * *").await;
+    let task_status = async || task_status(&api).await;
     let first = eventually("the task's first tick in the status", async || {
         let task = task_status().await?;
         task.next_schedule_time.is_some().then_some(task)
@@ -855,5 +869,98 @@ async fn a_periodic_task_sends_one_message_per_tick_even_across_an_operator_rest
         vec![sent.last_message_id.clone().unwrap()],
         "one message for the tick at {scheduled_at}, the one the status names"
     );
+    running.stop().await;
+}
+
+/// `kubectl annotate qc … ferry.dev/run-task="<task>@<token>"`: the task's message is sent
+/// at once, out of schedule, once per value, also across an operator restart; a value that
+/// names no task is refused with a Warning that says so.
+async fn a_periodic_task_runs_now_once_per_run_task_value(provider: Provider) {
+    let mut running = Running::start().await;
+    let api = running.api();
+    // A tick a year, on 1 January: none comes while this runs.
+    create_with_task(&api, provider, "/tasks/report", "0 0 1 1 *").await;
+    let task_status = async || task_status(&api).await;
+    eventually("the task in the status", async || {
+        task_status().await?.next_schedule_time.map(|_| ())
+    })
+    .await;
+    let run = async |value: &str| {
+        let patch = serde_json::json!({ "metadata": { "annotations": {
+            ferry_crds::RUN_TASK_ANNOTATION: value
+        } } });
+        api.patch(
+            "reports",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("annotate");
+    };
+    let ran = async |value: &str| {
+        eventually("the run recorded", async || {
+            let task = task_status().await?;
+            (task.last_run_request.as_deref() == Some(value)).then_some(task)
+        })
+        .await
+    };
+    run("Nightly report@1").await;
+    let first = ran("Nightly report@1").await;
+    assert!(first.last_run_time.is_some() && first.last_schedule_time.is_none());
+    running.crash_and_restart().await;
+    let api = running.api();
+
+    let status = api.get("reports").await.unwrap().status.unwrap();
+    let consumer = queue_reader(provider, status.queue.unwrap().id).await;
+    let read_for = async |seconds: u64| {
+        let mut ids = Vec::new();
+        let until = std::time::Instant::now() + Duration::from_secs(seconds);
+        while std::time::Instant::now() < until {
+            for message in consumer
+                .receive(10, Duration::from_millis(500))
+                .await
+                .expect("receive")
+            {
+                assert_eq!(
+                    message
+                        .attributes
+                        .get("beanstalk.sqsd.task_name")
+                        .map(String::as_str),
+                    Some("Nightly report")
+                );
+                assert_eq!(
+                    message
+                        .attributes
+                        .get("beanstalk.sqsd.path")
+                        .map(String::as_str),
+                    Some("/tasks/report")
+                );
+                ids.push(message.id.clone());
+                consumer.ack(message.lease).await.expect("ack");
+            }
+        }
+        ids
+    };
+    // Long enough for the restarted operator to reconcile and, were it to, send again.
+    let sent = read_for(10).await;
+    assert_eq!(sent.len(), 1, "one message for the value: {sent:?}");
+    assert!(first.message.ends_with(&sent[0]), "{}", first.message);
+
+    // A value that names no task sends nothing and says why.
+    run("Weekly report@1").await;
+    let refused = event(&running, "PeriodicTaskRunRefused").await;
+    assert!(
+        refused
+            .note
+            .unwrap_or_default()
+            .contains("Weekly report@1 names no task"),
+    );
+    // A new value for the task runs it again.
+    run("Nightly report@2").await;
+    ran("Nightly report@2").await;
+    let again = read_for(5).await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    consumer.close().await;
+    consumer.flush().await;
     running.stop().await;
 }

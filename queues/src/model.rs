@@ -169,6 +169,36 @@ pub mod dead_letter_attributes {
 /// Periodic tasks (Elastic Beanstalk's `cron.yaml`) travel as ordinary messages in the
 /// worker daemon's format: this body, and attributes naming the task, the path on the worker
 /// it is delivered to, and the tick it is for (`2015-03-05 10:00:00 UTC`).
+/// A value for an SQS FIFO id (`MessageDeduplicationId`, `MessageGroupId`) from `readable`
+/// (a message id, a task name) and `key` (what makes it unique: a redrive request, a tick):
+/// the same for the same pair in every process and release, so a send repeated within SQS's
+/// five-minute window (after a crash) is dropped. At most 128 characters of the allowed set
+/// (ASCII letters, digits and punctuation): `readable` cut to 96 characters, anything else in
+/// it replaced by `_`, then a hash of `key` and the whole of `readable`, so two names that
+/// read alike stay apart.
+pub fn fifo_id(readable: &str, key: &str) -> String {
+    let shown: String = readable
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .take(96)
+        .collect();
+    format!("{shown}-{:016x}", stable_hash(key, readable))
+}
+
+/// FNV-1a, 64 bits: stable across processes and Rust versions, unlike `DefaultHasher`, so an
+/// operator restarted within the deduplication window derives the same id.
+fn stable_hash(key: &str, readable: &str) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    // The separator (never in UTF-8) keeps ("ab", "c") and ("a", "bc") apart.
+    key.bytes()
+        .chain([0xff])
+        .chain(readable.bytes())
+        .fold(OFFSET, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+        })
+}
+
 pub mod periodic_task {
     pub const BODY: &str = "elasticbeanstalk scheduled job";
     pub const NAME_ATTRIBUTE: &str = "beanstalk.sqsd.task_name";

@@ -161,31 +161,9 @@ fn redriven_by(marker: Option<&str>, request: &str) -> bool {
 /// `request`: the same for every attempt, so a send retried within SQS's five-minute window
 /// (after a crash or a failed delete) is dropped by the destination instead of duplicated.
 /// Another request gets another id, so a message moved, failed again and redriven anew is
-/// not mistaken for a duplicate. At most 128 characters of the allowed set (ASCII letters,
-/// digits and punctuation): the readable message id, then a hash of the request and the
-/// whole id.
+/// not mistaken for a duplicate.
 fn deduplication_id(message_id: &str, request: &str) -> String {
-    let readable: String = message_id
-        .chars()
-        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
-        .take(96)
-        .collect();
-    format!("{readable}-{:016x}", stable_hash(request, message_id))
-}
-
-/// FNV-1a, 64 bits: stable across processes and Rust versions, unlike `DefaultHasher`, so an
-/// operator restarted within the deduplication window derives the same id.
-fn stable_hash(request: &str, message_id: &str) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    // The separator (never in UTF-8) keeps ("ab", "c") and ("a", "bc") apart.
-    request
-        .bytes()
-        .chain([0xff])
-        .chain(message_id.bytes())
-        .fold(OFFSET, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
-        })
+    crate::model::fifo_id(message_id, request)
 }
 
 #[cfg(test)]

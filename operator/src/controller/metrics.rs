@@ -375,6 +375,8 @@ mod tests {
             last_message_id: None,
             next_schedule_time: None,
             last_skipped_time: skipped,
+            last_run_request: None,
+            last_run_time: None,
             message: String::new(),
         };
         let metrics = OperatorMetrics::default();

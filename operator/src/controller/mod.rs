@@ -102,6 +102,9 @@ pub struct Context {
     redrives: redrive::LastPasses,
     /// The periodic tasks' status each object's last reconcile computed, for the same reason.
     periodic: periodic::LastTicks,
+    /// The `ferry.dev/run-task` value each object was last warned about (it names no task),
+    /// so the Warning is published once per value, not at every reconcile.
+    run_refused: periodic::RefusedRuns,
 }
 
 impl Context {
@@ -127,6 +130,7 @@ impl Context {
             failures: Mutex::default(),
             redrives: redrive::LastPasses::default(),
             periodic: periodic::LastTicks::default(),
+            run_refused: periodic::RefusedRuns::default(),
         })
     }
 
@@ -185,11 +189,12 @@ pub async fn run_watched(
     // marking for deletion bumps too) and the finalizers. Status writes, the reconciler's
     // own and the autoscaler's, change neither; reconciling on them re-applied every child
     // object several times per consumer and new consumers waited behind that churn.
-    // The redrive annotation asks for an action without changing the spec.
+    // The redrive and run-task annotations ask for an action without changing the spec.
     let consumers = events.consumers.predicate_filter(
         predicates::generation
             .combine(predicates::finalizers)
-            .combine(redrive_request),
+            .combine(|qc: &QueueConsumer| annotation_request(qc, ferry_crds::REDRIVE_ANNOTATION))
+            .combine(|qc: &QueueConsumer| annotation_request(qc, ferry_crds::RUN_TASK_ANNOTATION)),
         PredicateConfig::default(),
     );
     Controller::for_stream(consumers, caches.consumers)
@@ -205,10 +210,11 @@ pub async fn run_watched(
         .await;
 }
 
-/// The `ferry.dev/redrive` annotation's value, hashed, for the reconcile predicate.
-fn redrive_request(qc: &QueueConsumer) -> Option<u64> {
+/// An action annotation's value (`ferry.dev/redrive`, `ferry.dev/run-task`), hashed, for the
+/// reconcile predicate.
+fn annotation_request(qc: &QueueConsumer, annotation: &str) -> Option<u64> {
     use std::hash::{Hash, Hasher};
-    let value = qc.annotations().get(ferry_crds::REDRIVE_ANNOTATION)?;
+    let value = qc.annotations().get(annotation)?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     value.hash(&mut hasher);
     Some(hasher.finish())
@@ -432,6 +438,7 @@ async fn cleanup(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
     ctx.applied.forget(qc);
     ctx.redrives.forget(qc);
     ctx.periodic.forget(qc);
+    ctx.run_refused.forget(qc);
     if qc.spec.deletion_policy == DeletionPolicy::Retain {
         tracing::info!(name = %qc.name_any(), "deletionPolicy Retain: the queue, its dead-letter queue and their messages stay");
         return Ok(Action::await_change());

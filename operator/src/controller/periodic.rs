@@ -14,9 +14,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
-use ferry_crds::{PeriodicTask, PeriodicTaskStatus, QueueConsumer};
+use ferry_crds::{
+    PeriodicTask, PeriodicTaskStatus, QueueConsumer, RUN_TASK_ANNOTATION, task_to_run,
+};
 use ferry_queues::QueueError;
-use ferry_queues::model::periodic_task;
+use ferry_queues::model::{fifo_id, periodic_task};
 use ferry_queues::provision::ProvisionedQueue;
 use ferry_queues::provision::{OutgoingMessage, publish};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -32,6 +34,9 @@ const RETRY_SEND: Duration = Duration::from_secs(5);
 /// The `status.periodicTasks` each object's last reconcile computed: the next reconcile may
 /// start before the watch cache shows that write, and must not send a tick twice.
 pub type LastTicks = LastWritten<Vec<PeriodicTaskStatus>>;
+
+/// The `ferry.dev/run-task` value each object was last warned about.
+pub type RefusedRuns = LastWritten<String>;
 
 /// Parses a schedule as `cron.yaml` writes it: five fields or a macro, in UTC. Seconds and
 /// years, which some cron dialects add, are refused: the CRD's rule already does, and a
@@ -77,6 +82,8 @@ pub fn plan(
         last_message_id: history.and_then(|r| r.last_message_id.clone()),
         next_schedule_time: next.map(to_time),
         last_skipped_time: history.and_then(|r| r.last_skipped_time.clone()),
+        last_run_request: history.and_then(|r| r.last_run_request.clone()),
+        last_run_time: history.and_then(|r| r.last_run_time.clone()),
         message,
     };
     let idle = |status: PeriodicTaskStatus, next_look| Plan {
@@ -167,8 +174,8 @@ pub fn after_send(
                 last_schedule_time: Some(to_time(tick)),
                 last_message_id: Some(message_id),
                 next_schedule_time: next.map(to_time),
-                last_skipped_time: before.last_skipped_time.clone(),
                 message: String::new(),
+                ..before.clone()
             }
         }
         Err(error) => {
@@ -186,6 +193,46 @@ pub fn after_send(
     }
 }
 
+/// Pure: the task's status after sending its message on the `ferry.dev/run-task` value
+/// `request` (or failing to). A failed run is tried again while the annotation holds the
+/// same value.
+pub fn after_run(
+    before: &PeriodicTaskStatus,
+    request: &str,
+    sent: Result<String, &QueueError>,
+    now: DateTime<Utc>,
+) -> PeriodicTaskStatus {
+    match sent {
+        Ok(message_id) => PeriodicTaskStatus {
+            last_run_request: Some(request.to_string()),
+            last_run_time: Some(to_time(now)),
+            message: format!("ran on {RUN_TASK_ANNOTATION}={request}: message {message_id}"),
+            ..before.clone()
+        },
+        Err(error) => PeriodicTaskStatus {
+            message: format!(
+                "could not send the run asked by {RUN_TASK_ANNOTATION}={request}: {error}; retrying every {}s while the annotation keeps this value",
+                RETRY_SEND.as_secs()
+            ),
+            ..before.clone()
+        },
+    }
+}
+
+/// The message of a run out of schedule: the task's message, scheduled at `now`; on a FIFO
+/// queue deduplicated per request rather than per tick.
+pub fn run_message(
+    task: &PeriodicTask,
+    now: DateTime<Utc>,
+    request: &str,
+    fifo: bool,
+) -> OutgoingMessage {
+    OutgoingMessage {
+        deduplication_id: fifo.then(|| fifo_id(&task.name, &format!("run:{request}"))),
+        ..task_message(task, now, fifo)
+    }
+}
+
 /// The message for one tick, as Elastic Beanstalk's worker daemon sends it.
 pub fn task_message(task: &PeriodicTask, tick: DateTime<Utc>, fifo: bool) -> OutgoingMessage {
     OutgoingMessage {
@@ -200,9 +247,10 @@ pub fn task_message(task: &PeriodicTask, tick: DateTime<Utc>, fifo: bool) -> Out
         ],
         // A FIFO queue needs a group; the task's own keeps its ticks in order. Its
         // deduplication id makes a tick sent twice (an operator that stopped between the
-        // send and the status write) arrive once, within SQS's five-minute window.
-        ordering_group: fifo.then(|| task.name.clone()),
-        deduplication_id: fifo.then(|| format!("{}@{}", task.name, tick.timestamp())),
+        // send and the status write) arrive once, within SQS's five-minute window. Both are
+        // made of the task's name, which may hold characters SQS refuses in them (spaces).
+        ordering_group: fifo.then(|| fifo_id(&task.name, "")),
+        deduplication_id: fifo.then(|| fifo_id(&task.name, &tick.timestamp().to_string())),
     }
 }
 
@@ -237,6 +285,34 @@ pub async fn reconcile(
     });
     let cloud = queue_request(qc, &ctx.cloud);
     let fifo = queue.publish_to.ends_with(".fifo");
+    let run_request = qc
+        .annotations()
+        .get(RUN_TASK_ANNOTATION)
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty());
+    let run_target = run_request
+        .as_deref()
+        .and_then(|v| task_to_run(v, &qc.spec.periodic_tasks))
+        .map(|t| t.name.clone());
+    if let Some(request) = &run_request
+        && run_target.is_none()
+        && ctx.run_refused.get(qc).as_ref() != Some(request)
+    {
+        let message = format!(
+            "{RUN_TASK_ANNOTATION}={request} names no task in spec.periodicTasks; set it to a task's name (then optionally @ and anything new)"
+        );
+        tracing::warn!(name = %qc.name_any(), "{message}");
+        status::publish_event(
+            qc,
+            ctx,
+            true,
+            "PeriodicTaskRunRefused",
+            "RunPeriodicTask",
+            &message,
+        )
+        .await;
+        ctx.run_refused.record(qc, request.clone());
+    }
     let mut statuses = Vec::with_capacity(qc.spec.periodic_tasks.len());
     let mut next_look: Option<DateTime<Utc>> = None;
     for task in &qc.spec.periodic_tasks {
@@ -286,6 +362,42 @@ pub async fn reconcile(
             } else {
                 tracing::info!(name = %qc.name_any(), task = %task.name, tick = %tick, "periodic task sent");
                 look = entry.next_schedule_time.as_ref().map(from_time);
+            }
+        }
+        if let Some(request) = run_request
+            .as_deref()
+            .filter(|_| run_target.as_deref() == Some(task.name.as_str()))
+            .filter(|r| entry.last_run_request.as_deref() != Some(*r))
+        {
+            let sent = publish(
+                cloud.provider,
+                cloud.endpoint.as_deref(),
+                &queue.publish_to,
+                vec![run_message(task, now, request, fifo)],
+            )
+            .await
+            .map(|ids| ids.into_iter().next().unwrap_or_default());
+            let failed = sent.is_err();
+            entry = after_run(&entry, request, sent.as_ref().cloned(), now);
+            status::publish_event(
+                qc,
+                ctx,
+                failed,
+                if failed {
+                    "PeriodicTaskFailed"
+                } else {
+                    "PeriodicTaskRun"
+                },
+                "RunPeriodicTask",
+                &entry.message,
+            )
+            .await;
+            if failed {
+                tracing::warn!(name = %qc.name_any(), task = %task.name, "{}", entry.message);
+                let retry = now + chrono::Duration::from_std(RETRY_SEND).unwrap_or_default();
+                look = look.map(|at| at.min(retry)).or(Some(retry));
+            } else {
+                tracing::info!(name = %qc.name_any(), task = %task.name, request, "periodic task run on request");
             }
         }
         if let Some(look) = look {
@@ -511,6 +623,59 @@ mod tests {
     }
 
     #[test]
+    fn a_run_on_request_is_recorded_once_and_a_failed_one_says_it_is_retried() {
+        let daily = task("0 3 * * *");
+        let recorded = sent(&daily, "2026-03-05T03:00:00Z", "2026-03-05T03:00:01Z");
+        let now = at("2026-03-05T10:15:00Z");
+        let ran = after_run(&recorded, "cleanup@1", Ok("m-9".into()), now);
+        assert_eq!(ran.last_run_request.as_deref(), Some("cleanup@1"));
+        assert_eq!(ran.last_run_time, Some(to_time(now)));
+        assert_eq!(
+            ran.message,
+            "ran on ferry.dev/run-task=cleanup@1: message m-9"
+        );
+        // The schedule's record is untouched: the next tick is still the one it named.
+        assert_eq!(ran.last_schedule_time, recorded.last_schedule_time);
+        assert_eq!(ran.next_schedule_time, recorded.next_schedule_time);
+        assert_eq!(ran.last_message_id, recorded.last_message_id);
+        // And the next tick keeps the run's record.
+        let next = after_send(
+            &daily,
+            &ran,
+            at("2026-03-06T03:00:00Z"),
+            Ok("m-10".into()),
+            at("2026-03-06T03:00:01Z"),
+        );
+        assert_eq!(next.last_run_request.as_deref(), Some("cleanup@1"));
+        let error = QueueError::new(
+            "SendMessageBatch",
+            ferry_queues::QueueErrorKind::Throttled,
+            "slow down",
+        );
+        let failed = after_run(&ran, "cleanup@2", Err(&error), now);
+        assert_eq!(failed.last_run_request.as_deref(), Some("cleanup@1"));
+        assert!(
+            failed.message.contains("cleanup@2") && failed.message.contains("retrying"),
+            "{}",
+            failed.message
+        );
+        // A run's message is the task's, scheduled now; on FIFO deduplicated per request.
+        let message = run_message(&daily, now, "cleanup@1", true);
+        assert!(message.attributes.contains(&(
+            "beanstalk.sqsd.scheduled_time".into(),
+            "2026-03-05 10:15:00 UTC".into()
+        )));
+        assert_ne!(
+            message.deduplication_id,
+            task_message(&daily, now, true).deduplication_id
+        );
+        assert_ne!(
+            message.deduplication_id,
+            run_message(&daily, now, "cleanup@2", true).deduplication_id
+        );
+    }
+
+    #[test]
     fn the_message_is_the_worker_daemons_and_fifo_ticks_deduplicate() {
         let hourly = task("0 * * * *");
         let tick = at("2026-03-05T11:00:00Z");
@@ -527,10 +692,28 @@ mod tests {
         )));
         assert_eq!(message.deduplication_id, None);
         let fifo = task_message(&hourly, tick, true);
-        assert_eq!(fifo.ordering_group.as_deref(), Some("cleanup"));
+        let group = fifo.ordering_group.clone().unwrap();
+        assert!(group.starts_with("cleanup-"), "{group}");
         assert_eq!(
             fifo.deduplication_id,
             task_message(&hourly, tick, true).deduplication_id
         );
+        assert_ne!(
+            fifo.deduplication_id,
+            task_message(&hourly, at("2026-03-05T12:00:00Z"), true).deduplication_id
+        );
+        // SQS allows neither spaces nor more than 128 characters in either id.
+        let spaced = PeriodicTask {
+            name: format!("Nightly report {}", "x".repeat(200)),
+            ..hourly.clone()
+        };
+        let message = task_message(&spaced, tick, true);
+        for id in [message.ordering_group, message.deduplication_id] {
+            let id = id.unwrap();
+            assert!(
+                id.len() <= 128 && id.chars().all(|c| c.is_ascii_graphic()),
+                "{id}"
+            );
+        }
     }
 }
