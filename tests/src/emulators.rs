@@ -163,20 +163,28 @@ const PUBSUB_EMULATOR_JVM_OPTIONS: &str = "-XX:TieredStopAtLevel=1";
 /// The Pub/Sub emulator shared by the tests of this process.
 pub fn pubsub() -> &'static Service {
     static SERVICE: OnceLock<Service> = OnceLock::new();
-    SERVICE.get_or_init(|| {
-        let port = free_port();
-        let jvm_options = std::env::var("CLOUD_PUBSUB_EMULATOR_OPTS")
-            .unwrap_or_else(|_| PUBSUB_EMULATOR_JVM_OPTIONS.into());
-        Service::start(
-            "pubsub-emulator",
-            &pubsub_launcher(),
-            &["--host=127.0.0.1".into(), format!("--port={port}")],
-            &[("CLOUD_PUBSUB_EMULATOR_OPTS", jvm_options)],
-            port,
-            "/v1/projects/ferry-test/topics",
-            Duration::from_secs(90),
-        )
-    })
+    SERVICE.get_or_init(start_pubsub)
+}
+
+/// A Pub/Sub emulator of the caller's own, stopped when it is dropped: for a test that must
+/// not depend on what other tests (or an earlier attempt) left in the shared one.
+pub fn fresh_pubsub() -> Service {
+    start_pubsub()
+}
+
+fn start_pubsub() -> Service {
+    let port = free_port();
+    let jvm_options = std::env::var("CLOUD_PUBSUB_EMULATOR_OPTS")
+        .unwrap_or_else(|_| PUBSUB_EMULATOR_JVM_OPTIONS.into());
+    Service::start(
+        "pubsub-emulator",
+        &pubsub_launcher(),
+        &["--host=127.0.0.1".into(), format!("--port={port}")],
+        &[("CLOUD_PUBSUB_EMULATOR_OPTS", jvm_options)],
+        port,
+        "/v1/projects/ferry-test/topics",
+        Duration::from_secs(90),
+    )
 }
 
 /// moto's SQS server shared by the tests of this process.
