@@ -284,6 +284,17 @@ pub async fn reconcile(
             .unwrap_or_default()
     });
     let cloud = queue_request(qc, &ctx.cloud);
+    // One message to the queue; its id, as the worker will receive it.
+    let send = async |message: OutgoingMessage| {
+        publish(
+            cloud.provider,
+            cloud.endpoint.as_deref(),
+            &queue.publish_to,
+            vec![message],
+        )
+        .await
+        .map(|ids| ids.into_iter().next().unwrap_or_default())
+    };
     let fifo = queue.publish_to.ends_with(".fifo");
     let run_request = qc
         .annotations()
@@ -333,15 +344,7 @@ pub async fn reconcile(
             .await;
         }
         if let Some(tick) = plan.send {
-            let message = task_message(task, tick, fifo);
-            let sent = publish(
-                cloud.provider,
-                cloud.endpoint.as_deref(),
-                &queue.publish_to,
-                vec![message],
-            )
-            .await
-            .map(|ids| ids.into_iter().next().unwrap_or_default());
+            let sent = send(task_message(task, tick, fifo)).await;
             let failed = sent.is_err();
             entry = after_send(task, &entry, tick, sent.as_ref().cloned(), now);
             if failed {
@@ -369,14 +372,7 @@ pub async fn reconcile(
             .filter(|_| run_target.as_deref() == Some(task.name.as_str()))
             .filter(|r| entry.last_run_request.as_deref() != Some(*r))
         {
-            let sent = publish(
-                cloud.provider,
-                cloud.endpoint.as_deref(),
-                &queue.publish_to,
-                vec![run_message(task, now, request, fifo)],
-            )
-            .await
-            .map(|ids| ids.into_iter().next().unwrap_or_default());
+            let sent = send(run_message(task, now, request, fifo)).await;
             let failed = sent.is_err();
             entry = after_run(&entry, request, sent.as_ref().cloned(), now);
             status::publish_event(

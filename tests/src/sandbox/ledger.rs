@@ -20,29 +20,39 @@ pub struct Delivery {
     pub started_ms: u64,
 }
 
-pub fn parse_delivery(line: &str) -> Option<Delivery> {
-    let (head, body) = line.split_once(" body=")?;
-    let mut words = head.split_whitespace();
-    let status = words.next()?.parse().ok()?;
-    let mut message_id = None;
-    let mut attempt = None;
-    let mut started_ms = None;
-    for word in words {
-        if let Some(id) = word.strip_prefix("message=") {
-            message_id = Some(id.to_string());
-        } else if let Some(n) = word.strip_prefix("attempt=") {
-            attempt = n.parse().ok();
-        } else if let Some(ms) = word.strip_prefix("started_ms=") {
-            started_ms = ms.parse().ok();
-        }
+/// A delivery line taken apart: the status, the `key=value` words before `body=`, the body.
+struct Line<'a> {
+    status: u16,
+    words: Vec<(&'a str, &'a str)>,
+    body: &'a str,
+}
+
+impl<'a> Line<'a> {
+    fn parse(line: &'a str) -> Option<Self> {
+        let (head, body) = line.split_once(" body=")?;
+        let mut words = head.split_whitespace();
+        let status = words.next()?.parse().ok()?;
+        Some(Self {
+            status,
+            words: words.filter_map(|w| w.split_once('=')).collect(),
+            body,
+        })
     }
-    let body: serde_json::Value = serde_json::from_str(body).ok()?;
+
+    fn get(&self, key: &str) -> Option<&'a str> {
+        self.words.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+}
+
+pub fn parse_delivery(line: &str) -> Option<Delivery> {
+    let line = Line::parse(line)?;
+    let body: serde_json::Value = serde_json::from_str(line.body).ok()?;
     Some(Delivery {
-        status,
+        status: line.status,
         seq: body["seq"].as_u64()?,
-        message_id: message_id?,
-        attempt: attempt?,
-        started_ms: started_ms?,
+        message_id: line.get("message")?.to_string(),
+        attempt: line.get("attempt")?.parse().ok()?,
+        started_ms: line.get("started_ms")?.parse().ok()?,
     })
 }
 
@@ -56,22 +66,11 @@ pub struct TaskDelivery {
 }
 
 pub fn parse_task_delivery(line: &str) -> Option<TaskDelivery> {
-    let (head, _) = line.split_once(" body=")?;
-    let mut words = head.split_whitespace();
-    let status = words.next()?.parse().ok()?;
-    let mut message_id = None;
-    let mut task = None;
-    for word in words {
-        if let Some(id) = word.strip_prefix("message=") {
-            message_id = Some(id.to_string());
-        } else if let Some(name) = word.strip_prefix("task=") {
-            task = Some(name.to_string());
-        }
-    }
+    let line = Line::parse(line)?;
     Some(TaskDelivery {
-        status,
-        message_id: message_id?,
-        task: task?,
+        status: line.status,
+        message_id: line.get("message")?.to_string(),
+        task: line.get("task")?.to_string(),
     })
 }
 
