@@ -270,6 +270,29 @@ fn periodic_tasks_take_cron_yaml_entries_and_refuse_what_cannot_be_sent() {
         None,
         "name must not contain control characters",
     );
+    let zoned = |zone: &str| {
+        with(
+            sqs(),
+            "/spec/periodicTasks",
+            json!([{"name": "nightly", "url": "/n", "schedule": "30 2 * * *", "timeZone": zone}]),
+        )
+    };
+    for zone in [
+        "Europe/Berlin",
+        "UTC",
+        "America/Argentina/Buenos_Aires",
+        "Etc/GMT+5",
+    ] {
+        a.assert_admitted(&zoned(zone));
+    }
+    // A typo, the host's zone and offsets are not names the operator can read a schedule in.
+    for zone in ["Europe/Berln", "europe/berlin", "Local", "+02:00", ""] {
+        a.assert_rejected(
+            &zoned(zone),
+            None,
+            "timeZone must be an IANA time zone name",
+        );
+    }
     // Seconds (six fields), four fields and unknown macros are not cron.yaml schedules.
     for schedule in ["0 * * * * *", "* * * *", "@every 5m", "@reboot"] {
         a.assert_rejected(

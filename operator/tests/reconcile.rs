@@ -407,6 +407,11 @@ spec:
       fifo: true
   deadLetter:
     maxDeliveries: 200
+  periodicTasks:
+    - name: nightly
+      url: /tasks/nightly
+      schedule: "30 2 * * *"
+      timeZone: Europe/Berln
   worker:
     spec:
       containers:
@@ -426,6 +431,10 @@ spec:
     assert!(!out.status.success(), "kubectl apply must fail");
     assert!(
         stderr.contains("maxDeliveries must be between 5 and 100 for Pub/Sub"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("timeZone must be an IANA time zone name"),
         "{stderr}"
     );
     assert!(
@@ -781,14 +790,22 @@ async fn dead_letters_go_back_to_the_queue_when_the_annotation_asks(provider: Pr
 }
 
 /// Creates the consumer `reports` with one periodic task, `Nightly report`.
-async fn create_with_task(api: &Api<QueueConsumer>, provider: Provider, url: &str, schedule: &str) {
+/// `reports`, with one periodic task: `Nightly report` at `schedule`, with `more` fields.
+async fn create_with_task(
+    api: &Api<QueueConsumer>,
+    provider: Provider,
+    url: &str,
+    schedule: &str,
+    more: serde_json::Value,
+) {
     let mut qc = consumer(provider, "reports", "Retain", false);
-    qc.spec.periodic_tasks = vec![
-        serde_json::from_value(serde_json::json!({
-            "name": "Nightly report", "url": url, "schedule": schedule
-        }))
-        .unwrap(),
-    ];
+    let mut task = serde_json::json!({
+        "name": "Nightly report", "url": url, "schedule": schedule
+    });
+    if let (Some(task), Some(more)) = (task.as_object_mut(), more.as_object()) {
+        task.extend(more.clone());
+    }
+    qc.spec.periodic_tasks = vec![serde_json::from_value(task).unwrap()];
     api.create(&PostParams::default(), &qc)
         .await
         .expect("create");
@@ -808,7 +825,14 @@ async fn a_periodic_task_sends_one_message_per_tick_even_across_an_operator_rest
 ) {
     let mut running = Running::start().await;
     let api = running.api();
-    create_with_task(&api, provider, "/tasks/report?format=csv", "* * * * *").await;
+    create_with_task(
+        &api,
+        provider,
+        "/tasks/report?format=csv",
+        "* * * * *",
+        serde_json::json!({}),
+    )
+    .await;
     let task_status = async || task_status(&api).await;
     let first = eventually("the task's first tick in the status", async || {
         let task = task_status().await?;
@@ -878,13 +902,26 @@ async fn a_periodic_task_sends_one_message_per_tick_even_across_an_operator_rest
 async fn a_periodic_task_runs_now_once_per_run_task_value(provider: Provider) {
     let mut running = Running::start().await;
     let api = running.api();
-    // A tick a year, on 1 January: none comes while this runs.
-    create_with_task(&api, provider, "/tasks/report", "0 0 1 1 *").await;
+    // A tick a year, at midnight on 1 January where the year begins first (UTC+14, no
+    // daylight saving time): none comes while this runs.
+    create_with_task(
+        &api,
+        provider,
+        "/tasks/report",
+        "0 0 1 1 *",
+        serde_json::json!({"timeZone": "Pacific/Kiritimati"}),
+    )
+    .await;
     let task_status = async || task_status(&api).await;
-    eventually("the task in the status", async || {
-        task_status().await?.next_schedule_time.map(|_| ())
+    let next = eventually("the task in the status", async || {
+        task_status().await?.next_schedule_time
     })
     .await;
+    assert_eq!(
+        next.0.strftime("%m-%d %H:%M:%S").to_string(),
+        "12-31 10:00:00",
+        "the tick is read in the task's time zone: {next:?}"
+    );
     let run = async |value: &str| {
         let patch = serde_json::json!({ "metadata": { "annotations": {
             ferry_crds::RUN_TASK_ANNOTATION: value

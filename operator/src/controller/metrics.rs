@@ -371,6 +371,7 @@ mod tests {
         let status = |name: &str, sent: Option<Time>, skipped: Option<Time>| PeriodicTaskStatus {
             name: name.into(),
             schedule: "0 3 * * *".into(),
+            time_zone: None,
             last_schedule_time: sent,
             last_message_id: None,
             next_schedule_time: None,

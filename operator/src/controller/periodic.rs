@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use ferry_crds::{
@@ -38,7 +39,7 @@ pub type LastTicks = LastWritten<Vec<PeriodicTaskStatus>>;
 /// The `ferry.dev/run-task` value each object was last warned about.
 pub type RefusedRuns = LastWritten<String>;
 
-/// Parses a schedule as `cron.yaml` writes it: five fields or a macro, in UTC. Seconds and
+/// Parses a schedule as `cron.yaml` writes it: five fields or a macro. Seconds and
 /// years, which some cron dialects add, are refused: the CRD's rule already does, and a
 /// schedule that means something else here than where it was written must not run.
 pub fn parse_schedule(schedule: &str) -> Result<Cron, String> {
@@ -48,6 +49,48 @@ pub fn parse_schedule(schedule: &str) -> Result<Cron, String> {
         .build()
         .parse(schedule.trim())
         .map_err(|e| e.to_string())
+}
+
+/// A task's schedule in its time zone: the ticks it names, as instants.
+pub struct Schedule {
+    cron: Cron,
+    zone: Tz,
+}
+
+impl Schedule {
+    /// The task's `schedule` and `timeZone`, or a sentence saying which field to fix.
+    pub fn of(task: &PeriodicTask) -> Result<Self, String> {
+        let cron = parse_schedule(&task.schedule).map_err(|error| {
+            format!(
+                "schedule `{}` is not valid: {error}; fix spec.periodicTasks[{}].schedule",
+                task.schedule, task.name
+            )
+        })?;
+        let zone = match task.time_zone.as_deref() {
+            None => Tz::UTC,
+            Some(name) => name.parse().map_err(|_| {
+                format!(
+                    "time zone `{name}` is not an IANA time zone name this operator knows; fix spec.periodicTasks[{}].timeZone",
+                    task.name
+                )
+            })?,
+        };
+        Ok(Self { cron, zone })
+    }
+
+    /// The first tick after `at`.
+    pub fn next_after(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = at.with_timezone(&self.zone);
+        let next = self.cron.find_next_occurrence(&local, false).ok()?;
+        Some(next.with_timezone(&Utc))
+    }
+
+    /// The last tick at or before `at`.
+    pub fn latest_until(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = at.with_timezone(&self.zone);
+        let latest = self.cron.find_previous_occurrence(&local, true).ok()?;
+        Some(latest.with_timezone(&Utc))
+    }
 }
 
 /// What to do for one task now.
@@ -78,6 +121,7 @@ pub fn plan(
     let entry = |next: Option<DateTime<Utc>>, message: String| PeriodicTaskStatus {
         name: task.name.clone(),
         schedule: task.schedule.clone(),
+        time_zone: task.time_zone.clone(),
         last_schedule_time: history.and_then(|r| r.last_schedule_time.clone()),
         last_message_id: history.and_then(|r| r.last_message_id.clone()),
         next_schedule_time: next.map(to_time),
@@ -92,21 +136,15 @@ pub fn plan(
         skipped: None,
         next_look,
     };
-    let cron = match parse_schedule(&task.schedule) {
-        Ok(cron) => cron,
-        Err(error) => {
-            let message = format!(
-                "schedule `{}` is not valid: {error}; fix spec.periodicTasks[{}].schedule",
-                task.schedule, task.name
-            );
-            return idle(entry(None, message), None);
-        }
+    let schedule = match Schedule::of(task) {
+        Ok(schedule) => schedule,
+        Err(message) => return idle(entry(None, message), None),
     };
-    let next_after = |at: DateTime<Utc>| cron.find_next_occurrence(&at, false).ok();
+    let next_after = |at: DateTime<Utc>| schedule.next_after(at);
     // The tick this schedule waits for, as recorded; none for a task first seen or whose
-    // schedule changed.
+    // schedule or time zone changed.
     let recorded = history
-        .filter(|r| r.schedule == task.schedule)
+        .filter(|r| r.schedule == task.schedule && r.time_zone == task.time_zone)
         .and_then(|r| {
             let due = from_time(r.next_schedule_time.as_ref()?);
             Some((r, due))
@@ -124,9 +162,8 @@ pub fn plan(
         return idle(recorded.clone(), Some(due));
     }
     // The latest tick that has come: `due` itself unless later ones passed unseen too.
-    let tick = cron
-        .find_previous_occurrence(&now, true)
-        .ok()
+    let tick = schedule
+        .latest_until(now)
         .filter(|t| *t >= due)
         .unwrap_or(due);
     let deadline = chrono::Duration::seconds(i64::from(task.starting_deadline_seconds()));
@@ -165,12 +202,13 @@ pub fn after_send(
 ) -> PeriodicTaskStatus {
     match sent {
         Ok(message_id) => {
-            let next = parse_schedule(&task.schedule)
+            let next = Schedule::of(task)
                 .ok()
-                .and_then(|cron| cron.find_next_occurrence(&now, false).ok());
+                .and_then(|schedule| schedule.next_after(now));
             PeriodicTaskStatus {
                 name: task.name.clone(),
                 schedule: task.schedule.clone(),
+                time_zone: task.time_zone.clone(),
                 last_schedule_time: Some(to_time(tick)),
                 last_message_id: Some(message_id),
                 next_schedule_time: next.map(to_time),
@@ -431,8 +469,132 @@ mod tests {
             name: "cleanup".into(),
             url: "/tasks/cleanup".into(),
             schedule: schedule.into(),
+            time_zone: None,
             starting_deadline_seconds: None,
         }
+    }
+
+    fn zoned(schedule: &str, zone: &str) -> PeriodicTask {
+        PeriodicTask {
+            time_zone: Some(zone.into()),
+            ..task(schedule)
+        }
+    }
+
+    /// The ticks of `task` after `from`, in UTC.
+    fn ticks(task: &PeriodicTask, from: &str, count: usize) -> Vec<DateTime<Utc>> {
+        let schedule = Schedule::of(task).unwrap();
+        std::iter::successors(schedule.next_after(at(from)), |t| schedule.next_after(*t))
+            .take(count)
+            .collect()
+    }
+
+    #[test]
+    fn a_time_zone_keeps_the_wall_clock_time_across_daylight_saving_changes() {
+        let nightly = zoned("30 2 * * *", "Europe/Berlin");
+        // Winter (UTC+1), summer (UTC+2).
+        assert_eq!(
+            ticks(&nightly, "2027-01-15T00:00:00Z", 1),
+            [at("2027-01-15T01:30:00Z")]
+        );
+        assert_eq!(
+            ticks(&nightly, "2027-07-15T00:00:00Z", 1),
+            [at("2027-07-15T00:30:00Z")]
+        );
+        // 28 March 2027: 02:00 jumps to 03:00, so 02:30 never shows; the task runs once, at
+        // 03:00 local.
+        assert_eq!(
+            ticks(&nightly, "2027-03-27T02:00:00Z", 2),
+            [at("2027-03-28T01:00:00Z"), at("2027-03-29T00:30:00Z")]
+        );
+        // 31 October 2027: 03:00 goes back to 02:00, so 02:30 shows twice; the task runs at
+        // the first only.
+        assert_eq!(
+            ticks(&nightly, "2027-10-30T02:00:00Z", 3),
+            [
+                at("2027-10-31T00:30:00Z"),
+                at("2027-11-01T01:30:00Z"),
+                at("2027-11-02T01:30:00Z")
+            ]
+        );
+        // A task every half hour runs at each half hour the clock shows, once: none in the
+        // skipped hour, and in the repeated one only the first time (so an hour passes
+        // between 02:30 summer time and 03:00 winter time).
+        let half_hourly = zoned("*/30 * * * *", "Europe/Berlin");
+        assert_eq!(
+            ticks(&half_hourly, "2027-03-28T00:00:00Z", 3),
+            [
+                at("2027-03-28T00:30:00Z"),
+                at("2027-03-28T01:00:00Z"),
+                at("2027-03-28T01:30:00Z")
+            ]
+        );
+        assert_eq!(
+            ticks(&half_hourly, "2027-10-30T23:45:00Z", 4),
+            [
+                at("2027-10-31T00:00:00Z"),
+                at("2027-10-31T00:30:00Z"),
+                at("2027-10-31T02:00:00Z"),
+                at("2027-10-31T02:30:00Z")
+            ]
+        );
+        // Half-hour offsets and days: Monday 09:00 in Kolkata is 03:30 UTC.
+        assert_eq!(
+            ticks(
+                &zoned("0 9 * * MON", "Asia/Kolkata"),
+                "2027-01-01T00:00:00Z",
+                1
+            ),
+            [at("2027-01-04T03:30:00Z")]
+        );
+    }
+
+    #[test]
+    fn a_changed_time_zone_starts_again_and_an_unknown_one_says_what_to_fix() {
+        let utc = task("0 3 * * *");
+        let recorded = plan(&utc, None, at("2027-01-10T12:00:00Z")).status;
+        assert_eq!(recorded.time_zone, None);
+        let berlin = zoned("0 3 * * *", "Europe/Berlin");
+        let moved = plan(&berlin, Some(&recorded), at("2027-01-11T02:30:00Z"));
+        // 03:00 in Berlin (02:00 UTC) has passed today; the recorded UTC tick (03:00 UTC) is
+        // not sent: the next tick is the zone's own, tomorrow.
+        assert_eq!(moved.send, None);
+        assert_eq!(moved.status.time_zone.as_deref(), Some("Europe/Berlin"));
+        assert_eq!(
+            moved.status.next_schedule_time,
+            Some(to_time(at("2027-01-12T02:00:00Z")))
+        );
+        let due = plan(&berlin, Some(&moved.status), at("2027-01-12T02:00:00Z"));
+        assert_eq!(due.send, Some(at("2027-01-12T02:00:00Z")));
+        let sent = after_send(
+            &berlin,
+            &due.status,
+            at("2027-01-12T02:00:00Z"),
+            Ok("m-1".into()),
+            at("2027-01-12T02:00:01Z"),
+        );
+        assert_eq!(
+            sent.next_schedule_time,
+            Some(to_time(at("2027-01-13T02:00:00Z")))
+        );
+        let unknown = plan(
+            &zoned("0 3 * * *", "Europe/Berln"),
+            None,
+            at("2027-01-10T12:00:00Z"),
+        );
+        assert_eq!((unknown.send, unknown.next_look), (None, None));
+        assert!(
+            unknown
+                .status
+                .message
+                .contains("time zone `Europe/Berln` is not an IANA time zone name")
+                && unknown
+                    .status
+                    .message
+                    .contains("fix spec.periodicTasks[cleanup].timeZone"),
+            "{}",
+            unknown.status.message
+        );
     }
 
     fn sent(task: &PeriodicTask, tick: &str, now: &str) -> PeriodicTaskStatus {
