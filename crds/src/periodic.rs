@@ -79,7 +79,7 @@ impl PeriodicTask {
 }
 
 /// A periodic task as `status` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PeriodicTaskStatus {
     /// The task's name.

@@ -48,6 +48,7 @@ pub enum DeletionPolicy {
     printcolumn(name = "Backlog", type_ = "integer", json_path = ".status.backlog.visible"),
     printcolumn(name = "Dead Letters", type_ = "integer", json_path = ".status.backlog.deadLetter", description = "messages in the dead-letter queue"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
+    printcolumn(name = "Suspended", type_ = "boolean", json_path = ".spec.suspend", description = "consumption stopped by spec.suspend"),
     printcolumn(name = "Redrive", type_ = "string", json_path = ".status.redrive.phase", description = "the last redrive of the dead-letter queue", priority = "1"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     // Child names are `<name>-worker` and the name is a label value (at most 63 characters).
@@ -101,4 +102,13 @@ pub struct QueueConsumerSpec {
     /// Overrides for the injected ferry-consumer sidecar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar: Option<SidecarSpec>,
+    /// Stop consuming, for instance while a service the worker calls is down, so that
+    /// messages wait in the queue instead of using up their deliveries and landing in the
+    /// dead-letter queue. The worker is scaled to zero (each pod finishes what it holds and
+    /// hands the rest back) and held there, and periodic tasks send no ticks, until this is
+    /// false again. Messages keep arriving and wait, but only for the queue's retention
+    /// period (SQS: 4 days unless `spec.queue.sqs.messageRetentionSeconds` says otherwise;
+    /// Pub/Sub: 7 days).
+    #[serde(default)]
+    pub suspend: bool,
 }

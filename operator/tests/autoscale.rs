@@ -18,9 +18,9 @@ use ferry_queues::Provider;
 use ferry_queues::provision::{OutgoingMessage, publish};
 use ferry_tests::{emulators, workspace_binary};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 
 const POLL: Duration = Duration::from_secs(1);
 const SIDECAR_IMAGE: &str = "ghcr.io/ferry-dev/consumer:test";
@@ -432,6 +432,152 @@ async fn a_burst_scales_out_drains_and_scales_back_without_duplicates(provider: 
         "{provider:?}: scaled out to {highest} replicas {scaled_out_after:?} after the burst was published"
     );
     api.delete("burst", &Default::default())
+        .await
+        .expect("delete");
+    live.stop().await;
+}
+
+ferry_tests::for_both_providers!(a_suspended_consumer_holds_at_zero_keeps_its_messages_and_resumes,);
+
+/// `spec.suspend`, as during an outage of what the worker calls: the running worker goes to
+/// zero at the next poll and stays there while messages arrive, which wait in the queue
+/// untouched; resuming brings the worker back and each message reaches it once.
+async fn a_suspended_consumer_holds_at_zero_keeps_its_messages_and_resumes(provider: Provider) {
+    let live = Live::start().await;
+    let api = live.consumers();
+    let mut qc = consumer(provider, "paused");
+    qc.spec.scaling.min_replicas = 1;
+    api.create(&PostParams::default(), &qc)
+        .await
+        .expect("create");
+    let ready = eventually(
+        Duration::from_secs(60),
+        "the queue provisioned",
+        async || api.get("paused").await.ok()?.status?.queue,
+    )
+    .await;
+    let publish_to = match provider {
+        Provider::Sqs => ready.id.clone(),
+        Provider::PubSub => ready.topic.clone().unwrap(),
+    };
+    let set_suspend = async |suspend: bool| {
+        api.patch(
+            "paused",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"suspend": suspend}})),
+        )
+        .await
+        .expect("patch spec.suspend");
+    };
+
+    // Running: messages are processed.
+    let before = publish_burst(provider, &publish_to, 10).await;
+    watch_replicas(
+        &live,
+        "paused-worker",
+        Duration::from_secs(90),
+        "running and processing",
+        |_, seen| before.iter().all(|id| seen.contains_key(id)),
+    )
+    .await;
+
+    set_suspend(true).await;
+    watch_replicas(
+        &live,
+        "paused-worker",
+        Duration::from_secs(30),
+        "suspended: at zero",
+        |replicas, _| replicas == 0,
+    )
+    .await;
+    let status = eventually(
+        Duration::from_secs(10),
+        "the suspension in status",
+        async || {
+            let status = api.get("paused").await.ok()?.status?;
+            let active = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "ScalingActive")?;
+            (active.reason == "Suspended").then_some(status)
+        },
+    )
+    .await;
+    let last = status.last_scaling.clone().expect("lastScaling");
+    assert_eq!(
+        (last.to, last.reason.as_str()),
+        (0, "Suspended"),
+        "{last:?}"
+    );
+    // A pod being removed still delivers what its last receive brought; once none is left,
+    // nothing consumes.
+    let pods: Api<Pod> = Api::namespaced(live.cluster.client(), "default");
+    eventually(
+        Duration::from_secs(60),
+        "the suspended consumer's pods gone",
+        async || {
+            let listed = pods
+                .list(&ListParams::default().labels("ferry.dev/queue-consumer=paused"))
+                .await
+                .ok()?;
+            listed.items.is_empty().then_some(())
+        },
+    )
+    .await;
+
+    // Messages arrive while suspended: nothing starts, nothing is processed.
+    let during = publish_burst(provider, &publish_to, 20).await;
+    let hold_until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < hold_until {
+        assert_eq!(
+            live.replicas("paused-worker").await,
+            Some(0),
+            "a suspended consumer stays at zero with messages waiting"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let seen = live.successes();
+    assert!(
+        during.iter().all(|id| !seen.contains_key(id)),
+        "nothing is consumed while suspended"
+    );
+    if provider == Provider::Sqs {
+        // The operator still reads the queue at zero, so the backlog shows what waits.
+        eventually(
+            Duration::from_secs(15),
+            "the waiting messages in status.backlog",
+            async || {
+                let backlog = api.get("paused").await.ok()?.status?.backlog?;
+                (backlog.visible? >= 20).then_some(())
+            },
+        )
+        .await;
+    }
+
+    set_suspend(false).await;
+    watch_replicas(
+        &live,
+        "paused-worker",
+        Duration::from_secs(150),
+        "resumed and drained",
+        |_, seen| during.iter().all(|id| seen.contains_key(id)),
+    )
+    .await;
+    let seen = live.successes();
+    let twice: Vec<(&String, &usize)> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "delivered twice: {twice:?}; what the pods logged about them:\n{}",
+        live.log_lines_mentioning(twice.iter().map(|(id, _)| id.as_str()))
+    );
+    let status = api.get("paused").await.expect("get").status.unwrap();
+    let active = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "ScalingActive")
+        .unwrap();
+    assert_ne!(active.reason, "Suspended", "{active:?}");
+    api.delete("paused", &Default::default())
         .await
         .expect("delete");
     live.stop().await;

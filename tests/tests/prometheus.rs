@@ -9,7 +9,7 @@
 //! and every alert must fire in the scenario made for it: a dead-letter queue filled by
 //! poison messages, messages older than a tiny target, half the deliveries failing, a backlog
 //! growing at maxReplicas, a deletion blocked by dead letters, a scrape target gone, a
-//! periodic task's tick missed while the operator was scaled to zero.
+//! periodic task's tick missed while the operator was scaled to zero, a suspended consumer.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use ferry_queues::provision::{OutgoingMessage, publish};
 use ferry_tests::prometheus::Prometheus;
 use ferry_tests::sidecar::{Sidecar, SidecarEnv};
 use ferry_tests::{emulators, helm, repo_root};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -92,7 +93,7 @@ fn values(cluster: &DevCluster) -> Value {
             "deadLetterNotEmpty": no_wait, "messagesOlderThanTarget": no_wait,
             "backlogGrowingAtMaxReplicas": {"for": "0s", "window": "1m"},
             "workerFailureRatio": no_wait, "operatorReconcileErrors": no_wait, "scrapeTargetDown": no_wait,
-            "periodicTaskSkipped": no_wait,
+            "periodicTaskSkipped": no_wait, "consumerSuspended": no_wait,
         }},
     })
 }
@@ -546,6 +547,52 @@ async fn every_dashboard_query_and_alert_returns_data_and_the_alerts_fire() {
     // The skip stays recorded after the next tick is sent (the alert then ends).
     let task = &qc.data["status"]["periodicTasks"][0];
     assert!(task["lastSkippedTime"].is_string(), "{task}");
+
+    // Suspended, as during an outage of what the worker calls: held at zero replicas while
+    // messages keep arriving, and the alert says so.
+    let set_suspend = async |suspend: bool| {
+        consumers
+            .patch(
+                CONSUMER,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"spec": {"suspend": suspend}})),
+            )
+            .await
+            .expect("patch spec.suspend");
+    };
+    set_suspend(true).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    ferry_tests::eventually(
+        Duration::from_secs(60),
+        "the suspended consumer's worker at zero replicas",
+        async || {
+            let worker = deployments.get(&format!("{CONSUMER}-worker")).await.ok()?;
+            (worker.spec.replicas == Some(0)).then_some(())
+        },
+    )
+    .await;
+    wait_firing(
+        &prometheus,
+        &["FerryConsumerSuspended"],
+        Duration::from_secs(60),
+    )
+    .await;
+    // Resumed: the waiting messages bring a worker back, whose sidecar Prometheus scrapes
+    // again (the dashboard's consumer variable offers a consumer through its sidecars while
+    // its deletion, below, has dropped the operator's series).
+    set_suspend(false).await;
+    ferry_tests::eventually(
+        Duration::from_secs(90),
+        "a resumed worker's sidecar scraped",
+        async || {
+            let series = prometheus
+                .query(&format!("ferry_build_info{{queueconsumer=\"{CONSUMER}\"}}"))
+                .await
+                .ok()?;
+            (!series.is_empty()).then_some(())
+        },
+    )
+    .await;
 
     // Deleting a Delete-policy consumer whose dead-letter queue holds messages fails, and
     // keeps failing, until forced.

@@ -124,6 +124,8 @@ pub enum ScalingReason {
     IdleToZero {
         idle_seconds: f64,
     },
+    /// `spec.suspend`: no replicas, whatever the queue holds.
+    Suspended,
 }
 
 impl ScalingReason {
@@ -144,6 +146,7 @@ impl ScalingReason {
             Self::ScaleDown { .. } => "ScaleDown",
             Self::KeepOneUntilIdle { .. } => "KeepOneUntilIdle",
             Self::IdleToZero { .. } => "IdleToZero",
+            Self::Suspended => "Suspended",
         }
     }
 }
@@ -214,6 +217,10 @@ impl fmt::Display for ScalingReason {
             Self::IdleToZero { idle_seconds } => {
                 write!(f, "queue idle for {idle_seconds:.0}s: scaling to zero")
             }
+            Self::Suspended => write!(
+                f,
+                "spec.suspend is true: no message is consumed until it is false"
+            ),
         }
     }
 }
@@ -232,6 +239,18 @@ pub struct ScalingDecision {
 }
 
 impl ScalingDecision {
+    /// `spec.suspend`: zero replicas, from the signals of no one. Pods removed this way
+    /// drain as on any scale-down: they finish what they hold and hand the rest back.
+    pub fn suspended(now: f64, current: u32) -> Self {
+        Self {
+            at: now,
+            from: current,
+            to: 0,
+            reason: ScalingReason::Suspended,
+            signals: None,
+        }
+    }
+
     pub fn direction(&self) -> ScalingDirection {
         match self.to.cmp(&self.from) {
             std::cmp::Ordering::Greater => ScalingDirection::Up,

@@ -28,6 +28,8 @@ pub struct OperatorMetrics {
     target_latency: GaugeVec,
     /// `ferry_consumer_max_replicas`: `spec.scaling.maxReplicas`.
     max_replicas: IntGaugeVec,
+    /// `ferry_consumer_suspended`: 1 while `spec.suspend` is true.
+    suspended: IntGaugeVec,
     /// `ferry_queue_api_requests_total{provider,operation}`: copied from
     /// `ferry_queues::calls` at every scrape, since the calls are made inside that crate.
     queue_api_requests: IntCounterVec,
@@ -90,6 +92,14 @@ impl Default for OperatorMetrics {
             &["namespace", "queueconsumer", "kind"],
         )
         .expect("valid metric");
+        let suspended = IntGaugeVec::new(
+            Opts::new(
+                "ferry_consumer_suspended",
+                "1 while a QueueConsumer's spec.suspend is true (held at zero replicas, consuming nothing), else 0.",
+            ),
+            &consumer,
+        )
+        .expect("valid metric");
         let scaling_decisions = IntCounterVec::new(
             Opts::new(
                 "ferry_scaling_decisions_total",
@@ -137,6 +147,7 @@ impl Default for OperatorMetrics {
             Box::new(periodic_skipped.clone()),
             Box::new(queue_api_requests.clone()),
             Box::new(consumer_replicas.clone()),
+            Box::new(suspended.clone()),
             Box::new(scaling_decisions.clone()),
             Box::new(redriven_messages.clone()),
             Box::new(target_latency.clone()),
@@ -160,6 +171,7 @@ impl Default for OperatorMetrics {
             redriven_messages,
             target_latency,
             max_replicas,
+            suspended,
             queue_api_requests,
             periodic_last_tick,
             periodic_skipped,
@@ -169,15 +181,20 @@ impl Default for OperatorMetrics {
 }
 
 impl OperatorMetrics {
-    /// Publishes a consumer's scaling bounds, so alerts can say "older than this consumer's
-    /// target" or "at this consumer's maximum" without copying each spec into the rules.
+    /// Publishes a consumer's scaling bounds and whether it is suspended, so alerts can say
+    /// "older than this consumer's target", "at this consumer's maximum" or "suspended for
+    /// long" without copying each spec into the rules.
     pub fn record_scaling_bounds(
         &self,
         namespace: &str,
         name: &str,
         scaling: &crate::autoscaler::ScalingSpec,
+        suspended: bool,
     ) {
         let labels = [namespace, name];
+        self.suspended
+            .with_label_values(&labels)
+            .set(i64::from(suspended));
         match scaling.target_latency_seconds {
             Some(target) => self.target_latency.with_label_values(&labels).set(target),
             None => {
@@ -261,6 +278,7 @@ impl OperatorMetrics {
             .remove_label_values(&[namespace, name]);
         let _ = self.target_latency.remove_label_values(&[namespace, name]);
         let _ = self.max_replicas.remove_label_values(&[namespace, name]);
+        let _ = self.suspended.remove_label_values(&[namespace, name]);
     }
 
     pub fn encode(&self) -> String {
@@ -340,8 +358,14 @@ mod tests {
             target_latency_seconds: Some(12.5),
             ..Default::default()
         };
-        metrics.record_scaling_bounds("shop", "orders", &spec);
+        metrics.record_scaling_bounds("shop", "orders", &spec, false);
         let text = metrics.encode();
+        assert!(
+            text.contains(
+                "ferry_consumer_suspended{namespace=\"shop\",queueconsumer=\"orders\"} 0"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("ferry_consumer_target_latency_seconds{namespace=\"shop\",queueconsumer=\"orders\"} 12.5"),
             "{text}"
@@ -353,7 +377,12 @@ mod tests {
             "{text}"
         );
         spec.target_latency_seconds = None;
-        metrics.record_scaling_bounds("shop", "orders", &spec);
+        metrics.record_scaling_bounds("shop", "orders", &spec, true);
+        assert!(
+            metrics.encode().contains(
+                "ferry_consumer_suspended{namespace=\"shop\",queueconsumer=\"orders\"} 1"
+            )
+        );
         assert!(
             !metrics
                 .encode()
@@ -361,6 +390,7 @@ mod tests {
         );
         metrics.forget_consumer("shop", "orders");
         assert!(!metrics.encode().contains("ferry_consumer_max_replicas{"));
+        assert!(!metrics.encode().contains("ferry_consumer_suspended{"));
     }
 
     #[test]

@@ -275,6 +275,7 @@ async fn apply(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
         &namespace,
         &qc.name_any(),
         &crate::builders::autoscaler_spec(&qc.spec.scaling),
+        qc.spec.suspend,
     );
     let mut observed = status::Observed {
         provisioned: None,

@@ -192,6 +192,26 @@ pub fn plan(
     }
 }
 
+/// Pure: what `task` calls for while `spec.suspend` is true: no tick. The next tick is
+/// forgotten rather than kept due, so that resuming starts from the task's next tick instead
+/// of sending one that passed during the suspension, or reporting it skipped.
+pub fn suspended(task: &PeriodicTask, recorded: Option<&PeriodicTaskStatus>) -> Plan {
+    let history = recorded.filter(|r| r.name == task.name);
+    Plan {
+        send: None,
+        status: PeriodicTaskStatus {
+            name: task.name.clone(),
+            schedule: task.schedule.clone(),
+            time_zone: task.time_zone.clone(),
+            next_schedule_time: None,
+            message: "no tick is sent while spec.suspend is true; the task starts again from its next tick when it is false".into(),
+            ..history.cloned().unwrap_or_default()
+        },
+        skipped: None,
+        next_look: None,
+    }
+}
+
 /// Pure: the task's status after sending the message for `tick` (or failing to).
 pub fn after_send(
     task: &PeriodicTask,
@@ -366,7 +386,11 @@ pub async fn reconcile(
     let mut next_look: Option<DateTime<Utc>> = None;
     for task in &qc.spec.periodic_tasks {
         let previous = recorded.iter().find(|r| r.name == task.name);
-        let plan = plan(task, previous, now);
+        let plan = if qc.spec.suspend {
+            suspended(task, previous)
+        } else {
+            plan(task, previous, now)
+        };
         let mut look = plan.next_look;
         let mut entry = plan.status;
         if let Some(skipped) = plan.skipped {
@@ -547,6 +571,39 @@ mod tests {
             ),
             [at("2027-01-04T03:30:00Z")]
         );
+    }
+
+    #[test]
+    fn a_suspended_task_sends_nothing_and_resumes_from_its_next_tick() {
+        let hourly = task("0 * * * *");
+        let sent = sent(&hourly, "2026-03-05T10:00:00Z", "2026-03-05T10:00:01Z");
+        let paused = suspended(&hourly, Some(&sent));
+        assert_eq!(
+            (paused.send, paused.skipped, paused.next_look),
+            (None, None, None)
+        );
+        assert_eq!(paused.status.next_schedule_time, None);
+        assert_eq!(paused.status.last_message_id.as_deref(), Some("m-1"));
+        assert!(
+            paused.status.message.contains("spec.suspend is true"),
+            "{}",
+            paused.status.message
+        );
+        // The same while it lasts: no status write per tick.
+        assert_eq!(suspended(&hourly, Some(&paused.status)), paused);
+        // Resumed after three ticks passed: none of them is sent, none reported skipped.
+        let resumed = plan(&hourly, Some(&paused.status), at("2026-03-05T13:20:00Z"));
+        assert_eq!((resumed.send, resumed.skipped), (None, None));
+        assert!(!resumed.status.latest_tick_skipped());
+        assert_eq!(resumed.status.message, "");
+        assert_eq!(
+            resumed.status.next_schedule_time,
+            Some(to_time(at("2026-03-05T14:00:00Z")))
+        );
+        // A task first seen while suspended is listed, with nothing to come yet.
+        let new = suspended(&hourly, None);
+        assert_eq!(new.status.name, "cleanup");
+        assert_eq!(new.status.last_schedule_time, None);
     }
 
     #[test]

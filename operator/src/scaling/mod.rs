@@ -364,12 +364,20 @@ impl Autoscaler {
         let concurrency = u32::try_from(qc.spec.delivery.concurrency.max(1)).unwrap_or(1);
         let combined = combine(&memory.scrapes, &active, reading, concurrency, now);
         memory.scrapes = active;
-        let decision = policy.decide(
-            &mut memory.policy,
-            now,
-            current,
-            combined.as_ref().map(|(s, _)| s),
-        );
+        let suspended = qc.spec.suspend;
+        let decision = if suspended {
+            // What the policy learned describes a queue that was being consumed; after a
+            // suspension it starts again from what it sees then.
+            memory.policy = ScalingState::default();
+            ScalingDecision::suspended(now, current)
+        } else {
+            policy.decide(
+                &mut memory.policy,
+                now,
+                current,
+                combined.as_ref().map(|(s, _)| s),
+            )
+        };
 
         if decision.to != current {
             self.carry_out(qc, deployment, &decision, &loads).await?;
@@ -396,6 +404,10 @@ impl Autoscaler {
             .set(f64::from(decision.to));
 
         let mode = match (&combined, &decision.signals) {
+            _ if suspended => {
+                memory.holding_since = None;
+                Some(ScalerMode::Suspended)
+            }
             (Some((_, source)), Some(_)) => {
                 memory.holding_since = None;
                 Some(

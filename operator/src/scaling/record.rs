@@ -81,6 +81,8 @@ pub enum ScalerMode {
     InvalidSpec(SpecError),
     /// Pub/Sub without Cloud Monitoring at zero replicas: nothing could see messages arrive.
     KeepingOneForPubSub,
+    /// `spec.suspend`: held at zero.
+    Suspended,
 }
 
 pub fn scaling_condition(mode: &ScalerMode, generation: Option<i64>) -> ConditionUpdate {
@@ -117,6 +119,11 @@ pub fn scaling_condition(mode: &ScalerMode, generation: Option<i64>) -> Conditio
             ConditionStatus::True,
             "KeepingOneReplica",
             "Pub/Sub reports its backlog only through Cloud Monitoring, which the operator is not configured to read (FERRY_PUBSUB_MONITORING): keeping at least one replica so arriving messages are seen".to_string(),
+        ),
+        ScalerMode::Suspended => (
+            ConditionStatus::False,
+            "Suspended",
+            "spec.suspend is true: the worker is held at zero replicas and no message is consumed; messages wait in the queue, for its retention period at most; set spec.suspend to false to resume".to_string(),
         ),
     };
     ConditionUpdate {
@@ -210,6 +217,28 @@ mod tests {
         assert_eq!(
             scaling_condition(&ScalerMode::Deciding(BacklogSource::Sidecars), Some(1)),
             scaling_condition(&ScalerMode::Deciding(BacklogSource::Sidecars), Some(1))
+        );
+    }
+
+    #[test]
+    fn a_suspension_is_recorded_as_a_decision_and_says_how_to_resume() {
+        let decision = ScalingDecision::suspended(10.0, 3);
+        let record = scaling_record(&decision, at(10));
+        assert_eq!((record.from, record.to), (3, 0));
+        assert_eq!(record.reason, "Suspended");
+        assert!(
+            record.message.starts_with("3 → 0: spec.suspend is true"),
+            "{}",
+            record.message
+        );
+        assert_eq!(record.signals, None);
+        let condition = scaling_condition(&ScalerMode::Suspended, Some(4));
+        assert_eq!(condition.status, ConditionStatus::False);
+        assert_eq!(condition.reason, "Suspended");
+        assert!(
+            condition.message.contains("set spec.suspend to false"),
+            "{}",
+            condition.message
         );
     }
 }
