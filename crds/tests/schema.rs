@@ -59,6 +59,7 @@ fn names_scope_and_subresources() {
             "Backlog",
             "Dead Letters",
             "Replicas",
+            "Suspended",
             "Redrive",
             "Age"
         ]
