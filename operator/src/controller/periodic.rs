@@ -86,10 +86,31 @@ impl Schedule {
     }
 
     /// The last tick at or before `at`.
+    ///
+    /// The backward search can land on an instant that is no tick (the last second before a
+    /// daylight-saving gap, for a task at a fixed time inside it), so its answer is only a
+    /// starting point: the ticks are those the forward search names.
     pub fn latest_until(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let local = at.with_timezone(&self.zone);
-        let latest = self.cron.find_previous_occurrence(&local, true).ok()?;
-        Some(latest.with_timezone(&Utc))
+        let second = chrono::Duration::seconds(1);
+        let mut before = at;
+        for _ in 0..3 {
+            let back = self
+                .cron
+                .find_previous_occurrence(&before.with_timezone(&self.zone), true)
+                .ok()?
+                .with_timezone(&Utc);
+            let mut latest = None;
+            let mut next = self.next_after(back - second);
+            while let Some(tick) = next.filter(|t| *t <= at) {
+                latest = Some(tick);
+                next = self.next_after(tick);
+            }
+            if latest.is_some() {
+                return latest;
+            }
+            before = back - second;
+        }
+        None
     }
 }
 
@@ -540,6 +561,23 @@ mod tests {
                 at("2027-11-01T01:30:00Z"),
                 at("2027-11-02T01:30:00Z")
             ]
+        );
+        // Ticks missed while no operator ran are found the same way, backwards.
+        let schedule = Schedule::of(&nightly).unwrap();
+        assert_eq!(
+            schedule.latest_until(at("2027-01-17T01:40:00Z")),
+            Some(at("2027-01-17T01:30:00Z"))
+        );
+        assert_eq!(
+            schedule.latest_until(at("2027-03-28T01:10:00Z")),
+            Some(at("2027-03-28T01:00:00Z"))
+        );
+        // An operator back after the skipped hour's tick sends that tick, not an instant
+        // next to it.
+        let recorded = plan(&nightly, None, at("2027-03-27T00:00:00Z")).status;
+        assert_eq!(
+            plan(&nightly, Some(&recorded), at("2027-03-28T01:02:00Z")).send,
+            Some(at("2027-03-28T01:00:00Z"))
         );
         // A task every half hour runs at each half hour the clock shows, once: none in the
         // skipped hour, and in the repeated one only the first time (so an hour passes
