@@ -578,8 +578,7 @@ async fn every_dashboard_query_and_alert_returns_data_and_the_alerts_fire() {
     )
     .await;
     // Resumed: the waiting messages bring a worker back, whose sidecar Prometheus scrapes
-    // again (the dashboard's consumer variable offers a consumer through its sidecars while
-    // its deletion, below, has dropped the operator's series).
+    // again.
     set_suspend(false).await;
     ferry_tests::eventually(
         Duration::from_secs(90),
@@ -593,6 +592,22 @@ async fn every_dashboard_query_and_alert_returns_data_and_the_alerts_fire() {
         },
     )
     .await;
+
+    // The variables offer exactly this consumer, so no query needs editing. (Asked here,
+    // while it exists: its deletion below drops the operator's series, and its idle worker
+    // may be gone by the end.)
+    let consumers_offered = prometheus
+        .query(&substitute(
+            "group by (queueconsumer) (ferry_consumer_max_replicas{namespace=~\"$namespace\"}) or group by (queueconsumer) (ferry_build_info{namespace=~\"$namespace\", queueconsumer!=\"\"})",
+        ))
+        .await
+        .unwrap();
+    assert!(
+        consumers_offered
+            .iter()
+            .any(|s| s["metric"]["queueconsumer"] == CONSUMER),
+        "{consumers_offered:?}"
+    );
 
     // Deleting a Delete-policy consumer whose dead-letter queue holds messages fails, and
     // keeps failing, until forced.
@@ -634,20 +649,6 @@ async fn every_dashboard_query_and_alert_returns_data_and_the_alerts_fire() {
         without_data.is_empty(),
         "queries that returned no data:\n{}",
         without_data.join("\n")
-    );
-
-    // The variables offer exactly this consumer, so no query needs editing.
-    let consumers_offered = prometheus
-        .query(&substitute(
-            "group by (queueconsumer) (ferry_consumer_max_replicas{namespace=~\"$namespace\"}) or group by (queueconsumer) (ferry_build_info{namespace=~\"$namespace\", queueconsumer!=\"\"})",
-        ))
-        .await
-        .unwrap();
-    assert!(
-        consumers_offered
-            .iter()
-            .any(|s| s["metric"]["queueconsumer"] == CONSUMER),
-        "{consumers_offered:?}"
     );
 
     // Let the consumer go, dead letters and all, so the cluster shuts down clean.
