@@ -75,6 +75,8 @@ struct Memory {
     backlog_written_at: Option<f64>,
     /// Since when the policy has been holding for lack of signals.
     holding_since: Option<f64>,
+    /// Suspended at an earlier poll, and no signal since: the condition says it resumes.
+    resuming: bool,
     /// The autoscaler's part of `status` as its last apply wrote it, with the object's uid.
     applied: Option<(Option<String>, QueueConsumerStatus)>,
 }
@@ -406,10 +408,12 @@ impl Autoscaler {
         let mode = match (&combined, &decision.signals) {
             _ if suspended => {
                 memory.holding_since = None;
+                memory.resuming = true;
                 Some(ScalerMode::Suspended)
             }
             (Some((_, source)), Some(_)) => {
                 memory.holding_since = None;
+                memory.resuming = false;
                 Some(
                     if pubsub_blind_at_zero && qc.spec.scaling.min_replicas == 0 {
                         ScalerMode::KeepingOneForPubSub
@@ -421,9 +425,13 @@ impl Autoscaler {
             _ => {
                 let since = *memory.holding_since.get_or_insert(now);
                 // Pods starting, one slow scrape: too early to call it a problem, so the
-                // condition stays as it is.
-                (now - since >= self.settings.tuning.stale_after_seconds)
-                    .then(|| ScalerMode::Holding(decision.reason.clone()))
+                // condition stays as it is, unless it still says the consumer is suspended.
+                if now - since >= self.settings.tuning.stale_after_seconds {
+                    memory.resuming = false;
+                    Some(ScalerMode::Holding(decision.reason.clone()))
+                } else {
+                    memory.resuming.then_some(ScalerMode::Resuming)
+                }
             }
         };
         let dead_letter = self.dead_letter_count(&memory.scrapes);

@@ -83,6 +83,8 @@ pub enum ScalerMode {
     KeepingOneForPubSub,
     /// `spec.suspend`: held at zero.
     Suspended,
+    /// `spec.suspend` turned false, and no signal has come since.
+    Resuming,
 }
 
 pub fn scaling_condition(mode: &ScalerMode, generation: Option<i64>) -> ConditionUpdate {
@@ -124,6 +126,11 @@ pub fn scaling_condition(mode: &ScalerMode, generation: Option<i64>) -> Conditio
             ConditionStatus::False,
             "Suspended",
             "spec.suspend is true: the worker is held at zero replicas and no message is consumed; messages wait in the queue, for its retention period at most; set spec.suspend to false to resume".to_string(),
+        ),
+        ScalerMode::Resuming => (
+            ConditionStatus::True,
+            "Resuming",
+            "spec.suspend is false again: scaling from what the queue holds, as from zero; waiting for the first signals".to_string(),
         ),
     };
     ConditionUpdate {
@@ -235,6 +242,11 @@ mod tests {
         let condition = scaling_condition(&ScalerMode::Suspended, Some(4));
         assert_eq!(condition.status, ConditionStatus::False);
         assert_eq!(condition.reason, "Suspended");
+        let resuming = scaling_condition(&ScalerMode::Resuming, Some(5));
+        assert_eq!(
+            (resuming.status, resuming.reason.as_str()),
+            (ConditionStatus::True, "Resuming")
+        );
         assert!(
             condition.message.contains("set spec.suspend to false"),
             "{}",
