@@ -295,6 +295,16 @@ impl Deliverer {
         })
     }
 
+    /// `host:port` of the worker.
+    pub fn worker_address(&self) -> &str {
+        self.client.address()
+    }
+
+    /// Whether the worker accepts a connection now.
+    pub async fn worker_listening(&self) -> std::io::Result<()> {
+        self.client.accepts_connections().await
+    }
+
     /// Delivers to the worker's URL, or to `path` on it (a periodic task's).
     pub async fn deliver(
         &self,

@@ -1,4 +1,5 @@
-//! Readiness: the sidecar is ready while the queue answers and it is not draining.
+//! Readiness: the sidecar is ready while the queue answers, the worker listens and it is
+//! not draining.
 
 use std::sync::Mutex;
 
@@ -15,6 +16,8 @@ pub struct Health {
 struct State {
     /// Why the sidecar is not ready; `None` when it is.
     not_ready: Option<String>,
+    /// Why the sidecar waits for the worker; `None` once it listens.
+    worker_missing: Option<String>,
     draining: bool,
 }
 
@@ -23,6 +26,7 @@ impl Health {
         Self {
             state: Mutex::new(State {
                 not_ready: Some("the queue has not answered yet".into()),
+                worker_missing: None,
                 draining: false,
             }),
             metrics,
@@ -43,6 +47,19 @@ impl Health {
         self.publish(&state);
     }
 
+    /// The worker does not accept connections: nothing is received until it does.
+    pub fn worker_missing(&self, why: String) {
+        let mut state = self.state.lock().expect("health lock");
+        state.worker_missing = Some(why);
+        self.publish(&state);
+    }
+
+    pub fn worker_listening(&self) {
+        let mut state = self.state.lock().expect("health lock");
+        state.worker_missing = None;
+        self.publish(&state);
+    }
+
     pub fn set_draining(&self) {
         let mut state = self.state.lock().expect("health lock");
         state.draining = true;
@@ -55,12 +72,17 @@ impl Health {
         if state.draining {
             return Err("draining: not receiving new messages".into());
         }
-        state.not_ready.clone().map_or(Ok(()), Err)
+        // A queue that does not answer is said first: it is why nothing would come, worker
+        // or not.
+        match state.not_ready.as_ref().or(state.worker_missing.as_ref()) {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
     }
 
     fn publish(&self, state: &State) {
-        self.metrics
-            .ready
-            .set(i64::from(state.not_ready.is_none() && !state.draining));
+        self.metrics.ready.set(i64::from(
+            state.not_ready.is_none() && state.worker_missing.is_none() && !state.draining,
+        ));
     }
 }

@@ -104,7 +104,7 @@ impl Metrics {
         .expect("valid metric");
         let ready = IntGauge::with_opts(labels(
             "ferry_ready",
-            "1 when the queue answers and the sidecar is receiving.",
+            "1 when the queue answers, the worker listens and the sidecar is receiving.",
         ))
         .expect("valid metric");
         let draining = IntGauge::with_opts(labels(

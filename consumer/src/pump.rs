@@ -9,6 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::{Duration, SystemTime};
 
@@ -28,6 +29,10 @@ use crate::receive_batch::{DeliveryPace, linger_before_receive};
 
 /// Longest pause between failed receives; short enough to notice a fixed queue quickly.
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How often a sidecar waiting for its worker tries to connect, and how often it says so.
+const WORKER_RETRY: Duration = Duration::from_millis(100);
+const WORKER_WAIT_LOG: Duration = Duration::from_secs(30);
 
 pub struct PumpSettings {
     pub concurrency: usize,
@@ -76,6 +81,9 @@ pub struct Pump {
     /// How long the worker has been taking to answer; decides whether a receive waits for
     /// more free slots (`receive_batch`).
     pace: DeliveryPace,
+    /// Whether the worker must be seen listening before the next receive: at start, and
+    /// after a delivery found nothing listening.
+    worker_unconfirmed: AtomicBool,
 }
 
 /// One settle a drain must wait for; counted down when the settle ends, however it ends.
@@ -130,6 +138,7 @@ impl Pump {
             settling: watch::channel(0).0,
             groups: SyncMutex::new(HashMap::new()),
             pace: DeliveryPace::default(),
+            worker_unconfirmed: AtomicBool::new(true),
             queue,
             deliverer,
             metrics,
@@ -149,6 +158,11 @@ impl Pump {
         let mut consecutive_errors = 0u32;
         loop {
             if *draining.borrow() {
+                return;
+            }
+            if self.worker_unconfirmed.load(Ordering::Relaxed)
+                && !self.wait_for_worker(&mut draining).await
+            {
                 return;
             }
             let first = tokio::select! {
@@ -220,6 +234,54 @@ impl Pump {
                         _ = until_draining(&mut draining) => return,
                     }
                 }
+            }
+        }
+    }
+
+    /// Holds receiving until the worker accepts a connection; false when a drain began first.
+    ///
+    /// A message received for a worker that is not listening (still starting, restarting,
+    /// or listening on another port than FERRY_DELIVERY_URL's) spends one of its deliveries
+    /// on a refused connection, and a worker that starts slowly would send good messages to
+    /// the dead-letter queue. Waiting spends none: messages stay in the queue, where other
+    /// pods can take them, and the sidecar is not ready meanwhile.
+    async fn wait_for_worker(&self, draining: &mut watch::Receiver<bool>) -> bool {
+        let address = self.deliverer.worker_address();
+        let started = std::time::Instant::now();
+        let mut said_at: Option<std::time::Instant> = None;
+        loop {
+            match self.deliverer.worker_listening().await {
+                Ok(()) => {
+                    self.worker_unconfirmed.store(false, Ordering::Relaxed);
+                    self.health.worker_listening();
+                    if said_at.is_some() {
+                        tracing::info!(
+                            "the worker listens on {address} after {:.1}s; receiving",
+                            started.elapsed().as_secs_f64()
+                        );
+                    }
+                    return true;
+                }
+                Err(error) => {
+                    let why = format!(
+                        "waiting for the worker to listen on {address} (FERRY_DELIVERY_URL) before receiving: {error}"
+                    );
+                    match said_at {
+                        None => tracing::info!("{why}"),
+                        Some(at) if at.elapsed() >= WORKER_WAIT_LOG => {
+                            tracing::warn!(waited_s = started.elapsed().as_secs(), "{why}")
+                        }
+                        Some(_) => {}
+                    }
+                    if said_at.is_none_or(|at| at.elapsed() >= WORKER_WAIT_LOG) {
+                        said_at = Some(std::time::Instant::now());
+                        self.health.worker_missing(why);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(WORKER_RETRY) => {}
+                _ = until_draining(draining) => return false,
             }
         }
     }
@@ -408,6 +470,9 @@ impl Pump {
                 .await
         };
         let took = started.elapsed();
+        if matches!(answer, WorkerAnswer::ConnectFailed(_)) {
+            self.worker_unconfirmed.store(true, Ordering::Relaxed);
+        }
         self.pace.record(took);
         self.metrics.delivery_duration.observe(took.as_secs_f64());
         self.metrics.delivery(answer.label());

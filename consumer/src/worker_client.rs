@@ -206,6 +206,24 @@ impl WorkerClient {
         None
     }
 
+    /// `host:port` of the worker.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Whether the worker accepts a connection now. The connection is kept for the next
+    /// delivery, so asking costs the worker nothing.
+    pub async fn accepts_connections(&self) -> io::Result<()> {
+        match self.connect().await {
+            Ok(stream) => {
+                self.give_back(stream);
+                Ok(())
+            }
+            Err(ExchangeError::Connect(error)) => Err(error),
+            Err(other) => Err(io::Error::other(other.to_string())),
+        }
+    }
+
     fn give_back(&self, stream: TcpStream) {
         let mut idle = self.idle.lock().expect("idle connection lock");
         if idle.len() < self.max_idle {

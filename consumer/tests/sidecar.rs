@@ -157,7 +157,7 @@ ferry_tests::for_both_providers!(
     a_failing_message_is_retried_then_dead_lettered_after_the_configured_deliveries,
     a_permanent_status_dead_letters_at_once,
     a_worker_slower_than_the_lease_causes_no_duplicate,
-    a_worker_that_is_down_loses_nothing,
+    a_worker_not_listening_yet_costs_no_delivery_attempt,
     sigterm_finishes_in_flight_work_and_hands_back_the_rest,
     sigkill_loses_nothing,
     the_drain_endpoint_answers_once_in_flight_work_is_done,
@@ -459,27 +459,42 @@ async fn a_worker_slower_than_the_lease_causes_no_duplicate(provider: Provider) 
     assert_eq!(sidecar.completed("succeeded").await, Some(1.0));
 }
 
-/// Deliveries to a worker that is not listening are retried; once it is up, every message
-/// is processed, each once.
-async fn a_worker_that_is_down_loses_nothing(provider: Provider) {
+/// A worker that is not listening yet (one that starts slowly, or on another port than
+/// FERRY_DELIVERY_URL's): the sidecar receives nothing for it, so no message spends a
+/// delivery on a refused connection, and says why in /readyz and its log. Once the worker
+/// listens, every message is processed once, at its first delivery.
+async fn a_worker_not_listening_yet_costs_no_delivery_attempt(provider: Provider) {
     let setup = provision(provider, false, 20).await;
     let port = ferry_tests::free_port();
     let url = format!("http://127.0.0.1:{port}/work");
     let sidecar = start(&setup.env(&url));
     let ids = setup.publish_bodies(&bodies("down", 4)).await;
 
-    eventually(Duration::from_secs(20), "refused deliveries", async || {
-        (sidecar
-            .metric("ferry_deliveries_total{result=\"connection_refused\"")
-            .await?
-            >= 4.0)
-            .then_some(())
-    })
+    let body = eventually(
+        Duration::from_secs(20),
+        "/readyz to say it waits for the worker",
+        async || {
+            let (status, body) = sidecar.get("/readyz").await?;
+            (status == 503 && body.contains("waiting for the worker")).then_some(body)
+        },
+    )
     .await;
+    assert!(body.contains(&format!("127.0.0.1:{port}")), "{body}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sidecar
+            .metric("ferry_deliveries_total{result=\"connection_refused\"")
+            .await
+            .unwrap_or(0.0),
+        0.0,
+        "nothing is received for a worker that is not there"
+    );
+    assert_eq!(sidecar.metric("ferry_ready").await, Some(0.0));
+
     let worker = Worker::start_on(port, |_| Reply::ok()).await;
     eventually(
         Duration::from_secs(30),
-        "all messages after the worker came back",
+        "all messages once the worker listens",
         async || (worker.succeeded_ids().len() >= 4).then_some(()),
     )
     .await;
@@ -489,11 +504,26 @@ async fn a_worker_that_is_down_loses_nothing(provider: Provider) {
     let mut expected = ids;
     expected.sort();
     assert_eq!(delivered, expected);
+    for delivery in worker.deliveries() {
+        assert_eq!(
+            delivery
+                .headers
+                .get("ferry-delivery-attempt")
+                .map(String::as_str),
+            Some("1"),
+            "no delivery was spent while the worker was away: {delivery:?}"
+        );
+    }
+    eventually(Duration::from_secs(10), "/readyz to be ready", async || {
+        let (status, _) = sidecar.get("/readyz").await?;
+        (status == 200).then_some(())
+    })
+    .await;
     assert!(
         sidecar
             .log_text()
-            .contains("could not connect to the worker"),
-        "the log says what went wrong"
+            .contains("waiting for the worker to listen on"),
+        "the log says what it waits for"
     );
 }
 
