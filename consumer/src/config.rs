@@ -95,7 +95,7 @@ pub struct Config {
     #[arg(long, env = "FERRY_DRAIN_TIMEOUT", default_value = "25", value_parser = seconds("FERRY_DRAIN_TIMEOUT", 0.0..=3600.0))]
     pub drain_timeout: Duration,
 
-    /// Address of /metrics, /healthz, /readyz and /drain.
+    /// Address of /metrics, /healthz, /readyz, /drain and /rate-limit.
     #[arg(long, env = "FERRY_LISTEN_ADDR", default_value = "0.0.0.0:9090", value_parser = parse_addr)]
     pub listen_addr: SocketAddr,
 
@@ -107,6 +107,12 @@ pub struct Config {
     /// Cloud Monitoring endpoint; anything but the default is called without credentials.
     #[arg(long, env = "FERRY_MONITORING_ENDPOINT", default_value = ferry_queues::monitoring::DEFAULT_ENDPOINT)]
     pub monitoring_endpoint: String,
+
+    /// Most deliveries this sidecar starts per second (retries included), a positive number
+    /// (fractions allowed, e.g. 0.5); unset: no limit. Changeable at run time through
+    /// PUT /rate-limit on FERRY_LISTEN_ADDR.
+    #[arg(long, env = "FERRY_RATE_LIMIT", value_parser = parse_rate_limit)]
+    pub rate_limit: Option<f64>,
 
     /// Threads that run the pump, the deliveries and the queue client: 1 runs everything on
     /// one thread; 0 starts one per CPU the process may use.
@@ -209,6 +215,15 @@ fn parse_url(value: &str) -> Result<String, String> {
             "FERRY_DELIVERY_URL must be an http:// URL with a host, such as http://127.0.0.1:8080/, got {value:?}"
         )),
     }
+}
+
+fn parse_rate_limit(value: &str) -> Result<f64, String> {
+    crate::rate_limit::parse_per_second(value).ok_or_else(|| {
+        format!(
+            "FERRY_RATE_LIMIT must be {} (unset for no limit), got {value:?}",
+            crate::rate_limit::ACCEPTED
+        )
+    })
 }
 
 fn parse_addr(value: &str) -> Result<SocketAddr, String> {
@@ -337,6 +352,7 @@ mod tests {
         assert_eq!(config.concurrency, 10);
         assert_eq!(config.delivery_timeout, Duration::from_secs(60));
         assert_eq!(config.threads, 1);
+        assert_eq!(config.rate_limit, None);
         assert!(config.validate().is_ok());
     }
 
@@ -458,6 +474,24 @@ mod tests {
         assert!(parse_statuses("499-400").is_err());
         assert!(parse_statuses("200").unwrap_err().contains("2xx"));
         assert!(parse_statuses("100-599").is_err());
+    }
+
+    #[test]
+    fn the_rate_limit_is_a_positive_number() {
+        for (text, rate) in [("100", 100.0), ("12.5", 12.5), ("0.5", 0.5)] {
+            let config = parse(&[&SQS[..], &["--rate-limit", text]].concat()).unwrap();
+            assert_eq!(config.rate_limit, Some(rate));
+        }
+        for bad in ["0", "-1", "NaN", "inf", "fast", "none"] {
+            let flag = format!("--rate-limit={bad}");
+            let err = parse(&[&SQS[..], &[flag.as_str()]].concat())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("FERRY_RATE_LIMIT must be a positive number"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

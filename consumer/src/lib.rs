@@ -7,6 +7,7 @@ pub mod delivery;
 pub mod health;
 pub mod metrics;
 pub mod pump;
+pub mod rate_limit;
 pub mod receive_batch;
 pub mod server;
 pub mod stats;

@@ -82,6 +82,7 @@ async fn run(config: Config) -> ExitCode {
                 min: config.retry_backoff_min,
                 max: config.retry_backoff_max,
             },
+            rate_limit: config.rate_limit,
         },
         Environment::default(),
     );
@@ -117,6 +118,7 @@ async fn run(config: Config) -> ExitCode {
         queue = queue.queue_name(),
         delivery_url = %config.delivery_url,
         concurrency = config.concurrency,
+        rate_limit = config.rate_limit.map_or("none".to_string(), |r| format!("{r}/s")),
         listen = %config.listen_addr,
         "ferry-consumer started"
     );

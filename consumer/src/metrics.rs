@@ -2,8 +2,8 @@
 //! read by the operator's autoscaler, the dashboard and the alert rules.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Counter, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use ferry_queues::{QueueStats, SettleOutcome};
@@ -34,6 +34,9 @@ pub struct Metrics {
     pub ready: IntGauge,
     pub draining: IntGauge,
     pub lease_extensions: prometheus::IntCounter,
+    /// Absent without a limit (see `record_rate_limit`).
+    rate_limit: GaugeVec,
+    pub rate_limit_wait: Counter,
     queue: String,
 }
 
@@ -90,7 +93,7 @@ impl Metrics {
             .buckets(AGE_BUCKETS.to_vec()),
         )
         .expect("valid metric");
-        let in_flight = IntGauge::with_opts(labels("ferry_in_flight", "Messages held by this sidecar: being delivered or waiting behind their ordering group."))
+        let in_flight = IntGauge::with_opts(labels("ferry_in_flight", "Messages held by this sidecar: being delivered, waiting behind their ordering group, or waiting for their turn under the rate limit."))
             .expect("valid metric");
         let concurrency_limit = IntGauge::with_opts(labels(
             "ferry_concurrency_limit",
@@ -114,6 +117,16 @@ impl Metrics {
         .expect("valid metric");
         let lease_extensions = prometheus::IntCounter::with_opts(labels("ferry_lease_extensions_total", "Lease (visibility) extensions made for deliveries that outlasted FERRY_LEASE_SECONDS / 3."))
             .expect("valid metric");
+        let rate_limit = GaugeVec::new(
+            Opts::new("ferry_rate_limit_per_second", "FERRY_RATE_LIMIT (or what PUT /rate-limit set): the most deliveries this sidecar starts per second. Absent when there is no limit."),
+            &["queue"],
+        )
+        .expect("valid metric");
+        let rate_limit_wait = Counter::with_opts(labels(
+            "ferry_rate_limit_wait_seconds_total",
+            "Seconds deliveries spent waiting for their turn under the rate limit.",
+        ))
+        .expect("valid metric");
         let build_info = Gauge::with_opts(
             labels("ferry_build_info", "Build information.")
                 .const_label("version", env!("CARGO_PKG_VERSION"))
@@ -136,6 +149,8 @@ impl Metrics {
             Box::new(ready.clone()),
             Box::new(draining.clone()),
             Box::new(lease_extensions.clone()),
+            Box::new(rate_limit.clone()),
+            Box::new(rate_limit_wait.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -167,6 +182,8 @@ impl Metrics {
             ready,
             draining,
             lease_extensions,
+            rate_limit,
+            rate_limit_wait,
             queue: queue.to_string(),
         }
     }
@@ -208,6 +225,18 @@ impl Metrics {
         self.stats_timestamp.with_label_values(&[q]).set(unix_now);
     }
 
+    /// The current rate limit; without one the series is absent, not 0, which would read
+    /// as "deliver nothing".
+    pub fn record_rate_limit(&self, per_second: Option<f64>) {
+        let q = self.queue.as_str();
+        match per_second {
+            Some(rate) => self.rate_limit.with_label_values(&[q]).set(rate),
+            None => {
+                let _ = self.rate_limit.remove_label_values(&[q]);
+            }
+        }
+    }
+
     pub fn encode(&self) -> String {
         let mut buffer = Vec::new();
         TextEncoder::new()
@@ -244,6 +273,26 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("ferry_dead_letter_messages{queue=\"orders\"} 1"));
+    }
+
+    #[test]
+    fn no_rate_limit_is_no_series() {
+        let m = Metrics::new("orders", "sqs");
+        m.record_rate_limit(None);
+        let text = m.encode();
+        assert!(!text.contains("ferry_rate_limit_per_second{"), "{text}");
+        assert!(
+            text.contains("ferry_rate_limit_wait_seconds_total{queue=\"orders\"} 0"),
+            "{text}"
+        );
+        m.record_rate_limit(Some(12.5));
+        assert!(
+            m.encode()
+                .contains("ferry_rate_limit_per_second{queue=\"orders\"} 12.5")
+        );
+        m.record_rate_limit(None);
+        m.record_rate_limit(None);
+        assert!(!m.encode().contains("ferry_rate_limit_per_second{"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use ferry_queues::{
     DeadLetterReason, Lease, MessageQueue, QueueError, ReceivedMessage, SettleOutcome,
@@ -25,6 +25,7 @@ use crate::delivery::{
 };
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::rate_limit::{RateLimit, Turn};
 use crate::receive_batch::{DeliveryPace, linger_before_receive};
 
 /// Longest pause between failed receives; short enough to notice a fixed queue quickly.
@@ -41,6 +42,8 @@ pub struct PumpSettings {
     pub content_type: String,
     pub permanent_failure_statuses: StatusSet,
     pub retry: RetryPolicy,
+    /// `FERRY_RATE_LIMIT`: most delivery starts per second; `None`, no limit.
+    pub rate_limit: Option<f64>,
 }
 
 /// Randomness and time, injected so the pump's decisions are reproducible in tests.
@@ -84,6 +87,8 @@ pub struct Pump {
     /// Whether the worker must be seen listening before the next receive: at start, and
     /// after a delivery found nothing listening.
     worker_unconfirmed: AtomicBool,
+    /// Paces delivery starts, and with them receives (`FERRY_RATE_LIMIT`, `/rate-limit`).
+    rate_limit: RateLimit,
 }
 
 /// One settle a drain must wait for; counted down when the settle ends, however it ends.
@@ -127,6 +132,7 @@ impl Pump {
         env: Environment,
     ) -> Arc<Self> {
         metrics.concurrency_limit.set(settings.concurrency as i64);
+        metrics.record_rate_limit(settings.rate_limit);
         Arc::new(Self {
             headers: FixedHeaders::new(
                 queue.provider(),
@@ -139,6 +145,7 @@ impl Pump {
             groups: SyncMutex::new(HashMap::new()),
             pace: DeliveryPace::default(),
             worker_unconfirmed: AtomicBool::new(true),
+            rate_limit: RateLimit::new(settings.rate_limit),
             queue,
             deliverer,
             metrics,
@@ -150,6 +157,26 @@ impl Pump {
 
     pub fn is_draining(&self) -> bool {
         *self.draining.borrow()
+    }
+
+    /// The delivery starts allowed per second; `None` when unlimited.
+    pub fn rate_limit(&self) -> Option<f64> {
+        self.rate_limit.per_second()
+    }
+
+    /// Changes the rate limit (`None` removes it); deliveries already given their start
+    /// keep it, the next ones and the next receive follow the new rate.
+    pub fn set_rate_limit(&self, per_second: Option<f64>) {
+        let show = |rate: Option<f64>| rate.map_or("none".to_string(), |r| format!("{r}/s"));
+        self.rate_limit.set(per_second, |before, after| {
+            self.metrics.record_rate_limit(after);
+            tracing::info!(
+                queue = self.queue.queue_name(),
+                "delivery rate limit changed from {} to {}",
+                show(before),
+                show(after)
+            );
+        });
     }
 
     /// Receives and dispatches until a drain starts.
@@ -165,18 +192,22 @@ impl Pump {
             {
                 return;
             }
+            if self.rate_limit.is_limited() && !self.wait_for_the_rate_limit(&mut draining).await {
+                return;
+            }
             let first = tokio::select! {
                 slot = self.slots.clone().acquire_owned() => slot.expect("slots are never closed"),
                 _ = until_draining(&mut draining) => return,
             };
+            let batch = self.receive_batch();
             let mut slots = vec![first];
-            while slots.len() < ferry_queues::sqs::MAX_BATCH {
+            while slots.len() < batch {
                 match self.slots.clone().try_acquire_owned() {
                     Ok(slot) => slots.push(slot),
                     Err(_) => break,
                 }
             }
-            self.wait_for_a_fuller_batch(&mut slots).await;
+            self.wait_for_a_fuller_batch(&mut slots, batch).await;
             if *draining.borrow() {
                 return;
             }
@@ -286,14 +317,44 @@ impl Pump {
         }
     }
 
+    /// Under a rate limit, holds the next receive until every message received so far has
+    /// its start (a later start than now means earlier messages are still waiting for their
+    /// turn); false when a drain began first. Together with `receive_batch` this keeps what
+    /// waits for the limit in the queue, where other pods can take it: a received message
+    /// waits at most about a second for its start.
+    async fn wait_for_the_rate_limit(&self, draining: &mut watch::Receiver<bool>) -> bool {
+        loop {
+            let changed = self.rate_limit.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let Some(turn) = self.rate_limit.not_before(Instant::now()) else {
+                return true;
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(turn.into()) => {}
+                _ = changed => {}
+                _ = until_draining(draining) => return false,
+            }
+        }
+    }
+
+    /// How many messages the next receive asks for at most: the free slots it takes, up to
+    /// an SQS batch, and under a rate limit what the limit lets start within a second.
+    fn receive_batch(&self) -> usize {
+        let batch = self.settings.concurrency.min(ferry_queues::sqs::MAX_BATCH);
+        match self.rate_limit.receive_batch() {
+            Some(limit) => batch.min(limit),
+            None => batch,
+        }
+    }
+
     /// Waits briefly for more free slots when deliveries are quick and the receive would
     /// ask for fewer messages than it may (see `receive_batch`). Only for queues whose
     /// receive is a call: Pub/Sub's reads a local buffer, and costs nothing to repeat.
-    async fn wait_for_a_fuller_batch(&self, slots: &mut Vec<OwnedSemaphorePermit>) {
+    async fn wait_for_a_fuller_batch(&self, slots: &mut Vec<OwnedSemaphorePermit>, batch: usize) {
         if !self.queue.receive_calls_the_queue() {
             return;
         }
-        let batch = self.settings.concurrency.min(ferry_queues::sqs::MAX_BATCH);
         let Some(linger) = linger_before_receive(slots.len(), batch, self.pace.typical()) else {
             return;
         };
@@ -344,9 +405,12 @@ impl Pump {
             self.metrics.message_age.observe(age.as_secs_f64());
         }
         let Some(group) = held.message.ordering_group.clone() else {
+            // The turn is taken here, not in the spawned task, so the pump's next receive
+            // sees it whichever thread runs the task, and when.
+            let turn = self.rate_limit.take(Instant::now);
             let pump = self.clone();
             tokio::spawn(async move {
-                pump.deliver_and_settle(held, None).await;
+                pump.deliver_and_settle(held, None, turn).await;
             });
             return;
         };
@@ -398,7 +462,9 @@ impl Pump {
                 self.release_held(vec![next], "drain").await;
                 break;
             }
-            let delivery = self.deliver_and_settle(next, Some(pending.clone()));
+            // A group's message takes its turn when it is its group's turn, not on receipt.
+            let turn = self.rate_limit.take(Instant::now);
+            let delivery = self.deliver_and_settle(next, Some(pending.clone()), turn);
             tokio::pin!(delivery);
             let succeeded = tokio::select! {
                 ok = &mut delivery => ok,
@@ -448,15 +514,25 @@ impl Pump {
 
     /// Delivers one message and settles it; true when the worker succeeded. `companions`
     /// are messages waiting behind it in its ordering group, kept leased alongside it.
+    /// `turn` is when the rate limit lets it start (`None`: no limit).
     async fn deliver_and_settle(
         &self,
         held: Held,
         companions: Option<Arc<Mutex<VecDeque<Held>>>>,
+        turn: Option<Turn>,
     ) -> bool {
         let Held {
             message,
             _slot: slot,
         } = held;
+        if let Some(turn) = turn {
+            // Under the lease extension too: behind ordering groups, or at a rate lowered
+            // after the message was received, a turn can be further away than the lease.
+            let wait = self.wait_for_turn(turn);
+            tokio::pin!(wait);
+            self.with_lease_extension(wait, &message, companions.as_deref())
+                .await;
+        }
         let headers = delivery_headers(&message, &self.headers);
         let started = std::time::Instant::now();
         // Pinned here, in this task's own state, and lent to the lease extension: a future
@@ -500,14 +576,25 @@ impl Pump {
         succeeded
     }
 
+    /// Waits for a delivery's start under the rate limit. Not cut short by a drain: the
+    /// wait is part of the delivery (for a message received without an ordering group,
+    /// about a second at most, see `wait_for_the_rate_limit`).
+    async fn wait_for_turn(&self, turn: Turn) {
+        let waited = self.rate_limit.wait(turn).await;
+        if !waited.is_zero() {
+            self.metrics.rate_limit_wait.inc_by(waited.as_secs_f64());
+        }
+    }
+
     /// Runs the delivery, extending the lease every third of its length when the queue needs
     /// it, so a worker slower than the lease never causes a second delivery of the message.
-    async fn with_lease_extension(
+    /// (Also the wait for a delivery's turn under the rate limit.)
+    async fn with_lease_extension<T>(
         &self,
-        mut delivery: Pin<&mut impl Future<Output = WorkerAnswer>>,
+        mut delivery: Pin<&mut impl Future<Output = T>>,
         message: &ReceivedMessage,
         companions: Option<&Mutex<VecDeque<Held>>>,
-    ) -> WorkerAnswer {
+    ) -> T {
         if !self.queue.needs_lease_extension() {
             return delivery.await;
         }

@@ -1,4 +1,4 @@
-//! `/metrics`, `/healthz`, `/readyz` and `/drain` on FERRY_LISTEN_ADDR.
+//! `/metrics`, `/healthz`, `/readyz`, `/drain` and `/rate-limit` on FERRY_LISTEN_ADDR.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +28,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/readyz", get(readyz))
         // GET too, because a preStop httpGet hook can only GET.
         .route("/drain", get(drain).post(drain))
+        .route("/rate-limit", get(rate_limit).put(set_rate_limit))
         .with_state(state)
 }
 
@@ -66,5 +67,39 @@ async fn drain(State(state): State<ServerState>) -> impl IntoResponse {
         status,
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),
+    )
+}
+
+/// The current limit, as `PUT /rate-limit` answers it.
+async fn rate_limit(State(state): State<ServerState>) -> impl IntoResponse {
+    rate_limit_answer(state.pump.rate_limit())
+}
+
+/// A plain-text body: a positive number of deliveries per second, or `none`. The operator
+/// uses it to give each pod its share of `spec.delivery.maxPerSecond`.
+async fn set_rate_limit(State(state): State<ServerState>, body: String) -> impl IntoResponse {
+    let body = body.trim();
+    let per_second = if body.eq_ignore_ascii_case("none") {
+        None
+    } else if let Some(rate) = crate::rate_limit::parse_per_second(body) {
+        Some(rate)
+    } else {
+        let accepted = crate::rate_limit::ACCEPTED;
+        let body: String = body.chars().take(64).collect();
+        return (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("The body must be {accepted}, or none to remove the limit; got {body:?}.\n"),
+        )
+            .into_response();
+    };
+    state.pump.set_rate_limit(per_second);
+    rate_limit_answer(per_second).into_response()
+}
+
+fn rate_limit_answer(per_second: Option<f64>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({ "rate_limit_per_second": per_second }).to_string(),
     )
 }

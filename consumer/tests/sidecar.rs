@@ -165,6 +165,7 @@ ferry_tests::for_both_providers!(
     ordering_groups_are_delivered_one_at_a_time_in_order,
     a_missing_queue_makes_the_sidecar_unready_not_crash,
     a_periodic_task_message_goes_to_its_path_with_the_task_headers,
+    a_rate_limit_spaces_deliveries_and_can_be_changed_at_runtime,
 );
 
 /// N messages: each delivered once with the contract's headers, settled, and /metrics says so.
@@ -255,6 +256,163 @@ async fn every_message_is_delivered_once_and_settled(provider: Provider) {
             backlog_empty,
         )
         .await;
+    }
+}
+
+/// `PUT /rate-limit` with a plain-text body, as the operator sends it: (status, body).
+async fn put_rate_limit(sidecar: &Sidecar, body: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .put(format!(
+            "http://127.0.0.1:{}/rate-limit",
+            sidecar.metrics_port
+        ))
+        .header("content-type", "text/plain")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("PUT /rate-limit");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("the answer's body"))
+}
+
+/// FERRY_RATE_LIMIT spaces delivery starts evenly, with no burst even from a full queue, and
+/// `PUT /rate-limit` changes the limit while the sidecar runs: slower, then none.
+async fn a_rate_limit_spaces_deliveries_and_can_be_changed_at_runtime(provider: Provider) {
+    let setup = provision(provider, false, 5).await;
+    let worker = Worker::start(|_| Reply::ok()).await;
+    // All in the queue before the sidecar starts: nothing but the limit holds them back.
+    let mut ids = setup.publish_bodies(&bodies("paced", 60)).await;
+    let sidecar = start(
+        &setup
+            .env(&worker.url())
+            .set("FERRY_CONCURRENCY", 10)
+            .set("FERRY_RATE_LIMIT", 20),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "60 deliveries at 20 a second",
+        async || (worker.succeeded_ids().len() >= 60).then_some(()),
+    )
+    .await;
+    let starts: Vec<std::time::Instant> = worker.deliveries().iter().map(|d| d.started).collect();
+    assert_eq!(starts.len(), 60, "each message delivered once");
+    // 20 a second, 50 ms apart: any 22 consecutive starts span 1.05 s, so no 1-second
+    // window holds more than 21 of them.
+    for (i, window) in starts.windows(22).enumerate() {
+        assert!(
+            window[21] - window[0] >= Duration::from_secs(1),
+            "starts {i} to {} came within {:?}",
+            i + 21,
+            window[21] - window[0]
+        );
+    }
+    let took = starts[59] - starts[0];
+    assert!(took >= Duration::from_millis(2900), "60 starts in {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "paced, not stalled: {took:?}"
+    );
+    assert_eq!(
+        sidecar.metric("ferry_rate_limit_per_second").await,
+        Some(20.0)
+    );
+    let waited = sidecar
+        .metric("ferry_rate_limit_wait_seconds_total")
+        .await
+        .expect("the wait counter");
+    // Batches of up to 10 (what starts within a second, capped by the concurrency) wait
+    // 0, 50, …, 450 ms for their starts: 2.25 s per full batch.
+    assert!(waited > 2.0, "waited {waited} s in all");
+    assert_eq!(
+        sidecar.get("/rate-limit").await,
+        Some((200, r#"{"rate_limit_per_second":20.0}"#.to_string()))
+    );
+
+    for bad in ["fast", "0", "-3", "", "10/s"] {
+        let (status, body) = put_rate_limit(&sidecar, bad).await;
+        assert_eq!(status, 400, "{bad:?}: {body}");
+        assert!(
+            body.contains("positive number") && body.contains("none"),
+            "{bad:?}: {body}"
+        );
+    }
+    assert_eq!(
+        sidecar.metric("ferry_rate_limit_per_second").await,
+        Some(20.0),
+        "a refused change changes nothing"
+    );
+
+    // Slower: one every 2 s.
+    assert_eq!(
+        put_rate_limit(&sidecar, "0.5").await,
+        (200, r#"{"rate_limit_per_second":0.5}"#.to_string())
+    );
+    assert_eq!(
+        sidecar.metric("ferry_rate_limit_per_second").await,
+        Some(0.5)
+    );
+    ids.extend(setup.publish_bodies(&bodies("slow", 30)).await);
+    eventually(
+        Duration::from_secs(20),
+        "a delivery at the slower rate",
+        async || (worker.deliveries().len() > 60).then_some(()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let slow: Vec<std::time::Instant> = worker.deliveries()[60..]
+        .iter()
+        .map(|d| d.started)
+        .collect();
+    assert!(
+        (1..=3).contains(&slow.len()),
+        "at 0.5 a second, {} deliveries in 3 s",
+        slow.len()
+    );
+    for pair in slow.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(1900),
+            "{:?} apart at 0.5 a second",
+            pair[1] - pair[0]
+        );
+    }
+
+    // None: the rest (some 28 messages, a minute at 0.5 a second) go at once.
+    let removed = std::time::Instant::now();
+    assert_eq!(
+        put_rate_limit(&sidecar, "none").await,
+        (200, r#"{"rate_limit_per_second":null}"#.to_string())
+    );
+    assert_eq!(
+        sidecar.get("/rate-limit").await,
+        Some((200, r#"{"rate_limit_per_second":null}"#.to_string()))
+    );
+    let (_, text) = sidecar.get("/metrics").await.expect("/metrics");
+    assert!(
+        !text.contains("ferry_rate_limit_per_second"),
+        "no limit, no series:\n{text}"
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the rest once the limit is gone",
+        async || (worker.succeeded_ids().len() >= 90).then_some(()),
+    )
+    .await;
+    let rest = removed.elapsed();
+    assert!(
+        rest < Duration::from_secs(5),
+        "without a limit the last {} took {rest:?}",
+        90 - 60 - slow.len()
+    );
+    let mut delivered = worker.succeeded_ids();
+    delivered.sort();
+    ids.sort();
+    assert_eq!(delivered, ids, "every message delivered once");
+    let log = sidecar.log_text();
+    for change in ["from 20/s to 0.5/s", "from 0.5/s to none"] {
+        assert!(
+            log.contains(&format!("delivery rate limit changed {change}")),
+            "{change}: log:\n{log}"
+        );
     }
 }
 
@@ -1061,4 +1219,20 @@ fn bad_configuration_exits_2_naming_the_variable() {
         .expect("run ferry-consumer");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("FERRY_PROVIDER"));
+
+    for bad in ["0", "-5", "NaN", "inf", "lots", ""] {
+        let out = std::process::Command::new(BINARY)
+            .env_clear()
+            .env("FERRY_PROVIDER", "sqs")
+            .env("FERRY_QUEUE", "https://sqs.eu-west-1.amazonaws.com/1/q")
+            .env("FERRY_RATE_LIMIT", bad)
+            .output()
+            .expect("run ferry-consumer");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
+        assert!(
+            stderr.contains("FERRY_RATE_LIMIT must be a positive number of deliveries per second"),
+            "{bad:?}: {stderr}"
+        );
+    }
 }
