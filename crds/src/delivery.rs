@@ -42,6 +42,13 @@ pub struct DeliverySpec {
     /// capped at `maxSeconds`, with jitter; a worker's `Retry-After` takes precedence.
     #[serde(default)]
     pub retry_backoff: RetryBackoff,
+    /// Most deliveries per second to the worker across all its pods, retries included, for a
+    /// worker that calls an API with a rate limit (fractions allowed, 0.001-1000000). The
+    /// operator shares it among the running pods, and scales no further than it lets them
+    /// deliver: messages beyond it wait in the queue, not in the pods. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.001, max = 1000000))]
+    pub max_per_second: Option<f64>,
 }
 
 /// `spec.delivery.retryBackoff`.
@@ -105,6 +112,7 @@ impl Default for DeliverySpec {
             content_type: default_content_type(),
             permanent_failure_statuses: Vec::new(),
             retry_backoff: RetryBackoff::default(),
+            max_per_second: None,
         }
     }
 }

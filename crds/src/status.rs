@@ -194,6 +194,7 @@ pub struct ScalingSignalsRecord {
     pub mean_age_at_receipt_seconds: Option<f64>,
     /// Replicas the queue needs by the rule in `basis`.
     pub needed_replicas: i32,
-    /// The rule: `LatencyTarget`, `PlannedQueue`, `BacklogPerReplica` or `BacklogFallback`.
+    /// The rule: `LatencyTarget`, `PlannedQueue`, `BacklogPerReplica`, `BacklogFallback` or
+    /// `RateLimit`.
     pub basis: String,
 }

@@ -604,3 +604,156 @@ async fn a_suspended_consumer_holds_at_zero_keeps_its_messages_and_resumes(provi
         .expect("delete");
     live.stop().await;
 }
+
+/// `ferry_rate_limit_per_second` of every running pod of `consumer` whose sidecar answers
+/// (`None` for one that reports no limit), by pod name.
+async fn rate_limits(live: &Live, consumer: &str) -> HashMap<String, Option<f64>> {
+    let pods: Api<Pod> = Api::namespaced(live.cluster.client(), "default");
+    let listed = pods
+        .list(&ListParams::default().labels(&format!("ferry.dev/queue-consumer={consumer}")))
+        .await
+        .expect("list pods");
+    let mut limits = HashMap::new();
+    for pod in listed.items {
+        let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+            continue;
+        };
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let Ok(answer) = reqwest::get(format!("http://{ip}:9090/metrics")).await else {
+            continue;
+        };
+        let Ok(page) = answer.text().await else {
+            continue;
+        };
+        let limit = page
+            .lines()
+            .find(|l| l.starts_with("ferry_rate_limit_per_second"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok());
+        limits.insert(pod.metadata.name.unwrap_or_default(), limit);
+    }
+    limits
+}
+
+/// `spec.delivery.maxPerSecond` on the real loop: a pod starts at its share at maxReplicas,
+/// the autoscaler gives each running pod its share of the count there is, a backlog drains
+/// at the limit and no faster, and replicas that could not deliver faster are not added.
+/// (Provider-independent: the sidecar suite checks the pacing itself on both.)
+#[tokio::test]
+async fn a_delivery_rate_limit_is_shared_among_the_pods_and_caps_scaling() {
+    let live = Live::start().await;
+    let api = live.consumers();
+    let mut qc = consumer(Provider::Sqs, "paced");
+    qc.spec.scaling.min_replicas = 1;
+    qc.spec.delivery.max_per_second = Some(4.0);
+    api.create(&PostParams::default(), &qc)
+        .await
+        .expect("create");
+    let deployments: Api<Deployment> = Api::namespaced(live.cluster.client(), "default");
+    let deployment = eventually(Duration::from_secs(60), "the Deployment", async || {
+        deployments.get_opt("paced-worker").await.ok()?
+    })
+    .await;
+    let sidecar_env = deployment
+        .spec
+        .template
+        .spec
+        .expect("a pod spec")
+        .containers
+        .iter()
+        .find(|c| c.name == "ferry-consumer")
+        .and_then(|c| c.env.clone())
+        .unwrap_or_default();
+    let starting = sidecar_env
+        .iter()
+        .find(|e| e.name == "FERRY_RATE_LIMIT")
+        .and_then(|e| e.value.clone());
+    assert_eq!(
+        starting.as_deref(),
+        Some("1"),
+        "4/s shared by maxReplicas 4"
+    );
+    let one_pod = eventually(
+        Duration::from_secs(60),
+        "the running pod told its share, the whole limit",
+        async || {
+            let limits = rate_limits(&live, "paced").await;
+            (limits.len() == 1 && limits.values().all(|l| *l == Some(4.0))).then_some(limits)
+        },
+    )
+    .await;
+    eprintln!("shares: {one_pod:?}");
+    let queue = api
+        .get("paced")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .queue
+        .unwrap();
+
+    // A few messages first, so the service time is measured before the backlog comes (the
+    // limit bounds replicas from it; before it, queue length sizes a cold start).
+    let warm_up = publish_burst(Provider::Sqs, &queue.id, 4).await;
+    watch_replicas(
+        &live,
+        "paced-worker",
+        Duration::from_secs(60),
+        "warm-up",
+        |_, seen| warm_up.iter().all(|id| seen.contains_key(id)),
+    )
+    .await;
+    tokio::time::sleep(3 * POLL).await;
+
+    // 40 messages at 4/s: at least 9.75 s from the first delivery to the last, however many
+    // replicas share the limit; without it this backlog (200 ms jobs, a 4 s target, 2 slots
+    // a pod) scales to maxReplicas and drains in about 2 s.
+    let started = Instant::now();
+    let burst = publish_burst(Provider::Sqs, &queue.id, 40).await;
+    let highest = watch_replicas(
+        &live,
+        "paced-worker",
+        Duration::from_secs(60),
+        "draining at the limit",
+        |_, seen| burst.iter().all(|id| seen.contains_key(id)),
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(9),
+        "40 messages at 4/s took {took:?}"
+    );
+    // 4/s of 200 ms jobs keep about one slot busy: one replica of 2 slots. On a loaded
+    // machine the measured time per message grows and the cap with it (a second replica
+    // at 0.5 s); without the limit the same backlog takes maxReplicas, 4.
+    assert!(
+        highest <= 2,
+        "replicas beyond what 4/s keeps busy are not added: {highest}"
+    );
+    let seen = live.successes();
+    assert!(burst.iter().all(|id| seen[id] == 1), "each message once");
+
+    // Two pods (minReplicas 2) share the limit: 2/s each.
+    api.patch(
+        "paced",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"spec": {"scaling": {"minReplicas": 2}}})),
+    )
+    .await
+    .expect("patch minReplicas");
+    let two_pods = eventually(
+        Duration::from_secs(60),
+        "two pods at half the limit each",
+        async || {
+            let limits = rate_limits(&live, "paced").await;
+            (limits.len() == 2 && limits.values().all(|l| *l == Some(2.0))).then_some(limits)
+        },
+    )
+    .await;
+    eprintln!("shares: {two_pods:?}");
+    api.delete("paced", &Default::default())
+        .await
+        .expect("delete");
+    live.stop().await;
+}

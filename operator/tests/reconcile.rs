@@ -390,18 +390,29 @@ async fn delete_policy_waits_for_dead_letters_unless_forced(provider: Provider) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_apply_rejects_invalid_queue_consumers_with_a_readable_message() {
     let running = Running::start().await;
-    let manifest =
-        std::env::temp_dir().join(format!("{}.yaml", ferry_tests::unique_name("bad-qc")));
-    std::fs::write(
-        &manifest,
-        format!(
-            r#"apiVersion: ferry.dev/v1alpha1
-kind: QueueConsumer
-metadata:
-  name: bad
-  namespace: {namespace}
-spec:
-  queue:
+    let namespace = running.cluster.namespace();
+    // `kubectl apply` of a QueueConsumer `bad` with this spec: refused, and what it said.
+    let refusal = async |spec: &str| {
+        let manifest =
+            std::env::temp_dir().join(format!("{}.yaml", ferry_tests::unique_name("bad-qc")));
+        let object = format!(
+            "apiVersion: ferry.dev/v1alpha1\nkind: QueueConsumer\nmetadata:\n  name: bad\n  namespace: {namespace}\nspec:\n{spec}  worker:\n    spec:\n      containers:\n        - name: app\n          image: example.com/app:1\n"
+        );
+        std::fs::write(&manifest, object).unwrap();
+        let out = running
+            .cluster
+            .kubectl(&["apply", "-f", &manifest.to_string_lossy()])
+            .await;
+        let _ = std::fs::remove_file(&manifest);
+        assert!(!out.status.success(), "kubectl apply must fail");
+        assert!(
+            running.api().get_opt("bad").await.unwrap().is_none(),
+            "nothing was stored"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = refusal(
+        r#"  queue:
     provider: pubsub
     sqs:
       fifo: true
@@ -412,23 +423,9 @@ spec:
       url: /tasks/nightly
       schedule: "30 2 * * *"
       timeZone: Europe/Berln
-  worker:
-    spec:
-      containers:
-        - name: app
-          image: example.com/app:1
 "#,
-            namespace = running.cluster.namespace()
-        ),
     )
-    .unwrap();
-    let out = running
-        .cluster
-        .kubectl(&["apply", "-f", &manifest.to_string_lossy()])
-        .await;
-    let _ = std::fs::remove_file(&manifest);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "kubectl apply must fail");
+    .await;
     assert!(
         stderr.contains("maxDeliveries must be between 5 and 100 for Pub/Sub"),
         "{stderr}"
@@ -437,9 +434,20 @@ spec:
         stderr.contains("timeZone must be an IANA time zone name"),
         "{stderr}"
     );
+    // The schema's own bounds, which the API server checks before the rules.
+    let stderr = refusal(
+        r#"  queue:
+    provider: sqs
+  delivery:
+    maxPerSecond: 0
+"#,
+    )
+    .await;
     assert!(
-        running.api().get_opt("bad").await.unwrap().is_none(),
-        "nothing was stored"
+        stderr.contains(
+            "spec.delivery.maxPerSecond in body should be greater than or equal to 0.001"
+        ),
+        "{stderr}"
     );
     running.stop().await;
 }

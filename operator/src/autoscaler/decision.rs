@@ -37,6 +37,9 @@ pub enum DemandBasis {
     BacklogPerReplica,
     /// Queue length per replica because the service time has not been measured yet.
     BacklogFallback,
+    /// Fewer than the target asks for: `spec.delivery.maxPerSecond` is all these replicas
+    /// may deliver, and more would not deliver faster.
+    RateLimit,
 }
 
 /// The numbers a decision was made from, kept so that the decision explains itself.
@@ -271,14 +274,14 @@ impl ScalingDecision {
 
     /// The human-readable explanation, for `status` and Events.
     pub fn message(&self) -> String {
-        let planned = self
-            .signals
-            .as_ref()
-            .is_some_and(|s| s.basis == DemandBasis::PlannedQueue);
-        let note = if planned {
-            " (fewer than the target rounds up to, while a short planned queue carries the rest)"
-        } else {
-            ""
+        let note = match self.signals.as_ref().map(|s| s.basis) {
+            Some(DemandBasis::PlannedQueue) => {
+                " (fewer than the target rounds up to, while a short planned queue carries the rest)"
+            }
+            Some(DemandBasis::RateLimit) => {
+                " (all that spec.delivery.maxPerSecond lets deliver: more replicas would not drain the queue faster)"
+            }
+            _ => "",
         };
         format!("{} → {}: {}{note}", self.from, self.to, self.reason)
     }

@@ -10,6 +10,7 @@
 
 mod decision;
 mod policy;
+pub mod rate_share;
 mod removal;
 mod signals;
 mod spec;

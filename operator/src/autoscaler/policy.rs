@@ -192,7 +192,7 @@ impl ScalingPolicy {
             .backlog_per_replica
             .map(|b| per_replica(f64::from(b)));
 
-        match (by_latency, by_backlog) {
+        let demand = match (by_latency, by_backlog) {
             (Some((l, _)), Some(b)) if b > l => Demand {
                 replicas: b,
                 basis: DemandBasis::BacklogPerReplica,
@@ -206,7 +206,37 @@ impl ScalingPolicy {
                 replicas: per_replica(slots_per_replica * self.tuning.fallback_backlog_per_slot),
                 basis: DemandBasis::BacklogFallback,
             },
+        };
+        match self.rate_limited_replicas(estimates.service_seconds, slots_per_replica) {
+            Some(cap) if demand.replicas > cap => Demand {
+                replicas: cap,
+                basis: DemandBasis::RateLimit,
+            },
+            _ => demand,
         }
+    }
+
+    /// Under `spec.delivery.maxPerSecond` the pods deliver no faster however many there are,
+    /// so replicas beyond those that serve arrivals at that rate (sized by the same staffing
+    /// rule as any arrival rate) would only share it and idle. Messages beyond it wait in the
+    /// queue. Unknown until the service time is measured.
+    fn rate_limited_replicas(
+        &self,
+        service_seconds: Option<f64>,
+        slots_per_replica: f64,
+    ) -> Option<u32> {
+        let limit = self.spec.delivery_max_per_second?;
+        let service_seconds = service_seconds?;
+        let wait = self.spec.target_latency_seconds.unwrap_or(service_seconds)
+            * self.tuning.queueing_budget_fraction;
+        let slots = slots_needed(
+            limit,
+            service_seconds,
+            wait,
+            self.tuning.wait_quantile,
+            self.tuning.max_utilization,
+        );
+        Some(((slots as f64 / slots_per_replica).ceil() as u32).max(1))
     }
 
     /// Whole replicas can only meet a fractional demand by rounding up, which on a small

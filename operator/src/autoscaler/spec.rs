@@ -27,6 +27,10 @@ pub struct ScalingSpec {
     pub idle_before_zero_seconds: u32,
     /// Most replicas added in one decision, beyond doubling the current count.
     pub max_scale_up_step: u32,
+    /// `spec.delivery.maxPerSecond`: most deliveries per second across all replicas. More
+    /// replicas than deliver that many would only share it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_max_per_second: Option<f64>,
 }
 
 impl Default for ScalingSpec {
@@ -40,6 +44,7 @@ impl Default for ScalingSpec {
             scale_down_stabilization_seconds: 30,
             idle_before_zero_seconds: 120,
             max_scale_up_step: 20,
+            delivery_max_per_second: None,
         }
     }
 }

@@ -751,3 +751,45 @@ fn long_jobs_get_no_planned_queue() {
     let (_, basis) = needed_at_first_poll(&p, 12, 0, 5.0, 20.0);
     assert_eq!(basis, DemandBasis::LatencyTarget);
 }
+
+#[test]
+fn a_delivery_rate_limit_caps_replicas_at_what_it_lets_deliver() {
+    let limited = ScalingSpec {
+        delivery_max_per_second: Some(20.0),
+        ..ScalingSpec::default()
+    };
+    // 100 msg/s arrive with 5,000 waiting; the sidecars may deliver 20/s in all, which keeps
+    // about 10 slots of 0.5 s jobs busy: two replicas of 10, not the dozens the queue asks.
+    let signals = scraped(0.0, 2, 5_000, 20.0, 0.5);
+    let mut state = ScalingState::default();
+    let d = policy(limited.clone()).decide(&mut state, 0.0, 2, Some(&signals));
+    let used = d.signals.clone().unwrap();
+    assert_eq!(used.basis, DemandBasis::RateLimit);
+    assert_eq!((d.to, used.needed_replicas), (2, 2));
+    assert!(
+        d.message().contains("spec.delivery.maxPerSecond"),
+        "{}",
+        d.message()
+    );
+    let mut state = ScalingState::default();
+    let unlimited = policy(ScalingSpec::default()).decide(&mut state, 0.0, 2, Some(&signals));
+    assert!(unlimited.to > 2, "{unlimited:?}");
+
+    // Slower jobs hold slots longer: 20/s of 5 s jobs keep about 100 slots busy.
+    let mut state = ScalingState::default();
+    let slow = scraped(0.0, 10, 5_000, 20.0, 5.0);
+    let d = policy(limited.clone()).decide(&mut state, 0.0, 10, Some(&slow));
+    assert_eq!(d.signals.unwrap().basis, DemandBasis::RateLimit);
+    assert!((11..=13).contains(&d.to), "{}", d.to);
+
+    // A load below the limit is sized as without it.
+    let mut state = ScalingState::default();
+    let light = scraped(0.0, 1, 0, 5.0, 0.5);
+    let d = policy(limited.clone()).decide(&mut state, 0.0, 1, Some(&light));
+    assert_ne!(d.signals.unwrap().basis, DemandBasis::RateLimit);
+
+    // Before the service time is known the limit says nothing about replicas.
+    let mut state = ScalingState::default();
+    let d = policy(limited).decide(&mut state, 0.0, 0, Some(&queue_only(0.0, 45)));
+    assert_eq!(d.signals.unwrap().basis, DemandBasis::BacklogFallback);
+}

@@ -134,6 +134,8 @@ fn main() -> anyhow::Result<()> {
             .idle_before_zero
             .unwrap_or(defaults.idle_before_zero_seconds),
         max_scale_up_step: args.max_scale_up_step.unwrap_or(defaults.max_scale_up_step),
+        // The model's pods deliver as fast as their slots allow.
+        delivery_max_per_second: None,
     };
     scaling.validate()?;
     let mut config = BenchConfig::new(model, scaling);

@@ -1,11 +1,12 @@
-//! `spec.scaling` as the autoscaler's input.
+//! `spec.scaling` (and `spec.delivery.maxPerSecond`) as the autoscaler's input.
 
 use crate::autoscaler::ScalingSpec;
 
 /// The CRD's `spec.scaling` (Kubernetes-style signed integers) as the autoscaler's
 /// `ScalingSpec`. The schema already rejects negative values; clamping keeps this total
 /// for objects that bypassed admission (e.g. written before a CRD upgrade).
-pub fn autoscaler_spec(scaling: &ferry_crds::ScalingSpec) -> ScalingSpec {
+pub fn autoscaler_spec(spec: &ferry_crds::QueueConsumerSpec) -> ScalingSpec {
+    let scaling = &spec.scaling;
     let non_negative = |v: i32| u32::try_from(v).unwrap_or(0);
     ScalingSpec {
         min_replicas: non_negative(scaling.min_replicas),
@@ -16,5 +17,6 @@ pub fn autoscaler_spec(scaling: &ferry_crds::ScalingSpec) -> ScalingSpec {
         scale_down_stabilization_seconds: non_negative(scaling.scale_down_stabilization_seconds),
         idle_before_zero_seconds: non_negative(scaling.idle_before_zero_seconds),
         max_scale_up_step: non_negative(scaling.max_scale_up_step),
+        delivery_max_per_second: spec.delivery.max_per_second.filter(|rate| *rate > 0.0),
     }
 }

@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::security::sidecar_security_context;
 use super::settings::{OperatorSettings, ProvisionedNames};
+use crate::autoscaler::rate_share;
 
 pub const SIDECAR_NAME: &str = "ferry-consumer";
 /// `/metrics`, `/healthz`, `/readyz` and `/drain` (`FERRY_LISTEN_ADDR`).
@@ -101,6 +102,15 @@ pub fn sidecar_env(
         statuses.dedup();
         let list: Vec<String> = statuses.iter().map(i32::to_string).collect();
         vars.push(env("FERRY_PERMANENT_FAILURE_STATUSES", list.join(",")));
+    }
+    if let Some(limit) = delivery.max_per_second.filter(|l| *l > 0.0) {
+        // A pod starts at its share at maxReplicas, safe whatever the count; the autoscaler
+        // tells each running pod its share of the count there is (autoscaler::rate_share).
+        let max_replicas = u32::try_from(qc.spec.scaling.max_replicas).unwrap_or(1);
+        vars.push(env(
+            "FERRY_RATE_LIMIT",
+            seconds(rate_share::starting_share(limit, max_replicas)),
+        ));
     }
     vars.push(env(
         "FERRY_RETRY_BACKOFF_MIN",

@@ -121,10 +121,23 @@ fn optional_sidecar_settings_are_left_out_when_unset() {
         "FERRY_DEAD_LETTER",
         "FERRY_ENDPOINT",
         "FERRY_PERMANENT_FAILURE_STATUSES",
+        "FERRY_RATE_LIMIT",
         "AWS_REGION",
     ] {
         assert_eq!(env_value(&env, absent), None, "{absent}");
     }
+}
+
+#[test]
+fn a_delivery_rate_limit_starts_each_pod_at_its_share_at_max_replicas() {
+    let mut qc = sqs_consumer();
+    qc.spec.delivery.max_per_second = Some(30.0);
+    qc.spec.scaling.max_replicas = 4;
+    let env = sidecar_env(&qc, &settings(), &names());
+    assert_eq!(env_value(&env, "FERRY_RATE_LIMIT"), Some("7.5"));
+    qc.spec.scaling.max_replicas = 60;
+    let env = sidecar_env(&qc, &settings(), &names());
+    assert_eq!(env_value(&env, "FERRY_RATE_LIMIT"), Some("0.5"));
 }
 
 #[test]
@@ -482,16 +495,19 @@ fn building_twice_gives_the_same_objects() {
 #[test]
 fn scaling_maps_onto_the_autoscaler_spec_and_validates() {
     let qc = sqs_consumer();
-    let spec = autoscaler_spec(&qc.spec.scaling);
+    let spec = autoscaler_spec(&qc.spec);
     assert_eq!(spec, crate::autoscaler::ScalingSpec::default());
     assert_eq!(spec.validate(), Ok(()));
-    let backlog_only = ferry_crds::ScalingSpec {
+    let mut backlog_only = qc.spec.clone();
+    backlog_only.scaling = ferry_crds::ScalingSpec {
         min_replicas: 1,
         max_replicas: 5,
         backlog_per_replica: Some(10),
         ..ferry_crds::ScalingSpec::default()
     };
+    backlog_only.delivery.max_per_second = Some(40.0);
     let spec = autoscaler_spec(&backlog_only);
+    assert_eq!(spec.delivery_max_per_second, Some(40.0));
     assert_eq!(spec.target_latency_seconds, None);
     assert_eq!(spec.backlog_per_replica, Some(10));
     assert_eq!((spec.min_replicas, spec.max_replicas), (1, 5));

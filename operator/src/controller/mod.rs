@@ -274,7 +274,7 @@ async fn apply(qc: &QueueConsumer, ctx: &Context) -> Result<Action, Error> {
     ctx.metrics.record_scaling_bounds(
         &namespace,
         &qc.name_any(),
-        &crate::builders::autoscaler_spec(&qc.spec.scaling),
+        &crate::builders::autoscaler_spec(&qc.spec),
         qc.spec.suspend,
     );
     let mut observed = status::Observed {

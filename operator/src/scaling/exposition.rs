@@ -26,6 +26,9 @@ pub struct SidecarSample {
     pub backlog: Option<ReportedBacklog>,
     /// `ferry_dead_letter_messages`.
     pub dead_letter: Option<f64>,
+    /// `ferry_rate_limit_per_second`: this sidecar's share of `spec.delivery.maxPerSecond`;
+    /// absent without a limit.
+    pub rate_limit: Option<f64>,
 }
 
 /// The queue-wide counts a sidecar read from the provider, and when.
@@ -152,6 +155,7 @@ pub fn parse_sample(text: &str) -> Result<SidecarSample, ExpositionError> {
             }
             "ferry_draining" => sample.draining = line.value >= 1.0,
             "ferry_dead_letter_messages" => sample.dead_letter = Some(line.value),
+            "ferry_rate_limit_per_second" => sample.rate_limit = Some(line.value),
             "ferry_queue_stats_timestamp_seconds" => {
                 seen_stats_time = true;
                 backlog.read_at = line.value;
@@ -219,6 +223,9 @@ ferry_build_info{provider="sqs",version="0.1.0"} 1
         assert_eq!((sample.age_seconds_sum, sample.age_count), (55.0, 110.0));
         assert_eq!((sample.in_flight, sample.concurrency_limit), (3.0, 10.0));
         assert!(!sample.draining);
+        assert_eq!(sample.rate_limit, None, "no limit is no series");
+        let limited = format!("{PAGE}ferry_rate_limit_per_second{{queue=\"orders\"}} 12.5\n");
+        assert_eq!(parse_sample(&limited).unwrap().rate_limit, Some(12.5));
         assert_eq!(
             sample.backlog,
             Some(ReportedBacklog {

@@ -32,7 +32,9 @@ pub use exposition::{SidecarSample, parse_sample};
 pub use queue_reader::{QueueReader, QueueReaderSettings};
 pub use signals::{BacklogSource, PodScrape, QueueReading, combine};
 
-use crate::autoscaler::{PodLoad, PolicyTuning, ScalingDecision, ScalingPolicy, ScalingState};
+use crate::autoscaler::{
+    PodLoad, PolicyTuning, ScalingDecision, ScalingPolicy, ScalingState, rate_share,
+};
 use crate::builders::{
     MANAGED_BY_LABEL, METRICS_PORT, QUEUE_CONSUMER_LABEL, SIDECAR_NAME, autoscaler_spec,
     set_condition, worker_name,
@@ -310,7 +312,7 @@ impl Autoscaler {
             .replicas
             .map_or(1, |r| u32::try_from(r).unwrap_or(0));
 
-        let mut spec = autoscaler_spec(&qc.spec.scaling);
+        let mut spec = autoscaler_spec(&qc.spec);
         let pubsub_blind_at_zero = !self.queues.can_read(provider);
         if pubsub_blind_at_zero {
             spec.min_replicas = spec.min_replicas.max(1);
@@ -335,6 +337,7 @@ impl Autoscaler {
         let scraped = self.scrape(pods).await;
         let mut active = BTreeMap::new();
         let mut loads = Vec::new();
+        let mut receiving = Vec::new();
         for (pod, scrape) in scraped {
             let in_flight = scrape.as_ref().map_or(0, |s| s.sample.in_flight as u64);
             let ready = scrape.as_ref().is_some_and(|s| !s.sample.draining);
@@ -348,6 +351,7 @@ impl Autoscaler {
                 cost,
             ));
             if let Some(scrape) = scrape.filter(|s| !s.sample.draining) {
+                receiving.push((pod.clone(), scrape.sample.rate_limit));
                 active.insert(pod.name_any(), scrape);
             }
         }
@@ -381,6 +385,12 @@ impl Autoscaler {
             )
         };
 
+        if let Some(limit) = policy.spec().delivery_max_per_second {
+            // Before a scale-up is written, so that the pods it adds (at their starting
+            // share) find the others already at theirs.
+            let share = rate_share::running_share(limit, pods.len(), decision.to);
+            self.share_rate_limit(&receiving, share).await;
+        }
         if decision.to != current {
             self.carry_out(qc, deployment, &decision, &loads).await?;
         }
@@ -451,10 +461,37 @@ impl Autoscaler {
             .max()
     }
 
+    /// Tells each receiving sidecar whose share differs its share of
+    /// `spec.delivery.maxPerSecond` (`PUT /rate-limit`). A pod that misses it keeps the share
+    /// it had, and is told again at the next poll.
+    async fn share_rate_limit(&self, receiving: &[(Arc<Pod>, Option<f64>)], share: f64) {
+        let updates = receiving
+            .iter()
+            .filter(|(_, current)| rate_share::needs_share(*current, share))
+            .filter_map(|(pod, current)| Some((pod, *current, sidecar_url(pod, "rate-limit")?)))
+            .map(|(pod, current, url)| async move {
+                let answer = self
+                    .http
+                    .put(&url)
+                    .body(rate_share::share_body(share))
+                    .send()
+                    .await
+                    .and_then(reqwest::Response::error_for_status);
+                match answer {
+                    Ok(_) => tracing::debug!(pod = %pod.name_any(), ?current, share, "rate limit share set"),
+                    Err(error) => tracing::warn!(
+                        pod = %pod.name_any(), %url, share,
+                        "autoscaler: could not set the sidecar's share of spec.delivery.maxPerSecond (it keeps {current:?}/s; tried again next poll): {error}"
+                    ),
+                }
+            });
+        future::join_all(updates).await;
+    }
+
     /// Scrapes every running pod's sidecar at once; `None` for a pod that did not answer.
     async fn scrape(&self, pods: &[Arc<Pod>]) -> Vec<(Arc<Pod>, Option<PodScrape>)> {
         let scrapes = pods.iter().map(|pod| async move {
-            let url = metrics_url(pod)?;
+            let url = sidecar_url(pod, "metrics")?;
             let response = self.http.get(&url).send().await.ok()?;
             let at = unix_seconds(SystemTime::now());
             let text = response.error_for_status().ok()?.text().await.ok()?;
@@ -659,7 +696,8 @@ fn same_counts(
 }
 
 /// The sidecar's `/metrics` on the pod's IP, at the port the sidecar container declares.
-fn metrics_url(pod: &Pod) -> Option<String> {
+/// `http://<pod IP>:<sidecar's metrics port>/<path>`, for a running pod that is not stopping.
+fn sidecar_url(pod: &Pod, path: &str) -> Option<String> {
     let status = pod.status.as_ref()?;
     if status.phase.as_deref() != Some("Running") || pod.metadata.deletion_timestamp.is_some() {
         return None;
@@ -681,7 +719,7 @@ fn metrics_url(pod: &Pod) -> Option<String> {
     } else {
         ip.to_string()
     };
-    Some(format!("http://{host}:{port}/metrics"))
+    Some(format!("http://{host}:{port}/{path}"))
 }
 
 #[cfg(test)]

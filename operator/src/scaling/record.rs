@@ -23,6 +23,7 @@ fn basis_word(basis: DemandBasis) -> &'static str {
         DemandBasis::PlannedQueue => "PlannedQueue",
         DemandBasis::BacklogPerReplica => "BacklogPerReplica",
         DemandBasis::BacklogFallback => "BacklogFallback",
+        DemandBasis::RateLimit => "RateLimit",
     }
 }
 
