@@ -757,3 +757,72 @@ async fn a_delivery_rate_limit_is_shared_among_the_pods_and_caps_scaling() {
         .expect("delete");
     live.stop().await;
 }
+
+/// A QueueConsumer created suspended (to check an adopted queue's setup before consuming,
+/// say) never starts a pod: its Deployment is created at zero, messages wait, and resuming
+/// starts the worker, which processes each of them once.
+#[tokio::test]
+async fn a_consumer_created_suspended_starts_no_pod_until_resumed() {
+    let live = Live::start().await;
+    let api = live.consumers();
+    let mut qc = consumer(Provider::Sqs, "held");
+    qc.spec.suspend = true;
+    api.create(&PostParams::default(), &qc)
+        .await
+        .expect("create");
+    let pods: Api<Pod> = Api::namespaced(live.cluster.client(), "default");
+    let no_pod_yet = async || {
+        let listed = pods
+            .list(&ListParams::default().labels("ferry.dev/queue-consumer=held"))
+            .await
+            .expect("list pods");
+        assert!(
+            listed.items.is_empty(),
+            "a suspended consumer started a pod: {:?}",
+            listed
+                .items
+                .iter()
+                .map(|p| p.metadata.name.clone())
+                .collect::<Vec<_>>()
+        );
+    };
+    let queue = eventually(
+        Duration::from_secs(60),
+        "the queue provisioned",
+        async || {
+            no_pod_yet().await;
+            api.get("held").await.ok()?.status?.queue
+        },
+    )
+    .await;
+    let waiting = publish_burst(Provider::Sqs, &queue.id, 10).await;
+    let hold_until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < hold_until {
+        no_pod_yet().await;
+        assert_eq!(live.replicas("held-worker").await, Some(0));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(live.successes().is_empty(), "nothing consumed");
+
+    api.patch(
+        "held",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"spec": {"suspend": false}})),
+    )
+    .await
+    .expect("resume");
+    watch_replicas(
+        &live,
+        "held-worker",
+        Duration::from_secs(90),
+        "resumed and drained",
+        |_, seen| waiting.iter().all(|id| seen.contains_key(id)),
+    )
+    .await;
+    let seen = live.successes();
+    assert!(waiting.iter().all(|id| seen[id] == 1), "each message once");
+    api.delete("held", &Default::default())
+        .await
+        .expect("delete");
+    live.stop().await;
+}

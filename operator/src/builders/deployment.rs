@@ -138,8 +138,9 @@ pub fn desired_deployment(
         spec: DeploymentSpec {
             // Deliberately unset: the autoscaler owns the replica count and writes it through
             // the Deployment's scale subresource. If the applied object named a count, every
-            // apply would fight the autoscaler. (A new Deployment starts at 1; the autoscaler
-            // takes it from there, to 0 if the queue is idle.)
+            // apply would fight the autoscaler. (A new Deployment starts at 1, or at 0 when its
+            // QueueConsumer is created suspended, see `controller::create_at_zero`; the
+            // autoscaler takes it from there, to 0 if the queue is idle.)
             replicas: None,
             selector: LabelSelector {
                 match_labels: Some(selector_labels(qc)),

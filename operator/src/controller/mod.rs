@@ -22,7 +22,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -389,6 +389,7 @@ async fn apply_workload(
             let name = deployment.metadata.name.clone().unwrap_or_default();
             let desired = applied::fingerprint(&deployment);
             let live = ctx.cached_deployment(namespace, &name);
+            let exists = live.is_some();
             if let Some(live) =
                 live.filter(|live| ctx.applied.deployment_current(qc, desired, Some(live)))
             {
@@ -396,6 +397,9 @@ async fn apply_workload(
                 return Ok(());
             }
             let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+            if qc.spec.suspend && !exists {
+                create_at_zero(&deployments, &deployment).await?;
+            }
             let applied = deployments
                 .patch(&name, &params, &Patch::Apply(&deployment))
                 .await?;
@@ -405,6 +409,29 @@ async fn apply_workload(
         Err(error) => observed.build_error = Some(error),
     }
     Ok(())
+}
+
+/// A QueueConsumer created suspended gets its Deployment at zero replicas, so no pod starts
+/// (on an adopted queue, one would consume). The applied object names no replica count (the
+/// autoscaler owns it), and a Deployment created without one starts at 1; created first
+/// with 0 by a plain create, the count belongs to that create, so the applies that follow
+/// leave it alone, and the autoscaler takes it from there once resumed. Already there (a
+/// cache that had not seen it): nothing to do.
+async fn create_at_zero(
+    deployments: &Api<Deployment>,
+    deployment: &Deployment,
+) -> Result<(), Error> {
+    let mut at_zero = deployment.clone();
+    at_zero.spec.replicas = Some(0);
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match deployments.create(&params, &at_zero).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// The worker template now names the user's own ServiceAccount: the one Ferry made before is
