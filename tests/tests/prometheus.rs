@@ -35,7 +35,8 @@ fn queue_consumers(client: kube::Client) -> Api<DynamicObject> {
     Api::namespaced_with(client, NAMESPACE, &ApiResource::from_gvk(&kind))
 }
 
-/// A consumer built to trip every alert: two slow replicas at most (the autoscaler goes from one to two), a 0.1 s latency target,
+/// A consumer built to trip every alert (and fill every panel, hence a delivery rate limit it
+/// never reaches): two slow replicas at most (the autoscaler goes from one to two), a 0.1 s latency target,
 /// a worker that fails half its deliveries and rejects poison, `Delete` so that its
 /// dead letters block the deletion, and a periodic task every minute whose ticks must be sent
 /// within a second.
@@ -50,6 +51,7 @@ fn consumer(queue: &str) -> DynamicObject {
             "deletionPolicy": "Delete",
             "delivery": {
                 "concurrency": 1,
+                "maxPerSecond": 100,
                 "permanentFailureStatuses": [422],
                 "retryBackoff": { "minSeconds": 0.5, "maxSeconds": 1 }
             },
