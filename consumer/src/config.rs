@@ -49,6 +49,12 @@ pub struct Config {
     #[arg(long, env = "FERRY_DELIVERY_URL", default_value = "http://127.0.0.1:8080/", value_parser = parse_url)]
     pub delivery_url: String,
 
+    /// A path on the worker (its host and port) that answers 200-399 once the worker can take
+    /// messages: nothing is received until it does (at start, and after a delivery found
+    /// nothing listening). Unset: the worker accepting a connection is enough.
+    #[arg(long, env = "FERRY_WORKER_READINESS_PATH", value_parser = parse_readiness_path)]
+    pub worker_readiness_path: Option<String>,
+
     /// Most deliveries in flight at once (1-1000).
     #[arg(long, env = "FERRY_CONCURRENCY", default_value_t = 10, value_parser = in_range::<usize>("FERRY_CONCURRENCY", 1..=1000))]
     pub concurrency: usize,
@@ -214,6 +220,19 @@ fn parse_url(value: &str) -> Result<String, String> {
         _ => Err(format!(
             "FERRY_DELIVERY_URL must be an http:// URL with a host, such as http://127.0.0.1:8080/, got {value:?}"
         )),
+    }
+}
+
+fn parse_readiness_path(value: &str) -> Result<String, String> {
+    let usable = value.starts_with('/')
+        && !value.chars().any(|c| c.is_whitespace() || c.is_control())
+        && value.parse::<http::uri::PathAndQuery>().is_ok();
+    if usable {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "FERRY_WORKER_READINESS_PATH must be a URL path starting with '/', such as /ready, got {value:?}"
+        ))
     }
 }
 
@@ -474,6 +493,27 @@ mod tests {
         assert!(parse_statuses("499-400").is_err());
         assert!(parse_statuses("200").unwrap_err().contains("2xx"));
         assert!(parse_statuses("100-599").is_err());
+    }
+
+    #[test]
+    fn the_worker_readiness_path_is_a_url_path() {
+        assert_eq!(parse(&SQS).unwrap().worker_readiness_path, None);
+        for path in ["/ready", "/health/ready?full=1", "/"] {
+            let mut args = SQS.to_vec();
+            args.extend(["--worker-readiness-path", path]);
+            assert_eq!(
+                parse(&args).unwrap().worker_readiness_path.as_deref(),
+                Some(path)
+            );
+        }
+        for bad in ["ready", "", "/a b", "http://x/ready"] {
+            assert!(
+                parse_readiness_path(bad)
+                    .unwrap_err()
+                    .contains("FERRY_WORKER_READINESS_PATH"),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -280,7 +280,14 @@ fn rfc3339(at: SystemTime) -> Option<HeaderValue> {
 pub struct Deliverer {
     client: WorkerClient,
     timeout: Duration,
+    /// `FERRY_WORKER_READINESS_PATH`: what says the worker can take messages, beyond
+    /// accepting a connection.
+    readiness_path: Option<String>,
 }
+
+/// The longest a readiness check waits for the worker's answer: a worker busy starting may
+/// be slow to answer, and the check is simply asked again.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Deliverer {
     pub fn new(
@@ -288,10 +295,12 @@ impl Deliverer {
         concurrency: usize,
         connect_timeout: Duration,
         timeout: Duration,
+        readiness_path: Option<String>,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             client: WorkerClient::new(url, concurrency, connect_timeout)?,
             timeout,
+            readiness_path,
         })
     }
 
@@ -300,9 +309,37 @@ impl Deliverer {
         self.client.address()
     }
 
-    /// Whether the worker accepts a connection now.
-    pub async fn worker_listening(&self) -> std::io::Result<()> {
-        self.client.accepts_connections().await
+    /// What the sidecar waits for before receiving, for the log and `/readyz`.
+    pub fn worker_awaited(&self) -> String {
+        match &self.readiness_path {
+            Some(path) => format!(
+                "answer 200-399 at http://{}{path} (FERRY_WORKER_READINESS_PATH)",
+                self.client.address()
+            ),
+            None => format!("listen on {} (FERRY_DELIVERY_URL)", self.client.address()),
+        }
+    }
+
+    /// Whether the worker can take messages now: it answers 200-399 at its readiness path, or,
+    /// without one, accepts a connection. The error says what it did instead.
+    pub async fn worker_ready(&self) -> Result<(), String> {
+        let Some(path) = &self.readiness_path else {
+            return self
+                .client
+                .accepts_connections()
+                .await
+                .map_err(|e| e.to_string());
+        };
+        match tokio::time::timeout(READINESS_TIMEOUT, self.client.get(path)).await {
+            // What the kubelet counts as ready, so the two agree on a probe they share.
+            Ok(Ok(status)) if (200..400).contains(&status) => Ok(()),
+            Ok(Ok(status)) => Err(format!("GET {path} answered {status}")),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!(
+                "GET {path} had no answer within {}s",
+                READINESS_TIMEOUT.as_secs()
+            )),
+        }
     }
 
     /// Delivers to the worker's URL, or to `path` on it (a periodic task's).
@@ -582,8 +619,14 @@ mod tests {
     #[tokio::test]
     async fn a_redirect_is_the_workers_answer_not_followed() {
         let url = redirecting_worker().await;
-        let deliverer =
-            Deliverer::new(&url, 1, Duration::from_secs(5), Duration::from_secs(5)).unwrap();
+        let deliverer = Deliverer::new(
+            &url,
+            1,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            None,
+        )
+        .unwrap();
         let answer = deliverer.deliver(None, HeaderMap::new(), b"{}").await;
         assert_eq!(
             answer,

@@ -60,6 +60,7 @@ async fn run(config: Config) -> ExitCode {
         config.concurrency,
         config.connect_timeout,
         config.delivery_timeout,
+        config.worker_readiness_path.clone(),
     ) {
         Ok(d) => d,
         Err(error) => {

@@ -269,42 +269,43 @@ impl Pump {
         }
     }
 
-    /// Holds receiving until the worker accepts a connection; false when a drain began first.
+    /// Holds receiving until the worker accepts a connection, or answers 2xx at its
+    /// readiness path when it has one; false when a drain began first.
     ///
     /// A message received for a worker that is not listening (still starting, restarting,
     /// or listening on another port than FERRY_DELIVERY_URL's) spends one of its deliveries
-    /// on a refused connection, and a worker that starts slowly would send good messages to
-    /// the dead-letter queue. Waiting spends none: messages stay in the queue, where other
-    /// pods can take them, and the sidecar is not ready meanwhile.
+    /// on a refused connection, and one received for a worker that listens before it can
+    /// work (a connection pool still opening, a model still loading) spends it on a 503;
+    /// a worker that starts slowly would send good messages to the dead-letter queue.
+    /// Waiting spends none: messages stay in the queue, where other pods can take them, and
+    /// the sidecar is not ready meanwhile.
     async fn wait_for_worker(&self, draining: &mut watch::Receiver<bool>) -> bool {
-        let address = self.deliverer.worker_address();
+        let awaited = self.deliverer.worker_awaited();
         let started = std::time::Instant::now();
         let mut said_at: Option<std::time::Instant> = None;
         loop {
-            match self.deliverer.worker_listening().await {
+            match self.deliverer.worker_ready().await {
                 Ok(()) => {
                     self.worker_unconfirmed.store(false, Ordering::Relaxed);
                     self.health.worker_listening();
                     if said_at.is_some() {
                         tracing::info!(
-                            "the worker listens on {address} after {:.1}s; receiving",
+                            "waited {:.1}s for the worker to {awaited}; receiving",
                             started.elapsed().as_secs_f64()
                         );
                     }
                     return true;
                 }
                 Err(error) => {
-                    let why = format!(
-                        "waiting for the worker to listen on {address} (FERRY_DELIVERY_URL) before receiving: {error}"
-                    );
-                    match said_at {
-                        None => tracing::info!("{why}"),
-                        Some(at) if at.elapsed() >= WORKER_WAIT_LOG => {
-                            tracing::warn!(waited_s = started.elapsed().as_secs(), "{why}")
-                        }
-                        Some(_) => {}
-                    }
+                    let why =
+                        format!("waiting for the worker to {awaited} before receiving: {error}");
+                    // Said at once, then every WORKER_WAIT_LOG, louder once it lasts.
                     if said_at.is_none_or(|at| at.elapsed() >= WORKER_WAIT_LOG) {
+                        if said_at.is_none() {
+                            tracing::info!("{why}");
+                        } else {
+                            tracing::warn!(waited_s = started.elapsed().as_secs(), "{why}");
+                        }
                         said_at = Some(std::time::Instant::now());
                         self.health.worker_missing(why);
                     }

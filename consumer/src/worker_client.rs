@@ -99,7 +99,25 @@ impl WorkerClient {
         headers: HeaderMap,
         body: &[u8],
     ) -> Result<WorkerResponse, ExchangeError> {
-        let (request, call) = self.encode(path, headers, body)?;
+        self.exchange(Method::POST, path, headers, body).await
+    }
+
+    /// GETs `path` on the worker's host and port (its readiness path) and returns the status.
+    pub async fn get(&self, path: &str) -> Result<u16, ExchangeError> {
+        let response = self
+            .exchange(Method::GET, Some(path), HeaderMap::new(), &[])
+            .await?;
+        Ok(response.status)
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        path: Option<&str>,
+        headers: HeaderMap,
+        body: &[u8],
+    ) -> Result<WorkerResponse, ExchangeError> {
+        let (request, call) = self.encode(method, path, headers, body)?;
         let mut stream = match self.take_idle() {
             Some(stream) => stream,
             None => self.connect().await?,
@@ -120,20 +138,25 @@ impl WorkerClient {
     /// messages), and the call ready to read the answer to it.
     fn encode(
         &self,
+        method: Method,
         path: Option<&str>,
         headers: HeaderMap,
         body: &[u8],
     ) -> Result<(Vec<u8>, Call<RecvResponse>), ExchangeError> {
+        // A GET (the readiness path) carries no body and says nothing of one.
+        let has_body = method != Method::GET;
         let mut request = Request::new(());
-        *request.method_mut() = Method::POST;
+        *request.method_mut() = method;
         *request.uri_mut() = match path {
             None => self.uri.clone(),
             Some(path) => self.uri_with_path(path)?,
         };
         *request.headers_mut() = headers;
-        request
-            .headers_mut()
-            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        if has_body {
+            request
+                .headers_mut()
+                .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
         let mut call = Call::new(request)
             .map_err(|e| broken("could not build the request", e))?
             .proceed();

@@ -158,6 +158,7 @@ ferry_tests::for_both_providers!(
     a_permanent_status_dead_letters_at_once,
     a_worker_slower_than_the_lease_causes_no_duplicate,
     a_worker_not_listening_yet_costs_no_delivery_attempt,
+    a_worker_not_ready_yet_at_its_readiness_path_costs_no_delivery_attempt,
     sigterm_finishes_in_flight_work_and_hands_back_the_rest,
     sigkill_loses_nothing,
     the_drain_endpoint_answers_once_in_flight_work_is_done,
@@ -657,19 +658,40 @@ async fn a_worker_not_listening_yet_costs_no_delivery_attempt(provider: Provider
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut delivered = worker.succeeded_ids();
+    each_delivered_once_at_its_first_attempt(
+        &sidecar,
+        worker.deliveries(),
+        ids,
+        "waiting for the worker to listen on",
+    )
+    .await;
+}
+
+/// After the sidecar waited for its worker: every message was delivered once, each at its
+/// first attempt (none spent while the worker was not there), `/readyz` is ready, and the
+/// log said what it waited for.
+async fn each_delivered_once_at_its_first_attempt(
+    sidecar: &Sidecar,
+    deliveries: Vec<ferry_tests::worker::Delivery>,
+    mut expected: Vec<String>,
+    logged: &str,
+) {
+    let mut delivered: Vec<String> = deliveries
+        .iter()
+        .filter(|d| d.answered.is_some_and(|s| (200..300).contains(&s)))
+        .map(|d| d.message_id.clone())
+        .collect();
     delivered.sort();
-    let mut expected = ids;
     expected.sort();
-    assert_eq!(delivered, expected);
-    for delivery in worker.deliveries() {
+    assert_eq!(delivered, expected, "each message once");
+    for delivery in deliveries {
         assert_eq!(
             delivery
                 .headers
                 .get("ferry-delivery-attempt")
                 .map(String::as_str),
             Some("1"),
-            "no delivery was spent while the worker was away: {delivery:?}"
+            "no delivery was spent while the worker was not there or not ready: {delivery:?}"
         );
     }
     eventually(Duration::from_secs(10), "/readyz to be ready", async || {
@@ -678,11 +700,88 @@ async fn a_worker_not_listening_yet_costs_no_delivery_attempt(provider: Provider
     })
     .await;
     assert!(
-        sidecar
-            .log_text()
-            .contains("waiting for the worker to listen on"),
+        sidecar.log_text().contains(logged),
         "the log says what it waits for"
     );
+}
+
+/// A worker that listens before it can work (FERRY_WORKER_READINESS_PATH answers 503): the
+/// sidecar receives nothing until the path answers 200-399, so no message spends a delivery on
+/// the worker's start, and /readyz says what it waits for.
+async fn a_worker_not_ready_yet_at_its_readiness_path_costs_no_delivery_attempt(
+    provider: Provider,
+) {
+    let setup = provision(provider, false, 20).await;
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Until `ready`, it answers 503 to everything, its readiness path included.
+    let worker = Worker::start({
+        let ready = ready.clone();
+        move |_| {
+            if ready.load(std::sync::atomic::Ordering::SeqCst) {
+                Reply::ok()
+            } else {
+                Reply::status(503)
+            }
+        }
+    })
+    .await;
+    let sidecar = start(
+        &setup
+            .env(&worker.url())
+            .set("FERRY_WORKER_READINESS_PATH", "/ready"),
+    );
+    let ids = setup.publish_bodies(&bodies("warming", 4)).await;
+    let messages = || -> Vec<ferry_tests::worker::Delivery> {
+        worker
+            .deliveries()
+            .into_iter()
+            .filter(|d| d.path != "/ready")
+            .collect()
+    };
+
+    let body = eventually(
+        Duration::from_secs(20),
+        "/readyz to say it waits for the readiness path",
+        async || {
+            let (status, body) = sidecar.get("/readyz").await?;
+            (status == 503 && body.contains("GET /ready answered 503")).then_some(body)
+        },
+    )
+    .await;
+    assert!(body.contains("FERRY_WORKER_READINESS_PATH"), "{body}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        messages().is_empty(),
+        "nothing delivered to a worker that is not ready: {:?}",
+        messages()
+    );
+    assert!(
+        worker.deliveries().iter().any(|d| d.path == "/ready"),
+        "the readiness path was asked"
+    );
+
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually(
+        Duration::from_secs(30),
+        "all messages once the worker is ready",
+        async || {
+            (messages()
+                .iter()
+                .filter(|d| d.answered == Some(200))
+                .count()
+                >= 4)
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    each_delivered_once_at_its_first_attempt(
+        &sidecar,
+        messages(),
+        ids,
+        "waiting for the worker to answer 200-399 at http://",
+    )
+    .await;
 }
 
 /// SIGTERM mid-delivery: the deliveries in flight finish and are acked, nothing more is

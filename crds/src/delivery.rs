@@ -42,6 +42,16 @@ pub struct DeliverySpec {
     /// capped at `maxSeconds`, with jitter; a worker's `Retry-After` takes precedence.
     #[serde(default)]
     pub retry_backoff: RetryBackoff,
+    /// A path on the worker's port that answers 200-399 once it can take messages (`/ready`),
+    /// as a readiness probe does:
+    /// the sidecar receives nothing until it does, at start and after the worker stopped
+    /// listening, so a worker that listens before it can work spends no message's delivery
+    /// on its start. Unset: the worker container's HTTP readiness probe on this port, if it
+    /// has one; else accepting a connection is enough.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains(' ')").message("spec.delivery.readinessPath must be a URL path starting with '/', such as /ready"))]
+    pub readiness_path: Option<String>,
     /// Most deliveries per second to the worker across all its pods, retries included, for a
     /// worker that calls an API with a rate limit (fractions allowed, 0.001-1000000). The
     /// operator shares it among the running pods, and scales no further than it lets them
@@ -112,6 +122,7 @@ impl Default for DeliverySpec {
             content_type: default_content_type(),
             permanent_failure_statuses: Vec::new(),
             retry_backoff: RetryBackoff::default(),
+            readiness_path: None,
             max_per_second: None,
         }
     }

@@ -213,6 +213,19 @@ fn scaling_delivery_and_deletion_rules() {
     a.assert_rejected(&port, None, "9090 is the ferry-consumer sidecar's own port");
     let path = with(sqs(), "/spec/delivery/path", json!("jobs"));
     a.assert_rejected(&path, None, "spec.delivery.path must start with '/'");
+    for bad in ["ready", "/re ady"] {
+        let readiness = with(sqs(), "/spec/delivery/readinessPath", json!(bad));
+        a.assert_rejected(
+            &readiness,
+            None,
+            "spec.delivery.readinessPath must be a URL path starting with '/'",
+        );
+    }
+    a.assert_admitted(&with(
+        sqs(),
+        "/spec/delivery/readinessPath",
+        json!("/ready"),
+    ));
     let backoff = with(
         sqs(),
         "/spec/delivery/retryBackoff",

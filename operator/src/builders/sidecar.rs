@@ -50,6 +50,42 @@ fn seconds(s: f64) -> String {
     }
 }
 
+/// What tells the sidecar the worker can take messages: `spec.delivery.readinessPath`, or
+/// else the path of a worker container's HTTP readiness probe on the delivery port, the one
+/// the kubelet already asks, so a worker that says when it is ready is waited for without
+/// saying it twice. A probe the sidecar could not ask as the kubelet does (another host,
+/// HTTPS, headers of its own) is not used: the sidecar would wait for an answer it cannot get.
+pub fn worker_readiness_path(qc: &QueueConsumer) -> Option<String> {
+    let delivery = &qc.spec.delivery;
+    if let Some(path) = &delivery.readiness_path {
+        return Some(path.clone());
+    }
+    qc.spec
+        .worker
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find_map(|container| {
+            let get = container.readiness_probe.as_ref()?.http_get.as_ref()?;
+            let on_delivery_port = match &get.port {
+                IntOrString::Int(port) => *port == delivery.port,
+                IntOrString::String(name) => container.ports.iter().flatten().any(|port| {
+                    port.name.as_deref() == Some(name.as_str())
+                        && port.container_port == delivery.port
+                }),
+            };
+            let as_the_kubelet = get.host.is_none()
+                && get
+                    .scheme
+                    .as_deref()
+                    .is_none_or(|s| s.eq_ignore_ascii_case("HTTP"))
+                && get.http_headers.as_ref().is_none_or(Vec::is_empty);
+            let path = get.path.clone().unwrap_or_else(|| "/".into());
+            (on_delivery_port && as_the_kubelet && path.starts_with('/')).then_some(path)
+        })
+}
+
 /// The sidecar's environment, in a fixed order (a reordering would be a spurious rollout).
 pub fn sidecar_env(
     qc: &QueueConsumer,
@@ -86,6 +122,9 @@ pub fn sidecar_env(
         "FERRY_DELIVERY_URL",
         format!("http://{worker_host}:{}{}", delivery.port, delivery.path),
     ));
+    if let Some(path) = worker_readiness_path(qc) {
+        vars.push(env("FERRY_WORKER_READINESS_PATH", path));
+    }
     vars.push(env("FERRY_CONCURRENCY", delivery.concurrency.to_string()));
     vars.push(env(
         "FERRY_THREADS",

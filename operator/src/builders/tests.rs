@@ -129,6 +129,68 @@ fn optional_sidecar_settings_are_left_out_when_unset() {
 }
 
 #[test]
+fn the_worker_readiness_path_is_the_spec_s_or_the_worker_s_readiness_probe_on_the_delivery_port() {
+    let with_probe = |probe: serde_json::Value, ports: serde_json::Value| {
+        consumer(json!({
+            "queue": {"provider": "sqs"},
+            "delivery": {"port": 3000},
+            "worker": {"spec": {"containers": [
+                {"name": "side", "image": "s"},
+                {"name": "w", "image": "w", "ports": ports, "readinessProbe": probe},
+            ]}},
+        }))
+    };
+    let path = |qc: &QueueConsumer| {
+        env_value(
+            &sidecar_env(qc, &settings(), &names()),
+            "FERRY_WORKER_READINESS_PATH",
+        )
+        .map(str::to_string)
+    };
+    let get = |get: serde_json::Value| json!({"httpGet": get});
+    assert_eq!(
+        path(&with_probe(
+            get(json!({"path": "/ready", "port": 3000})),
+            json!([])
+        )),
+        Some("/ready".into())
+    );
+    assert_eq!(
+        path(&with_probe(
+            get(json!({"path": "/up", "port": "http"})),
+            json!([{"name": "http", "containerPort": 3000}])
+        )),
+        Some("/up".into())
+    );
+    assert_eq!(
+        path(&with_probe(get(json!({"port": 3000})), json!([]))),
+        Some("/".into()),
+        "the probe's default path"
+    );
+    for not_usable in [
+        get(json!({"path": "/ready", "port": 3001})),
+        get(json!({"path": "/ready", "port": 3000, "scheme": "HTTPS"})),
+        get(json!({"path": "/ready", "port": 3000, "host": "10.0.0.1"})),
+        get(
+            json!({"path": "/ready", "port": 3000, "httpHeaders": [{"name": "X-Token", "value": "t"}]}),
+        ),
+        json!({"tcpSocket": {"port": 3000}}),
+    ] {
+        assert_eq!(
+            path(&with_probe(not_usable.clone(), json!([]))),
+            None,
+            "{not_usable}"
+        );
+    }
+    // The spec's own path wins.
+    let mut qc = with_probe(get(json!({"path": "/ready", "port": 3000})), json!([]));
+    qc.spec.delivery.readiness_path = Some("/warm".into());
+    assert_eq!(path(&qc), Some("/warm".into()));
+    // None at all without either.
+    assert_eq!(path(&sqs_consumer()), None);
+}
+
+#[test]
 fn a_delivery_rate_limit_starts_each_pod_at_its_share_at_max_replicas() {
     let mut qc = sqs_consumer();
     qc.spec.delivery.max_per_second = Some(30.0);
