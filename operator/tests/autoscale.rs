@@ -223,6 +223,46 @@ async fn eventually<T>(
     ferry_tests::eventually(timeout, what, async || check().await).await
 }
 
+/// Creates `qc` and waits for its queue to exist.
+async fn create_provisioned(
+    api: &Api<QueueConsumer>,
+    qc: &QueueConsumer,
+) -> ferry_crds::QueueReference {
+    api.create(&PostParams::default(), qc)
+        .await
+        .expect("create");
+    let name = qc.metadata.name.clone().expect("a name");
+    eventually(
+        Duration::from_secs(60),
+        "the queue provisioned",
+        async || api.get(&name).await.ok()?.status?.queue,
+    )
+    .await
+}
+
+/// The value the operator gave the sidecar's `name` in the consumer's Deployment.
+async fn sidecar_setting(live: &Live, consumer: &str, name: &str) -> Option<String> {
+    let deployments: Api<Deployment> = Api::namespaced(live.cluster.client(), "default");
+    let deployment = eventually(Duration::from_secs(60), "the Deployment", async || {
+        deployments
+            .get_opt(&format!("{consumer}-worker"))
+            .await
+            .ok()?
+    })
+    .await;
+    deployment
+        .spec
+        .template
+        .spec?
+        .containers
+        .into_iter()
+        .find(|c| c.name == "ferry-consumer")?
+        .env?
+        .into_iter()
+        .find(|e| e.name == name)?
+        .value
+}
+
 async fn publish_burst(provider: Provider, destination: &str, count: usize) -> Vec<String> {
     let endpoint = match provider {
         Provider::Sqs => emulators::moto().url(),
@@ -448,15 +488,7 @@ async fn a_suspended_consumer_holds_at_zero_keeps_its_messages_and_resumes(provi
     let api = live.consumers();
     let mut qc = consumer(provider, "paused");
     qc.spec.scaling.min_replicas = 1;
-    api.create(&PostParams::default(), &qc)
-        .await
-        .expect("create");
-    let ready = eventually(
-        Duration::from_secs(60),
-        "the queue provisioned",
-        async || api.get("paused").await.ok()?.status?.queue,
-    )
-    .await;
+    let ready = create_provisioned(&api, &qc).await;
     let publish_to = match provider {
         Provider::Sqs => ready.id.clone(),
         Provider::PubSub => ready.topic.clone().unwrap(),
@@ -647,30 +679,11 @@ async fn a_delivery_rate_limit_is_shared_among_the_pods_and_caps_scaling() {
     let mut qc = consumer(Provider::Sqs, "paced");
     qc.spec.scaling.min_replicas = 1;
     qc.spec.delivery.max_per_second = Some(4.0);
-    api.create(&PostParams::default(), &qc)
-        .await
-        .expect("create");
-    let deployments: Api<Deployment> = Api::namespaced(live.cluster.client(), "default");
-    let deployment = eventually(Duration::from_secs(60), "the Deployment", async || {
-        deployments.get_opt("paced-worker").await.ok()?
-    })
-    .await;
-    let sidecar_env = deployment
-        .spec
-        .template
-        .spec
-        .expect("a pod spec")
-        .containers
-        .iter()
-        .find(|c| c.name == "ferry-consumer")
-        .and_then(|c| c.env.clone())
-        .unwrap_or_default();
-    let starting = sidecar_env
-        .iter()
-        .find(|e| e.name == "FERRY_RATE_LIMIT")
-        .and_then(|e| e.value.clone());
+    let queue = create_provisioned(&api, &qc).await;
     assert_eq!(
-        starting.as_deref(),
+        sidecar_setting(&live, "paced", "FERRY_RATE_LIMIT")
+            .await
+            .as_deref(),
         Some("1"),
         "4/s shared by maxReplicas 4"
     );
@@ -684,14 +697,6 @@ async fn a_delivery_rate_limit_is_shared_among_the_pods_and_caps_scaling() {
     )
     .await;
     eprintln!("shares: {one_pod:?}");
-    let queue = api
-        .get("paced")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .queue
-        .unwrap();
 
     // A few messages first, so the service time is measured before the backlog comes (the
     // limit bounds replicas from it; before it, queue length sizes a cold start).
@@ -822,6 +827,70 @@ async fn a_consumer_created_suspended_starts_no_pod_until_resumed() {
     let seen = live.successes();
     assert!(waiting.iter().all(|id| seen[id] == 1), "each message once");
     api.delete("held", &Default::default())
+        .await
+        .expect("delete");
+    live.stop().await;
+}
+
+/// A worker whose readiness probe asks the delivery port: the operator hands its path to the
+/// sidecar, which receives nothing until the worker answers it, so a worker that listens
+/// seconds before it can work (here: 503 to everything for its first 6 s) spends no message's
+/// delivery on its start.
+#[tokio::test]
+async fn the_worker_s_readiness_probe_holds_deliveries_until_it_is_ready() {
+    let live = Live::start().await;
+    let api = live.consumers();
+    let mut qc = consumer(Provider::Sqs, "warming");
+    qc.spec.scaling.min_replicas = 1;
+    let pod = qc.spec.worker.spec.as_mut().expect("a pod spec");
+    let worker = &mut pod.containers[0];
+    worker.env.get_or_insert_with(Vec::new).push(EnvVar {
+        name: "WORKER_READY_AFTER_MS".into(),
+        value: Some("6000".into()),
+        value_from: None,
+    });
+    worker.readiness_probe = Some(
+        serde_json::from_value(serde_json::json!({
+            "httpGet": { "path": "/ready", "port": 8080 },
+            "periodSeconds": 1
+        }))
+        .expect("a probe"),
+    );
+    let queue = create_provisioned(&api, &qc).await;
+    assert_eq!(
+        sidecar_setting(&live, "warming", "FERRY_WORKER_READINESS_PATH")
+            .await
+            .as_deref(),
+        Some("/ready"),
+        "taken from the probe"
+    );
+
+    let ids = publish_burst(Provider::Sqs, &queue.id, 6).await;
+    watch_replicas(
+        &live,
+        "warming-worker",
+        Duration::from_secs(90),
+        "processed once the worker is ready",
+        |_, seen| ids.iter().all(|id| seen.contains_key(id)),
+    )
+    .await;
+    let refused = live.log_lines_mentioning(ids.iter().map(String::as_str));
+    let not_ready: Vec<&str> = refused
+        .lines()
+        .filter(|l| l.contains("503 message=") && l.contains("not_ready"))
+        .collect();
+    assert!(
+        not_ready.is_empty(),
+        "messages delivered before the worker was ready: {not_ready:?}"
+    );
+    let seen = live.successes();
+    assert!(ids.iter().all(|id| seen[id] == 1), "each message once");
+    assert!(
+        live.log_lines_mentioning(std::iter::once("path=/ready not_ready"))
+            .contains("503"),
+        "the worker was asked while it was not ready"
+    );
+    api.delete("warming", &Default::default())
         .await
         .expect("delete");
     live.stop().await;

@@ -5,7 +5,10 @@
 //! - 500 for a `--failure-rate` fraction of deliveries (a transient failure: the retry of
 //!   the same message is decided afresh, so it eventually succeeds);
 //! - 422 for any body containing `--poison` (a permanent failure: list 422 in
-//!   `FERRY_PERMANENT_FAILURE_STATUSES` and it goes to the dead-letter queue at once).
+//!   `FERRY_PERMANENT_FAILURE_STATUSES` and it goes to the dead-letter queue at once);
+//! - 503 to every request, `GET /ready` included, for the first `--ready-after-ms` after it
+//!   starts listening (a worker that listens before it can work: point a readiness probe,
+//!   or `FERRY_WORKER_READINESS_PATH`, at `/ready`).
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
@@ -35,6 +38,9 @@ struct Options {
     /// Bodies containing this text are rejected with HTTP 422.
     #[arg(long, env = "WORKER_POISON", default_value = "poison")]
     poison: String,
+    /// Answer 503 to everything for this many milliseconds after listening.
+    #[arg(long, env = "WORKER_READY_AFTER_MS", default_value_t = 0)]
+    ready_after_ms: u64,
     /// Print one line per delivery: status, message id, attempt, latency, and when the
     /// delivery started (Unix milliseconds), which the sandbox reads to measure waits.
     #[arg(long, env = "WORKER_VERBOSE")]
@@ -48,12 +54,19 @@ fn unit_hash(parts: impl Hash) -> f64 {
     (hasher.finish() % 1_000_000) as f64 / 1_000_000.0
 }
 
+struct Worker {
+    options: Options,
+    /// Until then, everything is answered 503 (`--ready-after-ms`).
+    ready_at: std::time::Instant,
+}
+
 async fn work(
-    State(options): State<Arc<Options>>,
+    State(worker): State<Arc<Worker>>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    let options = &worker.options;
     let header = |name: &str| {
         headers
             .get(name)
@@ -61,6 +74,17 @@ async fn work(
             .unwrap_or("")
             .to_string()
     };
+    if std::time::Instant::now() < worker.ready_at {
+        if options.verbose {
+            println!(
+                "503 message={} attempt={} path={} not_ready",
+                header("ferry-message-id"),
+                header("ferry-delivery-attempt"),
+                uri.path()
+            );
+        }
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
     let started_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -107,7 +131,7 @@ fn one_word(text: &str) -> String {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let options = Arc::new(Options::parse());
+    let options = Options::parse();
     assert!(
         (0.0..=1.0).contains(&options.failure_rate),
         "--failure-rate must be between 0 and 1"
@@ -119,6 +143,8 @@ async fn main() {
     // line is how whoever started the worker learns it.
     let bound = listener.local_addr().unwrap_or(options.listen);
     eprintln!("example worker listening on http://{bound}/");
-    let app = axum::Router::new().fallback(work).with_state(options);
+    let ready_at = std::time::Instant::now() + Duration::from_millis(options.ready_after_ms);
+    let worker = Arc::new(Worker { options, ready_at });
+    let app = axum::Router::new().fallback(work).with_state(worker);
     axum::serve(listener, app).await.expect("serve");
 }
