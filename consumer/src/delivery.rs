@@ -320,6 +320,22 @@ impl Deliverer {
         }
     }
 
+    /// Whether this answer puts the worker's readiness in doubt, so that it is asked again
+    /// before the next receive: nothing listening, always; with a readiness path, anything
+    /// that says the worker rather than the message failed (5xx, 429, a timeout, a broken
+    /// exchange). A worker whose database went away answers every message 5xx and its
+    /// readiness path 503: asked, the sidecar stops receiving until it is ready again, and
+    /// the messages wait in the queue instead of spending their deliveries on the outage.
+    /// A worker that is ready and failed one message costs one GET.
+    pub fn doubts_worker(&self, answer: &WorkerAnswer) -> bool {
+        match answer {
+            WorkerAnswer::ConnectFailed(_) => true,
+            _ if self.readiness_path.is_none() => false,
+            WorkerAnswer::Status { code, .. } => *code == 429 || *code >= 500,
+            WorkerAnswer::TimedOut | WorkerAnswer::Failed(_) => true,
+        }
+    }
+
     /// Whether the worker can take messages now: it answers 200-399 at its readiness path, or,
     /// without one, accepts a connection. The error says what it did instead.
     pub async fn worker_ready(&self) -> Result<(), String> {
@@ -636,6 +652,54 @@ mod tests {
             }
         );
         assert_eq!(answer.label(), "3xx");
+    }
+
+    #[test]
+    fn only_answers_that_blame_the_worker_put_its_readiness_in_doubt() {
+        let deliverer = |path: Option<&str>| {
+            Deliverer::new(
+                "http://127.0.0.1:8080/",
+                1,
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+                path.map(String::from),
+            )
+            .unwrap()
+        };
+        let status = |code| WorkerAnswer::Status {
+            code,
+            retry_after: None,
+        };
+        let refused = WorkerAnswer::ConnectFailed("refused".into());
+        let blaming_the_worker = [
+            status(500),
+            status(503),
+            status(429),
+            WorkerAnswer::TimedOut,
+            WorkerAnswer::Failed("reset".into()),
+        ];
+        let blaming_the_message = [
+            status(200),
+            status(204),
+            status(302),
+            status(400),
+            status(404),
+        ];
+
+        let listening_only = deliverer(None);
+        assert!(listening_only.doubts_worker(&refused));
+        for answer in blaming_the_worker.iter().chain(&blaming_the_message) {
+            assert!(!listening_only.doubts_worker(answer), "{answer:?}");
+        }
+
+        let with_path = deliverer(Some("/ready"));
+        assert!(with_path.doubts_worker(&refused));
+        for answer in &blaming_the_worker {
+            assert!(with_path.doubts_worker(answer), "{answer:?}");
+        }
+        for answer in &blaming_the_message {
+            assert!(!with_path.doubts_worker(answer), "{answer:?}");
+        }
     }
 
     #[test]

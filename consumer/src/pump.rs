@@ -31,8 +31,13 @@ use crate::receive_batch::{DeliveryPace, linger_before_receive};
 /// Longest pause between failed receives; short enough to notice a fixed queue quickly.
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(30);
 
-/// How often a sidecar waiting for its worker tries to connect, and how often it says so.
+/// How often a sidecar waiting for its worker asks again: often at first, so a worker that
+/// is starting is found at once, then once a second, so a worker that is down for a while
+/// (its readiness path may check a database) is not asked ten times a second throughout.
 const WORKER_RETRY: Duration = Duration::from_millis(100);
+const WORKER_RETRY_LATER: Duration = Duration::from_secs(1);
+const WORKER_RETRY_QUICKLY_FOR: Duration = Duration::from_secs(5);
+/// How often a long wait for the worker is said again in the log.
 const WORKER_WAIT_LOG: Duration = Duration::from_secs(30);
 
 pub struct PumpSettings {
@@ -84,8 +89,8 @@ pub struct Pump {
     /// How long the worker has been taking to answer; decides whether a receive waits for
     /// more free slots (`receive_batch`).
     pace: DeliveryPace,
-    /// Whether the worker must be seen listening before the next receive: at start, and
-    /// after a delivery found nothing listening.
+    /// Whether the worker must be seen ready before the next receive: at start, and after a
+    /// delivery's answer put it in doubt (`Deliverer::doubts_worker`).
     worker_unconfirmed: AtomicBool,
     /// Paces delivery starts, and with them receives (`FERRY_RATE_LIMIT`, `/rate-limit`).
     rate_limit: RateLimit,
@@ -183,14 +188,16 @@ impl Pump {
     pub async fn run(self: Arc<Self>) {
         let mut draining = self.draining.subscribe();
         let mut consecutive_errors = 0u32;
+        let mut worker_seen_ready = false;
         loop {
             if *draining.borrow() {
                 return;
             }
-            if self.worker_unconfirmed.load(Ordering::Relaxed)
-                && !self.wait_for_worker(&mut draining).await
-            {
-                return;
+            if self.worker_unconfirmed.load(Ordering::Relaxed) {
+                if !self.wait_for_worker(&mut draining, worker_seen_ready).await {
+                    return;
+                }
+                worker_seen_ready = true;
             }
             if self.rate_limit.is_limited() && !self.wait_for_the_rate_limit(&mut draining).await {
                 return;
@@ -210,6 +217,11 @@ impl Pump {
             self.wait_for_a_fuller_batch(&mut slots, batch).await;
             if *draining.borrow() {
                 return;
+            }
+            if self.worker_unconfirmed.load(Ordering::Relaxed) {
+                // A delivery failed while this loop waited for its slots (they are often
+                // the failed deliveries' own): ask the worker first, not the queue.
+                continue;
             }
             let receive = self.queue.receive(slots.len(), self.settings.receive_wait);
             tokio::pin!(receive);
@@ -269,17 +281,19 @@ impl Pump {
         }
     }
 
-    /// Holds receiving until the worker accepts a connection, or answers 2xx at its
-    /// readiness path when it has one; false when a drain began first.
+    /// Holds receiving until the worker accepts a connection, or answers 200-399 at its
+    /// readiness path when it has one; false when a drain began first. `again`: the worker
+    /// was ready before, and a delivery's answer put that in doubt.
     ///
     /// A message received for a worker that is not listening (still starting, restarting,
     /// or listening on another port than FERRY_DELIVERY_URL's) spends one of its deliveries
     /// on a refused connection, and one received for a worker that listens before it can
-    /// work (a connection pool still opening, a model still loading) spends it on a 503;
-    /// a worker that starts slowly would send good messages to the dead-letter queue.
+    /// work (a connection pool still opening, a model still loading), or that stopped being
+    /// able to (its database is down), spends it on a 503; a worker that starts slowly or an
+    /// outage of what it depends on would send good messages to the dead-letter queue.
     /// Waiting spends none: messages stay in the queue, where other pods can take them, and
     /// the sidecar is not ready meanwhile.
-    async fn wait_for_worker(&self, draining: &mut watch::Receiver<bool>) -> bool {
+    async fn wait_for_worker(&self, draining: &mut watch::Receiver<bool>, again: bool) -> bool {
         let awaited = self.deliverer.worker_awaited();
         let started = std::time::Instant::now();
         let mut said_at: Option<std::time::Instant> = None;
@@ -297,11 +311,17 @@ impl Pump {
                     return true;
                 }
                 Err(error) => {
-                    let why =
-                        format!("waiting for the worker to {awaited} before receiving: {error}");
-                    // Said at once, then every WORKER_WAIT_LOG, louder once it lasts.
+                    let why = if again {
+                        format!(
+                            "waiting for the worker to {awaited} again before receiving (it failed a delivery and is not ready): {error}"
+                        )
+                    } else {
+                        format!("waiting for the worker to {awaited} before receiving: {error}")
+                    };
+                    // Said at once, then every WORKER_WAIT_LOG; loud when a worker that was
+                    // ready stopped being so, or once a wait lasts.
                     if said_at.is_none_or(|at| at.elapsed() >= WORKER_WAIT_LOG) {
-                        if said_at.is_none() {
+                        if said_at.is_none() && !again {
                             tracing::info!("{why}");
                         } else {
                             tracing::warn!(waited_s = started.elapsed().as_secs(), "{why}");
@@ -311,8 +331,13 @@ impl Pump {
                     }
                 }
             }
+            let retry = if started.elapsed() < WORKER_RETRY_QUICKLY_FOR {
+                WORKER_RETRY
+            } else {
+                WORKER_RETRY_LATER
+            };
             tokio::select! {
-                _ = tokio::time::sleep(WORKER_RETRY) => {}
+                _ = tokio::time::sleep(retry) => {}
                 _ = until_draining(draining) => return false,
             }
         }
@@ -547,7 +572,7 @@ impl Pump {
                 .await
         };
         let took = started.elapsed();
-        if matches!(answer, WorkerAnswer::ConnectFailed(_)) {
+        if self.deliverer.doubts_worker(&answer) {
             self.worker_unconfirmed.store(true, Ordering::Relaxed);
         }
         self.pace.record(took);

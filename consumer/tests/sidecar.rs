@@ -159,6 +159,7 @@ ferry_tests::for_both_providers!(
     a_worker_slower_than_the_lease_causes_no_duplicate,
     a_worker_not_listening_yet_costs_no_delivery_attempt,
     a_worker_not_ready_yet_at_its_readiness_path_costs_no_delivery_attempt,
+    a_worker_that_stops_being_ready_holds_receiving_until_it_is_ready_again,
     sigterm_finishes_in_flight_work_and_hands_back_the_rest,
     sigkill_loses_nothing,
     the_drain_endpoint_answers_once_in_flight_work_is_done,
@@ -712,32 +713,14 @@ async fn a_worker_not_ready_yet_at_its_readiness_path_costs_no_delivery_attempt(
     provider: Provider,
 ) {
     let setup = provision(provider, false, 20).await;
-    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Until `ready`, it answers 503 to everything, its readiness path included.
-    let worker = Worker::start({
-        let ready = ready.clone();
-        move |_| {
-            if ready.load(std::sync::atomic::Ordering::SeqCst) {
-                Reply::ok()
-            } else {
-                Reply::status(503)
-            }
-        }
-    })
-    .await;
+    let (worker, down) = worker_that_can_be_down(true).await;
     let sidecar = start(
         &setup
             .env(&worker.url())
             .set("FERRY_WORKER_READINESS_PATH", "/ready"),
     );
     let ids = setup.publish_bodies(&bodies("warming", 4)).await;
-    let messages = || -> Vec<ferry_tests::worker::Delivery> {
-        worker
-            .deliveries()
-            .into_iter()
-            .filter(|d| d.path != "/ready")
-            .collect()
-    };
+    let messages = || message_deliveries(&worker);
 
     let body = eventually(
         Duration::from_secs(20),
@@ -760,7 +743,7 @@ async fn a_worker_not_ready_yet_at_its_readiness_path_costs_no_delivery_attempt(
         "the readiness path was asked"
     );
 
-    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    down.store(false, std::sync::atomic::Ordering::SeqCst);
     eventually(
         Duration::from_secs(30),
         "all messages once the worker is ready",
@@ -782,6 +765,138 @@ async fn a_worker_not_ready_yet_at_its_readiness_path_costs_no_delivery_attempt(
         "waiting for the worker to answer 200-399 at http://",
     )
     .await;
+}
+
+/// A worker that answers 503 to everything, its readiness path (`/ready`) included, while
+/// the flag returned is set, and 200 otherwise.
+async fn worker_that_can_be_down(
+    down: bool,
+) -> (Worker, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(down));
+    let worker = Worker::start({
+        let down = flag.clone();
+        move |_| {
+            if down.load(std::sync::atomic::Ordering::SeqCst) {
+                Reply::status(503)
+            } else {
+                Reply::ok()
+            }
+        }
+    })
+    .await;
+    (worker, flag)
+}
+
+/// What the worker was sent, without the sidecar's readiness checks.
+fn message_deliveries(worker: &Worker) -> Vec<ferry_tests::worker::Delivery> {
+    worker
+        .deliveries()
+        .into_iter()
+        .filter(|d| d.path != "/ready")
+        .collect()
+}
+
+/// A worker that was ready and then fails (its database went away: every message 503, and
+/// its readiness path too): the failed deliveries make the sidecar ask the readiness path,
+/// it stops receiving, and the messages wait in the queue instead of spending their
+/// deliveries on the outage; once the path answers 200 again, each is delivered.
+async fn a_worker_that_stops_being_ready_holds_receiving_until_it_is_ready_again(
+    provider: Provider,
+) {
+    const CONCURRENCY: usize = 2;
+    let setup = provision(provider, false, 20).await;
+    let (worker, down) = worker_that_can_be_down(false).await;
+    let sidecar = start(
+        &setup
+            .env(&worker.url())
+            .set("FERRY_WORKER_READINESS_PATH", "/ready")
+            .set("FERRY_CONCURRENCY", CONCURRENCY),
+    );
+    let messages = || message_deliveries(&worker);
+    let answered = |status| -> Vec<String> {
+        messages()
+            .into_iter()
+            .filter(|d| d.answered == Some(status))
+            .map(|d| d.message_id)
+            .collect()
+    };
+    let failed = || answered(503).len();
+    let readiness_asked = || {
+        worker
+            .deliveries()
+            .iter()
+            .filter(|d| d.path == "/ready")
+            .count()
+    };
+
+    let mut expected = setup.publish_bodies(&bodies("before", 4)).await;
+    eventually(
+        Duration::from_secs(30),
+        "the first messages while the worker is up",
+        async || (answered(200).len() >= 4).then_some(()),
+    )
+    .await;
+
+    down.store(true, std::sync::atomic::Ordering::SeqCst);
+    expected.extend(setup.publish_bodies(&bodies("outage", 12)).await);
+    let body = eventually(
+        Duration::from_secs(30),
+        "/readyz to say the worker is not ready again",
+        async || {
+            let (status, body) = sidecar.get("/readyz").await?;
+            (status == 503 && body.contains("GET /ready answered 503")).then_some(body)
+        },
+    )
+    .await;
+    assert!(body.contains("again before receiving"), "{body}");
+    let failed_when_held = failed();
+    let asked_when_held = readiness_asked();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Retries come back after 0.2-1 s (the test's backoff), so a sidecar that kept receiving
+    // would have failed each of them again several times by now.
+    assert_eq!(
+        failed(),
+        failed_when_held,
+        "nothing delivered while the worker is not ready: {:?}",
+        messages()
+    );
+    assert!(
+        failed_when_held <= 2 * CONCURRENCY,
+        "at most what the sidecar held and had asked for when the first failure came back: {:?}",
+        messages()
+    );
+    assert!(
+        readiness_asked() > asked_when_held,
+        "the readiness path is asked again while the sidecar waits"
+    );
+    assert_eq!(sidecar.metric("ferry_ready").await, Some(0.0));
+
+    down.store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually(
+        Duration::from_secs(30),
+        "every message once the worker is ready again",
+        async || (answered(200).len() >= expected.len()).then_some(()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut delivered = answered(200);
+    delivered.sort();
+    expected.sort();
+    assert_eq!(delivered, expected, "each message once");
+    assert_eq!(
+        failed(),
+        failed_when_held,
+        "no delivery spent on the outage beyond those that revealed it"
+    );
+    eventually(Duration::from_secs(10), "/readyz to be ready", async || {
+        let (status, _) = sidecar.get("/readyz").await?;
+        (status == 200).then_some(())
+    })
+    .await;
+    assert!(
+        sidecar.log_text().contains("again before receiving"),
+        "the log says the sidecar holds for the worker"
+    );
 }
 
 /// SIGTERM mid-delivery: the deliveries in flight finish and are acked, nothing more is
