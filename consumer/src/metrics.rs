@@ -32,6 +32,7 @@ pub struct Metrics {
     pub concurrency_limit: IntGauge,
     api_errors: IntCounterVec,
     pub ready: IntGauge,
+    pub worker_unavailable: IntGauge,
     pub draining: IntGauge,
     pub lease_extensions: prometheus::IntCounter,
     /// Absent without a limit (see `record_rate_limit`).
@@ -110,6 +111,11 @@ impl Metrics {
             "1 when the queue answers, the worker listens and the sidecar is receiving.",
         ))
         .expect("valid metric");
+        let worker_unavailable = IntGauge::with_opts(labels(
+            "ferry_worker_unavailable",
+            "1 while the sidecar holds receiving because its worker, ready before, stopped being so (nothing listens, or the readiness path fails after a failed delivery); 0 otherwise, also while the worker first starts.",
+        ))
+        .expect("valid metric");
         let draining = IntGauge::with_opts(labels(
             "ferry_draining",
             "1 once the sidecar stopped receiving (drain request or SIGTERM).",
@@ -147,6 +153,7 @@ impl Metrics {
             Box::new(concurrency_limit.clone()),
             Box::new(api_errors.clone()),
             Box::new(ready.clone()),
+            Box::new(worker_unavailable.clone()),
             Box::new(draining.clone()),
             Box::new(lease_extensions.clone()),
             Box::new(rate_limit.clone()),
@@ -180,6 +187,7 @@ impl Metrics {
             concurrency_limit,
             api_errors,
             ready,
+            worker_unavailable,
             draining,
             lease_extensions,
             rate_limit,

@@ -302,6 +302,7 @@ impl Pump {
                 Ok(()) => {
                     self.worker_unconfirmed.store(false, Ordering::Relaxed);
                     self.health.worker_listening();
+                    self.metrics.worker_unavailable.set(0);
                     if said_at.is_some() {
                         tracing::info!(
                             "waited {:.1}s for the worker to {awaited}; receiving",
@@ -328,6 +329,9 @@ impl Pump {
                         }
                         said_at = Some(std::time::Instant::now());
                         self.health.worker_missing(why);
+                        // What the autoscaler reads: more pods cannot help a worker that is
+                        // down in every one of them.
+                        self.metrics.worker_unavailable.set(i64::from(again));
                     }
                 }
             }

@@ -650,6 +650,11 @@ async fn a_worker_not_listening_yet_costs_no_delivery_attempt(provider: Provider
         "nothing is received for a worker that is not there"
     );
     assert_eq!(sidecar.metric("ferry_ready").await, Some(0.0));
+    assert_eq!(
+        sidecar.metric("ferry_worker_unavailable").await,
+        Some(0.0),
+        "a worker still starting is not one that went away"
+    );
 
     let worker = Worker::start_on(port, |_| Reply::ok()).await;
     eventually(
@@ -870,6 +875,11 @@ async fn a_worker_that_stops_being_ready_holds_receiving_until_it_is_ready_again
         "the readiness path is asked again while the sidecar waits"
     );
     assert_eq!(sidecar.metric("ferry_ready").await, Some(0.0));
+    assert_eq!(
+        sidecar.metric("ferry_worker_unavailable").await,
+        Some(1.0),
+        "what the autoscaler reads"
+    );
 
     down.store(false, std::sync::atomic::Ordering::SeqCst);
     eventually(
@@ -893,6 +903,7 @@ async fn a_worker_that_stops_being_ready_holds_receiving_until_it_is_ready_again
         (status == 200).then_some(())
     })
     .await;
+    assert_eq!(sidecar.metric("ferry_worker_unavailable").await, Some(0.0));
     assert!(
         sidecar.log_text().contains("again before receiving"),
         "the log says the sidecar holds for the worker"

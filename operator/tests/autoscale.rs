@@ -832,6 +832,25 @@ async fn a_consumer_created_suspended_starts_no_pod_until_resumed() {
     live.stop().await;
 }
 
+/// Gives the example worker of `qc` the setting `name` (when it is unavailable) and a
+/// readiness probe at `/ready` on the delivery port, which the operator hands to the sidecar.
+fn probe_the_worker_s_readiness(qc: &mut QueueConsumer, name: &str, value: &str) {
+    let pod = qc.spec.worker.spec.as_mut().expect("a pod spec");
+    let worker = &mut pod.containers[0];
+    worker.env.get_or_insert_with(Vec::new).push(EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    });
+    worker.readiness_probe = Some(
+        serde_json::from_value(serde_json::json!({
+            "httpGet": { "path": "/ready", "port": 8080 },
+            "periodSeconds": 1
+        }))
+        .expect("a probe"),
+    );
+}
+
 /// A worker whose readiness probe asks the delivery port: the operator hands its path to the
 /// sidecar, which receives nothing until the worker answers it, so a worker that listens
 /// seconds before it can work (here: 503 to everything for its first 6 s) spends no message's
@@ -842,20 +861,7 @@ async fn the_worker_s_readiness_probe_holds_deliveries_until_it_is_ready() {
     let api = live.consumers();
     let mut qc = consumer(Provider::Sqs, "warming");
     qc.spec.scaling.min_replicas = 1;
-    let pod = qc.spec.worker.spec.as_mut().expect("a pod spec");
-    let worker = &mut pod.containers[0];
-    worker.env.get_or_insert_with(Vec::new).push(EnvVar {
-        name: "WORKER_READY_AFTER_MS".into(),
-        value: Some("6000".into()),
-        value_from: None,
-    });
-    worker.readiness_probe = Some(
-        serde_json::from_value(serde_json::json!({
-            "httpGet": { "path": "/ready", "port": 8080 },
-            "periodSeconds": 1
-        }))
-        .expect("a probe"),
-    );
+    probe_the_worker_s_readiness(&mut qc, "WORKER_READY_AFTER_MS", "6000");
     let queue = create_provisioned(&api, &qc).await;
     assert_eq!(
         sidecar_setting(&live, "warming", "FERRY_WORKER_READINESS_PATH")
@@ -891,6 +897,100 @@ async fn the_worker_s_readiness_probe_holds_deliveries_until_it_is_ready() {
         "the worker was asked while it was not ready"
     );
     api.delete("warming", &Default::default())
+        .await
+        .expect("delete");
+    live.stop().await;
+}
+
+/// A worker whose dependency goes away in every pod (the example worker answers 503 to
+/// everything, its readiness probe's path included, while a file exists): the sidecars hold
+/// receiving after the first failures, so messages wait in the queue instead of spending their
+/// deliveries, and the autoscaler holds the replica count instead of adding pods that would
+/// only wait too; once the worker is ready again, every message is processed once.
+#[tokio::test]
+async fn a_worker_down_in_every_pod_holds_the_replica_count_and_the_messages() {
+    let live = Live::start().await;
+    let api = live.consumers();
+    let mut qc = consumer(Provider::Sqs, "outage");
+    qc.spec.scaling.min_replicas = 1;
+    let down_file = std::env::temp_dir().join(ferry_tests::unique_name("worker-down"));
+    probe_the_worker_s_readiness(
+        &mut qc,
+        "WORKER_DOWN_WHILE_FILE",
+        &down_file.display().to_string(),
+    );
+    let queue = create_provisioned(&api, &qc).await;
+    let before = publish_burst(Provider::Sqs, &queue.id, 6).await;
+    watch_replicas(
+        &live,
+        "outage-worker",
+        Duration::from_secs(90),
+        "the first messages while the worker is up, and back at one replica",
+        |replicas, seen| replicas == 1 && before.iter().all(|id| seen.contains_key(id)),
+    )
+    .await;
+
+    std::fs::write(&down_file, "").expect("take the worker's dependency away");
+    // Messages keep arriving during the outage, 4 a second for 15 s: a queue growing with
+    // nothing completing, which without the sidecars' word reads as a consumer falling behind.
+    let mut during = Vec::new();
+    let started = Instant::now();
+    let mut highest = 1;
+    // The arrivals, and as long again for the autoscaler to answer them.
+    while started.elapsed() < Duration::from_secs(30) {
+        if started.elapsed() < Duration::from_secs(15) {
+            during.extend(publish_burst(Provider::Sqs, &queue.id, 4).await);
+        }
+        highest = highest.max(live.replicas("outage-worker").await.unwrap_or(0));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        highest,
+        1,
+        "no pod added while the worker was down in every pod; operator metrics:\n{}",
+        live.ctx.metrics.encode()
+    );
+    let status = eventually(
+        Duration::from_secs(30),
+        "ScalingActive to say the worker is unavailable",
+        async || {
+            let status = api.get("outage").await.ok()?.status?;
+            let active = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "ScalingActive")?;
+            (active.reason == "WorkerUnavailable").then_some(active.message.clone())
+        },
+    )
+    .await;
+    assert!(status.contains("holding the replica count"), "{status}");
+    let spent = live
+        .log_lines_mentioning(during.iter().map(String::as_str))
+        .lines()
+        .filter(|l| l.contains("503 message=") && l.contains(" down"))
+        .count();
+    // Concurrency 2: what the sidecar held, and had asked for, when the first 503s came back.
+    assert!(
+        spent <= 4,
+        "{spent} deliveries spent on the outage:\n{}",
+        live.log_lines_mentioning(std::iter::once(" down"))
+    );
+
+    std::fs::remove_file(&down_file).expect("bring the dependency back");
+    watch_replicas(
+        &live,
+        "outage-worker",
+        Duration::from_secs(90),
+        "every message once the worker is ready again",
+        |_, seen| during.iter().all(|id| seen.contains_key(id)),
+    )
+    .await;
+    let seen = live.successes();
+    assert!(
+        before.iter().chain(&during).all(|id| seen[id] == 1),
+        "each message once"
+    );
+    api.delete("outage", &Default::default())
         .await
         .expect("delete");
     live.stop().await;

@@ -526,6 +526,7 @@ fn every_alert_has_a_runbook_section() {
             "FerryMessagesOlderThanTarget",
             "FerryBacklogGrowingAtMaxReplicas",
             "FerryWorkerFailureRatioHigh",
+            "FerryWorkerUnavailable",
             "FerryOperatorReconcileErrors",
             "FerryScrapeTargetDown",
             "FerryPeriodicTaskSkipped",

@@ -9,7 +9,8 @@
 //! and every alert must fire in the scenario made for it: a dead-letter queue filled by
 //! poison messages, messages older than a tiny target, half the deliveries failing, a backlog
 //! growing at maxReplicas, a deletion blocked by dead letters, a scrape target gone, a
-//! periodic task's tick missed while the operator was scaled to zero, a suspended consumer.
+//! periodic task's tick missed while the operator was scaled to zero, a suspended consumer,
+//! a worker whose dependency went away.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -39,8 +40,9 @@ fn queue_consumers(client: kube::Client) -> Api<DynamicObject> {
 /// never reaches): two slow replicas at most (the autoscaler goes from one to two), a 0.1 s latency target,
 /// a worker that fails half its deliveries and rejects poison, `Delete` so that its
 /// dead letters block the deletion, and a periodic task every minute whose ticks must be sent
-/// within a second.
-fn consumer(queue: &str) -> DynamicObject {
+/// within a second. The worker answers 503 to everything while `down_file` exists, its
+/// readiness path included.
+fn consumer(queue: &str, down_file: &std::path::Path) -> DynamicObject {
     serde_json::from_value(json!({
         "apiVersion": "ferry.dev/v1alpha1",
         "kind": "QueueConsumer",
@@ -52,6 +54,7 @@ fn consumer(queue: &str) -> DynamicObject {
             "delivery": {
                 "concurrency": 1,
                 "maxPerSecond": 100,
+                "readinessPath": "/ready",
                 "permanentFailureStatuses": [422],
                 "retryBackoff": { "minSeconds": 0.5, "maxSeconds": 1 }
             },
@@ -67,7 +70,8 @@ fn consumer(queue: &str) -> DynamicObject {
                     { "name": "POD_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } },
                     { "name": "WORKER_LISTEN", "value": "$(POD_IP):8080" },
                     { "name": "WORKER_LATENCY_MS", "value": "300" },
-                    { "name": "WORKER_FAILURE_RATE", "value": "0.5" }
+                    { "name": "WORKER_FAILURE_RATE", "value": "0.5" },
+                    { "name": "WORKER_DOWN_WHILE_FILE", "value": down_file.display().to_string() }
                 ]
             }] } }
         }
@@ -95,7 +99,7 @@ fn values(cluster: &DevCluster) -> Value {
             "deadLetterNotEmpty": no_wait, "messagesOlderThanTarget": no_wait,
             "backlogGrowingAtMaxReplicas": {"for": "0s", "window": "1m"},
             "workerFailureRatio": no_wait, "operatorReconcileErrors": no_wait, "scrapeTargetDown": no_wait,
-            "periodicTaskSkipped": no_wait, "consumerSuspended": no_wait,
+            "periodicTaskSkipped": no_wait, "consumerSuspended": no_wait, "workerUnavailable": no_wait,
         }},
     })
 }
@@ -417,8 +421,9 @@ async fn every_dashboard_query_and_alert_returns_data_and_the_alerts_fire() {
     let discovery = keep_discovering(client.clone(), prometheus.dir.clone());
 
     let consumers = queue_consumers(client.clone());
+    let down_file = std::env::temp_dir().join(format!("{queue}-worker-down"));
     consumers
-        .create(&PostParams::default(), &consumer(&queue))
+        .create(&PostParams::default(), &consumer(&queue, &down_file))
         .await
         .expect("create the QueueConsumer");
     let queue_url = ferry_tests::eventually(
@@ -594,6 +599,41 @@ async fn every_dashboard_query_and_alert_returns_data_and_the_alerts_fire() {
         },
     )
     .await;
+
+    // What the worker depends on goes away: a sidecar that was receiving holds receiving
+    // after the next failed delivery, and says so. (A pod that starts during the outage
+    // waits for its worker as for any worker that starts: not the same signal.)
+    ferry_tests::eventually(
+        Duration::from_secs(60),
+        "a resumed sidecar receiving",
+        async || {
+            let series = prometheus
+                .query(&format!("ferry_ready{{queueconsumer=\"{CONSUMER}\"}} == 1"))
+                .await
+                .ok()?;
+            (!series.is_empty()).then_some(())
+        },
+    )
+    .await;
+    std::fs::write(&down_file, "").expect("take the worker's dependency away");
+    publish(
+        Provider::Sqs,
+        Some(&moto.url()),
+        &queue_url,
+        vec![OutgoingMessage {
+            body: b"{\"during\":\"outage\"}".to_vec(),
+            ..Default::default()
+        }],
+    )
+    .await
+    .expect("publish during the outage");
+    wait_firing(
+        &prometheus,
+        &["FerryWorkerUnavailable"],
+        Duration::from_secs(60),
+    )
+    .await;
+    std::fs::remove_file(&down_file).expect("bring the dependency back");
 
     // The variables offer exactly this consumer, so no query needs editing. (Asked here,
     // while it exists: its deletion below drops the operator's series, and its idle worker

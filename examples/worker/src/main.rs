@@ -6,9 +6,13 @@
 //!   the same message is decided afresh, so it eventually succeeds);
 //! - 422 for any body containing `--poison` (a permanent failure: list 422 in
 //!   `FERRY_PERMANENT_FAILURE_STATUSES` and it goes to the dead-letter queue at once);
+//! - 200 to a `GET` (a readiness check) while it is up;
 //! - 503 to every request, `GET /ready` included, for the first `--ready-after-ms` after it
 //!   starts listening (a worker that listens before it can work: point a readiness probe,
-//!   or `FERRY_WORKER_READINESS_PATH`, at `/ready`).
+//!   or `FERRY_WORKER_READINESS_PATH`, at `/ready`);
+//! - 503 to every request, `GET /ready` included, while the file `--down-while-file` names
+//!   exists (an outage of what the worker depends on, on demand: `touch` it to take the
+//!   worker's database away, remove it to bring it back).
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
@@ -17,7 +21,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -41,6 +45,9 @@ struct Options {
     /// Answer 503 to everything for this many milliseconds after listening.
     #[arg(long, env = "WORKER_READY_AFTER_MS", default_value_t = 0)]
     ready_after_ms: u64,
+    /// Answer 503 to everything while this file exists.
+    #[arg(long, env = "WORKER_DOWN_WHILE_FILE")]
+    down_while_file: Option<std::path::PathBuf>,
     /// Print one line per delivery: status, message id, attempt, latency, and when the
     /// delivery started (Unix milliseconds), which the sandbox reads to measure waits.
     #[arg(long, env = "WORKER_VERBOSE")]
@@ -62,6 +69,7 @@ struct Worker {
 
 async fn work(
     State(worker): State<Arc<Worker>>,
+    method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
@@ -74,16 +82,27 @@ async fn work(
             .unwrap_or("")
             .to_string()
     };
-    if std::time::Instant::now() < worker.ready_at {
+    let unavailable = if std::time::Instant::now() < worker.ready_at {
+        Some("not_ready")
+    } else if options.down_while_file.as_ref().is_some_and(|f| f.exists()) {
+        Some("down")
+    } else {
+        None
+    };
+    if let Some(why) = unavailable {
         if options.verbose {
             println!(
-                "503 message={} attempt={} path={} not_ready",
+                "503 message={} attempt={} path={} {why}",
                 header("ferry-message-id"),
                 header("ferry-delivery-attempt"),
                 uri.path()
             );
         }
         return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    if method == Method::GET {
+        // A readiness check (`GET /ready`), not a message: up is all it asks.
+        return StatusCode::OK;
     }
     let started_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -78,6 +78,11 @@ pub enum ScalingReason {
         age_seconds: f64,
         limit_seconds: f64,
     },
+    /// Every pod's sidecar holds receiving because its worker stopped being ready: adding
+    /// pods would add more that wait, and a thundering herd when it recovers.
+    WorkerUnavailable {
+        pods: u32,
+    },
     /// The replica count was outside `[min, max]` (the spec changed); fixed without signals.
     OutsideBounds {
         min: u32,
@@ -137,6 +142,7 @@ impl ScalingReason {
         match self {
             Self::SignalsMissing => "SignalsMissing",
             Self::SignalsStale { .. } => "SignalsStale",
+            Self::WorkerUnavailable { .. } => "WorkerUnavailable",
             Self::OutsideBounds { .. } => "OutsideBounds",
             Self::Activate { .. } => "Activate",
             Self::StayAtZero { .. } => "StayAtZero",
@@ -167,6 +173,10 @@ impl fmt::Display for ScalingReason {
             } => write!(
                 f,
                 "signals are {age_seconds:.0}s old (limit {limit_seconds:.0}s): holding"
+            ),
+            Self::WorkerUnavailable { pods } => write!(
+                f,
+                "the worker stopped being ready in all {pods} pods (their sidecars hold receiving; see the pods' /readyz): holding, more pods would not help"
             ),
             Self::OutsideBounds { min, max } => {
                 write!(

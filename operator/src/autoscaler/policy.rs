@@ -72,6 +72,14 @@ impl ScalingPolicy {
             };
             return self.hold(now, current, reason);
         }
+        if signals.every_worker_unavailable() {
+            // Not observed either: a window without completions says nothing of the
+            // worker's speed or of how fast messages arrive to a working consumer.
+            let reason = ScalingReason::WorkerUnavailable {
+                pods: signals.ready_replicas,
+            };
+            return self.hold(now, current, reason);
+        }
 
         let estimates = state.observe(signals, &self.tuning);
         let demand = self.demand(signals, &estimates, current, age);

@@ -55,12 +55,27 @@ pub struct ScalingSignals {
     pub throughput: Option<ThroughputSignal>,
     /// Pods whose sidecar was scraped.
     pub ready_replicas: u32,
+    /// Of those, the pods whose sidecar holds receiving because their worker, ready before,
+    /// stopped being so (`ferry_worker_unavailable`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub workers_unavailable: u32,
     /// Concurrency of one replica (`spec.delivery.concurrency`): known even at zero replicas,
     /// so that activation can size the first step.
     pub concurrency_per_replica: u32,
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 impl ScalingSignals {
+    /// Whether every pod reporting holds receiving because its worker went away (its
+    /// readiness path fails, or nothing listens): what it depends on is down, or a new
+    /// version cannot work, and more pods would only wait with the others.
+    pub fn every_worker_unavailable(&self) -> bool {
+        self.ready_replicas > 0 && self.workers_unavailable >= self.ready_replicas
+    }
+
     /// Messages completed per second per ready replica over the window.
     pub fn per_replica_throughput(&self) -> Option<f64> {
         let t = self.throughput.as_ref()?;

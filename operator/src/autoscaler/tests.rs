@@ -27,6 +27,7 @@ fn queue_only(at: f64, visible: u64) -> ScalingSignals {
         },
         throughput: None,
         ready_replicas: 0,
+        workers_unavailable: 0,
         concurrency_per_replica: CONCURRENCY,
     }
 }
@@ -52,6 +53,7 @@ fn scraped(at: f64, ready: u32, visible: u64, receive_rate: f64, service: f64) -
             concurrency_limit: limit,
         }),
         ready_replicas: ready,
+        workers_unavailable: 0,
         concurrency_per_replica: CONCURRENCY,
     }
 }
@@ -792,4 +794,67 @@ fn a_delivery_rate_limit_caps_replicas_at_what_it_lets_deliver() {
     let mut state = ScalingState::default();
     let d = policy(limited).decide(&mut state, 0.0, 0, Some(&queue_only(0.0, 45)));
     assert_eq!(d.signals.unwrap().basis, DemandBasis::BacklogFallback);
+}
+
+#[test]
+fn a_worker_down_in_every_pod_holds_the_count_instead_of_adding_pods_that_would_wait() {
+    let p = policy(ScalingSpec {
+        max_replicas: 20,
+        ..ScalingSpec::default()
+    });
+    let mut state = ScalingState::default();
+    let steady = |t| scraped(t, 3, 0, 30.0, 0.5);
+    for i in 0..10 {
+        let t = f64::from(i) * 3.0;
+        p.decide(&mut state, t, 3, Some(&steady(t)));
+    }
+    // The outage: no pod receives, the backlog grows by 30 msg/s.
+    let outage = |t: f64, i: u32, unavailable: u32| {
+        let mut s = scraped(t, 3, 90 * u64::from(i), 0.0, 0.5);
+        s.throughput.as_mut().unwrap().mean_age_at_receipt_seconds = None;
+        s.workers_unavailable = unavailable;
+        s
+    };
+    for i in 1..=40 {
+        let t = 30.0 + f64::from(i) * 3.0;
+        let d = p.decide(&mut state, t, 3, Some(&outage(t, i, 3)));
+        assert_eq!(d.to, 3, "poll {i}: {d:?}");
+        assert_eq!(d.reason, ScalingReason::WorkerUnavailable { pods: 3 });
+        assert!(
+            d.message().contains("more pods would not help"),
+            "{}",
+            d.message()
+        );
+    }
+    // Without the sidecars saying so, the same signals read as a queue outgrowing its pods
+    // (the behaviour the hold replaces), and so does a worker down in only some pods.
+    for one_pod_still_up in [false, true] {
+        let mut fresh = ScalingState::default();
+        let mut current = 3;
+        for i in 0..10 {
+            let t = f64::from(i) * 3.0;
+            p.decide(&mut fresh, t, 3, Some(&steady(t)));
+        }
+        for i in 1..=40 {
+            let t = 30.0 + f64::from(i) * 3.0;
+            let unavailable = if one_pod_still_up { current - 1 } else { 0 };
+            let mut s = outage(t, i, unavailable);
+            s.ready_replicas = current;
+            current = p.decide(&mut fresh, t, current, Some(&s)).to;
+        }
+        assert!(
+            current > 3,
+            "one pod up: {one_pod_still_up}, {current} replicas"
+        );
+    }
+    // Recovered: the backlog the outage left is drained with more pods.
+    let t = 30.0 + 41.0 * 3.0;
+    let mut recovered = scraped(t, 3, 90 * 41, 60.0, 0.5);
+    recovered
+        .throughput
+        .as_mut()
+        .unwrap()
+        .mean_age_at_receipt_seconds = Some(120.0);
+    let d = p.decide(&mut state, t, 3, Some(&recovered));
+    assert!(d.to > 3, "{d:?}");
 }

@@ -21,6 +21,9 @@ pub struct SidecarSample {
     pub concurrency_limit: f64,
     /// `ferry_draining`: the pod is stopping and takes no new messages.
     pub draining: bool,
+    /// `ferry_worker_unavailable`: the sidecar holds receiving because its worker, ready
+    /// before, stopped being so.
+    pub worker_unavailable: bool,
     /// `ferry_queue_messages{state}` with `ferry_queue_stats_timestamp_seconds`; absent when
     /// the sidecar cannot read the queue's counts (Pub/Sub without Cloud Monitoring).
     pub backlog: Option<ReportedBacklog>,
@@ -154,6 +157,7 @@ pub fn parse_sample(text: &str) -> Result<SidecarSample, ExpositionError> {
                 sample.concurrency_limit += line.value;
             }
             "ferry_draining" => sample.draining = line.value >= 1.0,
+            "ferry_worker_unavailable" => sample.worker_unavailable = line.value >= 1.0,
             "ferry_dead_letter_messages" => sample.dead_letter = Some(line.value),
             "ferry_rate_limit_per_second" => sample.rate_limit = Some(line.value),
             "ferry_queue_stats_timestamp_seconds" => {
@@ -223,6 +227,12 @@ ferry_build_info{provider="sqs",version="0.1.0"} 1
         assert_eq!((sample.age_seconds_sum, sample.age_count), (55.0, 110.0));
         assert_eq!((sample.in_flight, sample.concurrency_limit), (3.0, 10.0));
         assert!(!sample.draining);
+        assert!(
+            !sample.worker_unavailable,
+            "an older sidecar has no such series"
+        );
+        let down = format!("{PAGE}ferry_worker_unavailable{{queue=\"orders\"}} 1\n");
+        assert!(parse_sample(&down).unwrap().worker_unavailable);
         assert_eq!(sample.rate_limit, None, "no limit is no series");
         let limited = format!("{PAGE}ferry_rate_limit_per_second{{queue=\"orders\"}} 12.5\n");
         assert_eq!(parse_sample(&limited).unwrap().rate_limit, Some(12.5));

@@ -146,6 +146,13 @@ pub fn combine(
         backlog,
         throughput,
         ready_replicas: u32::try_from(current.len()).unwrap_or(u32::MAX),
+        workers_unavailable: u32::try_from(
+            current
+                .values()
+                .filter(|p| p.sample.worker_unavailable)
+                .count(),
+        )
+        .unwrap_or(u32::MAX),
         concurrency_per_replica,
     };
     Some((signals, source))
@@ -200,6 +207,15 @@ mod tests {
         assert_eq!(signals.sampled_at, 104.0);
         assert_eq!(signals.backlog.visible, 25);
         assert_eq!(signals.ready_replicas, 2);
+        assert_eq!(signals.workers_unavailable, 0);
+        let mut down = now.clone();
+        down.get_mut("b").unwrap().sample.worker_unavailable = true;
+        let (one_down, _) = combine(&before, &down, None, 10, 105.0).unwrap();
+        assert_eq!(one_down.workers_unavailable, 1);
+        assert!(!one_down.every_worker_unavailable());
+        down.get_mut("a").unwrap().sample.worker_unavailable = true;
+        let (both_down, _) = combine(&before, &down, None, 10, 105.0).unwrap();
+        assert!(both_down.every_worker_unavailable());
         let t = signals.throughput.unwrap();
         assert_eq!((t.receive_rate, t.completion_rate), (20.0, 20.0));
         assert_eq!(t.window_seconds, 5.0);

@@ -97,6 +97,7 @@ impl FerryController {
             },
             throughput,
             ready_replicas: sample.ready_receiving_pods,
+            workers_unavailable: 0,
             concurrency_per_replica: self.concurrency_per_replica,
         })
     }
