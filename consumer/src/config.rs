@@ -55,6 +55,11 @@ pub struct Config {
     #[arg(long, env = "FERRY_WORKER_READINESS_PATH", value_parser = parse_readiness_path)]
     pub worker_readiness_path: Option<String>,
 
+    /// A token that `/drain` and `PUT /rate-limit` must be sent as `Authorization: Bearer
+    /// <token>` (16-256 visible characters); unset, they answer anyone who reaches the port.
+    #[arg(long, env = "FERRY_CONTROL_TOKEN", hide_env_values = true, value_parser = parse_control_token)]
+    pub control_token: Option<ControlToken>,
+
     /// Most deliveries in flight at once (1-1000).
     #[arg(long, env = "FERRY_CONCURRENCY", default_value_t = 10, value_parser = in_range::<usize>("FERRY_CONCURRENCY", 1..=1000))]
     pub concurrency: usize,
@@ -232,6 +237,29 @@ fn parse_readiness_path(value: &str) -> Result<String, String> {
     } else {
         Err(format!(
             "FERRY_WORKER_READINESS_PATH must be a URL path starting with '/', such as /ready, got {value:?}"
+        ))
+    }
+}
+
+/// `FERRY_CONTROL_TOKEN`: never printed, not even by `Debug`.
+#[derive(Clone, PartialEq)]
+pub struct ControlToken(pub String);
+
+impl std::fmt::Debug for ControlToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlToken(..)")
+    }
+}
+
+fn parse_control_token(value: &str) -> Result<ControlToken, String> {
+    let usable = (16..=256).contains(&value.len()) && value.chars().all(|c| c.is_ascii_graphic());
+    if usable {
+        Ok(ControlToken(value.to_string()))
+    } else {
+        // The value itself is not repeated: it is meant to be secret.
+        Err(format!(
+            "FERRY_CONTROL_TOKEN must be 16 to 256 visible ASCII characters without spaces, got {} characters",
+            value.chars().count()
         ))
     }
 }
@@ -493,6 +521,25 @@ mod tests {
         assert!(parse_statuses("499-400").is_err());
         assert!(parse_statuses("200").unwrap_err().contains("2xx"));
         assert!(parse_statuses("100-599").is_err());
+    }
+
+    #[test]
+    fn the_control_token_is_kept_out_of_errors_and_debug_output() {
+        assert_eq!(parse(&SQS).unwrap().control_token, None);
+        let token = "0123456789abcdef0123456789abcdef";
+        let mut args = SQS.to_vec();
+        args.extend(["--control-token", token]);
+        let config = parse(&args).unwrap();
+        assert_eq!(config.control_token, Some(ControlToken(token.into())));
+        assert!(
+            !format!("{config:?}").contains(token),
+            "Debug shows no token"
+        );
+        for bad in ["short", "with a space in the middle", &"x".repeat(257)] {
+            let error = parse_control_token(bad).unwrap_err();
+            assert!(error.contains("FERRY_CONTROL_TOKEN"), "{error}");
+            assert!(!error.contains(bad), "the error repeats no token: {error}");
+        }
     }
 
     #[test]

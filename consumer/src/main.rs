@@ -102,6 +102,7 @@ async fn run(config: Config) -> ExitCode {
         health: health.clone(),
         pump: pump.clone(),
         drain_timeout: config.drain_timeout,
+        control_token: config.control_token.clone().map(Arc::new),
     });
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
@@ -121,6 +122,11 @@ async fn run(config: Config) -> ExitCode {
         concurrency = config.concurrency,
         rate_limit = config.rate_limit.map_or("none".to_string(), |r| format!("{r}/s")),
         listen = %config.listen_addr,
+        control = if config.control_token.is_some() {
+            "token"
+        } else {
+            "open"
+        },
         "ferry-consumer started"
     );
     let pump_task = tokio::spawn(pump.clone().run());

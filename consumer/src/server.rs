@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::config::ControlToken;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::pump::Pump;
@@ -19,6 +20,50 @@ pub struct ServerState {
     pub health: Arc<Health>,
     pub pump: Arc<Pump>,
     pub drain_timeout: Duration,
+    /// `FERRY_CONTROL_TOKEN`: what `/drain` and `PUT /rate-limit` need; `None`, nothing.
+    pub control_token: Option<Arc<ControlToken>>,
+}
+
+impl ServerState {
+    /// The answer to a request that may not stop this sidecar or change its rate, or `None`
+    /// when it may: it must carry `Authorization: Bearer <FERRY_CONTROL_TOKEN>` when there
+    /// is one. Whoever reaches the metrics port may read; only those who know the token act.
+    fn refusal(&self, headers: &HeaderMap, action: &str) -> Option<Response> {
+        let expected = self.control_token.as_ref()?;
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if same_secret(given.as_bytes(), expected.0.as_bytes()) {
+            return None;
+        }
+        tracing::warn!("refused a request to {action} without the control token");
+        Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                [
+                    (header::WWW_AUTHENTICATE, "Bearer"),
+                    (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                ],
+                format!(
+                    "To {action}, send the header Authorization: Bearer <FERRY_CONTROL_TOKEN>.\n"
+                ),
+            )
+                .into_response(),
+        )
+    }
+}
+
+/// Compares without stopping at the first difference, so the time taken tells nothing of
+/// how much of a guess was right.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |differs, (a, b)| differs | (a ^ b))
+            == 0
 }
 
 pub fn router(state: ServerState) -> Router {
@@ -54,7 +99,10 @@ async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {
 
 /// Stops receiving and answers once in-flight deliveries are done (or the drain timeout
 /// passed), so a preStop hook holds the pod until its work is finished.
-async fn drain(State(state): State<ServerState>) -> impl IntoResponse {
+async fn drain(State(state): State<ServerState>, headers: HeaderMap) -> Response {
+    if let Some(refused) = state.refusal(&headers, "drain") {
+        return refused;
+    }
     let report = state.pump.drain(state.drain_timeout).await;
     let status = if report.drained {
         StatusCode::OK
@@ -68,6 +116,7 @@ async fn drain(State(state): State<ServerState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),
     )
+        .into_response()
 }
 
 /// The current limit, as `PUT /rate-limit` answers it.
@@ -77,7 +126,14 @@ async fn rate_limit(State(state): State<ServerState>) -> impl IntoResponse {
 
 /// A plain-text body: a positive number of deliveries per second, or `none`. The operator
 /// uses it to give each pod its share of `spec.delivery.maxPerSecond`.
-async fn set_rate_limit(State(state): State<ServerState>, body: String) -> impl IntoResponse {
+async fn set_rate_limit(
+    State(state): State<ServerState>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    if let Some(refused) = state.refusal(&headers, "change the rate limit") {
+        return refused;
+    }
     let body = body.trim();
     let per_second = if body.eq_ignore_ascii_case("none") {
         None

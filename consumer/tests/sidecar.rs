@@ -263,18 +263,95 @@ async fn every_message_is_delivered_once_and_settled(provider: Provider) {
 
 /// `PUT /rate-limit` with a plain-text body, as the operator sends it: (status, body).
 async fn put_rate_limit(sidecar: &Sidecar, body: &str) -> (u16, String) {
-    let response = reqwest::Client::new()
-        .put(format!(
-            "http://127.0.0.1:{}/rate-limit",
-            sidecar.metrics_port
-        ))
+    control(sidecar, reqwest::Method::PUT, "/rate-limit", body, None).await
+}
+
+/// A request to the sidecar's port with a plain-text body and, if given, the control
+/// token: (status, body).
+async fn control(
+    sidecar: &Sidecar,
+    method: reqwest::Method,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let mut request = reqwest::Client::new()
+        .request(
+            method,
+            format!("http://127.0.0.1:{}{path}", sidecar.metrics_port),
+        )
         .header("content-type", "text/plain")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("PUT /rate-limit");
+        .body(body.to_string());
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("the request");
     let status = response.status().as_u16();
     (status, response.text().await.expect("the answer's body"))
+}
+
+/// With FERRY_CONTROL_TOKEN, `/drain` and `PUT /rate-limit` act only on a request that
+/// carries it: anything else is refused with 401 and changes nothing (the sidecar keeps
+/// receiving at its rate); reading stays open, and the token is never logged.
+#[tokio::test]
+async fn the_control_endpoints_need_the_token_when_one_is_set() {
+    const TOKEN: &str = "a-control-token-0123456789";
+    let setup = provision(Provider::Sqs, false, 5).await;
+    let worker = Worker::start(|_| Reply::ok()).await;
+    let sidecar = start(&setup.env(&worker.url()).set("FERRY_CONTROL_TOKEN", TOKEN));
+    eventually(Duration::from_secs(20), "/readyz to be ready", async || {
+        let (status, _) = sidecar.get("/readyz").await?;
+        (status == 200).then_some(())
+    })
+    .await;
+
+    for token in [None, Some("not-the-control-token-0123"), Some("")] {
+        for (method, path, body) in [
+            (reqwest::Method::PUT, "/rate-limit", "1"),
+            (reqwest::Method::GET, "/drain", ""),
+            (reqwest::Method::POST, "/drain", ""),
+        ] {
+            let (status, answer) = control(&sidecar, method.clone(), path, body, token).await;
+            assert_eq!(status, 401, "{method} {path} with {token:?}: {answer}");
+            assert!(answer.contains("Authorization: Bearer"), "{answer}");
+        }
+    }
+    assert_eq!(
+        sidecar.get("/rate-limit").await,
+        Some((200, "{\"rate_limit_per_second\":null}".to_string())),
+        "reading needs no token"
+    );
+    assert_eq!(sidecar.metric("ferry_draining").await, Some(0.0));
+    let ids = setup.publish_bodies(&bodies("after", 3)).await;
+    eventually(
+        Duration::from_secs(30),
+        "deliveries go on after the refused drains",
+        async || (worker.succeeded_ids().len() >= ids.len()).then_some(()),
+    )
+    .await;
+
+    let (status, answer) = control(
+        &sidecar,
+        reqwest::Method::PUT,
+        "/rate-limit",
+        "2",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(
+        (status, answer.as_str()),
+        (200, "{\"rate_limit_per_second\":2.0}")
+    );
+    let (status, answer) = control(&sidecar, reqwest::Method::GET, "/drain", "", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("\"drained\":true"), "{answer}");
+    assert_eq!(sidecar.metric("ferry_draining").await, Some(1.0));
+    let log = sidecar.log_text();
+    assert!(
+        log.contains("refused a request to drain without the control token"),
+        "{log}"
+    );
+    assert!(!log.contains(TOKEN), "the token is never logged");
 }
 
 /// FERRY_RATE_LIMIT spaces delivery starts evenly, with no burst even from a full queue, and

@@ -1201,12 +1201,24 @@ async fn http_get(h: Value, c: Value, ip: String, timeout: Duration) -> bool {
         .and_then(Value::as_str)
         .unwrap_or("/")
         .to_string();
+    // `httpHeaders`, sent as given, after the kubelet's own (as the real prober does).
+    let headers: String = h
+        .get("httpHeaders")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|header| {
+            let name = header.get("name")?.as_str()?;
+            let value = header.get("value")?.as_str().unwrap_or("");
+            Some(format!("{name}: {value}\r\n"))
+        })
+        .collect();
     let attempt = async {
         let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
             .ok()?;
         let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.32\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.32\r\n{headers}Connection: close\r\n\r\n"
         );
         s.write_all(req.as_bytes()).await.ok()?;
         // Read the whole (bounded) response, as the real prober does, so servers never see a

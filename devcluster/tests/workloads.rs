@@ -11,7 +11,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
-/// A tiny HTTP worker: /healthz (503 while $UNREADY_FILE exists), /env, /prestop; SIGTERM is logged.
+/// A tiny HTTP worker: /healthz (503 while $UNREADY_FILE exists), /env, /prestop (its
+/// Authorization header noted); SIGTERM is logged.
 const WORKER: &str = r#"
 import http.server, json, os, signal, sys
 mark = os.environ.get("MARK", "/dev/null")
@@ -27,7 +28,7 @@ class H(http.server.BaseHTTPRequestHandler):
             code = 503 if os.path.exists(os.environ.get("UNREADY_FILE", "/nonexistent")) else 200
             body = b"ok"
         elif self.path == "/prestop":
-            note("prestop"); code, body = 200, b"bye"
+            note("prestop " + self.headers.get("Authorization", "-")); code, body = 200, b"bye"
         else:
             code, body = 200, json.dumps(dict(os.environ)).encode()
         self.send_response(code); self.end_headers(); self.wfile.write(body)
@@ -98,7 +99,8 @@ async fn pods_run_as_processes_with_ips_env_probes_and_graceful_deletion() {
                     {"name": "UNREADY_FILE", "value": unready.display().to_string()}
                 ],
                 "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1, "failureThreshold": 1},
-                "lifecycle": {"preStop": {"httpGet": {"path": "/prestop", "port": 8080}}}
+                "lifecycle": {"preStop": {"httpGet": {"path": "/prestop", "port": 8080,
+                    "httpHeaders": [{"name": "Authorization", "value": "Bearer t0ken"}]}}}
             }]
         }
     }))
@@ -180,7 +182,10 @@ async fn pods_run_as_processes_with_ips_env_probes_and_graceful_deletion() {
     })
     .await;
     let notes = std::fs::read_to_string(&mark).unwrap_or_default();
-    assert_eq!(notes, "prestop\nterm\n");
+    assert_eq!(
+        notes, "prestop Bearer t0ken\nterm\n",
+        "the hook's httpHeaders are sent"
+    );
     assert!(http_get(&ip, "/env").await.is_none(), "process stopped");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -439,6 +439,13 @@ async fn a_burst_scales_out_drains_and_scales_back_without_duplicates(provider: 
     )
     .await;
     assert!(last.signals.is_some(), "{last:?}");
+    // The removed pods drained from their preStop hooks, which carry the consumer's control
+    // token (a hook refused with 401 would let the worker stop with the sidecar).
+    let drains = live.log_lines_mentioning(
+        ["draining: no new messages", "refused a request to drain"].into_iter(),
+    );
+    assert!(drains.contains("draining: no new messages"), "{drains}");
+    assert!(!drains.contains("refused"), "{drains}");
 
     // From zero and back: messages arriving at an SQS consumer at zero start it again.
     if provider == Provider::Sqs {

@@ -603,15 +603,34 @@ async fn every_dashboard_query_and_alert_returns_data_and_the_alerts_fire() {
     // What the worker depends on goes away: a sidecar that was receiving holds receiving
     // after the next failed delivery, and says so. (A pod that starts during the outage
     // waits for its worker as for any worker that starts: not the same signal.)
+    // Asked of the pods that run now: Prometheus still holds the last samples of the pods
+    // the suspension removed, which were receiving.
+    let worker_pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     ferry_tests::eventually(
         Duration::from_secs(60),
         "a resumed sidecar receiving",
         async || {
-            let series = prometheus
-                .query(&format!("ferry_ready{{queueconsumer=\"{CONSUMER}\"}} == 1"))
+            let running = worker_pods
+                .list(
+                    &kube::api::ListParams::default()
+                        .labels(&format!("ferry.dev/queue-consumer={CONSUMER}")),
+                )
                 .await
                 .ok()?;
-            (!series.is_empty()).then_some(())
+            for pod in running.items {
+                if pod.metadata.deletion_timestamp.is_some() {
+                    continue;
+                }
+                let name = pod.metadata.name.unwrap_or_default();
+                let ready = prometheus
+                    .query(&format!("ferry_ready{{pod=\"{name}\"}} == 1"))
+                    .await
+                    .ok()?;
+                if !ready.is_empty() {
+                    return Some(());
+                }
+            }
+            None
         },
     )
     .await;

@@ -12,7 +12,7 @@ use super::metadata::{child_labels, owner_reference, selector_labels, worker_nam
 use super::security::{restrict_container, restrict_pod};
 use super::settings::{OperatorSettings, ProvisionedNames};
 use super::sidecar::{
-    METRICS_PORT, SIDECAR_NAME, drain_hook, drain_timeout_seconds, sidecar_container,
+    METRICS_PORT, SIDECAR_NAME, control_token, drain_hook, drain_timeout_seconds, sidecar_container,
 };
 
 /// Seconds past the drain timeout before the kubelet kills the pod: the preStop hooks answer
@@ -103,7 +103,8 @@ pub fn desired_deployment(
         // it; with it, the worker stops only after the sidecar has drained.
         let lifecycle = c.lifecycle.get_or_insert_with(Default::default);
         if lifecycle.pre_stop.is_none() {
-            lifecycle.pre_stop = drain_hook(IntOrString::Int(METRICS_PORT)).pre_stop;
+            lifecycle.pre_stop =
+                drain_hook(IntOrString::Int(METRICS_PORT), control_token(qc).as_deref()).pre_stop;
         }
     }
     // A regular container, not a native (init) sidecar: Kubernetes stops native sidecars

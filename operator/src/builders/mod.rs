@@ -22,7 +22,7 @@ pub use service_account::desired_service_account;
 pub use settings::{DEFAULT_POLL_INTERVAL, OperatorSettings, ProvisionedNames};
 pub use sidecar::{
     DRAIN_PATH, LIVENESS_PATH, METRICS_PORT, METRICS_PORT_NAME, READINESS_PATH, SIDECAR_NAME,
-    drain_timeout_seconds, sidecar_env, sidecar_threads,
+    control_header, control_token, drain_timeout_seconds, sidecar_env, sidecar_threads,
 };
 
 #[cfg(test)]

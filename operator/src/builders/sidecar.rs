@@ -2,8 +2,8 @@
 
 use ferry_crds::{QueueConsumer, QueueProvider};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler,
-    ObjectFieldSelector, Probe, ResourceRequirements,
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, HTTPHeader, Lifecycle,
+    LifecycleHandler, ObjectFieldSelector, Probe, ResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -124,6 +124,9 @@ pub fn sidecar_env(
     ));
     if let Some(path) = worker_readiness_path(qc) {
         vars.push(env("FERRY_WORKER_READINESS_PATH", path));
+    }
+    if let Some(token) = control_token(qc) {
+        vars.push(env("FERRY_CONTROL_TOKEN", token));
     }
     vars.push(env("FERRY_CONCURRENCY", delivery.concurrency.to_string()));
     vars.push(env(
@@ -249,16 +252,41 @@ fn cpu_cores(quantity: &str) -> Option<f64> {
     }
 }
 
+/// The token the sidecar's `/drain` and `PUT /rate-limit` ask for (`FERRY_CONTROL_TOKEN`),
+/// which the pod's preStop hooks and the autoscaler send. Derived from the QueueConsumer's
+/// UID, so it is the same at every reconcile without being stored: it keeps those endpoints
+/// from whoever merely reaches the pod's metrics port (any pod of the cluster, without a
+/// NetworkPolicy), not from those allowed to read the consumer's pods, whose spec holds it.
+/// `None` for an object without a UID (one not read from the API server).
+pub fn control_token(qc: &QueueConsumer) -> Option<String> {
+    use sha2::Digest;
+    let uid = qc.metadata.uid.as_deref()?;
+    let digest = sha2::Sha256::digest(format!("ferry.dev/control-token/{uid}"));
+    Some(digest[..20].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// `Authorization: Bearer <token>`, as the preStop hooks and the autoscaler send it.
+pub fn control_header(token: &str) -> (&'static str, String) {
+    ("Authorization", format!("Bearer {token}"))
+}
+
 /// The hook that makes a stopping pod finish its in-flight deliveries: `/drain` stops
 /// receiving and answers once they are done (or the drain timeout passed). The worker
 /// containers get the same hook (with the port as a number, since the name is the
 /// sidecar's), so they keep serving until the sidecar has drained.
-pub(super) fn drain_hook(port: IntOrString) -> Lifecycle {
+pub(super) fn drain_hook(port: IntOrString, token: Option<&str>) -> Lifecycle {
     Lifecycle {
         pre_stop: Some(LifecycleHandler {
             http_get: Some(HTTPGetAction {
                 path: Some(DRAIN_PATH.into()),
                 port,
+                http_headers: token.map(|token| {
+                    let (name, value) = control_header(token);
+                    vec![HTTPHeader {
+                        name: name.into(),
+                        value,
+                    }]
+                }),
                 ..HTTPGetAction::default()
             }),
             ..LifecycleHandler::default()
@@ -303,7 +331,10 @@ pub(super) fn sidecar_container(
             failure_threshold: Some(3),
             ..Probe::default()
         }),
-        lifecycle: Some(drain_hook(IntOrString::String(METRICS_PORT_NAME.into()))),
+        lifecycle: Some(drain_hook(
+            IntOrString::String(METRICS_PORT_NAME.into()),
+            control_token(qc).as_deref(),
+        )),
         resources: Some(sidecar_resources(qc, settings)),
         security_context: Some(sidecar_security_context()),
         ..Container::default()

@@ -73,6 +73,10 @@ fn the_sidecar_is_configured_per_its_contract() {
         ),
         ("FERRY_ENDPOINT", "http://127.0.0.1:5000"),
         ("FERRY_DELIVERY_URL", "http://127.0.0.1:3000/jobs"),
+        (
+            "FERRY_CONTROL_TOKEN",
+            control_token(&sqs_consumer()).unwrap().leak(),
+        ),
         ("FERRY_CONCURRENCY", "20"),
         ("FERRY_THREADS", "1"),
         ("FERRY_DELIVERY_TIMEOUT", "45"),
@@ -414,6 +418,48 @@ fn a_worker_that_sets_nothing_is_admitted_where_restricted_is_enforced() {
             restricted_violations(&qc),
             Vec::<String>::new(),
             "{provider}"
+        );
+    }
+}
+
+#[test]
+fn the_control_token_is_the_consumer_s_own_and_every_drain_hook_sends_it() {
+    let qc = sqs_consumer();
+    let token = control_token(&qc).unwrap();
+    assert_eq!(token.len(), 40);
+    assert!(token.chars().all(|c| c.is_ascii_hexdigit()), "{token}");
+    assert_eq!(
+        control_token(&qc),
+        Some(token.clone()),
+        "the same at every reconcile"
+    );
+    let mut other = sqs_consumer();
+    other.metadata.uid = Some("uid-2".into());
+    assert_ne!(
+        control_token(&other).unwrap(),
+        token,
+        "each consumer its own"
+    );
+    other.metadata.uid = None;
+    assert_eq!(control_token(&other), None);
+
+    let d = desired_deployment(&qc, &settings(), &names()).unwrap();
+    let pod = d.spec.template.spec.unwrap();
+    assert_eq!(pod.containers.len(), 2, "the worker and the sidecar");
+    for container in &pod.containers {
+        let hook = container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| h.http_get.as_ref())
+            .unwrap_or_else(|| panic!("{} drains", container.name));
+        let headers = hook.http_headers.as_ref().expect("the token");
+        assert_eq!(headers.len(), 1);
+        assert_eq!(
+            (headers[0].name.as_str(), headers[0].value.as_str()),
+            ("Authorization", format!("Bearer {token}").as_str()),
+            "{}",
+            container.name
         );
     }
 }

@@ -37,7 +37,7 @@ use crate::autoscaler::{
 };
 use crate::builders::{
     MANAGED_BY_LABEL, METRICS_PORT, QUEUE_CONSUMER_LABEL, SIDECAR_NAME, autoscaler_spec,
-    set_condition, worker_name,
+    control_header, control_token, set_condition, worker_name,
 };
 use crate::controller::Context;
 use record::{ScalerMode, backlog_status, scaling_condition, scaling_record};
@@ -389,7 +389,8 @@ impl Autoscaler {
             // Before a scale-up is written, so that the pods it adds (at their starting
             // share) find the others already at theirs.
             let share = rate_share::running_share(limit, pods.len(), decision.to);
-            self.share_rate_limit(&receiving, share).await;
+            self.share_rate_limit(&receiving, share, control_token(qc).as_deref())
+                .await;
         }
         if decision.to != current {
             self.carry_out(qc, deployment, &decision, &loads).await?;
@@ -464,16 +465,23 @@ impl Autoscaler {
     /// Tells each receiving sidecar whose share differs its share of
     /// `spec.delivery.maxPerSecond` (`PUT /rate-limit`). A pod that misses it keeps the share
     /// it had, and is told again at the next poll.
-    async fn share_rate_limit(&self, receiving: &[(Arc<Pod>, Option<f64>)], share: f64) {
+    async fn share_rate_limit(
+        &self,
+        receiving: &[(Arc<Pod>, Option<f64>)],
+        share: f64,
+        token: Option<&str>,
+    ) {
         let updates = receiving
             .iter()
             .filter(|(_, current)| rate_share::needs_share(*current, share))
             .filter_map(|(pod, current)| Some((pod, *current, sidecar_url(pod, "rate-limit")?)))
             .map(|(pod, current, url)| async move {
-                let answer = self
-                    .http
-                    .put(&url)
-                    .body(rate_share::share_body(share))
+                let mut request = self.http.put(&url).body(rate_share::share_body(share));
+                if let Some(token) = token {
+                    let (name, value) = control_header(token);
+                    request = request.header(name, value);
+                }
+                let answer = request
                     .send()
                     .await
                     .and_then(reqwest::Response::error_for_status);
