@@ -5,6 +5,8 @@
 #   - Prometheus (Debian's package), which the monitoring tests scrape and query
 #   - skopeo and umoci (Debian's packages), with which the image tests read, verify and
 #     unpack the OCI archives scripts/build-images.py writes
+#   - a JDK (Debian's default-jdk-headless) if javac is missing, to compile the tests' repair
+#     of the Pub/Sub emulator
 # and checks what the image must already have: cargo, the Google Cloud CLI's Pub/Sub
 # emulator (with Java), kubectl. Idempotent; safe to run before every test run.
 set -euo pipefail
@@ -52,4 +54,11 @@ if [ -z "${FERRY_PUBSUB_EMULATOR:-}" ]; then
     || die "the Pub/Sub emulator is missing under $sdk_root: gcloud components install pubsub-emulator"
 fi
 command -v java >/dev/null || die "Java is needed by the Pub/Sub emulator"
+# The tests compile a repair for the emulator's jar (tests/pubsub-emulator, docs/sandbox.md).
+if ! command -v javac >/dev/null; then
+  [ "$(id -u)" = 0 ] || die "javac is missing: sudo apt-get install default-jdk-headless (Debian's package), or run this script as root"
+  say "installing a JDK (Debian's default-jdk-headless)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends default-jdk-headless >/dev/null
+fi
 say "test dependencies ready"

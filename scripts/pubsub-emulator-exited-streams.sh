@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Shows that Google's Pub/Sub emulator can hand a subscription's messages to the stream of a
-# consumer that has exited (docs/sandbox.md, "Why the Pub/Sub sandbox does not redrive by
-# default"). No Kubernetes: the emulator, the example worker and three ferry-consumer
-# processes on this machine.
+# Shows that Google's Pub/Sub emulator, as the Google Cloud CLI installs it, hands a
+# subscription's messages to the stream of a consumer that has exited, and that the repair the
+# tests put ahead of its jar (tests/pubsub-emulator/io/grpc/InternalStatus.java; see
+# docs/sandbox.md, "The Pub/Sub emulator's repair") stops it. No Kubernetes: the emulator, the
+# example worker and three ferry-consumer processes on this machine.
 #
 #   consumer A takes 5 messages; consumer B starts; A stops (SIGTERM, or SIG=9);
 #   10 messages are published: does B get them? (LATE=75 waits past the 60 s ack deadline);
 #   consumer C starts, 10 more are published: who gets them?
 #
+# REPAIRED=1 runs the emulator with the repair, as the tests do; without it, as installed.
 # Needs the debug binaries (cargo build --bin ferry-consumer --bin ferry-example-worker) and
-# the emulator (scripts/install-test-deps.sh).
+# the emulator and a JDK (scripts/install-test-deps.sh).
 set -u
 cd "$(dirname "$0")/.."
 launcher=${FERRY_PUBSUB_EMULATOR:-$(gcloud info --format='value(installation.sdk_root)')/platform/pubsub-emulator/bin/cloud-pubsub-emulator}
@@ -17,7 +19,13 @@ work=$(mktemp -d)
 port=${PORT:-18085}
 emulator=127.0.0.1:$port
 project=projects/exited-streams
-"$launcher" --host=127.0.0.1 --port="$port" > "$work/emulator.log" 2>&1 &
+if [ -n "${REPAIRED:-}" ]; then
+  jar=$(ls "$(dirname "$launcher")"/../lib/cloud-pubsub-emulator-*.jar)
+  javac -nowarn -cp "$jar" -d "$work/repair" tests/pubsub-emulator/io/grpc/InternalStatus.java
+  java -cp "$work/repair:$jar" com.google.cloud.pubsub.testing.v1.Main --host=127.0.0.1 --port="$port" > "$work/emulator.log" 2>&1 &
+else
+  "$launcher" --host=127.0.0.1 --port="$port" > "$work/emulator.log" 2>&1 &
+fi
 pids=($!)
 trap 'kill "${pids[@]}" 2>/dev/null; pkill -f "port=$port" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 1 60); do curl -s "http://$emulator/" > /dev/null && break; sleep 1; done

@@ -988,63 +988,20 @@ async fn a_worker_that_stops_being_ready_holds_receiving_until_it_is_ready_again
 }
 
 /// SIGTERM mid-delivery: the deliveries in flight finish and are acked, nothing more is
-/// started, the process exits 0, and a new sidecar gets every other message.
+/// started, what the sidecar had prefetched is handed back, the process exits 0, and a new
+/// sidecar gets every other message, each once.
 async fn sigterm_finishes_in_flight_work_and_hands_back_the_rest(provider: Provider) {
-    // Google's Pub/Sub emulator now and then stops delivering a subscription altogether once
-    // a streaming subscriber has gone (see EMULATOR_CANCELLATION in queues/src/pubsub.rs):
-    // not even the messages published after the sidecar exited come back. Such a run says
-    // nothing about the sidecar, so it is repeated, up to twice. Each try has an emulator of
-    // its own, not the one the other tests of this file load at the same time: in one CI run
-    // a second try on a new subscription of the shared emulator failed the same way. A wrong
-    // result (an acked message back, one missing) fails at once.
-    let attempts = if provider == Provider::PubSub { 3 } else { 1 };
-    for attempt in 1..=attempts {
-        let own_emulator = if provider == Provider::PubSub {
-            Some(
-                tokio::task::spawn_blocking(emulators::fresh_pubsub)
-                    .await
-                    .expect("start an emulator"),
-            )
-        } else {
-            None
-        };
-        let setup = match &own_emulator {
-            Some(emulator) => provision_on(provider, emulator.host_port(), false, 10).await,
-            None => provision(provider, false, 10).await,
-        };
-        match sigterm_scenario(setup).await {
-            Checked::Yes => return,
-            Checked::EmulatorDeliveredNothing => eprintln!(
-                "attempt {attempt}: the emulator delivered nothing, not even the messages \
-                 published after the sidecar exited; repeating on an emulator of its own"
-            ),
-        }
-    }
-    panic!("{attempts} times the Pub/Sub emulator delivered nothing after the sidecar exited");
-}
-
-enum Checked {
-    Yes,
-    /// Pub/Sub only: the emulator returned nothing at all, so nothing could be checked.
-    EmulatorDeliveredNothing,
-}
-
-async fn sigterm_scenario(setup: Setup) -> Checked {
-    let provider = setup.provider;
+    let setup = provision(provider, false, 10).await;
     let worker = Worker::start(|_| Reply::ok().after(Duration::from_secs(3))).await;
     let env = setup
         .env(&worker.url())
         .set("FERRY_CONCURRENCY", 2)
         .set("FERRY_DRAIN_TIMEOUT", 20);
     let mut sidecar = start(&env);
-    // Google's Pub/Sub emulator returns messages a terminated subscriber had prefetched only
-    // unreliably (see EMULATOR_CANCELLATION in queues/src/pubsub.rs; Google's service does
-    // not have this problem), so against it the first sidecar is given only what it holds in
-    // flight and the rest is published once it is gone. SQS never prefetches beyond the free
-    // delivery slots, so there all six wait in the queue from the start.
-    let all = bodies("term", 6);
-    let (first, later) = all.split_at(if provider == Provider::PubSub { 2 } else { 6 });
-    let ids = setup.publish_bodies(first).await;
+    // On Pub/Sub the streaming pull prefetches beyond the two delivery slots; the drain hands
+    // those back. SQS never receives beyond the free slots, so there the rest wait in the
+    // queue.
+    let ids = setup.publish_bodies(&bodies("term", 6)).await;
 
     eventually(
         Duration::from_secs(20),
@@ -1053,7 +1010,7 @@ async fn sigterm_scenario(setup: Setup) -> Checked {
     )
     .await;
     // A second into the 3 s deliveries rather than at their first byte, which once came
-    // 87 ms after the sidecar started (the emulator then delivered nothing more).
+    // 87 ms after the sidecar started.
     tokio::time::sleep(Duration::from_secs(1)).await;
     sidecar.signal("TERM");
     let status = sidecar.wait_exit(Duration::from_secs(15)).await;
@@ -1078,40 +1035,9 @@ async fn sigterm_scenario(setup: Setup) -> Checked {
         sidecar.log_text()
     );
 
-    if provider == Provider::PubSub {
-        // A new streaming subscriber is where the emulator is unreliable after another one
-        // went away (see above), so the subscription is read with the emulator's unary pull.
-        // The two acked messages must not come back. The messages published after the
-        // sidecar exited show that the subscription can be read; the emulator may hand some
-        // of them to the exited sidecar's stream, from which they come back only an ack
-        // deadline at a time, if at all (docs/sandbox.md), so one missing is reported, not
-        // failed: the sidecar never saw them.
-        let later_ids = setup.publish_bodies(later).await;
-        let mut remaining = unary_pull(&setup, later_ids.len()).await;
-        if remaining.is_empty() {
-            return Checked::EmulatorDeliveredNothing;
-        }
-        remaining.sort();
-        let back: Vec<&String> = remaining.iter().filter(|id| ids.contains(id)).collect();
-        assert!(back.is_empty(), "acked messages came back: {back:?}");
-        let mut once = remaining.clone();
-        once.dedup();
-        assert_eq!(once, remaining, "each message comes once");
-        assert!(
-            remaining.iter().all(|id| later_ids.contains(id)),
-            "nothing but the messages published after the exit: {remaining:?} against {later_ids:?}"
-        );
-        if remaining.len() < later_ids.len() {
-            eprintln!(
-                "the emulator held {} of the {} messages published after the sidecar exited \
-                 (its exited-stream behaviour, docs/sandbox.md)",
-                later_ids.len() - remaining.len(),
-                later_ids.len()
-            );
-        }
-        return Checked::Yes;
-    }
     let _second = start(&env);
+    // The prefetched messages come back at once; a message the queue was handing to the
+    // stream as it closed would wait out its lease (10 s here).
     eventually(
         Duration::from_secs(60),
         "the rest delivered by a new sidecar",
@@ -1127,62 +1053,6 @@ async fn sigterm_scenario(setup: Setup) -> Checked {
         delivered, expected,
         "nothing lost and nothing processed twice"
     );
-    Checked::Yes
-}
-
-/// The message ids a unary Pull (the emulator's REST API) returns from the subscription,
-/// acknowledged so each is counted once; gives up 90 s after it starts or 30 s after the
-/// last new message.
-async fn unary_pull(setup: &Setup, expected: usize) -> Vec<String> {
-    let client = reqwest::Client::new();
-    let base = format!("http://{}/v1/{}", setup.endpoint, setup.queue.queue);
-    let mut ids = Vec::new();
-    // Generous: in one loaded CI run the emulator handed out nothing for 30 s after a
-    // streaming subscriber had gone, presumably holding the messages for the gone stream
-    // until their ack deadline ran out.
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    // Once some have come, the rest are given 30 s more (see the caller on what the
-    // emulator may hold back).
-    let mut last_new = None::<std::time::Instant>;
-    while ids.len() < expected
-        && std::time::Instant::now() < deadline
-        && last_new.is_none_or(|at| at.elapsed() < Duration::from_secs(30))
-    {
-        let response = client
-            .post(format!("{base}:pull"))
-            .header("content-type", "application/json")
-            .body(r#"{"maxMessages":10}"#)
-            .send()
-            .await
-            .expect("pull");
-        let body: serde_json::Value =
-            serde_json::from_str(&response.text().await.unwrap()).unwrap();
-        let received = body["receivedMessages"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if received.is_empty() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        }
-        last_new = Some(std::time::Instant::now());
-        let ack_ids: Vec<serde_json::Value> = received.iter().map(|m| m["ackId"].clone()).collect();
-        ids.extend(
-            received
-                .iter()
-                .filter_map(|m| m["message"]["messageId"].as_str().map(String::from)),
-        );
-        if !ack_ids.is_empty() {
-            client
-                .post(format!("{base}:acknowledge"))
-                .header("content-type", "application/json")
-                .body(serde_json::json!({ "ackIds": ack_ids }).to_string())
-                .send()
-                .await
-                .expect("acknowledge");
-        }
-    }
-    ids
 }
 
 /// `/drain` (the preStop hook) stops receiving and answers only when the deliveries in
@@ -1328,11 +1198,8 @@ async fn sigkill_loses_nothing(provider: Provider) {
         async || (!worker.deliveries().is_empty()).then_some(()),
     )
     .await;
-    // Killed a moment into the delivery rather than at its first byte: once in CI the
-    // sidecar died 0.1 s after it started, and the Pub/Sub emulator never redelivered the
-    // message (it loses track of messages on streams that go away, see
-    // EMULATOR_CANCELLATION in queues/src/pubsub.rs). The delivery lasts 600 s, so the kill
-    // still lands in the middle of it.
+    // Killed a moment into the delivery rather than at its first byte, as a kill mid-load
+    // would be. The delivery lasts 600 s, so the kill still lands in the middle of it.
     tokio::time::sleep(Duration::from_secs(2)).await;
     sidecar.signal("KILL");
     drop(sidecar);

@@ -488,8 +488,7 @@ ferry_tests::for_both_providers!(a_suspended_consumer_holds_at_zero_keeps_its_me
 
 /// `spec.suspend`, as during an outage of what the worker calls: the running worker goes to
 /// zero at the next poll and stays there while messages arrive, which wait in the queue
-/// untouched; resuming brings the worker back and (on SQS; see below for the emulator) each
-/// message reaches it once.
+/// untouched; resuming brings the worker back and each message reaches it once.
 async fn a_suspended_consumer_holds_at_zero_keeps_its_messages_and_resumes(provider: Provider) {
     let live = Live::start().await;
     let api = live.consumers();
@@ -595,35 +594,14 @@ async fn a_suspended_consumer_holds_at_zero_keeps_its_messages_and_resumes(provi
     }
 
     set_suspend(false).await;
-    match provider {
-        Provider::Sqs => {
-            watch_replicas(
-                &live,
-                "paused-worker",
-                Duration::from_secs(150),
-                "resumed and drained",
-                |_, seen| during.iter().all(|id| seen.contains_key(id)),
-            )
-            .await;
-        }
-        // Google's emulator hands messages published while no stream is open to the
-        // streams of consumers that have exited; they come back after their 60 s ack
-        // deadline, possibly to such a stream again (docs/sandbox.md, "Why the Pub/Sub
-        // sandbox does not redrive by default"), so when the resumed worker gets them is
-        // the emulator's choice (one CI run: not within 150 s). Real Pub/Sub delivers them to
-        // the new stream. Here the resume itself is checked: a replica back and ready.
-        Provider::PubSub => {
-            eventually(
-                Duration::from_secs(90),
-                "a resumed replica ready",
-                async || {
-                    let status = api.get("paused").await.ok()?.status?;
-                    (status.ready_replicas? >= 1).then_some(())
-                },
-            )
-            .await;
-        }
-    }
+    watch_replicas(
+        &live,
+        "paused-worker",
+        Duration::from_secs(150),
+        "resumed and drained",
+        |_, seen| during.iter().all(|id| seen.contains_key(id)),
+    )
+    .await;
     let seen = live.successes();
     let twice: Vec<(&String, &usize)> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(

@@ -38,8 +38,8 @@ pub struct PubSubQueue {
     prefetched: Mutex<mpsc::Receiver<Received>>,
     /// Flipped on close: held retries are handed back at once instead of at their time.
     closing: watch::Sender<bool>,
-    /// Set by the first `close`; shared with the tasks that nack after a retry backoff.
-    closed: Arc<AtomicBool>,
+    /// Set by the first `close`.
+    closed: AtomicBool,
     /// The live stream's shutdown handle; the stream is rebuilt after it ends on an error.
     current_stream: Arc<SyncMutex<Option<ShutdownToken>>>,
     monitoring: Option<CloudMonitoring>,
@@ -187,7 +187,6 @@ impl PubSubQueue {
         tokio::spawn(pump_stream(
             StreamParams {
                 subscriber,
-                emulator: endpoint.is_some(),
                 subscription: target.queue.clone(),
                 max_outstanding: target.max_outstanding.max(1) as i64,
                 lease: target.lease,
@@ -206,7 +205,7 @@ impl PubSubQueue {
             dead_letter_publisher: OnceCell::new(),
             prefetched: Mutex::new(rx),
             closing,
-            closed: Arc::new(AtomicBool::new(false)),
+            closed: AtomicBool::new(false),
             current_stream,
             monitoring: target
                 .monitoring
@@ -261,28 +260,8 @@ impl PubSubQueue {
     }
 }
 
-/// Google's Pub/Sub emulator mishandles a streaming pull that is cancelled (its handler of
-/// the client's RST_STREAM fails with a NoSuchMethodError) and loses track of messages nacked
-/// on a stream that then goes away: they are never delivered to another consumer, and the
-/// subscription can stop delivering to new streams at all. A closed connection is handled
-/// better: what it held comes back when its ack deadline runs out (the emulator may still
-/// hand later messages to the closed stream, which come back the same way; see
-/// docs/sandbox.md and scripts/pubsub-emulator-exited-streams.sh). So against the emulator (an endpoint override) the sidecar's drain neither
-/// cancels the stream nor nacks what it prefetched, and once it is draining it nacks nothing
-/// else either (a retry whose backoff ends, a message handed back): it stops reading, and the
-/// process exit closes the connection, after which the emulator redelivers everything not
-/// acked. Against Google the drain nacks prefetched messages at once and cancels the stream.
-const EMULATOR_CANCELLATION: () = ();
-
-/// Against the emulator the stream is never shut down, so nothing signals when the client's
-/// acks have been sent; they are flushed every 100 ms, so this is many flushes, enough for a
-/// loaded test machine (an ack still unsent at exit is a redelivery, never a loss).
-const EMULATOR_ACK_FLUSH: Duration = Duration::from_secs(2);
-
 struct StreamParams {
     subscriber: Subscriber,
-    /// Talking to the Pub/Sub emulator, see [`EMULATOR_CANCELLATION`].
-    emulator: bool,
     subscription: String,
     max_outstanding: i64,
     lease: Duration,
@@ -320,11 +299,6 @@ async fn pump_stream(
                 Err(e) => Err(map_gax_error("StreamingPull", &e)),
             };
             if tx.send(item).await.is_err() {
-                if params.emulator {
-                    // Dropping the stream would cancel it; see EMULATOR_CANCELLATION. The
-                    // process exit closes the connection instead.
-                    std::future::pending::<()>().await;
-                }
                 return;
             }
         }
@@ -336,15 +310,6 @@ async fn pump_stream(
             _ = until_closing(&mut closing) => return,
         }
     }
-}
-
-/// Against the emulator, once the sidecar is draining: keeps messages leased until the
-/// process exits instead of nacking them, since a nack on a stream that then goes away loses
-/// the message in the emulator (see [`EMULATOR_CANCELLATION`]); the exit closes the
-/// connection and the emulator redelivers them.
-async fn hold_until_exit(handlers: Vec<Handler>) -> std::convert::Infallible {
-    let _held = handlers;
-    std::future::pending().await
 }
 
 async fn until_closing(closing: &mut watch::Receiver<bool>) {
@@ -437,15 +402,10 @@ impl MessageQueue for PubSubQueue {
         // leased (the client extends the lease) and nack it when the backoff is over, or at
         // once when the sidecar shuts down. The subscription's retry policy applies on top.
         let mut closing = self.closing.subscribe();
-        let closed = self.closed.clone();
-        let emulator = self.endpoint.is_some();
         tokio::spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = until_closing(&mut closing) => {}
-            }
-            if emulator && closed.load(Ordering::SeqCst) {
-                match hold_until_exit(vec![handler]).await {}
             }
             handler.nack();
         });
@@ -453,12 +413,7 @@ impl MessageQueue for PubSubQueue {
     }
 
     async fn release(&self, leases: Vec<Lease>) -> Result<(), QueueError> {
-        let handlers = leases.into_iter().map(handler);
-        if self.endpoint.is_some() && self.closed.load(Ordering::SeqCst) {
-            tokio::spawn(hold_until_exit(handlers.collect()));
-            return Ok(());
-        }
-        handlers.for_each(Handler::nack);
+        leases.into_iter().map(handler).for_each(Handler::nack);
         Ok(())
     }
 
@@ -537,12 +492,6 @@ impl MessageQueue for PubSubQueue {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        if self.endpoint.is_some() {
-            // See EMULATOR_CANCELLATION: the emulator loses track of messages that are nacked
-            // or cancelled while the sidecar goes away; left alone, they return when the
-            // process exit closes the connection.
-            return;
-        }
         self.closing.send_replace(true);
         // Stop the stream first so nothing new arrives, then hand back what was prefetched.
         let shutdown = self.current_stream.lock().expect("stream lock").clone();
@@ -554,17 +503,12 @@ impl MessageQueue for PubSubQueue {
             }
         }
         drop(prefetched);
-        if let Some(shutdown) = shutdown.filter(|_| self.endpoint.is_none()) {
+        if let Some(shutdown) = shutdown {
             tokio::spawn(async move { shutdown.shutdown().await });
         }
     }
 
     async fn flush(&self) {
-        let _ = EMULATOR_CANCELLATION;
-        if self.endpoint.is_some() {
-            tokio::time::sleep(EMULATOR_ACK_FLUSH).await;
-            return;
-        }
         let shutdown = self.current_stream.lock().expect("stream lock").clone();
         if let Some(shutdown) = shutdown {
             // Completes once every ack and nack the client holds has been sent.

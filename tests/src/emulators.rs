@@ -111,7 +111,7 @@ fn http_get_status(port: u16, path: &str) -> Option<u16> {
 }
 
 /// The Pub/Sub emulator's launcher: `FERRY_PUBSUB_EMULATOR` if set, else the one the Google
-/// Cloud CLI installed.
+/// Cloud CLI installed. The tests run the jar beside it (see [`start_pubsub`]).
 fn pubsub_launcher() -> PathBuf {
     if let Some(path) = std::env::var_os("FERRY_PUBSUB_EMULATOR") {
         return PathBuf::from(path);
@@ -166,25 +166,95 @@ pub fn pubsub() -> &'static Service {
     SERVICE.get_or_init(start_pubsub)
 }
 
-/// A Pub/Sub emulator of the caller's own, stopped when it is dropped: for a test that must
-/// not depend on what other tests (or an earlier attempt) left in the shared one.
-pub fn fresh_pubsub() -> Service {
-    start_pubsub()
-}
-
+/// Starts the emulator's jar directly, as its launcher would, with the repair of
+/// [`pubsub_emulator_repair`] ahead of it on the class path.
 fn start_pubsub() -> Service {
     let port = free_port();
     let jvm_options = std::env::var("CLOUD_PUBSUB_EMULATOR_OPTS")
         .unwrap_or_else(|_| PUBSUB_EMULATOR_JVM_OPTIONS.into());
+    let (jar, repair) = pubsub_emulator_repair();
+    let mut args: Vec<String> = jvm_options.split_whitespace().map(String::from).collect();
+    args.extend([
+        "-cp".into(),
+        format!("{}:{}", repair.display(), jar.display()),
+        PUBSUB_EMULATOR_MAIN.into(),
+        "--host=127.0.0.1".into(),
+        format!("--port={port}"),
+    ]);
+    // As the launcher does: `$JAVA_HOME/bin/java`, else `java` on the PATH.
+    let java = std::env::var_os("JAVA_HOME")
+        .map(|home| PathBuf::from(home).join("bin/java"))
+        .unwrap_or_else(|| PathBuf::from("java"));
     Service::start(
         "pubsub-emulator",
-        &pubsub_launcher(),
-        &["--host=127.0.0.1".into(), format!("--port={port}")],
-        &[("CLOUD_PUBSUB_EMULATOR_OPTS", jvm_options)],
+        &java,
+        &args,
+        &[],
         port,
         "/v1/projects/ferry-test/topics",
         Duration::from_secs(90),
     )
+}
+
+/// The emulator's entry point, from its jar's manifest.
+const PUBSUB_EMULATOR_MAIN: &str = "com.google.cloud.pubsub.testing.v1.Main";
+
+/// The emulator's jar and a directory holding the repair `tests/pubsub-emulator` compiled
+/// against it, once per process. Without the repair the emulator keeps handing messages to
+/// consumers that have exited (see `tests/pubsub-emulator/io/grpc/InternalStatus.java`):
+/// a consumer that scales in or is killed takes a share of every later delivery with it for
+/// an ack deadline at a time, which no real subscription does.
+fn pubsub_emulator_repair() -> (PathBuf, PathBuf) {
+    static REPAIR: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    REPAIR
+        .get_or_init(|| {
+            let jar = pubsub_jar(&pubsub_launcher());
+            let classes = log_dir().join(format!("pubsub-emulator-repair-{}", std::process::id()));
+            let source = repo_root().join("tests/pubsub-emulator/io/grpc/InternalStatus.java");
+            let out = Command::new("javac")
+                .args(["-nowarn", "-cp"])
+                .arg(&jar)
+                .arg("-d")
+                .arg(&classes)
+                .arg(&source)
+                .output()
+                .unwrap_or_else(|e| panic!("could not run javac to repair the Pub/Sub emulator (install a JDK: apt-get install openjdk-17-jdk-headless; scripts/install-test-deps.sh checks): {e}"));
+            assert!(
+                out.status.success(),
+                "javac could not compile {} against {}:\n{}",
+                source.display(),
+                jar.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (jar, classes)
+        })
+        .clone()
+}
+
+/// `<root>/bin/cloud-pubsub-emulator` → `<root>/lib/cloud-pubsub-emulator-<version>-all.jar`.
+fn pubsub_jar(launcher: &Path) -> PathBuf {
+    let lib = launcher
+        .parent()
+        .and_then(Path::parent)
+        .map(|root| root.join("lib"))
+        .unwrap_or_default();
+    std::fs::read_dir(&lib)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("cloud-pubsub-emulator-") && n.ends_with(".jar"))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no cloud-pubsub-emulator-*.jar in {} next to the launcher {}",
+                lib.display(),
+                launcher.display()
+            )
+        })
 }
 
 /// moto's SQS server shared by the tests of this process.

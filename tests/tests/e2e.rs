@@ -81,20 +81,15 @@ ferry_tests::for_both_providers!(the_whole_loop_loses_nothing_and_scales_out_and
 /// The sandbox as a newcomer runs it: a burst, a steady load, idle. Proves the full chain
 /// (CRD → operator → queue + DLQ → Deployment with sidecar → autoscaler) delivers every
 /// message exactly once or dead-letters it, scales out for the burst and back to the floor
-/// (zero for SQS; one for Pub/Sub without Cloud Monitoring). On SQS the run then fixes the
-/// worker and, once it is rolled out, redrives with `ferry.dev/redrive`: every dead letter
-/// moves back once and the fixed worker processes it once, from zero replicas again, leaving
-/// the dead-letter queue empty. (Pub/Sub's redrive has its own live test in the operator's
-/// suite; on the emulator, messages published after pods exit are handed to the exited pods'
-/// streams first, see docs/sandbox.md.)
+/// (zero for SQS; one for Pub/Sub without Cloud Monitoring), and processes a tick of the
+/// periodic task. The run then fixes the worker and, once it is rolled out, redrives with
+/// `ferry.dev/redrive`: every dead letter moves back once and the fixed worker processes it
+/// once (on SQS from zero replicas again), leaving the dead-letter queue empty.
 async fn the_whole_loop_loses_nothing_and_scales_out_and_back(provider: Provider) {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut config = config(provider, "loop");
-    config.redrive = provider == Provider::Sqs;
-    // On the emulator a tick that fails once (the worker fails 10 %) can be handed to exited
-    // pods' streams and not come back within the run (it failed one CI run so); the tick's
-    // path through Pub/Sub is shown by the sidecar's and the operator's live tests instead.
-    config.periodic_tick = provider == Provider::Sqs;
+    config.redrive = true;
+    config.periodic_tick = true;
     let floor = config.floor();
     let mut sandbox = Sandbox::start(config).await.expect("sandbox starts");
     let summary = sandbox
@@ -106,13 +101,8 @@ async fn the_whole_loop_loses_nothing_and_scales_out_and_back(provider: Provider
     assert!(summary.dead_lettered >= summary.published / 25);
     // The example's periodic task: the operator sent its ticks through the queue and the
     // workers processed each once (on SQS, starting from zero for it).
-    if provider == Provider::Sqs {
-        assert!(summary.periodic_ticks_processed >= 1, "{summary:?}");
-    }
+    assert!(summary.periodic_ticks_processed >= 1, "{summary:?}");
     assert_eq!(summary.periodic_tick_duplicates, 0, "{summary:?}");
-    if provider != Provider::Sqs {
-        return;
-    }
     let redrive = summary.redrive.as_ref().expect("the run redrove");
     assert_eq!(
         redrive.moved, summary.dead_lettered as i64,

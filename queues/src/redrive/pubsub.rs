@@ -2,13 +2,13 @@
 //! to the main topic, and a dead letter acknowledged only once its copy's publish is confirmed.
 //!
 //! Why unary Pull (over Pub/Sub's REST API) and not the client library's streaming pull, which
-//! the sidecar uses: a pass must end, and ending a streaming pull means cancelling it. Google's
-//! Pub/Sub emulator mishandles that cancellation (see `EMULATOR_CANCELLATION` in
-//! `crate::pubsub`) and keeps sending messages to the dead stream: a message a pass handed back
-//! (nacked) came back after 2 s, after 60-70 s, or not within 180 s, in five identical runs.
-//! Handing back *before* the cancel cannot help either, since the service may redeliver it to
-//! the still-open stream. A unary pull leaves nothing open between calls, so what a pass hands
-//! back is available at once, on the emulator as on Google. The client library has no unary
+//! the sidecar uses: a pass must end, and ending a streaming pull means cancelling it. What a
+//! pass hands back (nacks) before the cancel, the service may redeliver to the still-open
+//! stream, where it waits out its ack deadline; what it hands back after, it cannot. (The
+//! Pub/Sub emulator as installed made it worse: it kept sending messages to cancelled streams,
+//! and a handed-back message came back after 2 s, 60-70 s, or not within 180 s in five
+//! identical runs; the tests run it repaired, see docs/sandbox.md.) A unary pull leaves nothing
+//! open between calls, so what a pass hands back is available at once. The client library has no unary
 //! Pull, so these three calls (pull, modifyAckDeadline, acknowledge) go over REST; publishing
 //! stays with the library's `Publisher`.
 

@@ -38,7 +38,7 @@ struct Options {
     #[arg(long, default_value_t = 2.0)]
     poll_interval: f64,
     /// Once the load is settled, fix the worker and redrive the dead-letter queue (default:
-    /// true for sqs; false for pubsub, whose emulator delays messages after pods exit).
+    /// true).
     #[arg(long)]
     redrive: Option<bool>,
     /// Give up after this many seconds.
@@ -116,17 +116,10 @@ async fn main() -> ExitCode {
             );
             if summary.unseen_attempts > 0 {
                 println!(
-                    "{} delivery attempt(s) of {} message(s) reached no worker{}",
-                    summary.unseen_attempts,
-                    summary.messages_with_unseen_attempts,
-                    if provider == Provider::PubSub {
-                        ": the Pub/Sub emulator handed them to pods that were leaving or had \
-                         already exited, and gave them out again only after their ack \
-                         deadline or the pod's exit; real Pub/Sub does not hand messages to \
-                         exited pods (docs/sandbox.md)"
-                    } else {
-                        " (docs/sandbox.md)"
-                    }
+                    "{} delivery attempt(s) of {} message(s) reached no worker: a sidecar \
+                     stopped with them in hand, and they came back after their lease ran out \
+                     (docs/sandbox.md)",
+                    summary.unseen_attempts, summary.messages_with_unseen_attempts,
                 );
             }
             if let Some(redrive) = &summary.redrive {

@@ -171,8 +171,9 @@ impl Ledger {
     /// Delivery attempts the queue counted that no worker saw: the numbers missing below the
     /// highest attempt a worker saw of each message, and how many messages have such gaps.
     /// The queue numbers every hand-over to a consumer, so a gap is a hand-over that never
-    /// became a delivery: the Pub/Sub emulator giving the message to a stream whose pod has
-    /// exited (docs/sandbox.md), or a sidecar that stopped with the message in hand.
+    /// became a delivery: a sidecar that stopped with the message in hand, or a queue that
+    /// gave it to a consumer that had gone (the Pub/Sub emulator does without the repair the
+    /// tests apply, docs/sandbox.md).
     pub fn unseen_attempts(&self) -> (usize, usize) {
         self.attempts_seen
             .values()

@@ -65,9 +65,6 @@ pub struct SandboxConfig {
     /// After the load, fix the worker (it accepts the poison from then on), redrive the
     /// dead-letter queue with the `ferry.dev/redrive` annotation, and wait until the fixed
     /// worker has processed every dead-lettered message: the whole loop a team goes through.
-    /// On by default for SQS only: Google's emulator keeps handing a subscription's messages
-    /// to the streams of pods that have exited, so after the rollout of the fix redriven
-    /// messages come back only an ack deadline (60 s) at a time (docs/sandbox.md).
     pub redrive: bool,
     /// Settle only once a worker has processed a tick of the example's periodic task (a
     /// message a minute; see [`Sandbox::settled`]); a run shorter than a minute waits for
@@ -88,7 +85,7 @@ impl SandboxConfig {
             work_dir: repo_root().join("target/sandbox"),
             queue_endpoint_override: None,
             queue_name: None,
-            redrive: provider == Provider::Sqs,
+            redrive: true,
             periodic_tick: true,
         }
     }
@@ -598,9 +595,7 @@ impl Sandbox {
     /// worker has processed a tick, so a run shorter than a minute waits for the first.
     /// A consumer at zero starts for a tick and goes back to zero after it, so there the last
     /// tick the operator sent must be processed too, or the run could end between a tick's
-    /// send and the pod it starts. At a floor of one a tick changes no replicas, and on the
-    /// emulator a tick can reach a worker only at its third or fourth attempt (it hands
-    /// messages to exited pods' streams first), later than the next tick is sent, so there
+    /// send and the pod it starts. At a floor of one a tick changes no replicas, so there
     /// one processed tick is enough.
     async fn ticks_settled(&self, ledger: &Ledger) -> anyhow::Result<bool> {
         if !self.config.periodic_tick {
