@@ -123,8 +123,8 @@ impl Setup {
         let dlq = self.reader(&self.queue.dead_letter).await;
         let mut out = Vec::new();
         // Generous: in one loaded CI run the emulator handed out nothing for 30 s after a
-        // streaming subscriber had gone, presumably holding the messages for the gone stream
-        // until their ack deadline ran out.
+        // streaming subscriber had gone (before the tests repaired it, docs/sandbox.md: it
+        // kept the messages for the gone stream until their ack deadline ran out).
         let deadline = std::time::Instant::now() + Duration::from_secs(90);
         while out.len() < expected && std::time::Instant::now() < deadline {
             for m in dlq
