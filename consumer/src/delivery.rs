@@ -14,6 +14,21 @@ use crate::worker_client::{ExchangeError, WorkerClient};
 const SQSD_USER_AGENT: &str = concat!("aws-sqsd/1.1 ferry-consumer/", env!("CARGO_PKG_VERSION"));
 const FERRY_USER_AGENT: &str = concat!("ferry-consumer/", env!("CARGO_PKG_VERSION"));
 
+/// Why the worker cannot take messages now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerNotReady {
+    /// It answered its readiness path, with a status outside 200-399: the worker runs and
+    /// says it cannot work, rather than refusing the connection or not answering.
+    pub answered: bool,
+    pub why: String,
+}
+
+impl std::fmt::Display for WorkerNotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
 /// What the worker did with a delivery, before we decide what that means.
 #[derive(Clone, Debug, PartialEq)]
 pub enum WorkerAnswer {
@@ -338,23 +353,26 @@ impl Deliverer {
 
     /// Whether the worker can take messages now: it answers 200-399 at its readiness path, or,
     /// without one, accepts a connection. The error says what it did instead.
-    pub async fn worker_ready(&self) -> Result<(), String> {
+    pub async fn worker_ready(&self) -> Result<(), WorkerNotReady> {
+        let not_ready = |answered, why| Err(WorkerNotReady { answered, why });
         let Some(path) = &self.readiness_path else {
-            return self
-                .client
-                .accepts_connections()
-                .await
-                .map_err(|e| e.to_string());
+            return match self.client.accepts_connections().await {
+                Ok(()) => Ok(()),
+                Err(error) => not_ready(false, error.to_string()),
+            };
         };
         match tokio::time::timeout(READINESS_TIMEOUT, self.client.get(path)).await {
             // What the kubelet counts as ready, so the two agree on a probe they share.
             Ok(Ok(status)) if (200..400).contains(&status) => Ok(()),
-            Ok(Ok(status)) => Err(format!("GET {path} answered {status}")),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err(format!(
-                "GET {path} had no answer within {}s",
-                READINESS_TIMEOUT.as_secs()
-            )),
+            Ok(Ok(status)) => not_ready(true, format!("GET {path} answered {status}")),
+            Ok(Err(error)) => not_ready(false, error.to_string()),
+            Err(_) => not_ready(
+                false,
+                format!(
+                    "GET {path} had no answer within {}s",
+                    READINESS_TIMEOUT.as_secs()
+                ),
+            ),
         }
     }
 

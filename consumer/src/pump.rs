@@ -39,6 +39,13 @@ const WORKER_RETRY_LATER: Duration = Duration::from_secs(1);
 const WORKER_RETRY_QUICKLY_FOR: Duration = Duration::from_secs(5);
 /// How often a long wait for the worker is said again in the log.
 const WORKER_WAIT_LOG: Duration = Duration::from_secs(30);
+/// How long a worker that has not yet been ready may answer its readiness path with a
+/// failure before the sidecar reports it unavailable (`ferry_worker_unavailable`), as it does
+/// at once for a worker that was ready. A worker may answer 503 while it warms up; one that
+/// still does after this long is most likely waiting for something it depends on, and more
+/// pods would wait too. Kept above common warm-up times: while every pod reports it, the
+/// autoscaler adds none, which would slow a scale-out from zero.
+const STARTING_WORKER_PATIENCE: Duration = Duration::from_secs(30);
 
 pub struct PumpSettings {
     pub concurrency: usize,
@@ -297,6 +304,9 @@ impl Pump {
         let awaited = self.deliverer.worker_awaited();
         let started = std::time::Instant::now();
         let mut said_at: Option<std::time::Instant> = None;
+        // Since when a worker that was not ready before has answered that it is not ready.
+        let mut answering_since: Option<std::time::Instant> = None;
+        let mut said_unavailable = false;
         loop {
             match self.deliverer.worker_ready().await {
                 Ok(()) => {
@@ -312,26 +322,43 @@ impl Pump {
                     return true;
                 }
                 Err(error) => {
+                    answering_since = if error.answered {
+                        answering_since.or(Some(std::time::Instant::now()))
+                    } else {
+                        None
+                    };
+                    let answering_for = answering_since.map(|since| since.elapsed());
+                    let unavailable =
+                        again || answering_for.is_some_and(|t| t >= STARTING_WORKER_PATIENCE);
                     let why = if again {
                         format!(
                             "waiting for the worker to {awaited} again before receiving (it failed a delivery and is not ready): {error}"
                         )
+                    } else if unavailable {
+                        format!(
+                            "waiting for the worker to {awaited} before receiving: it has answered that it is not ready for {}s, so it runs but cannot work (does something it depends on fail?): {error}",
+                            answering_for.unwrap_or_default().as_secs()
+                        )
                     } else {
                         format!("waiting for the worker to {awaited} before receiving: {error}")
                     };
-                    // Said at once, then every WORKER_WAIT_LOG; loud when a worker that was
-                    // ready stopped being so, or once a wait lasts.
-                    if said_at.is_none_or(|at| at.elapsed() >= WORKER_WAIT_LOG) {
+                    // Said at once, then every WORKER_WAIT_LOG, and when the worker comes to
+                    // count as unavailable; loud when a worker that was ready stopped being
+                    // so, or once a wait lasts.
+                    if said_at.is_none_or(|at| at.elapsed() >= WORKER_WAIT_LOG)
+                        || unavailable != said_unavailable
+                    {
                         if said_at.is_none() && !again {
                             tracing::info!("{why}");
                         } else {
                             tracing::warn!(waited_s = started.elapsed().as_secs(), "{why}");
                         }
                         said_at = Some(std::time::Instant::now());
+                        said_unavailable = unavailable;
                         self.health.worker_missing(why);
                         // What the autoscaler reads: more pods cannot help a worker that is
                         // down in every one of them.
-                        self.metrics.worker_unavailable.set(i64::from(again));
+                        self.metrics.worker_unavailable.set(i64::from(unavailable));
                     }
                 }
             }

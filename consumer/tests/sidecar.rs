@@ -849,6 +849,78 @@ async fn a_worker_not_ready_yet_at_its_readiness_path_costs_no_delivery_attempt(
     .await;
 }
 
+/// A worker that has not been ready since the sidecar started and keeps answering its
+/// readiness path 503 (a pod started while the worker's database is down): the sidecar waits
+/// as for a worker that starts and reports it available (the autoscaler counts on pods that
+/// start) until the worker has said so for 30 s, then reports it unavailable, as it does at
+/// once for a worker that stopped being ready, and /readyz says why. The behaviour does not
+/// depend on the queue, so it runs on SQS only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_says_from_the_start_it_cannot_work_is_reported_unavailable_after_30_s() {
+    let setup = provision(Provider::Sqs, false, 20).await;
+    let (worker, down) = worker_that_can_be_down(true).await;
+    let started = std::time::Instant::now();
+    let sidecar = start(
+        &setup
+            .env(&worker.url())
+            .set("FERRY_WORKER_READINESS_PATH", "/ready"),
+    );
+    let ids = setup.publish_bodies(&bodies("outage-at-start", 3)).await;
+    eventually(
+        Duration::from_secs(20),
+        "/readyz to say it waits for the readiness path",
+        async || {
+            let (status, body) = sidecar.get("/readyz").await?;
+            (status == 503 && body.contains("GET /ready answered 503")).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        sidecar.metric("ferry_worker_unavailable").await,
+        Some(0.0),
+        "a worker that is starting counts as available"
+    );
+
+    eventually(
+        Duration::from_secs(45),
+        "the sidecar to report the worker unavailable",
+        async || (sidecar.metric("ferry_worker_unavailable").await == Some(1.0)).then_some(()),
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(30),
+        "reported after {:?}, before the worker had said it for 30 s",
+        started.elapsed()
+    );
+    let (status, body) = sidecar.get("/readyz").await.expect("/readyz answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("it has answered that it is not ready for"),
+        "/readyz says why: {body}"
+    );
+    assert!(
+        message_deliveries(&worker).is_empty(),
+        "nothing delivered meanwhile: {:?}",
+        message_deliveries(&worker)
+    );
+
+    down.store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually(
+        Duration::from_secs(30),
+        "every message once the worker is ready",
+        async || {
+            (message_deliveries(&worker)
+                .iter()
+                .filter(|d| d.answered == Some(200))
+                .count()
+                >= ids.len())
+            .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(sidecar.metric("ferry_worker_unavailable").await, Some(0.0));
+}
+
 /// A worker that answers 503 to everything, its readiness path (`/ready`) included, while
 /// the flag returned is set, and 200 otherwise.
 async fn worker_that_can_be_down(

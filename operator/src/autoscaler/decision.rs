@@ -78,7 +78,8 @@ pub enum ScalingReason {
         age_seconds: f64,
         limit_seconds: f64,
     },
-    /// Every pod's sidecar holds receiving because its worker stopped being ready: adding
+    /// Every pod's sidecar holds receiving because its worker stopped being ready, or, not
+    /// yet ready, has said for a while that it cannot work: adding
     /// pods would add more that wait, and a thundering herd when it recovers.
     WorkerUnavailable {
         pods: u32,
@@ -176,7 +177,7 @@ impl fmt::Display for ScalingReason {
             ),
             Self::WorkerUnavailable { pods } => write!(
                 f,
-                "the worker stopped being ready in all {pods} pods (their sidecars hold receiving; see the pods' /readyz): holding, more pods would not help"
+                "the worker is unavailable in all {pods} pods (it stopped being ready, or says it cannot work; their sidecars hold receiving; see the pods' /readyz): holding, more pods would not help"
             ),
             Self::OutsideBounds { min, max } => {
                 write!(

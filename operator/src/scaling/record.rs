@@ -110,7 +110,7 @@ pub fn scaling_condition(mode: &ScalerMode, generation: Option<i64>) -> Conditio
             reason.code(),
             match reason {
                 ScalingReason::SignalsStale { .. } => "the sidecars' counts are stale; holding the replica count until they are fresh (see the sidecars' ferry_queue_api_errors_total and logs)".to_string(),
-                ScalingReason::WorkerUnavailable { .. } => "the worker stopped being ready in every pod, so no sidecar receives and messages wait in the queue: holding the replica count until a worker is ready again (see the pods' /readyz on the metrics port, the worker's readiness path and its logs)".to_string(),
+                ScalingReason::WorkerUnavailable { .. } => "the worker is unavailable in every pod (it stopped being ready, or says it cannot work), so no sidecar receives and messages wait in the queue: holding the replica count until a worker is ready again (see the pods' /readyz on the metrics port, the worker's readiness path and its logs)".to_string(),
                 _ => "no sidecar could be scraped and the queue could not be read; holding the replica count (see `kubectl get pods` and the operator's log)".to_string(),
             },
         ),
