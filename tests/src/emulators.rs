@@ -172,11 +172,10 @@ fn start_pubsub() -> Service {
     let port = free_port();
     let jvm_options = std::env::var("CLOUD_PUBSUB_EMULATOR_OPTS")
         .unwrap_or_else(|_| PUBSUB_EMULATOR_JVM_OPTIONS.into());
-    let (jar, repair) = pubsub_emulator_repair();
     let mut args: Vec<String> = jvm_options.split_whitespace().map(String::from).collect();
     args.extend([
         "-cp".into(),
-        format!("{}:{}", repair.display(), jar.display()),
+        pubsub_emulator_class_path(),
         PUBSUB_EMULATOR_MAIN.into(),
         "--host=127.0.0.1".into(),
         format!("--port={port}"),
@@ -199,16 +198,20 @@ fn start_pubsub() -> Service {
 /// The emulator's entry point, from its jar's manifest.
 const PUBSUB_EMULATOR_MAIN: &str = "com.google.cloud.pubsub.testing.v1.Main";
 
-/// The emulator's jar and a directory holding the repair `tests/pubsub-emulator` compiled
-/// against it, once per process. Without the repair the emulator keeps handing messages to
-/// consumers that have exited (see `tests/pubsub-emulator/io/grpc/InternalStatus.java`):
-/// a consumer that scales in or is killed takes a share of every later delivery with it for
-/// an ack deadline at a time, which no real subscription does.
-fn pubsub_emulator_repair() -> (PathBuf, PathBuf) {
-    static REPAIR: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    REPAIR
+/// The emulator's class path: its jar, behind the repair `tests/pubsub-emulator` compiled
+/// against it (once per process) when the jar needs it. Without the repair the emulator keeps
+/// handing messages to consumers that have exited (see
+/// `tests/pubsub-emulator/io/grpc/InternalStatus.java`): a consumer that scales in or is
+/// killed takes a share of every later delivery with it for an ack deadline at a time, which
+/// no real subscription does.
+fn pubsub_emulator_class_path() -> String {
+    static CLASS_PATH: OnceLock<String> = OnceLock::new();
+    CLASS_PATH
         .get_or_init(|| {
             let jar = pubsub_jar(&pubsub_launcher());
+            if !pubsub_jar_needs_repair(&jar) {
+                return jar.display().to_string();
+            }
             let classes = log_dir().join(format!("pubsub-emulator-repair-{}", std::process::id()));
             let source = repo_root().join("tests/pubsub-emulator/io/grpc/InternalStatus.java");
             let out = Command::new("javac")
@@ -218,7 +221,7 @@ fn pubsub_emulator_repair() -> (PathBuf, PathBuf) {
                 .arg(&classes)
                 .arg(&source)
                 .output()
-                .unwrap_or_else(|e| panic!("could not run javac to repair the Pub/Sub emulator (install a JDK: apt-get install openjdk-17-jdk-headless; scripts/install-test-deps.sh checks): {e}"));
+                .unwrap_or_else(|e| panic!("could not run javac to repair the Pub/Sub emulator (install a JDK: apt-get install default-jdk-headless; scripts/install-test-deps.sh checks): {e}"));
             assert!(
                 out.status.success(),
                 "javac could not compile {} against {}:\n{}",
@@ -226,9 +229,29 @@ fn pubsub_emulator_repair() -> (PathBuf, PathBuf) {
                 jar.display(),
                 String::from_utf8_lossy(&out.stderr)
             );
-            (jar, classes)
+            format!("{}:{}", classes.display(), jar.display())
         })
         .clone()
+}
+
+/// Whether the jar's `io.grpc.InternalStatus` lacks the method its grpc-core calls. A later
+/// emulator may bundle one that has it, and then runs as it is: the repair's class would hide
+/// whatever else the newer one defines.
+fn pubsub_jar_needs_repair(jar: &Path) -> bool {
+    let out = Command::new("javap")
+        .arg("-cp")
+        .arg(jar)
+        .arg("io.grpc.InternalStatus")
+        .output()
+        .unwrap_or_else(|e| panic!("could not run javap to inspect the Pub/Sub emulator's jar (install a JDK: apt-get install default-jdk-headless; scripts/install-test-deps.sh checks): {e}"));
+    assert!(
+        out.status.success(),
+        "javap could not read io.grpc.InternalStatus from {}:\n{}",
+        jar.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    !String::from_utf8_lossy(&out.stdout)
+        .contains("asRuntimeException(io.grpc.Status, io.grpc.Metadata, boolean)")
 }
 
 /// `<root>/bin/cloud-pubsub-emulator` → `<root>/lib/cloud-pubsub-emulator-<version>-all.jar`.

@@ -38,6 +38,77 @@ ferry_tests::for_both_providers!(
     publish_returns_each_messages_own_id,
 );
 
+/// A Pub/Sub consumer that goes away (its stream cancelled, as a sidecar's drain does, and
+/// its connection closed) takes no later message with it: the next consumer gets every message
+/// published after it at once, not an ack deadline later. Real Pub/Sub behaves so; the emulator
+/// as installed does not, and this fails without the repair `emulators` applies
+/// (docs/sandbox.md, "The Pub/Sub emulator's repair").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pubsub_consumer_that_went_away_takes_no_later_message_with_it() {
+    let request = request(Provider::PubSub);
+    let queue = ensure_queue(&request).await.expect("create");
+    let target = ferry_queues::ConsumerTarget {
+        provider: Provider::PubSub,
+        queue: queue.queue.clone(),
+        dead_letter: None,
+        dead_letter_topic: None,
+        endpoint: request.endpoint.clone(),
+        lease: Duration::from_secs(30),
+        max_outstanding: 100,
+        monitoring: None,
+    };
+    let publish_seqs = async |seqs: std::ops::Range<u32>| {
+        let messages = seqs
+            .map(|seq| OutgoingMessage {
+                body: format!("{{\"seq\":{seq}}}").into_bytes(),
+                ..Default::default()
+            })
+            .collect();
+        publish(
+            Provider::PubSub,
+            request.endpoint.as_deref(),
+            &queue.publish_to,
+            messages,
+        )
+        .await
+        .expect("publish")
+    };
+    let take = async |consumer: &dyn ferry_queues::MessageQueue, count: usize, within| {
+        let mut ids = std::collections::BTreeSet::new();
+        let deadline = std::time::Instant::now() + within;
+        while ids.len() < count && std::time::Instant::now() < deadline {
+            for message in consumer
+                .receive(10, Duration::from_millis(500))
+                .await
+                .expect("receive")
+            {
+                ids.insert(message.id.clone());
+                consumer.ack(message.lease).await.expect("ack");
+            }
+        }
+        ids
+    };
+
+    let first = ferry_queues::connect(&target).await.expect("connect");
+    publish_seqs(0..5).await;
+    let taken = take(first.as_ref(), 5, Duration::from_secs(30)).await;
+    assert_eq!(taken.len(), 5, "the first consumer gets the first messages");
+    first.close().await;
+    first.flush().await;
+    drop(first);
+
+    let second = ferry_queues::connect(&target).await.expect("connect");
+    // The second consumer's stream opens in the background.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later: std::collections::BTreeSet<String> = publish_seqs(5..25).await.into_iter().collect();
+    let got = take(second.as_ref(), later.len(), Duration::from_secs(10)).await;
+    second.close().await;
+    assert_eq!(
+        got, later,
+        "every message published after the first consumer went away reached the second within 10 s (the ack deadline is 30 s)"
+    );
+}
+
 /// `expect_new` (the operator's first reconcile of an object) creates without looking up
 /// first; a queue that turns out to exist is still looked up, checked for its owner and
 /// corrected as without the hint.
