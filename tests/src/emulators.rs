@@ -166,8 +166,8 @@ pub fn pubsub() -> &'static Service {
     SERVICE.get_or_init(start_pubsub)
 }
 
-/// Starts the emulator's jar directly, as its launcher would, with the repair of
-/// [`pubsub_emulator_repair`] ahead of it on the class path.
+/// Starts the emulator's jar directly, as its launcher would, with the class path of
+/// [`pubsub_emulator_class_path`].
 fn start_pubsub() -> Service {
     let port = free_port();
     let jvm_options = std::env::var("CLOUD_PUBSUB_EMULATOR_OPTS")
@@ -214,20 +214,13 @@ fn pubsub_emulator_class_path() -> String {
             }
             let classes = log_dir().join(format!("pubsub-emulator-repair-{}", std::process::id()));
             let source = repo_root().join("tests/pubsub-emulator/io/grpc/InternalStatus.java");
-            let out = Command::new("javac")
-                .args(["-nowarn", "-cp"])
-                .arg(&jar)
-                .arg("-d")
-                .arg(&classes)
-                .arg(&source)
-                .output()
-                .unwrap_or_else(|e| panic!("could not run javac to repair the Pub/Sub emulator (install a JDK: apt-get install default-jdk-headless; scripts/install-test-deps.sh checks): {e}"));
-            assert!(
-                out.status.success(),
-                "javac could not compile {} against {}:\n{}",
-                source.display(),
-                jar.display(),
-                String::from_utf8_lossy(&out.stderr)
+            jdk_tool(
+                Command::new("javac")
+                    .args(["-nowarn", "-cp"])
+                    .arg(&jar)
+                    .arg("-d")
+                    .arg(&classes)
+                    .arg(&source),
             );
             format!("{}:{}", classes.display(), jar.display())
         })
@@ -238,20 +231,27 @@ fn pubsub_emulator_class_path() -> String {
 /// emulator may bundle one that has it, and then runs as it is: the repair's class would hide
 /// whatever else the newer one defines.
 fn pubsub_jar_needs_repair(jar: &Path) -> bool {
-    let out = Command::new("javap")
-        .arg("-cp")
-        .arg(jar)
-        .arg("io.grpc.InternalStatus")
-        .output()
-        .unwrap_or_else(|e| panic!("could not run javap to inspect the Pub/Sub emulator's jar (install a JDK: apt-get install default-jdk-headless; scripts/install-test-deps.sh checks): {e}"));
+    !jdk_tool(
+        Command::new("javap")
+            .arg("-cp")
+            .arg(jar)
+            .arg("io.grpc.InternalStatus"),
+    )
+    .contains("asRuntimeException(io.grpc.Status, io.grpc.Metadata, boolean)")
+}
+
+/// Runs a JDK tool (javac, javap) for the emulator's repair and returns what it printed;
+/// panics with its command line and errors when it cannot run or fails.
+fn jdk_tool(command: &mut Command) -> String {
+    let out = command.output().unwrap_or_else(|e| {
+        panic!("could not run {command:?} for the Pub/Sub emulator's repair (install a JDK: apt-get install default-jdk-headless; scripts/install-test-deps.sh checks): {e}")
+    });
     assert!(
         out.status.success(),
-        "javap could not read io.grpc.InternalStatus from {}:\n{}",
-        jar.display(),
+        "{command:?} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    !String::from_utf8_lossy(&out.stdout)
-        .contains("asRuntimeException(io.grpc.Status, io.grpc.Metadata, boolean)")
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `<root>/bin/cloud-pubsub-emulator` → `<root>/lib/cloud-pubsub-emulator-<version>-all.jar`.
