@@ -104,8 +104,15 @@ async fn run(config: Config) -> ExitCode {
         drain_timeout: config.drain_timeout,
         control_token: config.control_token.clone().map(Arc::new),
     });
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
+    let (stop_serving, serving_stops) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let stop = async {
+            let _ = serving_stops.await;
+        };
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
             tracing::error!("metrics server stopped: {error}");
         }
     });
@@ -143,6 +150,10 @@ async fn run(config: Config) -> ExitCode {
     );
     let report = pump.drain(config.drain_timeout).await;
     let _ = pump_task.await;
+    // The worker's preStop hook is waiting on /drained: answer it before exiting, so the
+    // hook ends in success and the worker is stopped now rather than at a timeout.
+    let _ = stop_serving.send(());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
     if report.drained {
         tracing::info!("drained; every message was settled or handed back");
     } else {

@@ -92,6 +92,9 @@ pub struct Pump {
     /// slot back as soon as the worker accepted the message; this count is raised before
     /// that, so a drain that finds every slot free still sees the settle and waits for it.
     settling: watch::Sender<usize>,
+    /// How the drain ended, once it has: what `/drained` (the worker containers' preStop
+    /// hook) waits for.
+    drained: watch::Sender<Option<DrainReport>>,
     groups: SyncMutex<HashMap<String, mpsc::UnboundedSender<Held>>>,
     /// How long the worker has been taking to answer; decides whether a receive waits for
     /// more free slots (`receive_batch`).
@@ -154,6 +157,7 @@ impl Pump {
             slots: Arc::new(Semaphore::new(settings.concurrency)),
             draining: watch::channel(false).0,
             settling: watch::channel(0).0,
+            drained: watch::channel(None).0,
             groups: SyncMutex::new(HashMap::new()),
             pace: DeliveryPace::default(),
             worker_unconfirmed: AtomicBool::new(true),
@@ -762,7 +766,7 @@ impl Pump {
             let _ = settling.wait_for(|n| *n == 0).await;
             slots
         };
-        match tokio::time::timeout(deadline, finished).await {
+        let report = match tokio::time::timeout(deadline, finished).await {
             Ok(_) => {
                 self.queue.flush().await;
                 DrainReport {
@@ -774,7 +778,21 @@ impl Pump {
                 drained: false,
                 still_in_flight: self.settings.concurrency - self.slots.available_permits(),
             },
-        }
+        };
+        self.drained.send_replace(Some(report));
+        report
+    }
+
+    /// Waits, without starting one, for a drain to begin (at most `to_begin`) and then to
+    /// end. `None` when none began in time: this sidecar is not stopping.
+    pub async fn until_drained(&self, to_begin: Duration) -> Option<DrainReport> {
+        let mut draining = self.draining.subscribe();
+        tokio::time::timeout(to_begin, until_draining(&mut draining))
+            .await
+            .ok()?;
+        let mut drained = self.drained.subscribe();
+        let report: Option<DrainReport> = *drained.wait_for(Option::is_some).await.ok()?;
+        report
     }
 }
 

@@ -1,4 +1,5 @@
-//! `/metrics`, `/healthz`, `/readyz`, `/drain` and `/rate-limit` on FERRY_LISTEN_ADDR.
+//! `/metrics`, `/healthz`, `/readyz`, `/drain`, `/drained` and `/rate-limit` on
+//! FERRY_LISTEN_ADDR.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +74,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/readyz", get(readyz))
         // GET too, because a preStop httpGet hook can only GET.
         .route("/drain", get(drain).post(drain))
+        .route("/drained", get(drained))
         .route("/rate-limit", get(rate_limit).put(set_rate_limit))
         .with_state(state)
 }
@@ -103,7 +105,37 @@ async fn drain(State(state): State<ServerState>, headers: HeaderMap) -> Response
     if let Some(refused) = state.refusal(&headers, "drain") {
         return refused;
     }
-    let report = state.pump.drain(state.drain_timeout).await;
+    drain_answer(state.pump.drain(state.drain_timeout).await)
+}
+
+/// How long `/drained` waits for a drain to begin. On a pod being deleted the sidecar's
+/// SIGTERM comes at the same moment as the worker's preStop hook that asks.
+pub const DRAIN_BEGIN_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Answers once this sidecar has drained, without starting a drain: the worker containers'
+/// preStop hook, which keeps the worker serving until the sidecar, stopped by its own
+/// SIGTERM, has finished what it delivers. It changes nothing, so it needs no token, and the
+/// pod spec carries none. When no drain begins (the worker alone is restarting), it says so
+/// and lets the worker go.
+async fn drained(State(state): State<ServerState>) -> Response {
+    match state.pump.until_drained(DRAIN_BEGIN_PATIENCE).await {
+        Some(report) => drain_answer(report),
+        None => (
+            StatusCode::CONFLICT,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!(
+                "This sidecar is not draining (no SIGTERM or /drain within {}s), so there is \
+                 nothing to wait for: the worker may stop; the sidecar goes on delivering \
+                 once it is back.\n",
+                DRAIN_BEGIN_PATIENCE.as_secs()
+            ),
+        )
+            .into_response(),
+    }
+}
+
+/// `200 {"drained":true,"in_flight":0}`, or 504 with the deliveries the drain timeout cut.
+fn drain_answer(report: crate::pump::DrainReport) -> Response {
     let status = if report.drained {
         StatusCode::OK
     } else {

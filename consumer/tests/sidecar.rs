@@ -163,6 +163,7 @@ ferry_tests::for_both_providers!(
     sigterm_finishes_in_flight_work_and_hands_back_the_rest,
     sigkill_loses_nothing,
     the_drain_endpoint_answers_once_in_flight_work_is_done,
+    drained_holds_the_workers_hook_until_the_sigterm_drain_is_done,
     retry_after_from_the_worker_is_honoured,
     ordering_groups_are_delivered_one_at_a_time_in_order,
     a_missing_queue_makes_the_sidecar_unready_not_crash,
@@ -1162,6 +1163,81 @@ async fn the_drain_endpoint_answers_once_in_flight_work_is_done(provider: Provid
     );
     sidecar.signal("TERM");
     assert!(sidecar.wait_exit(Duration::from_secs(5)).await.success());
+}
+
+/// `/drained` (the worker containers' preStop hook, which carries no token) starts nothing:
+/// it answers once the drain SIGTERM began has finished the delivery in flight, before the
+/// sidecar exits. A sidecar that is not stopping answers it with 409 after the patience, and
+/// goes on delivering.
+async fn drained_holds_the_workers_hook_until_the_sigterm_drain_is_done(provider: Provider) {
+    const TOKEN: &str = "a-control-token-0123456789";
+    let setup = provision(provider, false, 10).await;
+    let worker = Worker::start(|_| Reply::ok().after(Duration::from_secs(3))).await;
+    let env = setup
+        .env(&worker.url())
+        .set("FERRY_CONCURRENCY", 1)
+        .set("FERRY_CONTROL_TOKEN", TOKEN);
+    let mut sidecar = start(&env);
+    let ids = setup.publish_bodies(&bodies("drained", 3)).await;
+    eventually(
+        Duration::from_secs(20),
+        "a delivery in flight",
+        async || (!worker.deliveries().is_empty()).then_some(()),
+    )
+    .await;
+    let port = sidecar.metrics_port;
+    let hook = tokio::spawn(async move {
+        let response = reqwest::get(format!("http://127.0.0.1:{port}/drained"))
+            .await
+            .expect("/drained answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("its body"))
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!hook.is_finished(), "/drained waits for a drain");
+    assert_eq!(
+        sidecar.metric("ferry_draining").await,
+        Some(0.0),
+        "and starts none"
+    );
+    sidecar.signal("TERM");
+    let (status, body) = tokio::time::timeout(Duration::from_secs(15), hook)
+        .await
+        .expect("/drained answers within the drain")
+        .expect("the hook's task");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"drained":true,"in_flight":0}"#)
+    );
+    assert_eq!(worker.deliveries().len(), 1, "nothing new after SIGTERM");
+    assert!(
+        worker.deliveries().iter().all(|d| d.answered == Some(200)),
+        "the delivery in flight finished before the hook was answered"
+    );
+    assert!(sidecar.wait_exit(Duration::from_secs(5)).await.success());
+
+    let second = start(&env);
+    eventually(
+        Duration::from_secs(20),
+        "the second sidecar to listen",
+        async || second.get("/healthz").await.map(|_| ()),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let (status, body) = second.get("/drained").await.expect("/drained answers");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("not draining"), "{body}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "it waited for a drain to begin"
+    );
+    eventually(
+        Duration::from_secs(60),
+        "the other messages delivered by the sidecar that was asked",
+        async || (worker.succeeded_ids().len() >= ids.len()).then_some(()),
+    )
+    .await;
+    assert_eq!(second.metric("ferry_draining").await, Some(0.0));
 }
 
 /// A drain that begins while an SQS long poll is waiting: the poll cannot be called off,

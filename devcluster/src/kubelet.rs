@@ -1,6 +1,7 @@
 //! The process kubelet: binds pods to the one node, runs each container whose image maps to a
 //! local executable as a real process group, gives every pod its own loopback address, drives
-//! the Ready condition from probes, and on deletion runs preStop hooks, SIGTERM, then SIGKILL.
+//! the Ready condition from probes, and on deletion stops each container with its preStop hook,
+//! then SIGTERM, and SIGKILLs what is left at the grace deadline.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -445,7 +446,6 @@ impl Kubelet {
             .and_then(Value::as_str)
             .unwrap_or("Always")
             .to_string();
-        let env_ctx = EnvContext::new(&self.cluster, &pod, &ip);
         // Init containers run one at a time, each to success, before any app container starts.
         for (idx, c) in init_containers.iter().enumerate() {
             if c.get("restartPolicy").and_then(Value::as_str) == Some("Always") {
@@ -469,8 +469,6 @@ impl Kubelet {
                 .mapping(c.get("image").and_then(Value::as_str).unwrap_or(""))
                 .cloned()
                 .expect("checked above");
-            let env = env_ctx.env_for(c);
-            let argv = build_argv(&mapping, c, &env);
             let log = self.logs_dir.join(format!(
                 "{ns}_{name}_{}.log",
                 c.get("name").and_then(Value::as_str).unwrap_or("")
@@ -484,8 +482,9 @@ impl Kubelet {
             let runner = ContainerRunner {
                 idx,
                 spec: c.clone(),
-                argv,
-                env,
+                mapping,
+                cluster: self.cluster.clone(),
+                pod: pod.clone(),
                 log,
                 restart_policy: if restart_policy == "Never" {
                     "Never".into()
@@ -547,8 +546,6 @@ impl Kubelet {
                 .mapping(c.get("image").and_then(Value::as_str).unwrap_or(""))
                 .cloned()
                 .expect("checked above");
-            let env = env_ctx.env_for(c);
-            let argv = build_argv(&mapping, c, &env);
             let log = self.logs_dir.join(format!(
                 "{ns}_{name}_{}.log",
                 c.get("name").and_then(Value::as_str).unwrap_or("")
@@ -556,8 +553,9 @@ impl Kubelet {
             let runner = ContainerRunner {
                 idx,
                 spec: c.clone(),
-                argv,
-                env,
+                mapping,
+                cluster: self.cluster.clone(),
+                pod: pod.clone(),
                 log,
                 restart_policy: restart_policy.clone(),
                 states: states.clone(),
@@ -632,25 +630,35 @@ impl Kubelet {
                 "kubelet",
             );
         }
-        let hooks = containers.iter().filter_map(|c| {
-            let h = c.pointer("/lifecycle/preStop/httpGet")?.clone();
-            Some(http_get(
-                h,
-                c.clone(),
-                ip.clone(),
-                Duration::from_secs(grace.max(1)),
-            ))
+        // Each container stops on its own: its preStop hook, then SIGTERM to its process group
+        // as soon as that hook returns (at once without a hook). A hook may wait for another
+        // container to drain, which that container only does on its own SIGTERM.
+        let stops = containers.iter().map(|c| {
+            let cname = c
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let hook = c
+                .pointer("/lifecycle/preStop/httpGet")
+                .cloned()
+                .map(|h| http_get(h, c.clone(), ip.clone(), Duration::from_secs(grace.max(1))));
+            let pgids = pgids.clone();
+            async move {
+                if let Some(hook) = hook {
+                    let _ = tokio::time::timeout_at(deadline, hook).await;
+                }
+                let pg = pgids
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&cname)
+                    .copied();
+                if let Some(pg) = pg {
+                    let _ = killpg(Pid::from_raw(pg as i32), Signal::SIGTERM);
+                }
+            }
         });
-        let _ = tokio::time::timeout_at(deadline, futures::future::join_all(hooks)).await;
-        let groups: Vec<u32> = pgids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .copied()
-            .collect();
-        for pg in &groups {
-            let _ = killpg(Pid::from_raw(*pg as i32), Signal::SIGTERM);
-        }
+        futures::future::join_all(stops).await;
         if tokio::time::timeout_at(deadline, &mut all_done)
             .await
             .is_err()
@@ -794,58 +802,109 @@ fn container_status(s: &ContainerState) -> Value {
 struct EnvContext {
     pod: Value,
     ip: String,
+    namespace: String,
+    /// The ConfigMaps and Secrets the container refers to that exist, by name.
     configmaps: HashMap<String, Value>,
     secrets: HashMap<String, Value>,
 }
 
+/// Names of the objects a container's `envFrom` (under `from`) and `env` (under `key_ref`)
+/// refer to.
+fn referenced_names(c: &Value, from: &str, key_ref: &str) -> HashSet<String> {
+    let env_from = c
+        .get("envFrom")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.get(from)?.get("name"));
+    let env = c
+        .get("env")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("valueFrom")?.get(key_ref)?.get("name"));
+    env_from
+        .chain(env)
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect()
+}
+
+fn is_optional(r: &Value) -> bool {
+    r.get("optional").and_then(Value::as_bool) == Some(true)
+}
+
 impl EnvContext {
-    fn new(cluster: &Cluster, pod: &Value, ip: &str) -> Self {
+    /// Reads the ConfigMaps and Secrets container `c` refers to from the store, as they are now.
+    fn new(cluster: &Cluster, pod: &Value, ip: &str, c: &Value) -> Self {
         let ns = meta_str(pod, "namespace").unwrap_or("");
         let mut configmaps = HashMap::new();
         let mut secrets = HashMap::new();
-        let cm_info = cluster.resource("", "v1", "configmaps").ok();
-        let sec_info = cluster.resource("", "v1", "secrets").ok();
-        let refs = serde_json::to_string(pod.pointer("/spec/containers").unwrap_or(&Value::Null))
-            .unwrap_or_default();
-        if let Some(ci) = &cm_info {
-            for cm in cluster.store.list(&ci.gr(), Some(ns)).items {
-                let n = meta_str(&cm, "name").unwrap_or("").to_string();
-                if refs.contains(&format!("\"{n}\"")) {
+        if let Ok(info) = cluster.resource("", "v1", "configmaps") {
+            for n in referenced_names(c, "configMapRef", "configMapKeyRef") {
+                if let Some(cm) = cluster.try_get(&info, ns, &n) {
                     configmaps.insert(n, cm.get("data").cloned().unwrap_or(json!({})));
                 }
             }
         }
-        if let Some(si) = &sec_info {
-            for s in cluster.store.list(&si.gr(), Some(ns)).items {
-                let n = meta_str(&s, "name").unwrap_or("").to_string();
-                if refs.contains(&format!("\"{n}\"")) {
-                    let mut data = serde_json::Map::new();
-                    if let Some(d) = s.get("data").and_then(Value::as_object) {
-                        for (k, v) in d {
-                            let decoded = v
-                                .as_str()
-                                .and_then(|b| {
-                                    base64::engine::general_purpose::STANDARD.decode(b).ok()
-                                })
-                                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                                .unwrap_or_default();
-                            data.insert(k.clone(), json!(decoded));
-                        }
+        if let Ok(info) = cluster.resource("", "v1", "secrets") {
+            for n in referenced_names(c, "secretRef", "secretKeyRef") {
+                let Some(s) = cluster.try_get(&info, ns, &n) else {
+                    continue;
+                };
+                let mut data = serde_json::Map::new();
+                if let Some(d) = s.get("data").and_then(Value::as_object) {
+                    for (k, v) in d {
+                        let decoded = v
+                            .as_str()
+                            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                            .map(|b| String::from_utf8_lossy(&b).into_owned())
+                            .unwrap_or_default();
+                        data.insert(k.clone(), json!(decoded));
                     }
-                    if let Some(d) = s.get("stringData").and_then(Value::as_object) {
-                        for (k, v) in d {
-                            data.insert(k.clone(), v.clone());
-                        }
-                    }
-                    secrets.insert(n, Value::Object(data));
                 }
+                if let Some(d) = s.get("stringData").and_then(Value::as_object) {
+                    for (k, v) in d {
+                        data.insert(k.clone(), v.clone());
+                    }
+                }
+                secrets.insert(n, Value::Object(data));
             }
         }
         Self {
             pod: pod.clone(),
             ip: ip.to_string(),
+            namespace: ns.to_string(),
             configmaps,
             secrets,
+        }
+    }
+
+    /// The value of a `configMapKeyRef` or `secretKeyRef`: `Ok(None)` when an optional object or
+    /// key is missing (the variable is left unset), `Err` with the kubelet's message when a
+    /// required one is.
+    fn key_ref(&self, r: &Value, secret: bool) -> Result<Option<String>, String> {
+        let name = r.get("name").and_then(Value::as_str).unwrap_or("");
+        let key = r.get("key").and_then(Value::as_str).unwrap_or("");
+        let (objects, kind, noun) = if secret {
+            (&self.secrets, "Secret", "secret")
+        } else {
+            (&self.configmaps, "ConfigMap", "configmap")
+        };
+        let Some(data) = objects.get(name) else {
+            return if is_optional(r) {
+                Ok(None)
+            } else {
+                Err(format!("{noun} {name:?} not found"))
+            };
+        };
+        match data.get(key).and_then(Value::as_str) {
+            Some(v) => Ok(Some(v.to_string())),
+            None if is_optional(r) => Ok(None),
+            None => Err(format!(
+                "couldn't find key {key} in {kind} {}/{name}",
+                self.namespace
+            )),
         }
     }
 
@@ -886,7 +945,9 @@ impl EnvContext {
         }
     }
 
-    fn env_for(&self, c: &Value) -> Vec<(String, String)> {
+    /// The container's environment, or why it cannot start: a required Secret, ConfigMap or
+    /// key is missing.
+    fn env_for(&self, c: &Value) -> Result<Vec<(String, String)>, String> {
         // Containers see their pod's hostname, as in a real pod.
         let host = self
             .pod
@@ -898,17 +959,25 @@ impl EnvContext {
         if let Some(from) = c.get("envFrom").and_then(Value::as_array) {
             for f in from {
                 let prefix = f.get("prefix").and_then(Value::as_str).unwrap_or("");
-                let src = if let Some(n) = f.pointer("/configMapRef/name").and_then(Value::as_str) {
-                    self.configmaps.get(n)
-                } else if let Some(n) = f.pointer("/secretRef/name").and_then(Value::as_str) {
-                    self.secrets.get(n)
+                let (r, objects, noun) = if let Some(r) = f.get("configMapRef") {
+                    (r, &self.configmaps, "configmap")
+                } else if let Some(r) = f.get("secretRef") {
+                    (r, &self.secrets, "secret")
                 } else {
-                    None
+                    continue;
                 };
-                if let Some(m) = src.and_then(Value::as_object) {
-                    for (k, v) in m {
-                        out.push((format!("{prefix}{k}"), v.as_str().unwrap_or("").to_string()));
+                let name = r.get("name").and_then(Value::as_str).unwrap_or("");
+                match objects.get(name).and_then(Value::as_object) {
+                    Some(m) => {
+                        for (k, v) in m {
+                            out.push((
+                                format!("{prefix}{k}"),
+                                v.as_str().unwrap_or("").to_string(),
+                            ));
+                        }
                     }
+                    None if is_optional(r) => {}
+                    None => return Err(format!("{noun} {name:?} not found")),
                 }
             }
         }
@@ -927,23 +996,15 @@ impl EnvContext {
                 {
                     self.field(p)
                 } else if let Some(r) = e.pointer("/valueFrom/configMapKeyRef") {
-                    let n = r.get("name").and_then(Value::as_str).unwrap_or("");
-                    let k = r.get("key").and_then(Value::as_str).unwrap_or("");
-                    self.configmaps
-                        .get(n)
-                        .and_then(|d| d.get(k))
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string()
+                    match self.key_ref(r, false)? {
+                        Some(v) => v,
+                        None => continue,
+                    }
                 } else if let Some(r) = e.pointer("/valueFrom/secretKeyRef") {
-                    let n = r.get("name").and_then(Value::as_str).unwrap_or("");
-                    let k = r.get("key").and_then(Value::as_str).unwrap_or("");
-                    self.secrets
-                        .get(n)
-                        .and_then(|d| d.get(k))
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string()
+                    match self.key_ref(r, true)? {
+                        Some(v) => v,
+                        None => continue,
+                    }
                 } else {
                     String::new()
                 };
@@ -951,7 +1012,7 @@ impl EnvContext {
                 out.push((name, value));
             }
         }
-        out
+        Ok(out)
     }
 }
 
@@ -1010,11 +1071,15 @@ fn build_argv(mapping: &ImageMapping, c: &Value, env: &[(String, String)]) -> Ve
     argv
 }
 
+/// How soon a container waiting for a missing Secret or ConfigMap looks again.
+const CONFIG_RETRY: Duration = Duration::from_secs(1);
+
 struct ContainerRunner {
     idx: usize,
     spec: Value,
-    argv: Vec<String>,
-    env: Vec<(String, String)>,
+    mapping: ImageMapping,
+    cluster: Arc<Cluster>,
+    pod: Value,
     log: PathBuf,
     restart_policy: String,
     states: Arc<Mutex<Vec<ContainerState>>>,
@@ -1043,11 +1108,41 @@ impl ContainerRunner {
             .unwrap_or("")
             .to_string();
         let mut backoff = Duration::from_millis(500);
+        let mut reported_config_error = None;
         loop {
             if *self.stop.borrow() {
                 return;
             }
-            let Some((program, args)) = self.argv.split_first() else {
+            // Env is resolved at every start, from the Secrets and ConfigMaps as they are now: a
+            // container whose required one is missing waits, and starts once it appears.
+            let env = match EnvContext::new(&self.cluster, &self.pod, &self.ip, &self.spec)
+                .env_for(&self.spec)
+            {
+                Ok(env) => env,
+                Err(msg) => {
+                    // One event per distinct error, not one per retry.
+                    if reported_config_error.as_ref() != Some(&msg) {
+                        self.cluster.record_event(
+                            &self.pod,
+                            "Warning",
+                            "Failed",
+                            &format!("Error: {msg}"),
+                            "kubelet",
+                        );
+                    }
+                    self.update(|s| {
+                        s.waiting = Some(("CreateContainerConfigError".into(), msg.clone()));
+                        s.running_since = None;
+                    });
+                    reported_config_error = Some(msg);
+                    let mut stop = self.stop.clone();
+                    tokio::select! { _ = tokio::time::sleep(CONFIG_RETRY) => {}, _ = stop.wait_for(|s| *s) => return }
+                    continue;
+                }
+            };
+            reported_config_error = None;
+            let argv = build_argv(&self.mapping, &self.spec, &env);
+            let Some((program, args)) = argv.split_first() else {
                 self.update(|s| {
                     s.waiting = Some((
                         "InvalidCommand".into(),
@@ -1077,7 +1172,7 @@ impl ContainerRunner {
                     cmd.env(k, v);
                 }
             }
-            for (k, v) in &self.env {
+            for (k, v) in &env {
                 cmd.env(k, v);
             }
             if let Some(wd) = self.spec.get("workingDir").and_then(Value::as_str) {
@@ -1377,6 +1472,87 @@ mod tests {
         assert!(m.matches("ghcr.io/ferry/consumer:v1.2"));
         assert!(!m.matches("ghcr.io/other/consumer:v1"));
         assert!(ImageMapping::new("*", Vec::<String>::new()).matches("anything"));
+    }
+
+    fn env_context(configmaps: Value, secrets: Value) -> EnvContext {
+        let map = |v: Value| -> HashMap<String, Value> {
+            serde_json::from_value(v).expect("name → data")
+        };
+        EnvContext {
+            pod: json!({"metadata": {"name": "p", "namespace": "ns"}}),
+            ip: "127.1.0.2".into(),
+            namespace: "ns".into(),
+            configmaps: map(configmaps),
+            secrets: map(secrets),
+        }
+    }
+
+    #[test]
+    fn optional_refs_to_missing_objects_or_keys_leave_the_variable_unset() {
+        let ctx = env_context(json!({"cm": {"a": "1"}}), json!({"s": {"b": "2"}}));
+        let c = json!({
+            "envFrom": [{"secretRef": {"name": "gone", "optional": true}},
+                        {"configMapRef": {"name": "cm"}, "prefix": "CM_"}],
+            "env": [
+                {"name": "B", "valueFrom": {"secretKeyRef": {"name": "s", "key": "b", "optional": true}}},
+                {"name": "NO_KEY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "x", "optional": true}}},
+                {"name": "NO_CM", "valueFrom": {"configMapKeyRef": {"name": "gone", "key": "a", "optional": true}}},
+                {"name": "CM_a", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "x", "optional": true}}}
+            ]
+        });
+        let env = ctx.env_for(&c).expect("optional refs never fail");
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["HOSTNAME", "CM_a", "B"]);
+        assert_eq!(
+            env[1].1, "1",
+            "an unset optional ref keeps what envFrom set"
+        );
+        assert_eq!(env[2].1, "2");
+    }
+
+    #[test]
+    fn required_refs_to_missing_objects_or_keys_say_what_is_missing() {
+        let ctx = env_context(json!({"cm": {"a": "1"}}), json!({"s": {"b": "2"}}));
+        let err = |env: Value| ctx.env_for(&json!({"env": [env]})).expect_err("missing");
+        assert_eq!(
+            err(json!({"name": "X", "valueFrom": {"secretKeyRef": {"name": "gone", "key": "b"}}})),
+            r#"secret "gone" not found"#
+        );
+        assert_eq!(
+            err(
+                json!({"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "x", "optional": false}}})
+            ),
+            "couldn't find key x in Secret ns/s"
+        );
+        assert_eq!(
+            err(
+                json!({"name": "X", "valueFrom": {"configMapKeyRef": {"name": "gone", "key": "a"}}})
+            ),
+            r#"configmap "gone" not found"#
+        );
+        assert_eq!(
+            err(json!({"name": "X", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "x"}}})),
+            "couldn't find key x in ConfigMap ns/cm"
+        );
+        let from = ctx.env_for(&json!({"envFrom": [{"secretRef": {"name": "gone"}}]}));
+        assert_eq!(from.expect_err("missing"), r#"secret "gone" not found"#);
+    }
+
+    #[test]
+    fn only_the_objects_a_container_refers_to_are_read() {
+        let c = json!({
+            "envFrom": [{"configMapRef": {"name": "a"}}, {"secretRef": {"name": "b"}}],
+            "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}},
+                    {"name": "Y", "valueFrom": {"secretKeyRef": {"name": "d", "key": "k"}}},
+                    {"name": "Z", "value": "e"}]
+        });
+        let names = |from, key_ref| {
+            let mut v: Vec<String> = referenced_names(&c, from, key_ref).into_iter().collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names("configMapRef", "configMapKeyRef"), ["a", "c"]);
+        assert_eq!(names("secretRef", "secretKeyRef"), ["b", "d"]);
     }
 
     #[test]

@@ -557,3 +557,314 @@ async fn init_containers_run_to_completion_first() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A sidecar that drains on SIGTERM: /drained answers only once SIGTERM has come, then the
+/// process exits.
+const DRAINING_SIDECAR: &str = r#"
+import http.server, os, signal, threading
+mark = os.environ["MARK"]
+drained = threading.Event()
+def note(s):
+    with open(mark, "a") as f: f.write(s + "\n")
+def term(*_):
+    note("sidecar term"); drained.set()
+    threading.Timer(1.0, os._exit, (0,)).start()
+signal.signal(signal.SIGTERM, term)
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        if self.path == "/drained":
+            drained.wait(); note("sidecar drained")
+        self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+http.server.ThreadingHTTPServer((os.environ["POD_IP"], 8081), H).serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_without_a_prestop_hook_gets_sigterm_while_another_hook_runs() {
+    // The worker's preStop hook waits for the sidecar to drain, which it does on SIGTERM: the
+    // sidecar (no hook) must get SIGTERM at once, not after the worker's hook returns.
+    let dc = cluster().await;
+    let pods: Api<Pod> = Api::namespaced(dc.client(), "default");
+    let dir = std::env::temp_dir().join(format!("ferry-dc-order-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mark = dir.join("mark");
+    let _ = std::fs::remove_file(&mark);
+    let env = json!([
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "MARK", "value": mark.display().to_string()}
+    ]);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "drains"},
+        "spec": {
+            "terminationGracePeriodSeconds": 20,
+            "containers": [
+                {"name": "worker", "image": "example.com/shell:1", "env": env,
+                 "args": ["trap 'echo worker term >> \"$MARK\"; exit 0' TERM; echo trapped; while true; do sleep 0.1; done"],
+                 "lifecycle": {"preStop": {"httpGet": {"path": "/drained", "port": 8081}}}},
+                {"name": "sidecar", "image": "example.com/shell:1", "env": env,
+                 "command": ["python3", "-u", "-c", DRAINING_SIDECAR],
+                 "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8081}, "periodSeconds": 1}}
+            ]
+        }
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
+    wait_pod(&pods, "drains", "both containers ready", ready).await;
+    eventually(10, "the worker's TERM trap installed", || async {
+        let params = kube::api::LogParams {
+            container: Some("worker".into()),
+            ..Default::default()
+        };
+        let logs = pods.logs("drains", &params).await.ok()?;
+        logs.contains("trapped").then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    pods.delete("drains", &DeleteParams::default())
+        .await
+        .expect("delete");
+    // Far inside the 20 s grace period: the hook did not wait for the deadline.
+    eventually(10, "pod gone", || async {
+        pods.get_opt("drains")
+            .await
+            .expect("get")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let notes = std::fs::read_to_string(&mark).unwrap_or_default();
+    assert_eq!(
+        notes,
+        "sidecar term\nsidecar drained\nworker term\n",
+        "sidecar SIGTERM, the worker's hook answered, then the worker's SIGTERM (after {:?})",
+        started.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A shell script that logs each named variable as `NAME=value`, or `NAME unset`, then idles.
+fn print_env(names: &[&str]) -> String {
+    let lines: String = names
+        .iter()
+        .map(|n| {
+            format!(
+                "if [ -n \"${{{n}+x}}\" ]; then echo \"{n}=${n}\"; else echo \"{n} unset\"; fi; "
+            )
+        })
+        .collect();
+    format!("{lines}echo printed; sleep 300")
+}
+
+async fn container_logs(pods: &Api<Pod>, pod: &str, container: &str) -> String {
+    let params = kube::api::LogParams {
+        container: Some(container.into()),
+        ..Default::default()
+    };
+    eventually(20, "the container's env printed", || async {
+        let logs = pods.logs(pod, &params).await.ok()?;
+        logs.contains("printed").then_some(logs)
+    })
+    .await
+}
+
+fn waiting(p: &Pod, container: &str) -> Option<(String, String)> {
+    let cs = p.status.as_ref()?.container_statuses.as_ref()?;
+    let w = cs
+        .iter()
+        .find(|c| c.name == container)?
+        .state
+        .as_ref()?
+        .waiting
+        .as_ref()?;
+    Some((
+        w.reason.clone().unwrap_or_default(),
+        w.message.clone().unwrap_or_default(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_env_refs_to_missing_secrets_configmaps_or_keys_leave_variables_unset() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    let dc = cluster().await;
+    let pods: Api<Pod> = Api::namespaced(dc.client(), "default");
+    let secrets: Api<Secret> = Api::namespaced(dc.client(), "default");
+    let cms: Api<ConfigMap> = Api::namespaced(dc.client(), "default");
+    let secret: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "creds"}, "stringData": {"token": "s3cret", "user": "ferry"}}),
+    )
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret");
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "settings"}, "data": {"mode": "fast"}}))
+            .expect("cm");
+    cms.create(&PostParams::default(), &cm).await.expect("cm");
+    let key_ref = |kind: &str, name: &str, key: &str| json!({"valueFrom": {kind: {"name": name, "key": key, "optional": true}}});
+    let mut env = Vec::new();
+    for (var, kind, name, key) in [
+        ("TOKEN", "secretKeyRef", "creds", "token"),
+        ("NO_KEY", "secretKeyRef", "creds", "nope"),
+        ("NO_SECRET", "secretKeyRef", "absent", "token"),
+        ("MODE", "configMapKeyRef", "settings", "mode"),
+        ("NO_CM_KEY", "configMapKeyRef", "settings", "nope"),
+        ("NO_CM", "configMapKeyRef", "absent", "mode"),
+        // Left unset, an optional ref does not clear what envFrom set.
+        ("S_user", "secretKeyRef", "creds", "nope"),
+    ] {
+        let mut e = key_ref(kind, name, key);
+        e["name"] = json!(var);
+        env.push(e);
+    }
+    let vars = [
+        "TOKEN",
+        "NO_KEY",
+        "NO_SECRET",
+        "MODE",
+        "NO_CM_KEY",
+        "NO_CM",
+        "S_user",
+        "S_token",
+        "C_mode",
+        "A_x",
+    ];
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "optional"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "c", "image": "example.com/shell:1", "args": [print_env(&vars)],
+            "envFrom": [
+                {"prefix": "S_", "secretRef": {"name": "creds", "optional": true}},
+                {"prefix": "C_", "configMapRef": {"name": "settings"}},
+                {"prefix": "A_", "secretRef": {"name": "absent-too", "optional": true}},
+                {"prefix": "A_", "configMapRef": {"name": "absent-too", "optional": true}}
+            ],
+            "env": env
+        }]}
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
+    let logs = container_logs(&pods, "optional", "c").await;
+    let printed: Vec<&str> = logs.lines().filter(|l| *l != "printed").collect();
+    assert_eq!(
+        printed,
+        [
+            "TOKEN=s3cret",
+            "NO_KEY unset",
+            "NO_SECRET unset",
+            "MODE=fast",
+            "NO_CM_KEY unset",
+            "NO_CM unset",
+            "S_user=ferry",
+            "S_token=s3cret",
+            "C_mode=fast",
+            "A_x unset",
+        ]
+    );
+    let p = pods.get("optional").await.expect("get");
+    assert!(ready(&p), "optional refs do not hold the container back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_env_refs_hold_the_container_until_the_secret_or_configmap_exists() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
+    use kube::api::{Patch, PatchParams};
+    let dc = cluster().await;
+    let pods: Api<Pod> = Api::namespaced(dc.client(), "default");
+    let secrets: Api<Secret> = Api::namespaced(dc.client(), "default");
+    let cms: Api<ConfigMap> = Api::namespaced(dc.client(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "needs"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [
+            {"name": "keyed", "image": "example.com/shell:1", "args": [print_env(&["TOKEN"])],
+             "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "late", "key": "token"}}}]},
+            {"name": "whole", "image": "example.com/shell:1", "args": [print_env(&["C_mode"])],
+             "envFrom": [{"prefix": "C_", "configMapRef": {"name": "late-settings"}}]},
+            {"name": "free", "image": "example.com/shell:1", "args": ["sleep 300"]}
+        ]}
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
+    let config_error = |container: &'static str, message: &'static str| {
+        let pods = pods.clone();
+        async move {
+            wait_pod(&pods, "needs", message, |p| {
+                waiting(p, container) == Some(("CreateContainerConfigError".into(), message.into()))
+            })
+            .await
+        }
+    };
+    config_error("keyed", r#"secret "late" not found"#).await;
+    config_error("whole", r#"configmap "late-settings" not found"#).await;
+    // A container that needs nothing missing is not held back by the others.
+    let free = wait_pod(&pods, "needs", "the free container running", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.name == "free"))
+            .is_some_and(|c| c.state.as_ref().and_then(|s| s.running.as_ref()).is_some())
+    })
+    .await;
+    assert!(!ready(&free), "the pod is not ready while containers wait");
+    // Long enough for a few retries, which must not add events of their own.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let events: Api<Event> = Api::namespaced(dc.client(), "default");
+    let failed: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Failed"))
+        .filter_map(|e| e.message)
+        .collect();
+    assert!(
+        failed.contains(&r#"Error: secret "late" not found"#.to_string()),
+        "{failed:?}"
+    );
+    assert_eq!(
+        failed.len(),
+        2,
+        "one event per error, not one per retry: {failed:?}"
+    );
+
+    // The Secret appears without the key: the message says which key is missing.
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "late"}, "stringData": {"other": "x"}}))
+            .expect("secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret");
+    config_error("keyed", "couldn't find key token in Secret default/late").await;
+    secrets
+        .patch(
+            "late",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"token": "s3cret"}})),
+        )
+        .await
+        .expect("add the key");
+    let cm: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "late-settings"}, "data": {"mode": "slow"}}),
+    )
+    .expect("cm");
+    cms.create(&PostParams::default(), &cm).await.expect("cm");
+    assert!(
+        container_logs(&pods, "needs", "keyed")
+            .await
+            .contains("TOKEN=s3cret")
+    );
+    assert!(
+        container_logs(&pods, "needs", "whole")
+            .await
+            .contains("C_mode=slow")
+    );
+    wait_pod(&pods, "needs", "every container started and ready", ready).await;
+}

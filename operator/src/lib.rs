@@ -2,6 +2,7 @@
 
 pub mod autoscaler;
 pub mod builders;
+pub mod control_key;
 pub mod controller;
 pub mod events;
 pub mod leader;

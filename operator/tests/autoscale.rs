@@ -59,6 +59,12 @@ impl Live {
             .await
             .expect("label the namespace");
         let mut settings = OperatorSettings::new(SIDECAR_IMAGE);
+        // As the chart runs it: tokens derived with a key the operator made and stored.
+        settings.control_key = Some(
+            ferry_operator::control_key::load_or_create(&client, "default", "ferry-control-key")
+                .await
+                .expect("the control key"),
+        );
         settings.sqs_endpoint = Some(emulators::moto().url());
         settings.pubsub_endpoint = Some(emulators::pubsub().host_port());
         settings.poll_interval = POLL;
@@ -241,6 +247,21 @@ async fn create_provisioned(
 }
 
 /// The value the operator gave the sidecar's `name` in the consumer's Deployment.
+/// An entry of the consumer's sidecar Secret, as its sidecars read it when they start.
+async fn sidecar_secret_entry(live: &Live, consumer: &str, key: &str) -> Option<String> {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(live.cluster.client(), "default");
+    let secret = eventually(Duration::from_secs(60), "the sidecar Secret", async || {
+        secrets
+            .get_opt(&format!("{consumer}-ferry-sidecar"))
+            .await
+            .ok()?
+    })
+    .await;
+    let value = secret.data?.remove(key)?;
+    Some(String::from_utf8(value.0).expect("UTF-8"))
+}
+
 async fn sidecar_setting(live: &Live, consumer: &str, name: &str) -> Option<String> {
     let deployments: Api<Deployment> = Api::namespaced(live.cluster.client(), "default");
     let deployment = eventually(Duration::from_secs(60), "the Deployment", async || {
@@ -439,8 +460,8 @@ async fn a_burst_scales_out_drains_and_scales_back_without_duplicates(provider: 
     )
     .await;
     assert!(last.signals.is_some(), "{last:?}");
-    // The removed pods drained from their preStop hooks, which carry the consumer's control
-    // token (a hook refused with 401 would let the worker stop with the sidecar).
+    // The removed pods drained on their SIGTERM while their workers' preStop hooks waited on
+    // /drained; nothing asked /drain without the token.
     let drains = live.log_lines_mentioning(
         ["draining: no new messages", "refused a request to drain"].into_iter(),
     );
@@ -666,11 +687,16 @@ async fn a_delivery_rate_limit_is_shared_among_the_pods_and_caps_scaling() {
     qc.spec.delivery.max_per_second = Some(4.0);
     let queue = create_provisioned(&api, &qc).await;
     assert_eq!(
-        sidecar_setting(&live, "paced", "FERRY_RATE_LIMIT")
+        sidecar_secret_entry(&live, "paced", "rate-limit")
             .await
             .as_deref(),
         Some("1"),
         "4/s shared by maxReplicas 4"
+    );
+    assert_eq!(
+        sidecar_setting(&live, "paced", "FERRY_RATE_LIMIT").await,
+        None,
+        "read from the Secret, not written in the pod template"
     );
     let one_pod = eventually(
         Duration::from_secs(60),
@@ -742,6 +768,61 @@ async fn a_delivery_rate_limit_is_shared_among_the_pods_and_caps_scaling() {
     )
     .await;
     eprintln!("shares: {two_pods:?}");
+
+    // A new limit, then none: the running pods are told, and none is replaced for it.
+    let set_limit = async |limit: serde_json::Value| {
+        api.patch(
+            "paced",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({"spec": {"delivery": {"maxPerSecond": limit}}}),
+            ),
+        )
+        .await
+        .expect("patch maxPerSecond");
+    };
+    set_limit(serde_json::json!(6)).await;
+    let raised = eventually(
+        Duration::from_secs(60),
+        "the same two pods at 3/s each",
+        async || {
+            let limits = rate_limits(&live, "paced").await;
+            (limits.len() == 2 && limits.values().all(|l| *l == Some(3.0))).then_some(limits)
+        },
+    )
+    .await;
+    let names = |limits: &HashMap<String, Option<f64>>| {
+        let mut names: Vec<String> = limits.keys().cloned().collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        names(&raised),
+        names(&two_pods),
+        "no pod rolled for a new limit"
+    );
+    assert_eq!(
+        sidecar_secret_entry(&live, "paced", "rate-limit")
+            .await
+            .as_deref(),
+        Some("1.5"),
+        "new pods would start at 6/s over maxReplicas 4"
+    );
+    set_limit(serde_json::Value::Null).await;
+    let removed = eventually(
+        Duration::from_secs(60),
+        "the same two pods unlimited",
+        async || {
+            let limits = rate_limits(&live, "paced").await;
+            (limits.len() == 2 && limits.values().all(Option::is_none)).then_some(limits)
+        },
+    )
+    .await;
+    assert_eq!(
+        names(&removed),
+        names(&two_pods),
+        "no pod rolled for a limit removed"
+    );
     api.delete("paced", &Default::default())
         .await
         .expect("delete");

@@ -244,6 +244,37 @@ async fn a_queue_consumer_gets_its_queue_dead_letter_queue_and_worker(provider: 
         Some("QueueConsumer")
     );
 
+    // The sidecars' control token and starting rate share are in a Secret of the consumer's,
+    // which the sidecar reads when it starts; the pod spec names it and holds no token.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = running.cluster.api();
+    let secret = secrets
+        .get("orders-ferry-sidecar")
+        .await
+        .expect("the sidecar Secret");
+    assert_eq!(
+        secret.metadata.owner_references.unwrap_or_default()[0].kind,
+        "QueueConsumer",
+        "deleted with the consumer"
+    );
+    let token = secret.data.unwrap_or_default()["control-token"].0.clone();
+    let token = String::from_utf8(token).unwrap();
+    assert_eq!(token.len(), 40);
+    assert!(
+        !serde_json::to_string(&deployment).unwrap().contains(&token),
+        "the Deployment never holds the token"
+    );
+    let from_secret = sidecar
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "FERRY_CONTROL_TOKEN")
+        .and_then(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+        .expect("FERRY_CONTROL_TOKEN from the Secret");
+    assert_eq!(
+        (from_secret.name.as_str(), from_secret.key.as_str()),
+        ("orders-ferry-sidecar", "control-token")
+    );
+
     // Ferry made the workers' ServiceAccount; once the template names the user's own, it goes.
     let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = running.cluster.api();
     assert!(accounts.get_opt("orders-worker").await.unwrap().is_some());

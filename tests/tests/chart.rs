@@ -155,10 +155,10 @@ fn defaults_give_two_leader_elected_operators_with_a_budget_and_probes() {
     )
     .expect("one replica without an election renders");
     assert!(single.of_kind("PodDisruptionBudget").is_empty());
-    assert!(
-        single.of_kind("Role").is_empty(),
-        "{:#?}",
-        single.of_kind("Role")
+    assert_eq!(
+        grants(&single, "Role"),
+        control_key_grants(),
+        "the control key's, not the Lease's"
     );
     assert_eq!(
         env_value(&single.one("Deployment"), "FERRY_LEADER_ELECTION").as_deref(),
@@ -233,6 +233,7 @@ fn consumer_grants() -> BTreeSet<(String, String, String, String)> {
             &["get", "create", "patch", "delete"],
             "",
         ),
+        ("", "secrets", &["create", "patch"], ""),
         ("", "pods", &["get", "list", "watch", "patch"], ""),
         ("", "events", &["create", "patch"], ""),
         ("events.k8s.io", "events", &["create", "patch"], ""),
@@ -248,6 +249,14 @@ fn lease_grants() -> BTreeSet<(String, String, String, String)> {
             &["get", "update"],
             "ferry-operator",
         ),
+    ])
+}
+
+/// The control key's Secret in the operator's namespace: made once, then only that one read.
+fn control_key_grants() -> BTreeSet<(String, String, String, String)> {
+    grant_set(&[
+        ("", "secrets", &["create"], ""),
+        ("", "secrets", &["get"], "ferry-operator-control-key"),
     ])
 }
 
@@ -267,11 +276,21 @@ fn rbac_grants_exactly_what_the_operator_calls_cluster_wide() {
     let rendered = defaults();
     assert_no_wildcards(&rendered);
     assert_eq!(grants(&rendered, "ClusterRole"), consumer_grants());
-    assert_eq!(grants(&rendered, "Role"), lease_grants());
-    let lease_role = rendered.one("Role");
     assert_eq!(
-        lease_role["metadata"]["namespace"], NAMESPACE,
-        "the Lease lives in the operator's namespace"
+        grants(&rendered, "Role"),
+        &lease_grants() | &control_key_grants()
+    );
+    for role in rendered.of_kind("Role") {
+        assert_eq!(
+            role["metadata"]["namespace"], NAMESPACE,
+            "the Lease and the control key live in the operator's namespace"
+        );
+    }
+    let deployment = rendered.one("Deployment");
+    assert_eq!(
+        env_value(&deployment, "FERRY_CONTROL_KEY_SECRET").as_deref(),
+        Some("ferry-operator-control-key"),
+        "the operator is told the Secret its Role lets it read"
     );
 
     let account = rendered.one("ServiceAccount");

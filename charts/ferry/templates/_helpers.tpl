@@ -23,6 +23,11 @@
 {{- printf "%s-operator" (include "ferry.fullname" . | trunc 54 | trimSuffix "-") }}
 {{- end }}
 
+{{/* The Secret holding the key of the consumers' control tokens; the operator makes it. */}}
+{{- define "ferry.controlKeySecret" -}}
+{{- printf "%s-control-key" (include "ferry.operatorName" .) }}
+{{- end }}
+
 {{- define "ferry.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
@@ -99,6 +104,11 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["get", "create", "patch", "delete"]
+# Each consumer's sidecar Secret (control token, starting rate share), written by server-side
+# apply; never read back, so no get, list or watch: the operator cannot read Secrets.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create", "patch"]
 # Worker pods: read for the autoscaler, annotated with a deletion cost before a scale-down.
 - apiGroups: [""]
   resources: ["pods"]

@@ -6,7 +6,9 @@
 //! the count; every poll then gives each pod `limit / n`, where `n` counts every pod that
 //! exists and every replica the poll is about to ask for. The shares are pushed before a
 //! scale-up is written, so the pods it adds join at their starting share and the sum stays
-//! within the limit. (During a rollout, when pods of the old and the new template run side
+//! within the limit. The starting share comes from the consumer's sidecar Secret, so a new
+//! limit rolls no pod: the running ones are told theirs, and a limit removed is removed from
+//! the pods that still have one. (During a rollout, when pods of the old and the new template run side
 //! by side for a poll, the sum can exceed it by the surge's starting shares.)
 
 /// What a new pod may deliver per second before the operator has told it its share.
@@ -20,15 +22,20 @@ pub fn running_share(limit: f64, pods: usize, replicas: u32) -> f64 {
     limit / among as f64
 }
 
-/// Whether a sidecar reporting `current` must be told `share`. Compared to a part in a
-/// million: what it prints is parsed back, and a share must not be sent again every poll.
-pub fn needs_share(current: Option<f64>, share: f64) -> bool {
-    current.is_none_or(|current| (current - share).abs() > share * 1e-6)
+/// Whether a sidecar reporting `current` must be told `share` (`None`: no limit). Compared
+/// to a part in a million: what it prints is parsed back, and a share must not be sent again
+/// every poll.
+pub fn needs_share(current: Option<f64>, share: Option<f64>) -> bool {
+    match (current, share) {
+        (Some(current), Some(share)) => (current - share).abs() > share * 1e-6,
+        (None, None) => false,
+        _ => true,
+    }
 }
 
-/// The body of the sidecar's `PUT /rate-limit`: a plain number.
-pub fn share_body(share: f64) -> String {
-    share.to_string()
+/// The body of the sidecar's `PUT /rate-limit`: a plain number, or `none`.
+pub fn share_body(share: Option<f64>) -> String {
+    share.map_or_else(|| "none".to_string(), |share| share.to_string())
 }
 
 #[cfg(test)]
@@ -71,10 +78,17 @@ mod tests {
 
     #[test]
     fn a_share_already_held_is_not_sent_again() {
-        assert!(needs_share(None, 5.0));
-        assert!(needs_share(Some(2.5), 5.0));
-        let printed: f64 = share_body(10.0 / 3.0).parse().unwrap();
-        assert!(!needs_share(Some(printed), 10.0 / 3.0));
-        assert!(!needs_share(Some(3.333_333_3), 10.0 / 3.0 + 1e-9));
+        assert!(needs_share(None, Some(5.0)));
+        assert!(needs_share(Some(2.5), Some(5.0)));
+        let printed: f64 = share_body(Some(10.0 / 3.0)).parse().unwrap();
+        assert!(!needs_share(Some(printed), Some(10.0 / 3.0)));
+        assert!(!needs_share(Some(3.333_333_3), Some(10.0 / 3.0 + 1e-9)));
+    }
+
+    #[test]
+    fn a_limit_removed_is_removed_from_the_pods_that_still_have_one() {
+        assert!(needs_share(Some(2.5), None));
+        assert_eq!(share_body(None), "none");
+        assert!(!needs_share(None, None), "an unlimited pod is left alone");
     }
 }

@@ -57,6 +57,11 @@ struct Options {
     /// Namespace of the leader-election Lease (the operator's own namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "ferry-system")]
     lease_namespace: String,
+    /// A Secret in the operator's namespace (POD_NAMESPACE) holding the key each consumer's
+    /// control token is derived with; made with a random key if missing. Unset: tokens are a
+    /// plain hash of each consumer's UID, which those who may read the consumers can work out.
+    #[arg(long, env = "FERRY_CONTROL_KEY_SECRET")]
+    control_key_secret: Option<String>,
     /// This replica's identity in the election (the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -106,6 +111,19 @@ async fn main() -> anyhow::Result<()> {
     settings.pubsub_endpoint = options.pubsub_emulator_host.clone();
     settings.poll_interval = options.poll_interval;
     settings.pods_share_network = options.pods_share_network;
+    settings.control_key = match &options.control_key_secret {
+        Some(name) => Some(
+            ferry_operator::control_key::load_or_create(&client, &options.lease_namespace, name)
+                .await
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => {
+            tracing::warn!(
+                "--control-key-secret (FERRY_CONTROL_KEY_SECRET) is not set: each consumer's control token is a plain hash of its UID, which keeps other pods from draining or slowing its sidecars but not those who may read the QueueConsumer; the Helm chart sets it"
+            );
+            None
+        }
+    };
     let monitoring =
         options
             .pubsub_monitoring

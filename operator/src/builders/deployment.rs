@@ -6,14 +6,14 @@ use ferry_crds::QueueConsumer;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::metadata::{child_labels, owner_reference, selector_labels, worker_name};
 use super::security::{restrict_container, restrict_pod};
 use super::settings::{OperatorSettings, ProvisionedNames};
 use super::sidecar::{
-    METRICS_PORT, SIDECAR_NAME, control_token, drain_hook, drain_timeout_seconds, sidecar_container,
+    METRICS_PORT, SIDECAR_NAME, drain_timeout_seconds, sidecar_container, worker_stop_hook,
 };
+use super::sidecar_secret::{control_token, control_token_fingerprint};
 
 /// Seconds past the drain timeout before the kubelet kills the pod: the preStop hooks answer
 /// at the drain timeout at the latest, then the containers still get SIGTERM and exit.
@@ -21,6 +21,10 @@ const TERMINATION_MARGIN_SECONDS: i64 = 15;
 
 /// Makes `kubectl logs` and `kubectl exec` pick the worker rather than asking which container.
 const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
+
+/// A fingerprint of the control token the pods read from the sidecar Secret, so that a new
+/// operator key (hence a new token) rolls them.
+pub const CONTROL_TOKEN_ANNOTATION: &str = "ferry.dev/control-token-sha256";
 
 /// A `spec.worker` the builder cannot turn into a valid Deployment. The CRD's rules reject
 /// most bad templates at admission; these are the conflicts only the builder can see.
@@ -103,8 +107,7 @@ pub fn desired_deployment(
         // it; with it, the worker stops only after the sidecar has drained.
         let lifecycle = c.lifecycle.get_or_insert_with(Default::default);
         if lifecycle.pre_stop.is_none() {
-            lifecycle.pre_stop =
-                drain_hook(IntOrString::Int(METRICS_PORT), control_token(qc).as_deref()).pre_stop;
+            lifecycle.pre_stop = worker_stop_hook().pre_stop;
         }
     }
     // A regular container, not a native (init) sidecar: Kubernetes stops native sidecars
@@ -127,6 +130,12 @@ pub fn desired_deployment(
     pod_annotations
         .entry(DEFAULT_CONTAINER_ANNOTATION.into())
         .or_insert(first_worker);
+    if let Some(token) = control_token(qc, settings) {
+        pod_annotations.insert(
+            CONTROL_TOKEN_ANNOTATION.into(),
+            control_token_fingerprint(&token),
+        );
+    }
 
     Ok(Deployment {
         metadata: ObjectMeta {

@@ -44,6 +44,36 @@ pub struct OperatorSettings {
     /// Annotations every worker ServiceAccount Ferry creates starts with (one cloud identity
     /// for all consumers of a cluster); `spec.serviceAccount.annotations` wins per key.
     pub worker_service_account_annotations: BTreeMap<String, String>,
+    /// The key each consumer's control token is derived with (`--control-key-secret`);
+    /// `None`, a plain hash of the consumer's UID (`builders::control_token`).
+    pub control_key: Option<ControlKey>,
+}
+
+/// The operator's secret key for control tokens. Never printed, not even by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ControlKey(Vec<u8>);
+
+impl ControlKey {
+    /// At least 32 bytes: an HMAC-SHA256 key shorter than its output weakens it.
+    pub fn new(bytes: Vec<u8>) -> Result<Self, String> {
+        if bytes.len() < 32 {
+            return Err(format!(
+                "the control key must be at least 32 bytes, got {}",
+                bytes.len()
+            ));
+        }
+        Ok(Self(bytes))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ControlKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlKey(…)")
+    }
 }
 
 impl OperatorSettings {
@@ -60,6 +90,7 @@ impl OperatorSettings {
             pods_share_network: false,
             pubsub_monitoring: None,
             worker_service_account_annotations: BTreeMap::new(),
+            control_key: None,
         }
     }
 }

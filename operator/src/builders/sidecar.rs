@@ -2,24 +2,29 @@
 
 use ferry_crds::{QueueConsumer, QueueProvider};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, HTTPHeader, Lifecycle,
-    LifecycleHandler, ObjectFieldSelector, Probe, ResourceRequirements,
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler,
+    ObjectFieldSelector, Probe, ResourceRequirements, SecretKeySelector,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::security::sidecar_security_context;
 use super::settings::{OperatorSettings, ProvisionedNames};
-use crate::autoscaler::rate_share;
+use super::sidecar_secret::{
+    CONTROL_TOKEN_KEY, RATE_LIMIT_KEY, control_token, sidecar_secret_name,
+};
 
 pub const SIDECAR_NAME: &str = "ferry-consumer";
-/// `/metrics`, `/healthz`, `/readyz` and `/drain` (`FERRY_LISTEN_ADDR`).
+/// `/metrics`, `/healthz`, `/readyz`, `/drain` and `/drained` (`FERRY_LISTEN_ADDR`).
 pub const METRICS_PORT: i32 = 9090;
 /// The autoscaler and Prometheus find the sidecars' metrics by this port name.
 pub const METRICS_PORT_NAME: &str = "metrics";
 pub const READINESS_PATH: &str = "/readyz";
 pub const LIVENESS_PATH: &str = "/healthz";
-pub const DRAIN_PATH: &str = "/drain";
+/// Answers once the sidecar has drained, starting nothing: the worker containers' preStop
+/// hook. (`/drain`, which starts a drain, needs the control token, which a hook would have
+/// to carry in the pod spec.)
+pub const DRAINED_PATH: &str = "/drained";
 
 /// The sidecar's SQS long poll (`FERRY_RECEIVE_WAIT_SECONDS`' default): a drain lets a
 /// pending poll answer and hands its messages back, so it may take this long.
@@ -37,6 +42,23 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
         name: name.into(),
         value: Some(value.into()),
         value_from: None,
+    }
+}
+
+/// A variable read from the consumer's sidecar Secret when the container starts: a value the
+/// operator changes there reaches the pods it starts next without rolling the running ones.
+fn secret_env(qc: &QueueConsumer, name: &str, key: &str, optional: bool) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: sidecar_secret_name(qc),
+                key: key.into(),
+                optional: optional.then_some(true),
+            }),
+            ..EnvVarSource::default()
+        }),
     }
 }
 
@@ -125,8 +147,13 @@ pub fn sidecar_env(
     if let Some(path) = worker_readiness_path(qc) {
         vars.push(env("FERRY_WORKER_READINESS_PATH", path));
     }
-    if let Some(token) = control_token(qc) {
-        vars.push(env("FERRY_CONTROL_TOKEN", token));
+    if control_token(qc, settings).is_some() {
+        vars.push(secret_env(
+            qc,
+            "FERRY_CONTROL_TOKEN",
+            CONTROL_TOKEN_KEY,
+            false,
+        ));
     }
     vars.push(env("FERRY_CONCURRENCY", delivery.concurrency.to_string()));
     vars.push(env(
@@ -145,15 +172,10 @@ pub fn sidecar_env(
         let list: Vec<String> = statuses.iter().map(i32::to_string).collect();
         vars.push(env("FERRY_PERMANENT_FAILURE_STATUSES", list.join(",")));
     }
-    if let Some(limit) = delivery.max_per_second.filter(|l| *l > 0.0) {
-        // A pod starts at its share at maxReplicas, safe whatever the count; the autoscaler
-        // tells each running pod its share of the count there is (autoscaler::rate_share).
-        let max_replicas = u32::try_from(qc.spec.scaling.max_replicas).unwrap_or(1);
-        vars.push(env(
-            "FERRY_RATE_LIMIT",
-            seconds(rate_share::starting_share(limit, max_replicas)),
-        ));
-    }
+    // A pod starts at its share of `maxPerSecond` at maxReplicas, from the Secret, so that
+    // setting, changing or removing the limit (or maxReplicas) rolls no pod; the autoscaler
+    // tells each running pod its share of the count there is (autoscaler::rate_share).
+    vars.push(secret_env(qc, "FERRY_RATE_LIMIT", RATE_LIMIT_KEY, true));
     vars.push(env(
         "FERRY_RETRY_BACKOFF_MIN",
         seconds(delivery.retry_backoff.min_seconds),
@@ -252,41 +274,16 @@ fn cpu_cores(quantity: &str) -> Option<f64> {
     }
 }
 
-/// The token the sidecar's `/drain` and `PUT /rate-limit` ask for (`FERRY_CONTROL_TOKEN`),
-/// which the pod's preStop hooks and the autoscaler send. Derived from the QueueConsumer's
-/// UID, so it is the same at every reconcile without being stored: it keeps those endpoints
-/// from whoever merely reaches the pod's metrics port (any pod of the cluster, without a
-/// NetworkPolicy), not from those allowed to read the consumer's pods, whose spec holds it.
-/// `None` for an object without a UID (one not read from the API server).
-pub fn control_token(qc: &QueueConsumer) -> Option<String> {
-    use sha2::Digest;
-    let uid = qc.metadata.uid.as_deref()?;
-    let digest = sha2::Sha256::digest(format!("ferry.dev/control-token/{uid}"));
-    Some(digest[..20].iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// `Authorization: Bearer <token>`, as the preStop hooks and the autoscaler send it.
-pub fn control_header(token: &str) -> (&'static str, String) {
-    ("Authorization", format!("Bearer {token}"))
-}
-
-/// The hook that makes a stopping pod finish its in-flight deliveries: `/drain` stops
-/// receiving and answers once they are done (or the drain timeout passed). The worker
-/// containers get the same hook (with the port as a number, since the name is the
-/// sidecar's), so they keep serving until the sidecar has drained.
-pub(super) fn drain_hook(port: IntOrString, token: Option<&str>) -> Lifecycle {
+/// The worker containers' preStop hook: `/drained` answers once the sidecar, stopped by its
+/// own SIGTERM (it has no hook, so the kubelet sends it at once), has finished its in-flight
+/// deliveries, so the worker keeps serving them until then. The port is a number, since the
+/// name is the sidecar's.
+pub(super) fn worker_stop_hook() -> Lifecycle {
     Lifecycle {
         pre_stop: Some(LifecycleHandler {
             http_get: Some(HTTPGetAction {
-                path: Some(DRAIN_PATH.into()),
-                port,
-                http_headers: token.map(|token| {
-                    let (name, value) = control_header(token);
-                    vec![HTTPHeader {
-                        name: name.into(),
-                        value,
-                    }]
-                }),
+                path: Some(DRAINED_PATH.into()),
+                port: IntOrString::Int(METRICS_PORT),
                 ..HTTPGetAction::default()
             }),
             ..LifecycleHandler::default()
@@ -331,10 +328,9 @@ pub(super) fn sidecar_container(
             failure_threshold: Some(3),
             ..Probe::default()
         }),
-        lifecycle: Some(drain_hook(
-            IntOrString::String(METRICS_PORT_NAME.into()),
-            control_token(qc).as_deref(),
-        )),
+        // No preStop hook: SIGTERM starts the drain, at the moment the worker's hook begins
+        // to wait for it.
+        lifecycle: None,
         resources: Some(sidecar_resources(qc, settings)),
         security_context: Some(sidecar_security_context()),
         ..Container::default()

@@ -73,10 +73,6 @@ fn the_sidecar_is_configured_per_its_contract() {
         ),
         ("FERRY_ENDPOINT", "http://127.0.0.1:5000"),
         ("FERRY_DELIVERY_URL", "http://127.0.0.1:3000/jobs"),
-        (
-            "FERRY_CONTROL_TOKEN",
-            control_token(&sqs_consumer()).unwrap().leak(),
-        ),
         ("FERRY_CONCURRENCY", "20"),
         ("FERRY_THREADS", "1"),
         ("FERRY_DELIVERY_TIMEOUT", "45"),
@@ -93,9 +89,29 @@ fn the_sidecar_is_configured_per_its_contract() {
     for (name, value) in expect {
         assert_eq!(env_value(&env, name), Some(value), "{name}");
     }
+    let from_secret = [
+        ("FERRY_CONTROL_TOKEN", CONTROL_TOKEN_KEY, None),
+        ("FERRY_RATE_LIMIT", RATE_LIMIT_KEY, Some(true)),
+    ];
+    for (name, key, optional) in from_secret {
+        let reference = env
+            .iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+            .unwrap_or_else(|| panic!("{name} from the sidecar Secret: {env:?}"));
+        assert_eq!(
+            (
+                reference.name.as_str(),
+                reference.key.as_str(),
+                reference.optional
+            ),
+            ("orders-ferry-sidecar", key, optional),
+            "{name}"
+        );
+    }
     assert_eq!(
         env.len(),
-        expect.len(),
+        expect.len() + from_secret.len(),
         "no variable beyond the contract: {env:?}"
     );
 }
@@ -195,18 +211,6 @@ fn the_worker_readiness_path_is_the_spec_s_or_the_worker_s_readiness_probe_on_th
 }
 
 #[test]
-fn a_delivery_rate_limit_starts_each_pod_at_its_share_at_max_replicas() {
-    let mut qc = sqs_consumer();
-    qc.spec.delivery.max_per_second = Some(30.0);
-    qc.spec.scaling.max_replicas = 4;
-    let env = sidecar_env(&qc, &settings(), &names());
-    assert_eq!(env_value(&env, "FERRY_RATE_LIMIT"), Some("7.5"));
-    qc.spec.scaling.max_replicas = 60;
-    let env = sidecar_env(&qc, &settings(), &names());
-    assert_eq!(env_value(&env, "FERRY_RATE_LIMIT"), Some("0.5"));
-}
-
-#[test]
 fn extra_env_comes_after_ferrys_own() {
     let mut s = settings();
     s.sidecar_extra_env.push(EnvVar {
@@ -278,16 +282,10 @@ fn the_sidecar_has_probes_a_drain_hook_a_metrics_port_and_resources() {
     };
     assert_eq!(path(&sidecar.readiness_probe), READINESS_PATH);
     assert_eq!(path(&sidecar.liveness_probe), LIVENESS_PATH);
-    let pre_stop = sidecar
-        .lifecycle
-        .as_ref()
-        .unwrap()
-        .pre_stop
-        .as_ref()
-        .unwrap();
-    let hook = pre_stop.http_get.as_ref().unwrap();
-    assert_eq!(hook.path.as_deref(), Some(DRAIN_PATH));
-    assert_eq!(hook.port, IntOrString::String(METRICS_PORT_NAME.into()));
+    assert_eq!(
+        sidecar.lifecycle, None,
+        "no hook: the kubelet's SIGTERM starts the drain at once"
+    );
     let resources = sidecar.resources.as_ref().unwrap();
     assert!(resources.requests.as_ref().unwrap().contains_key("cpu"));
     assert!(resources.limits.as_ref().unwrap().contains_key("memory"));
@@ -423,45 +421,126 @@ fn a_worker_that_sets_nothing_is_admitted_where_restricted_is_enforced() {
 }
 
 #[test]
-fn the_control_token_is_the_consumer_s_own_and_every_drain_hook_sends_it() {
+fn the_control_token_is_the_consumer_s_own_derived_with_the_key_and_only_in_the_secret() {
     let qc = sqs_consumer();
-    let token = control_token(&qc).unwrap();
+    let keyed = |key: u8| {
+        let mut settings = settings();
+        settings.control_key = Some(ControlKey::new(vec![key; 32]).unwrap());
+        settings
+    };
+    let token = control_token(&qc, &keyed(1)).unwrap();
     assert_eq!(token.len(), 40);
     assert!(token.chars().all(|c| c.is_ascii_hexdigit()), "{token}");
     assert_eq!(
-        control_token(&qc),
+        control_token(&qc, &keyed(1)),
         Some(token.clone()),
         "the same at every reconcile"
+    );
+    assert_ne!(
+        control_token(&qc, &keyed(2)).unwrap(),
+        token,
+        "another key, another token"
+    );
+    assert_ne!(
+        control_token(&qc, &settings()).unwrap(),
+        token,
+        "not the plain hash of the UID anyone can work out"
     );
     let mut other = sqs_consumer();
     other.metadata.uid = Some("uid-2".into());
     assert_ne!(
-        control_token(&other).unwrap(),
+        control_token(&other, &keyed(1)).unwrap(),
         token,
         "each consumer its own"
     );
     other.metadata.uid = None;
-    assert_eq!(control_token(&other), None);
+    assert_eq!(control_token(&other, &keyed(1)), None);
+    assert!(
+        ControlKey::new(vec![0; 31]).is_err(),
+        "a short key is refused"
+    );
+    assert_eq!(format!("{:?}", keyed(1).control_key), "Some(ControlKey(…))");
 
-    let d = desired_deployment(&qc, &settings(), &names()).unwrap();
-    let pod = d.spec.template.spec.unwrap();
-    assert_eq!(pod.containers.len(), 2, "the worker and the sidecar");
-    for container in &pod.containers {
-        let hook = container
-            .lifecycle
-            .as_ref()
-            .and_then(|l| l.pre_stop.as_ref())
-            .and_then(|h| h.http_get.as_ref())
-            .unwrap_or_else(|| panic!("{} drains", container.name));
-        let headers = hook.http_headers.as_ref().expect("the token");
-        assert_eq!(headers.len(), 1);
-        assert_eq!(
-            (headers[0].name.as_str(), headers[0].value.as_str()),
-            ("Authorization", format!("Bearer {token}").as_str()),
-            "{}",
-            container.name
-        );
-    }
+    let secret = desired_sidecar_secret(&qc, &keyed(1));
+    assert_eq!(
+        secret.metadata.name.as_deref(),
+        Some("orders-ferry-sidecar")
+    );
+    assert_eq!(secret.metadata.namespace.as_deref(), Some("shop"));
+    assert_eq!(
+        secret.metadata.owner_references,
+        Some(vec![owner_reference(&qc)]),
+        "deleted with its consumer"
+    );
+    let data = secret.data.unwrap();
+    assert_eq!(data[CONTROL_TOKEN_KEY].0, token.as_bytes());
+    assert!(!data.contains_key(RATE_LIMIT_KEY), "no limit, no entry");
+
+    let deployment = desired_deployment(&qc, &keyed(1), &names()).unwrap();
+    let template = serde_json::to_string(&deployment).unwrap();
+    assert!(
+        !template.contains(&token),
+        "the pod spec never holds the token"
+    );
+    let annotations = deployment
+        .spec
+        .template
+        .metadata
+        .unwrap()
+        .annotations
+        .unwrap();
+    let fingerprint = &annotations[CONTROL_TOKEN_ANNOTATION];
+    assert_eq!(fingerprint, &control_token_fingerprint(&token));
+    let other_key = desired_deployment(&qc, &keyed(2), &names()).unwrap();
+    assert_ne!(
+        other_key
+            .spec
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()[CONTROL_TOKEN_ANNOTATION],
+        *fingerprint,
+        "a new key rolls the pods, whose token would be refused"
+    );
+}
+
+/// A new pod starts at its share of `maxPerSecond` at `maxReplicas`, read from the Secret:
+/// changing either changes no pod template, so no pod is rolled; the running pods are told
+/// their share at run time.
+#[test]
+fn a_pod_starts_at_its_share_at_max_replicas_from_the_secret_and_a_change_rolls_no_pod() {
+    let unlimited = sqs_consumer();
+    let mut limited = sqs_consumer();
+    limited.spec.delivery.max_per_second = Some(30.0);
+    limited.spec.scaling.max_replicas = 4;
+    let share = |qc: &QueueConsumer| {
+        desired_sidecar_secret(qc, &settings())
+            .data
+            .unwrap()
+            .get(RATE_LIMIT_KEY)
+            .map(|v| String::from_utf8(v.0.clone()).unwrap())
+    };
+    assert_eq!(
+        share(&limited).as_deref(),
+        Some("7.5"),
+        "30/s over at most 4 pods"
+    );
+    assert_eq!(share(&unlimited), None);
+    let template = |qc: &QueueConsumer| {
+        serde_json::to_value(
+            desired_deployment(qc, &settings(), &names())
+                .unwrap()
+                .spec
+                .template,
+        )
+        .unwrap()
+    };
+    assert_eq!(template(&limited), template(&unlimited));
+    let mut more_pods = limited.clone();
+    more_pods.spec.scaling.max_replicas = 60;
+    assert_eq!(share(&more_pods).as_deref(), Some("0.5"));
+    assert_eq!(template(&more_pods), template(&limited));
 }
 
 #[test]
@@ -484,8 +563,9 @@ fn workers_wait_for_the_drain_unless_they_have_their_own_pre_stop() {
     let get = hook.http_get.as_ref().unwrap();
     assert_eq!(
         (get.path.as_deref(), &get.port),
-        (Some(DRAIN_PATH), &IntOrString::Int(METRICS_PORT))
+        (Some(DRAINED_PATH), &IntOrString::Int(METRICS_PORT))
     );
+    assert_eq!(get.http_headers, None, "the hook carries no token");
     let own = all[1]
         .lifecycle
         .as_ref()

@@ -1,5 +1,5 @@
-//! What the reconciler last applied as each QueueConsumer's ServiceAccount and worker
-//! Deployment, so that a reconcile which would apply the very same objects again, to a
+//! What the reconciler last applied as each QueueConsumer's ServiceAccount, sidecar Secret and
+//! worker Deployment, so that a reconcile which would apply the very same objects again, to a
 //! Deployment nobody has changed since, skips the applies.
 //!
 //! The worker Deployment's events trigger reconciles too (created, its status moved, scaled
@@ -56,6 +56,7 @@ struct Applied {
     /// The QueueConsumer the record is about; a new object with the same name starts over.
     uid: Option<String>,
     service_account: Option<u64>,
+    sidecar_secret: Option<u64>,
     deployment: Option<(u64, DeploymentVersion)>,
 }
 
@@ -84,6 +85,15 @@ impl AppliedChildren {
 
     pub fn record_service_account(&self, qc: &QueueConsumer, desired: u64) {
         self.with(qc, |a| a.service_account = Some(desired));
+    }
+
+    /// Whether this sidecar Secret was the last one applied for `qc`.
+    pub fn sidecar_secret_current(&self, qc: &QueueConsumer, desired: u64) -> bool {
+        self.with(qc, |a| a.sidecar_secret == Some(desired))
+    }
+
+    pub fn record_sidecar_secret(&self, qc: &QueueConsumer, desired: u64) {
+        self.with(qc, |a| a.sidecar_secret = Some(desired));
     }
 
     /// Whether this Deployment was the last one applied for `qc` and `live` (the watch

@@ -20,7 +20,7 @@ use ferry_queues::QueueErrorKind;
 use ferry_queues::provision::{DeleteOutcome, ProvisionedQueue, Provisioner};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
@@ -35,6 +35,7 @@ pub use queue_request::{CloudSettings, queue_request};
 
 use crate::builders::{
     OperatorSettings, ProvisionedNames, desired_deployment, desired_service_account,
+    desired_sidecar_secret,
 };
 use crate::watches::{self, Caches, Events};
 
@@ -350,8 +351,9 @@ fn is_terminal(kind: QueueErrorKind) -> bool {
     )
 }
 
-/// Applies the ServiceAccount and the Deployment, each only when it differs from the last
-/// one applied or may have drifted (`applied`); `drift_check` applies both regardless.
+/// Applies the ServiceAccount, the sidecar Secret and the Deployment, each only when it
+/// differs from the last one applied or may have drifted (`applied`); `drift_check` applies
+/// them regardless.
 async fn apply_workload(
     qc: &QueueConsumer,
     ctx: &Context,
@@ -377,6 +379,17 @@ async fn apply_workload(
             }
         }
         None => remove_own_service_account(qc, &accounts).await?,
+    }
+    // Before the Deployment: its sidecars read it when they start.
+    let secret = desired_sidecar_secret(qc, &ctx.settings);
+    let desired = applied::fingerprint(&secret);
+    if !ctx.applied.sidecar_secret_current(qc, desired) {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        secrets
+            .patch(&name, &params, &Patch::Apply(&secret))
+            .await?;
+        ctx.applied.record_sidecar_secret(qc, desired);
     }
     let names = ProvisionedNames {
         queue: queue.queue.clone(),

@@ -385,13 +385,16 @@ impl Autoscaler {
             )
         };
 
-        if let Some(limit) = policy.spec().delivery_max_per_second {
-            // Before a scale-up is written, so that the pods it adds (at their starting
-            // share) find the others already at theirs.
-            let share = rate_share::running_share(limit, pods.len(), decision.to);
-            self.share_rate_limit(&receiving, share, control_token(qc).as_deref())
-                .await;
-        }
+        // Before a scale-up is written, so that the pods it adds (at their starting share)
+        // find the others already at theirs. Without a limit, pods that still hold one (the
+        // limit was just removed) are told there is none.
+        let share = policy
+            .spec()
+            .delivery_max_per_second
+            .map(|limit| rate_share::running_share(limit, pods.len(), decision.to));
+        let token = control_token(qc, &self.ctx.settings);
+        self.share_rate_limit(&receiving, share, token.as_deref())
+            .await;
         if decision.to != current {
             self.carry_out(qc, deployment, &decision, &loads).await?;
         }
@@ -468,7 +471,7 @@ impl Autoscaler {
     async fn share_rate_limit(
         &self,
         receiving: &[(Arc<Pod>, Option<f64>)],
-        share: f64,
+        share: Option<f64>,
         token: Option<&str>,
     ) {
         let updates = receiving
@@ -486,9 +489,9 @@ impl Autoscaler {
                     .await
                     .and_then(reqwest::Response::error_for_status);
                 match answer {
-                    Ok(_) => tracing::debug!(pod = %pod.name_any(), ?current, share, "rate limit share set"),
+                    Ok(_) => tracing::debug!(pod = %pod.name_any(), ?current, ?share, "rate limit share set"),
                     Err(error) => tracing::warn!(
-                        pod = %pod.name_any(), %url, share,
+                        pod = %pod.name_any(), %url, ?share,
                         "autoscaler: could not set the sidecar's share of spec.delivery.maxPerSecond (it keeps {current:?}/s; tried again next poll): {error}"
                     ),
                 }

@@ -273,6 +273,8 @@ impl Sandbox {
             .env("FERRY_CLUSTER_NAME", "sandbox")
             .env("FERRY_PUBSUB_PROJECT", emulators::PUBSUB_PROJECT)
             .env("POD_NAMESPACE", "ferry-system")
+            // As the chart runs it: the control tokens' key in a Secret the operator makes.
+            .env("FERRY_CONTROL_KEY_SECRET", "ferry-operator-control-key")
             .env("POD_NAME", "ferry-operator-0")
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env(

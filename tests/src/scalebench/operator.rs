@@ -47,6 +47,8 @@ impl OperatorProcess {
             .env("FERRY_LISTEN_ADDR", &listen)
             .env("FERRY_CLUSTER_NAME", "scalebench")
             .env("POD_NAMESPACE", "ferry-system")
+            // As the chart runs it.
+            .env("FERRY_CONTROL_KEY_SECRET", "ferry-operator-control-key")
             .env("POD_NAME", "ferry-operator-0")
             .env(
                 "RUST_LOG",
