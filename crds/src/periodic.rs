@@ -50,6 +50,12 @@ pub struct PeriodicTask {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 86400))]
     pub starting_deadline_seconds: Option<i32>,
+    /// `true` stops this task's ticks, as `suspend` does for a CronJob, while the consumer and
+    /// its other tasks go on: the ticks that pass meanwhile are neither sent nor reported
+    /// skipped, and `false` again starts from the task's next tick. A
+    /// `ferry.dev/run-task` request still runs it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
 }
 
 /// The names `timeZone` accepts: the IANA database the operator carries (so a name admitted
@@ -156,6 +162,7 @@ mod tests {
             schedule: "@daily".into(),
             time_zone: None,
             starting_deadline_seconds: None,
+            suspend: false,
         };
         let tasks = [task("report"), task("sync@eu")];
         let run = |value: &str| task_to_run(value, &tasks).map(|t| t.name.as_str());

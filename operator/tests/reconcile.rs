@@ -1036,6 +1036,30 @@ async fn a_periodic_task_runs_now_once_per_run_task_value(provider: Provider) {
     ran("Nightly report@2").await;
     let again = read_for(5).await;
     assert_eq!(again.len(), 1, "{again:?}");
+
+    // Suspended on its own, the task has no next tick and says why; a request still runs it.
+    let mut qc = api.get("reports").await.unwrap();
+    qc.spec.periodic_tasks[0].suspend = true;
+    let patch = serde_json::json!({ "spec": { "periodicTasks": qc.spec.periodic_tasks } });
+    api.patch(
+        "reports",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .expect("suspend the task");
+    let paused = eventually("the task suspended in the status", async || {
+        let task = task_status().await?;
+        task.message
+            .contains("spec.periodicTasks[Nightly report].suspend is true")
+            .then_some(task)
+    })
+    .await;
+    assert_eq!(paused.next_schedule_time, None, "{paused:?}");
+    run("Nightly report@3").await;
+    ran("Nightly report@3").await;
+    let suspended_run = read_for(5).await;
+    assert_eq!(suspended_run.len(), 1, "{suspended_run:?}");
     consumer.close().await;
     consumer.flush().await;
     running.stop().await;

@@ -213,11 +213,42 @@ pub fn plan(
     }
 }
 
-/// Pure: what `task` calls for while `spec.suspend` is true: no tick. The next tick is
-/// forgotten rather than kept due, so that resuming starts from the task's next tick instead
-/// of sending one that passed during the suspension, or reporting it skipped.
-pub fn suspended(task: &PeriodicTask, recorded: Option<&PeriodicTaskStatus>) -> Plan {
+/// What suspends a task's ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suspension {
+    /// `spec.suspend`: the whole consumer.
+    Consumer,
+    /// `spec.periodicTasks[].suspend`: this task alone.
+    Task,
+}
+
+impl Suspension {
+    /// What suspends `task` under `qc`, if anything; the consumer's suspension is named first,
+    /// since ending the task's alone would not resume it.
+    pub fn of(qc: &QueueConsumer, task: &PeriodicTask) -> Option<Self> {
+        if qc.spec.suspend {
+            Some(Self::Consumer)
+        } else if task.suspend {
+            Some(Self::Task)
+        } else {
+            None
+        }
+    }
+}
+
+/// Pure: what `task` calls for while it is suspended: no tick. The next tick is forgotten
+/// rather than kept due, so that resuming starts from the task's next tick instead of sending
+/// one that passed during the suspension, or reporting it skipped.
+pub fn suspended(
+    task: &PeriodicTask,
+    recorded: Option<&PeriodicTaskStatus>,
+    by: Suspension,
+) -> Plan {
     let history = recorded.filter(|r| r.name == task.name);
+    let field = match by {
+        Suspension::Consumer => "spec.suspend".to_string(),
+        Suspension::Task => format!("spec.periodicTasks[{}].suspend", task.name),
+    };
     Plan {
         send: None,
         status: PeriodicTaskStatus {
@@ -225,7 +256,9 @@ pub fn suspended(task: &PeriodicTask, recorded: Option<&PeriodicTaskStatus>) -> 
             schedule: task.schedule.clone(),
             time_zone: task.time_zone.clone(),
             next_schedule_time: None,
-            message: "no tick is sent while spec.suspend is true; the task starts again from its next tick when it is false".into(),
+            message: format!(
+                "no tick is sent while {field} is true; the task starts again from its next tick when it is false"
+            ),
             ..history.cloned().unwrap_or_default()
         },
         skipped: None,
@@ -407,10 +440,9 @@ pub async fn reconcile(
     let mut next_look: Option<DateTime<Utc>> = None;
     for task in &qc.spec.periodic_tasks {
         let previous = recorded.iter().find(|r| r.name == task.name);
-        let plan = if qc.spec.suspend {
-            suspended(task, previous)
-        } else {
-            plan(task, previous, now)
+        let plan = match Suspension::of(qc, task) {
+            Some(by) => suspended(task, previous, by),
+            None => plan(task, previous, now),
         };
         let mut look = plan.next_look;
         let mut entry = plan.status;
@@ -516,6 +548,7 @@ mod tests {
             schedule: schedule.into(),
             time_zone: None,
             starting_deadline_seconds: None,
+            suspend: false,
         }
     }
 
@@ -615,7 +648,7 @@ mod tests {
     fn a_suspended_task_sends_nothing_and_resumes_from_its_next_tick() {
         let hourly = task("0 * * * *");
         let sent = sent(&hourly, "2026-03-05T10:00:00Z", "2026-03-05T10:00:01Z");
-        let paused = suspended(&hourly, Some(&sent));
+        let paused = suspended(&hourly, Some(&sent), Suspension::Consumer);
         assert_eq!(
             (paused.send, paused.skipped, paused.next_look),
             (None, None, None)
@@ -628,7 +661,10 @@ mod tests {
             paused.status.message
         );
         // The same while it lasts: no status write per tick.
-        assert_eq!(suspended(&hourly, Some(&paused.status)), paused);
+        assert_eq!(
+            suspended(&hourly, Some(&paused.status), Suspension::Consumer),
+            paused
+        );
         // Resumed after three ticks passed: none of them is sent, none reported skipped.
         let resumed = plan(&hourly, Some(&paused.status), at("2026-03-05T13:20:00Z"));
         assert_eq!((resumed.send, resumed.skipped), (None, None));
@@ -639,9 +675,49 @@ mod tests {
             Some(to_time(at("2026-03-05T14:00:00Z")))
         );
         // A task first seen while suspended is listed, with nothing to come yet.
-        let new = suspended(&hourly, None);
+        let new = suspended(&hourly, None, Suspension::Consumer);
         assert_eq!(new.status.name, "cleanup");
         assert_eq!(new.status.last_schedule_time, None);
+    }
+
+    /// `spec.periodicTasks[].suspend` stops that task alone, and says which field to change;
+    /// the consumer's own suspension is named first, since it holds every task.
+    #[test]
+    fn a_task_suspended_on_its_own_sends_nothing_and_names_its_field() {
+        let mut qc: QueueConsumer = serde_json::from_value(serde_json::json!({
+            "apiVersion": "ferry.dev/v1alpha1",
+            "kind": "QueueConsumer",
+            "metadata": {"name": "orders"},
+            "spec": {
+                "queue": {"provider": "sqs"},
+                "worker": {"spec": {"containers": [{"name": "w", "image": "w"}]}},
+                "periodicTasks": [
+                    {"name": "cleanup", "url": "/c", "schedule": "0 * * * *", "suspend": true},
+                    {"name": "report", "url": "/r", "schedule": "0 * * * *"},
+                ],
+            },
+        }))
+        .unwrap();
+        let (cleanup, report) = (
+            qc.spec.periodic_tasks[0].clone(),
+            qc.spec.periodic_tasks[1].clone(),
+        );
+        assert_eq!(Suspension::of(&qc, &cleanup), Some(Suspension::Task));
+        assert_eq!(Suspension::of(&qc, &report), None, "the other task runs");
+        let sent = sent(&cleanup, "2026-03-05T10:00:00Z", "2026-03-05T10:00:01Z");
+        let paused = suspended(&cleanup, Some(&sent), Suspension::Task);
+        assert_eq!((paused.send, paused.next_look), (None, None));
+        assert_eq!(
+            paused.status.message,
+            "no tick is sent while spec.periodicTasks[cleanup].suspend is true; the task starts again from its next tick when it is false"
+        );
+        qc.spec.suspend = true;
+        assert_eq!(Suspension::of(&qc, &cleanup), Some(Suspension::Consumer));
+        assert_eq!(Suspension::of(&qc, &report), Some(Suspension::Consumer));
+        // Written as in cron.yaml, without the field, a task is not suspended; false is not
+        // written back.
+        assert!(!report.suspend);
+        assert!(!serde_json::to_string(&report).unwrap().contains("suspend"));
     }
 
     #[test]
