@@ -801,13 +801,16 @@ async fn a_delivery_rate_limit_is_shared_among_the_pods_and_caps_scaling() {
         names(&two_pods),
         "no pod rolled for a new limit"
     );
-    assert_eq!(
-        sidecar_secret_entry(&live, "paced", "rate-limit")
-            .await
-            .as_deref(),
-        Some("1.5"),
-        "new pods would start at 6/s over maxReplicas 4"
-    );
+    // New pods would start at 6/s over maxReplicas 4.
+    eventually(
+        Duration::from_secs(30),
+        "the Secret's starting share at 1.5/s",
+        async || {
+            let share = sidecar_secret_entry(&live, "paced", "rate-limit").await;
+            (share.as_deref() == Some("1.5")).then_some(())
+        },
+    )
+    .await;
     set_limit(serde_json::Value::Null).await;
     let removed = eventually(
         Duration::from_secs(60),
@@ -822,6 +825,37 @@ async fn a_delivery_rate_limit_is_shared_among_the_pods_and_caps_scaling() {
         names(&removed),
         names(&two_pods),
         "no pod rolled for a limit removed"
+    );
+
+    // Someone deletes the sidecar Secret, then a pod goes: its replacement cannot start its
+    // sidecar (CreateContainerConfigError) until the autoscaler, seeing that, puts the Secret
+    // back, well before the reconciler's next drift check.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(live.cluster.client(), "default");
+    secrets
+        .delete("paced-ferry-sidecar", &Default::default())
+        .await
+        .expect("delete the Secret");
+    let pods: Api<Pod> = Api::namespaced(live.cluster.client(), "default");
+    let gone = names(&removed)[0].clone();
+    pods.delete(&gone, &Default::default())
+        .await
+        .expect("delete a pod");
+    let replaced = eventually(
+        Duration::from_secs(60),
+        "a new pod's sidecar running, with the Secret put back",
+        async || {
+            let limits = rate_limits(&live, "paced").await;
+            (limits.len() == 2 && !limits.contains_key(&gone)).then_some(limits)
+        },
+    )
+    .await;
+    eprintln!("after the Secret was put back: {replaced:?}");
+    assert!(
+        sidecar_secret_entry(&live, "paced", "control-token")
+            .await
+            .is_some(),
+        "the Secret is back"
     );
     api.delete("paced", &Default::default())
         .await

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use ferry_crds::{QueueConsumer, QueueConsumerStatus, condition_type};
 use futures::{StreamExt, future};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -37,7 +37,8 @@ use crate::autoscaler::{
 };
 use crate::builders::{
     MANAGED_BY_LABEL, METRICS_PORT, QUEUE_CONSUMER_LABEL, SIDECAR_NAME, autoscaler_spec,
-    control_header, control_token, set_condition, worker_name,
+    control_header, control_token, desired_sidecar_secret, set_condition, sidecar_secret_name,
+    worker_name,
 };
 use crate::controller::Context;
 use record::{ScalerMode, backlog_status, scaling_condition, scaling_record};
@@ -333,6 +334,10 @@ impl Autoscaler {
             }
         };
 
+        let secret_name = sidecar_secret_name(qc);
+        if pods.iter().any(|pod| waits_for_secret(pod, &secret_name)) {
+            self.restore_sidecar_secret(qc, &namespace).await;
+        }
         let now = unix_seconds(SystemTime::now());
         let scraped = self.scrape(pods).await;
         let mut active = BTreeMap::new();
@@ -463,6 +468,26 @@ impl Autoscaler {
             .filter_map(|s| s.sample.dead_letter)
             .map(|v| v as u64)
             .max()
+    }
+
+    /// Puts back the consumer's sidecar Secret that its pods wait for: deleted by someone, it
+    /// would otherwise be restored only at the reconciler's next drift check (the operator
+    /// does not watch Secrets, which it may not read).
+    async fn restore_sidecar_secret(&self, qc: &QueueConsumer, namespace: &str) {
+        let secret = desired_sidecar_secret(qc, &self.ctx.settings);
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), namespace);
+        let params = PatchParams::apply(crate::controller::FIELD_MANAGER).force();
+        match secrets.patch(&name, &params, &Patch::Apply(&secret)).await {
+            Ok(_) => tracing::info!(
+                %namespace, consumer = %qc.name_any(), secret = %name,
+                "put back the sidecar Secret the consumer's pods were waiting for (CreateContainerConfigError)"
+            ),
+            Err(error) => tracing::warn!(
+                %namespace, consumer = %qc.name_any(), secret = %name,
+                "the consumer's pods wait for their sidecar Secret and it could not be put back (tried again next poll): {error}"
+            ),
+        }
     }
 
     /// Tells each receiving sidecar whose share differs its share of
@@ -733,6 +758,28 @@ fn sidecar_url(pod: &Pod, path: &str) -> Option<String> {
     Some(format!("http://{host}:{port}/{path}"))
 }
 
+/// Whether one of `pod`'s containers cannot start because Secret `name` (or a key of it) is
+/// missing: the kubelet's `CreateContainerConfigError`, whose message names the Secret
+/// (`secret "orders-ferry-sidecar" not found`, `couldn't find key control-token in Secret
+/// shop/orders-ferry-sidecar`).
+pub fn waits_for_secret(pod: &Pod, name: &str) -> bool {
+    let Some(status) = pod.status.as_ref() else {
+        return false;
+    };
+    status
+        .container_statuses
+        .iter()
+        .chain(status.init_container_statuses.iter())
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+        .any(|waiting| {
+            waiting.reason.as_deref() == Some(slim::CONFIG_ERROR)
+                && waiting.message.as_deref().is_some_and(|m| {
+                    m.contains(&format!("\"{name}\"")) || m.ends_with(&format!("/{name}"))
+                })
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -757,6 +804,52 @@ mod tests {
                             "time": "2026-12-01T00:00:00Z"}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_pod_waiting_for_its_sidecar_secret_is_recognised_by_the_kubelet_s_message() {
+        let pod = |reason: &str, message: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "orders-worker-1"},
+                "status": {"containerStatuses": [
+                    {"name": "app", "ready": false, "restartCount": 0, "image": "app", "imageID": "",
+                     "state": {"running": {}}},
+                    {"name": "ferry-consumer", "ready": false, "restartCount": 0, "image": "c", "imageID": "",
+                     "state": {"waiting": {"reason": reason, "message": message}}},
+                ]},
+            }))
+            .unwrap()
+        };
+        let name = "orders-ferry-sidecar";
+        let error = "CreateContainerConfigError";
+        assert!(waits_for_secret(
+            &pod(error, "secret \"orders-ferry-sidecar\" not found"),
+            name
+        ));
+        assert!(waits_for_secret(
+            &pod(
+                error,
+                "couldn't find key control-token in Secret shop/orders-ferry-sidecar"
+            ),
+            name
+        ));
+        assert!(!waits_for_secret(
+            &pod(error, "secret \"db-password\" not found"),
+            name
+        ));
+        assert!(!waits_for_secret(
+            &pod(error, "secret \"orders-ferry-sidecar-old\" not found"),
+            name
+        ));
+        assert!(!waits_for_secret(
+            &pod(
+                error,
+                "couldn't find key k in Secret shop/orders-ferry-sidecar-old"
+            ),
+            name
+        ));
+        assert!(!waits_for_secret(&pod("ContainerCreating", ""), name));
+        assert!(!waits_for_secret(&Pod::default(), name));
     }
 
     /// The 422s of the scale benchmark: a poll read the object from before the previous

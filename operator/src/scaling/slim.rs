@@ -6,7 +6,9 @@
 //! benchmark in docs/performance.md). Pure.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerStatus, Pod, PodSpec, PodStatus, PodTemplateSpec,
+};
 use kube::api::ObjectMeta;
 
 use crate::builders::SIDECAR_NAME;
@@ -48,11 +50,17 @@ pub fn deployment(deployment: &mut Deployment) {
     }
 }
 
+/// The kubelet's reason for a container it cannot start because a Secret or ConfigMap (or a
+/// key of one) its environment needs is missing.
+pub const CONFIG_ERROR: &str = "CreateContainerConfigError";
+
 /// The Deployment condition that says its pods cannot be created.
 pub const REPLICA_FAILURE: &str = "ReplicaFailure";
 
 /// A pod's labels and annotations (consumer, deletion cost), phase, IP, deletion mark and
-/// the sidecar's ports: what scraping and choosing pods to remove need.
+/// the sidecar's ports: what scraping and choosing pods to remove need; and a container that
+/// cannot start for want of a Secret (`CreateContainerConfigError`), so that the autoscaler
+/// can put back the sidecar Secret its pods wait for.
 pub fn pod(pod: &mut Pod) {
     slim_metadata(&mut pod.metadata);
     if let Some(spec) = &mut pod.spec {
@@ -71,9 +79,27 @@ pub fn pod(pod: &mut Pod) {
         };
     }
     if let Some(status) = &mut pod.status {
+        let waiting_for_config = status
+            .container_statuses
+            .take()
+            .into_iter()
+            .flatten()
+            .filter(|c| {
+                c.state
+                    .as_ref()
+                    .and_then(|s| s.waiting.as_ref())
+                    .is_some_and(|w| w.reason.as_deref() == Some(CONFIG_ERROR))
+            })
+            .map(|c| ContainerStatus {
+                name: c.name,
+                state: c.state,
+                ..ContainerStatus::default()
+            })
+            .collect::<Vec<_>>();
         *status = PodStatus {
             phase: status.phase.take(),
             pod_ip: status.pod_ip.take(),
+            container_statuses: Some(waiting_for_config).filter(|c| !c.is_empty()),
             ..PodStatus::default()
         };
     }
@@ -115,6 +141,35 @@ mod tests {
         assert_eq!(status.phase.as_deref(), Some("Running"));
         assert_eq!(status.pod_ip.as_deref(), Some("10.0.0.7"));
         assert!(status.conditions.is_none());
+        assert!(status.container_statuses.is_none());
+
+        // A container the kubelet cannot start for want of a Secret is kept, alone.
+        let mut waiting: Pod = serde_json::from_value(serde_json::json!({
+            "status": {"phase": "Pending", "containerStatuses": [
+                {"name": "worker", "ready": false, "restartCount": 0, "image": "app", "imageID": "",
+                 "state": {"running": {}}},
+                {"name": SIDECAR_NAME, "ready": false, "restartCount": 0, "image": "ferry", "imageID": "",
+                 "state": {"waiting": {"reason": CONFIG_ERROR, "message": "secret \"s\" not found"}}}
+            ]}
+        }))
+        .unwrap();
+        pod(&mut waiting);
+        let kept = waiting.status.unwrap().container_statuses.unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].name, SIDECAR_NAME);
+        assert_eq!(
+            kept[0]
+                .state
+                .as_ref()
+                .unwrap()
+                .waiting
+                .as_ref()
+                .unwrap()
+                .message
+                .as_deref(),
+            Some("secret \"s\" not found")
+        );
+        assert!(kept[0].image.is_empty());
     }
 
     #[test]
