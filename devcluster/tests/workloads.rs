@@ -72,6 +72,31 @@ async fn wait_pod(pods: &Api<Pod>, name: &str, what: &str, f: impl Fn(&Pod) -> b
     .await
 }
 
+/// Waits up to `seconds` for pod `name` to be gone from the API.
+async fn wait_gone(pods: &Api<Pod>, name: &str, seconds: u64, what: &str) {
+    eventually(seconds, what, || async {
+        pods.get_opt(name)
+            .await
+            .expect("get")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+/// Waits until the log of pod `name` (its `container`, or its only one) shows `text`.
+async fn wait_logged(pods: &Api<Pod>, name: &str, container: Option<&str>, text: &str, what: &str) {
+    eventually(10, what, || async {
+        let params = kube::api::LogParams {
+            container: container.map(str::to_string),
+            ..Default::default()
+        };
+        let logs = pods.logs(name, &params).await.ok()?;
+        logs.contains(text).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_run_as_processes_with_ips_env_probes_and_graceful_deletion() {
     let dc = cluster().await;
@@ -173,14 +198,7 @@ async fn pods_run_as_processes_with_ips_env_probes_and_graceful_deletion() {
     if let Ok(t) = terminating {
         assert!(t.metadata.deletion_timestamp.is_some());
     }
-    eventually(15, "pod gone", || async {
-        pods.get_opt("worker")
-            .await
-            .expect("get")
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    wait_gone(&pods, "worker", 15, "pod gone").await;
     let notes = std::fs::read_to_string(&mark).unwrap_or_default();
     assert_eq!(
         notes, "prestop Bearer t0ken\nterm\n",
@@ -216,26 +234,19 @@ async fn sigkill_after_grace_period_and_restart_policies() {
     wait_pod(&pods, "stubborn", "running", ready).await;
     // Ready means started, not that the shell has run `trap` yet: a SIGTERM before that
     // ends the script at once, and the grace period would never be tested.
-    eventually(10, "the TERM trap installed", || async {
-        let logs = pods
-            .logs("stubborn", &kube::api::LogParams::default())
-            .await
-            .ok()?;
-        logs.contains("trapped").then_some(())
-    })
+    wait_logged(
+        &pods,
+        "stubborn",
+        None,
+        "trapped",
+        "the TERM trap installed",
+    )
     .await;
     let started = std::time::Instant::now();
     pods.delete("stubborn", &DeleteParams::default())
         .await
         .expect("delete");
-    eventually(10, "killed", || async {
-        pods.get_opt("stubborn")
-            .await
-            .expect("get")
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    wait_gone(&pods, "stubborn", 10, "killed").await;
     assert!(
         started.elapsed() >= Duration::from_millis(900),
         "waited for the grace period"
@@ -339,14 +350,7 @@ async fn unmapped_images_say_so_and_never_run() {
         })
     })
     .await;
-    eventually(10, "gone", || async {
-        pods.get_opt("ghost")
-            .await
-            .expect("get")
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    wait_gone(&pods, "ghost", 10, "gone").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -612,28 +616,20 @@ async fn a_container_without_a_prestop_hook_gets_sigterm_while_another_hook_runs
         .await
         .expect("create");
     wait_pod(&pods, "drains", "both containers ready", ready).await;
-    eventually(10, "the worker's TERM trap installed", || async {
-        let params = kube::api::LogParams {
-            container: Some("worker".into()),
-            ..Default::default()
-        };
-        let logs = pods.logs("drains", &params).await.ok()?;
-        logs.contains("trapped").then_some(())
-    })
+    wait_logged(
+        &pods,
+        "drains",
+        Some("worker"),
+        "trapped",
+        "the worker's TERM trap installed",
+    )
     .await;
     let started = std::time::Instant::now();
     pods.delete("drains", &DeleteParams::default())
         .await
         .expect("delete");
     // Far inside the 20 s grace period: the hook did not wait for the deadline.
-    eventually(10, "pod gone", || async {
-        pods.get_opt("drains")
-            .await
-            .expect("get")
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    wait_gone(&pods, "drains", 10, "pod gone").await;
     let notes = std::fs::read_to_string(&mark).unwrap_or_default();
     assert_eq!(
         notes,

@@ -7,7 +7,7 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
-use super::metadata::{child_labels, owner_reference, selector_labels, worker_name};
+use super::metadata::{child_labels, child_metadata, selector_labels, worker_name};
 use super::security::{restrict_container, restrict_pod};
 use super::settings::{OperatorSettings, ProvisionedNames};
 use super::sidecar::{
@@ -138,13 +138,7 @@ pub fn desired_deployment(
     }
 
     Ok(Deployment {
-        metadata: ObjectMeta {
-            name: Some(worker_name(qc)),
-            namespace: qc.metadata.namespace.clone(),
-            labels: Some(child_labels(qc)),
-            owner_references: Some(vec![owner_reference(qc)]),
-            ..ObjectMeta::default()
-        },
+        metadata: child_metadata(qc, worker_name(qc)),
         spec: DeploymentSpec {
             // Deliberately unset: the autoscaler owns the replica count and writes it through
             // the Deployment's scale subresource. If the applied object named a count, every

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use ferry_crds::QueueConsumer;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 
 /// `app.kubernetes.io/managed-by`: the recommended label that tells people and tools who owns
@@ -36,6 +36,17 @@ pub fn child_labels(qc: &QueueConsumer) -> BTreeMap<String, String> {
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
     labels.insert(COMPONENT_LABEL.into(), "worker".into());
     labels
+}
+
+/// A child's identity: `name` in the consumer's namespace, Ferry's labels, owned by it.
+pub(super) fn child_metadata(qc: &QueueConsumer, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: qc.metadata.namespace.clone(),
+        labels: Some(child_labels(qc)),
+        owner_references: Some(vec![owner_reference(qc)]),
+        ..ObjectMeta::default()
+    }
 }
 
 /// The controller owner reference that makes the garbage collector delete a child with its

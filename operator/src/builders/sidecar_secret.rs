@@ -14,9 +14,8 @@ use ferry_crds::QueueConsumer;
 use hmac::{Hmac, Mac};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::metadata::{child_labels, owner_reference};
+use super::metadata::child_metadata;
 use super::settings::OperatorSettings;
 use crate::autoscaler::rate_share;
 
@@ -50,13 +49,7 @@ pub fn desired_sidecar_secret(qc: &QueueConsumer, settings: &OperatorSettings) -
         );
     }
     Secret {
-        metadata: ObjectMeta {
-            name: Some(sidecar_secret_name(qc)),
-            namespace: qc.metadata.namespace.clone(),
-            labels: Some(child_labels(qc)),
-            owner_references: Some(vec![owner_reference(qc)]),
-            ..ObjectMeta::default()
-        },
+        metadata: child_metadata(qc, sidecar_secret_name(qc)),
         type_: Some("Opaque".into()),
         data: Some(data),
         ..Secret::default()

@@ -397,9 +397,7 @@ impl Autoscaler {
             .spec()
             .delivery_max_per_second
             .map(|limit| rate_share::running_share(limit, pods.len(), decision.to));
-        let token = control_token(qc, &self.ctx.settings);
-        self.share_rate_limit(&receiving, share, token.as_deref())
-            .await;
+        self.share_rate_limit(qc, &receiving, share).await;
         if decision.to != current {
             self.carry_out(qc, deployment, &decision, &loads).await?;
         }
@@ -495,13 +493,22 @@ impl Autoscaler {
     /// it had, and is told again at the next poll.
     async fn share_rate_limit(
         &self,
+        qc: &QueueConsumer,
         receiving: &[(Arc<Pod>, Option<f64>)],
         share: Option<f64>,
-        token: Option<&str>,
     ) {
-        let updates = receiving
+        let outdated: Vec<&(Arc<Pod>, Option<f64>)> = receiving
             .iter()
             .filter(|(_, current)| rate_share::needs_share(*current, share))
+            .collect();
+        // Most polls change no share: the token is derived only for those that do.
+        if outdated.is_empty() {
+            return;
+        }
+        let token = control_token(qc, &self.ctx.settings);
+        let token = token.as_deref();
+        let updates = outdated
+            .into_iter()
             .filter_map(|(pod, current)| Some((pod, *current, sidecar_url(pod, "rate-limit")?)))
             .map(|(pod, current, url)| async move {
                 let mut request = self.http.put(&url).body(rate_share::share_body(share));
