@@ -11,8 +11,8 @@ manager, as in distroless images):
   - /usr/local/bin/ferry-operator or /usr/local/bin/ferry-consumer, the entrypoint;
   - the C runtime the binary links (libc.so.6, libm.so.6, the dynamic loader, libgcc_s.so.1),
     from the build host's Debian packages libc6 and libgcc-s1, so the image runs the binary on
-    the glibc it was linked against (the sidecar's packed relocations need 2.36 or later; the
-    build refuses an older libc6);
+    the glibc it was linked against (both binaries' packed relocations need 2.36 or later;
+    the build refuses an older libc6);
   - the CA certificates its TLS clients trust (rustls with the platform's roots), from
     Debian's ca-certificates, as the bundle /etc/ssl/certs/ca-certificates.crt;
   - /etc/passwd and /etc/group naming the user 65532 ("nonroot") the image runs as, which is
@@ -48,8 +48,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 REGISTRY = "ghcr.io/ferry-dev"
 NONROOT = 65532
-# The sidecar is linked with packed relative relocations (consumer/build.rs), which the
-# dynamic loader understands from glibc 2.36 on.
+# Both binaries are linked with packed relative relocations (consumer/build.rs,
+# operator/build.rs), which the dynamic loader understands from glibc 2.36 on.
 MIN_GLIBC = (2, 36)
 PACKAGES = ["libc6", "libgcc-s1", "ca-certificates"]
 # Parts of the packages that nothing in a Ferry process reads: documentation, the iconv
@@ -296,7 +296,7 @@ def main():
         libc_version, libc = glibc_version(debs["libc6"])
         if libc < MIN_GLIBC:
             die(f"libc6 {libc_version} is older than glibc "
-                f"{MIN_GLIBC[0]}.{MIN_GLIBC[1]}, which the sidecar's packed relocations need: "
+                f"{MIN_GLIBC[0]}.{MIN_GLIBC[1]}, which the binaries' packed relocations need: "
                 "build on Debian 12 or later")
         # What both images share, unpacked and pruned once.
         runtime = work / "runtime"
