@@ -292,6 +292,11 @@ fn rbac_grants_exactly_what_the_operator_calls_cluster_wide() {
         Some("ferry-operator-control-key"),
         "the operator is told the Secret its Role lets it read"
     );
+    assert_eq!(
+        env_value(&deployment, "MALLOC_ARENA_MAX").as_deref(),
+        Some(ferry_tests::scalebench::operator::CHART_MALLOC_ARENA_MAX),
+        "the scale benchmark runs the operator with the chart's arena cap"
+    );
 
     let account = rendered.one("ServiceAccount");
     let account_name = account["metadata"]["name"].clone();

@@ -18,6 +18,11 @@ pub struct OperatorProcess {
     http: reqwest::Client,
 }
 
+/// The glibc arena cap the chart sets on the operator container (`MALLOC_ARENA_MAX`), so that
+/// the benchmark measures the memory the chart's operator uses; the chart test checks the two
+/// agree.
+pub const CHART_MALLOC_ARENA_MAX: &str = "2";
+
 pub struct OperatorEndpoints<'a> {
     pub kubeconfig: &'a Path,
     pub pubsub_emulator: &'a str,
@@ -49,6 +54,7 @@ impl OperatorProcess {
             .env("POD_NAMESPACE", "ferry-system")
             // As the chart runs it.
             .env("FERRY_CONTROL_KEY_SECRET", "ferry-operator-control-key")
+            .env("MALLOC_ARENA_MAX", CHART_MALLOC_ARENA_MAX)
             .env("POD_NAME", "ferry-operator-0")
             .env(
                 "RUST_LOG",
