@@ -97,6 +97,11 @@ fn defaults_give_two_leader_elected_operators_with_a_budget_and_probes() {
     assert_eq!(deployment["metadata"]["namespace"], NAMESPACE);
     assert_eq!(deployment["spec"]["replicas"], 2);
     assert_eq!(
+        env_value(&deployment, "MALLOC_ARENA_MAX").as_deref(),
+        Some(ferry_tests::scalebench::operator::CHART_MALLOC_ARENA_MAX),
+        "the scale benchmark runs the operator with the chart's arena cap"
+    );
+    assert_eq!(
         env_value(&deployment, "FERRY_LEADER_ELECTION").as_deref(),
         Some("true")
     );
@@ -291,11 +296,6 @@ fn rbac_grants_exactly_what_the_operator_calls_cluster_wide() {
         env_value(&deployment, "FERRY_CONTROL_KEY_SECRET").as_deref(),
         Some("ferry-operator-control-key"),
         "the operator is told the Secret its Role lets it read"
-    );
-    assert_eq!(
-        env_value(&deployment, "MALLOC_ARENA_MAX").as_deref(),
-        Some(ferry_tests::scalebench::operator::CHART_MALLOC_ARENA_MAX),
-        "the scale benchmark runs the operator with the chart's arena cap"
     );
 
     let account = rendered.one("ServiceAccount");
