@@ -761,8 +761,15 @@ async fn optional_env_refs_to_missing_secrets_configmaps_or_keys_leave_variables
             "A_x unset",
         ]
     );
-    let p = pods.get("optional").await.expect("get");
-    assert!(ready(&p), "optional refs do not hold the container back");
+    // The kubelet reports Ready after the container has started, which may be after its
+    // first lines are logged.
+    wait_pod(
+        &pods,
+        "optional",
+        "optional refs do not hold the container back: the pod becomes Ready",
+        ready,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
