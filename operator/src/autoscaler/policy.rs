@@ -161,7 +161,22 @@ impl ScalingPolicy {
                 // That backlog must start within part of the target on top of the arrivals.
                 // Short messages can share a slot in turn (B·S/D slots); a message longer
                 // than the drain window needs a slot of its own (B slots).
-                let drain_seconds = target * self.tuning.drain_budget_fraction;
+                // At a cold start the backlog has waited since it was first seen and waits
+                // for the start-up too, with nothing serving it: only what is left of the
+                // target remains to drain it, though never less than a share of the target
+                // (the first messages may already be late; asking for ever more replicas
+                // would not help them).
+                let usual_drain_seconds = target * self.tuning.drain_budget_fraction;
+                let drain_seconds = if signals.ready_replicas == 0 {
+                    let left = target
+                        - estimates.work_seen_seconds
+                        - sample_age
+                        - estimates.startup_seconds;
+                    usual_drain_seconds
+                        .min(left.max(target * self.tuning.cold_start_drain_min_fraction))
+                } else {
+                    usual_drain_seconds
+                };
                 let backlog_slots = backlog_messages * (service_seconds / drain_seconds).min(1.0);
                 let arrival_slots = slots_needed(
                     planning_rate,

@@ -105,8 +105,11 @@ pub struct PolicyTuning {
     /// Share of the latency target the steady-state queueing delay may use; the rest absorbs
     /// pod start-up and measurement lag when load rises.
     pub queueing_budget_fraction: f64,
-    /// Share of the latency target in which an accumulated backlog should be drained.
+    /// Share of the latency target in which an accumulated backlog should be drained...
     pub drain_budget_fraction: f64,
+    /// ...and the least share left for it at a cold start, when the backlog has already
+    /// waited and waits for the start-up as well.
+    pub cold_start_drain_min_fraction: f64,
     /// Quantile of the wait the queueing budget applies to.
     pub wait_quantile: f64,
     /// Busy fraction of all delivery slots the policy plans for at most: rate estimates are
@@ -178,6 +181,7 @@ impl Default for PolicyTuning {
             stale_after_seconds: 20.0,
             queueing_budget_fraction: 0.5,
             drain_budget_fraction: 0.5,
+            cold_start_drain_min_fraction: 1.0 / 3.0,
             wait_quantile: 0.99,
             max_utilization: 0.98,
             arrival_window_seconds: 60.0,

@@ -57,6 +57,10 @@ pub struct ScalingState {
     /// scatter, cleared by the first poll on the other side of the estimate.
     service_change_up: Option<bool>,
     service_seconds: Option<f64>,
+    /// Deliveries completed per poll, averaged over the last few polls.
+    recent_completions: f64,
+    /// When the queue was first seen holding work since it last held none.
+    work_since: Option<f64>,
     /// Deliveries the service-time estimate has seen since this state began.
     deliveries_seen: f64,
     /// The slots of the last poll, if all of them were busy.
@@ -118,6 +122,9 @@ pub struct Estimates {
     pub pending_ready_seconds: f64,
     /// Seconds between the last two samples: how soon a change can next be seen.
     pub poll_seconds: f64,
+    /// How long the queue has held work without a break, as of the sample: at a cold start,
+    /// how long its oldest message has waited at least.
+    pub work_seen_seconds: f64,
 }
 
 impl ScalingState {
@@ -189,6 +196,8 @@ impl ScalingState {
                     self.service_seconds = Some(estimate.max(bound));
                 }
             }
+            self.recent_completions += tuning.service_time_smoothing
+                * (t.completion_rate * t.window_seconds - self.recent_completions);
         }
         if signals.sampled_at > self.previous.map_or(f64::NEG_INFINITY, |p| p.sampled_at) {
             self.previous = Some(PreviousSample {
@@ -198,6 +207,12 @@ impl ScalingState {
                 held,
             });
         }
+        let work_seen_seconds = if visible + signals.backlog.in_flight == 0 {
+            self.work_since = None;
+            0.0
+        } else {
+            signals.sampled_at - *self.work_since.get_or_insert(signals.sampled_at)
+        };
         if let Some(waiting) = self.awaiting_ready
             && signals.ready_replicas >= waiting.replicas
         {
@@ -230,6 +245,7 @@ impl ScalingState {
             startup_seconds,
             pending_ready_seconds,
             poll_seconds: latest.map_or(0.0, |l| l.seconds),
+            work_seen_seconds,
         }
     }
 
@@ -298,29 +314,41 @@ impl ScalingState {
         // of service time: it, the polls on the same side after it and the first one
         // back across the estimate keep their full weight.
         let dispersion = self.service_moves.dispersion(tuning);
-        let changing = self.service_seconds.is_some_and(|estimate| {
-            let deviation = sample - estimate;
-            let spread = estimate * (dispersion / completions).sqrt();
-            if deviation.abs() > tuning.rate_change_sigmas * spread {
-                self.service_change_up = Some(deviation > 0.0);
-                true
-            } else if self.service_change_up.is_some() {
-                // Still on the change's side, or back across it (the change was
-                // passing, like the long jobs that finish last when a queue drains):
-                // either way this poll tells where the mean now is.
-                if self.service_change_up != Some(deviation > 0.0) {
-                    self.service_change_up = None;
+        // A poll that finishes far more than it takes in (the last deliveries of a drained
+        // backlog or burst) finishes what earlier polls started, and the long ones are
+        // over-represented: their short siblings finished before. Such a poll weighs only
+        // its share of the recent deliveries and is no sign of a change of service time:
+        // at full weight, every drained batch of jobs of 0.5 s mean left the estimate
+        // 0.3-0.4 s higher, and batch after batch it climbed (0.5 -> 0.88 -> 1.03 -> 1.20).
+        let received = t.receive_rate * t.window_seconds;
+        let leftovers_share = (completions > received * (1.0 + tuning.steady_rate_tolerance)
+            && completions < self.recent_completions)
+            .then(|| completions / self.recent_completions);
+        let changing = leftovers_share.is_none()
+            && self.service_seconds.is_some_and(|estimate| {
+                let deviation = sample - estimate;
+                let spread = estimate * (dispersion / completions).sqrt();
+                if deviation.abs() > tuning.rate_change_sigmas * spread {
+                    self.service_change_up = Some(deviation > 0.0);
+                    true
+                } else if self.service_change_up.is_some() {
+                    // Still on the change's side, or back across it (the change was
+                    // passing, like the long jobs that finish last when a queue drains):
+                    // either way this poll tells where the mean now is.
+                    if self.service_change_up != Some(deviation > 0.0) {
+                        self.service_change_up = None;
+                    }
+                    true
+                } else {
+                    false
                 }
-                true
-            } else {
-                false
-            }
-        });
+            });
         // Weighted by how many deliveries the sample averages, so that a window with two
         // long jobs moves the estimate as little as two deliveries should; capped per poll
         // so that busy queues still average over several polls.
         let weight = (1.0 - (1.0 - tuning.service_time_weight_per_delivery).powf(completions))
             .min(tuning.service_time_smoothing)
+            * leftovers_share.unwrap_or(1.0)
             / if changing { 1.0 } else { dispersion };
         self.service_seconds = Some(match self.service_seconds {
             Some(old) => old + weight * (sample - old),

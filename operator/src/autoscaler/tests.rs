@@ -542,6 +542,71 @@ fn batches_of_slow_and_fast_jobs_do_not_swing_the_service_time_but_a_real_change
     assert!(last > 1.4, "{last}");
 }
 
+/// A poll of sidecars that received `received` and finished `finished` messages per second
+/// over 5 s, the finished ones taking `service` s on average.
+fn finishing(at: f64, received: f64, finished: f64, service: f64) -> ScalingSignals {
+    let mut signals = scraped(at, 4, 0, received, service);
+    let throughput = signals.throughput.as_mut().unwrap();
+    throughput.completion_rate = finished;
+    throughput.mean_service_seconds = Some(service);
+    signals
+}
+
+#[test]
+fn the_last_deliveries_of_a_drained_batch_do_not_inflate_the_service_time() {
+    let p = policy(ScalingSpec::default());
+    let busy = |state: &mut ScalingState| {
+        poll_every_3s(&p, state, 0..10, |_| (60.0, 0.5))
+            .last()
+            .unwrap()
+            .service_seconds
+            .unwrap()
+    };
+    let mut state = ScalingState::default();
+    let before = busy(&mut state);
+    assert!((before - 0.5).abs() < 1e-9, "{before}");
+    // The batch is drained: nothing more is received, and the 20 deliveries that finish in
+    // the last poll are the long ones of those started before (2.2 s on average). At a full
+    // poll's weight they took the estimate to 0.84 s.
+    let d = p.decide(&mut state, 30.0, 4, Some(&finishing(30.0, 0.0, 4.0, 2.2)));
+    let after = d.signals.unwrap().service_seconds.unwrap();
+    assert!(after < 0.55, "{after}");
+
+    // Jobs that really slow down finish fewer while as many arrive: followed at full pace.
+    let mut state = ScalingState::default();
+    busy(&mut state);
+    let d = p.decide(&mut state, 30.0, 4, Some(&finishing(30.0, 60.0, 4.0, 2.2)));
+    let after = d.signals.unwrap().service_seconds.unwrap();
+    assert!(after > 0.75, "{after}");
+}
+
+#[test]
+fn a_cold_start_drains_its_backlog_within_what_is_left_of_the_target() {
+    let needed_at_cold_start = |tuning: PolicyTuning| {
+        let p = ScalingPolicy::new(ScalingSpec::default(), tuning).unwrap();
+        let mut state = ScalingState::default();
+        // Jobs of 0.5 s measured earlier, then an idle spell down to zero replicas.
+        poll_every_3s(&p, &mut state, 0..10, |_| (20.0, 0.5));
+        p.decide(&mut state, 30.0, 1, Some(&queue_only(30.0, 0)));
+        // 3,000 messages arrive at once: the first poll starts replicas for them, the next
+        // one sees they have waited 3 s.
+        let first = p.decide(&mut state, 300.0, 0, Some(&queue_only(300.0, 3000)));
+        let next = p.decide(&mut state, 303.0, first.to, Some(&queue_only(303.0, 3000)));
+        next.signals.unwrap().needed_replicas
+    };
+    // They have waited 3 s and wait 15 s more for the pods to start: 12 s of the 30 s target
+    // are left, and 3,000 × 0.5 s / 12 s keeps 125 slots busy; with the slots for arrivals
+    // at the rate measured before, 13 replicas of 10. In the usual half of the target, 15 s,
+    // the backlog would get 100 slots, 11 replicas in all, and its last messages would start
+    // about 33 s after they arrived.
+    assert_eq!(needed_at_cold_start(PolicyTuning::default()), 13);
+    let usual = PolicyTuning {
+        cold_start_drain_min_fraction: 0.5,
+        ..PolicyTuning::default()
+    };
+    assert_eq!(needed_at_cold_start(usual), 11);
+}
+
 #[test]
 fn a_cold_start_is_not_sized_for_the_deliveries_that_finish_first() {
     let p = policy(ScalingSpec::default());
