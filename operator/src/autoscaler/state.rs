@@ -426,7 +426,64 @@ impl ScalingState {
             .fold((0.0, 0.0), |(s, m), a| (s + a.seconds, m + a.messages));
         let error =
             tuning.rate_confidence_sigmas * (self.dispersion(tuning) * messages.max(1.0)).sqrt();
-        (messages / seconds, (messages + error) / seconds)
+        let trend = self.arrival_trend(seconds, messages, tuning);
+        (
+            messages / seconds + trend,
+            (messages + error) / seconds + trend,
+        )
+    }
+
+    /// How far the arrival rate has moved since the middle of the averaged window, where the
+    /// polls in it show a trend: a rate that climbs (or falls) steadily for minutes, as a day's
+    /// traffic does, is a minute or more ahead of (behind) its average over the window. Zero
+    /// unless the least-squares slope of the polls' rates is `trend_sigmas` standard errors
+    /// from flat, by Poisson's spread widened by the measured dispersion or by the fit's own
+    /// residuals if larger (stale queue counts that catch up scatter the polls beyond their
+    /// dispersion, and a trend read into them would be noise).
+    fn arrival_trend(&self, seconds: f64, messages: f64, tuning: &PolicyTuning) -> f64 {
+        let polls = self.arrivals.len() as f64;
+        if polls < tuning.min_polls_for_trend || seconds <= 0.0 {
+            return 0.0;
+        }
+        let rate = messages / seconds;
+        // Each poll's rate, at the middle of its window, weighted by its length.
+        let middle = |a: &ArrivalCount| a.at - a.seconds / 2.0;
+        let mean_time = self
+            .arrivals
+            .iter()
+            .map(|a| a.seconds * middle(a))
+            .sum::<f64>()
+            / seconds;
+        let spread_in_time: f64 = self
+            .arrivals
+            .iter()
+            .map(|a| a.seconds * (middle(a) - mean_time).powi(2))
+            .sum();
+        if spread_in_time <= 0.0 {
+            return 0.0;
+        }
+        let slope = self
+            .arrivals
+            .iter()
+            .map(|a| a.seconds * (middle(a) - mean_time) * (a.messages / a.seconds - rate))
+            .sum::<f64>()
+            / spread_in_time;
+        let residuals: f64 = self
+            .arrivals
+            .iter()
+            .map(|a| {
+                let fitted = rate + slope * (middle(a) - mean_time);
+                a.seconds * (a.messages / a.seconds - fitted).powi(2)
+            })
+            .sum();
+        let poisson_variance = self.dispersion(tuning) * rate.max(1.0 / seconds);
+        let variance = poisson_variance.max(residuals / (polls - 2.0));
+        let standard_error = (variance / spread_in_time).sqrt();
+        if slope.abs() <= tuning.trend_sigmas * standard_error {
+            return 0.0;
+        }
+        let now = self.arrivals.back().map_or(mean_time, |a| a.at);
+        (slope * (now - mean_time)).max(-rate)
     }
 
     /// Real traffic is burstier than Poisson from second to second. Judged by Poisson's

@@ -468,6 +468,25 @@ fn poisson_noise_does_not_move_the_arrival_estimate_but_a_step_does() {
 }
 
 #[test]
+fn a_steady_climb_is_estimated_where_it_is_now_not_where_it_was_on_average() {
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    // The rate climbs by 1 msg/s every 3 s poll, from 20 to 99 msg/s over four minutes.
+    let used = poll_every_3s(&p, &mut state, 0..80, |i| (20.0 + f64::from(i), 0.5));
+    let now = used.last().unwrap().arrival_rate.unwrap();
+    // The window's average lags by half the window: about 89 msg/s over its last 60 s.
+    assert!((now - 99.0).abs() < 3.0, "{now}");
+
+    // Steady traffic with the same poll-to-poll wobble shows no trend.
+    let mut state = ScalingState::default();
+    let used = poll_every_3s(&p, &mut state, 0..80, |i| {
+        (if i % 2 == 0 { 62.0 } else { 58.0 }, 0.5)
+    });
+    let flat = used.last().unwrap().arrival_rate.unwrap();
+    assert!((flat - 60.0).abs() < 1.0, "{flat}");
+}
+
+#[test]
 fn a_few_messages_more_than_a_sparse_queue_expects_are_not_a_change_of_rate() {
     let p = policy(ScalingSpec::default());
     let mut state = ScalingState::default();
