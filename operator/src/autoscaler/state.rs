@@ -435,7 +435,8 @@ impl ScalingState {
 
     /// How far the arrival rate has moved since the middle of the averaged window, where the
     /// polls in it show a trend: a rate that climbs (or falls) steadily for minutes, as a day's
-    /// traffic does, is a minute or more ahead of (behind) its average over the window. Zero
+    /// traffic does, is ahead of (behind) its average over the window by half the window, at
+    /// least 30 s of the trend. Zero
     /// unless the least-squares slope of the polls' rates is `trend_sigmas` standard errors
     /// from flat, by Poisson's spread widened by the measured dispersion or by the fit's own
     /// residuals if larger (stale queue counts that catch up scatter the polls beyond their
