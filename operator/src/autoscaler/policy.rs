@@ -161,22 +161,8 @@ impl ScalingPolicy {
                 // That backlog must start within part of the target on top of the arrivals.
                 // Short messages can share a slot in turn (B·S/D slots); a message longer
                 // than the drain window needs a slot of its own (B slots).
-                // At a cold start the backlog has waited since it was first seen and waits
-                // for the start-up too, with nothing serving it: only what is left of the
-                // target remains to drain it, though never less than a share of the target
-                // (the first messages may already be late; asking for ever more replicas
-                // would not help them).
-                let usual_drain_seconds = target * self.tuning.drain_budget_fraction;
-                let drain_seconds = if signals.ready_replicas == 0 {
-                    let left = target
-                        - estimates.work_seen_seconds
-                        - sample_age
-                        - estimates.startup_seconds;
-                    usual_drain_seconds
-                        .min(left.max(target * self.tuning.cold_start_drain_min_fraction))
-                } else {
-                    usual_drain_seconds
-                };
+                let drain_seconds =
+                    self.backlog_drain_seconds(target, signals, estimates, sample_age);
                 let backlog_slots = backlog_messages * (service_seconds / drain_seconds).min(1.0);
                 let arrival_slots = slots_needed(
                     planning_rate,
@@ -237,6 +223,26 @@ impl ScalingPolicy {
             },
             _ => demand,
         }
+    }
+
+    /// Seconds the waiting backlog may take to drain: the usual share of the target, or at a
+    /// cold start only what is left of it. Then the backlog has waited since it was first
+    /// seen and waits for the start-up too, with nothing serving it; never less than a share
+    /// of the target, though: the first messages may already be late, and asking for ever
+    /// more replicas would not help them.
+    fn backlog_drain_seconds(
+        &self,
+        target: f64,
+        signals: &ScalingSignals,
+        estimates: &Estimates,
+        sample_age: f64,
+    ) -> f64 {
+        let usual = target * self.tuning.drain_budget_fraction;
+        if signals.ready_replicas > 0 {
+            return usual;
+        }
+        let left = target - estimates.work_seen_seconds - sample_age - estimates.startup_seconds;
+        usual.min(left.max(target * self.tuning.cold_start_drain_min_fraction))
     }
 
     /// Under `spec.delivery.maxPerSecond` the pods deliver no faster however many there are,

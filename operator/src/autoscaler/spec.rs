@@ -134,7 +134,7 @@ pub struct PolicyTuning {
     /// estimate from the window's average to where the trend has taken it...
     pub trend_sigmas: f64,
     /// ...and the polls the window must hold to measure one.
-    pub min_polls_for_trend: f64,
+    pub min_polls_for_trend: usize,
     /// Recent polls whose poll-to-poll moves measure how much burstier than Poisson the
     /// arrivals are, and how much more the mean service time scatters than its deliveries
     /// explain (the dispersions); half of them are needed before one is used.
@@ -196,7 +196,7 @@ impl Default for PolicyTuning {
             min_variance_for_rate_change: 5.0,
             rate_confidence_sigmas: 2.0,
             trend_sigmas: 3.0,
-            min_polls_for_trend: 4.0,
+            min_polls_for_trend: 4,
             dispersion_polls: 40,
             min_messages_for_dispersion: 20.0,
             min_completions_for_dispersion: 10.0,

@@ -442,10 +442,10 @@ impl ScalingState {
     /// residuals if larger (stale queue counts that catch up scatter the polls beyond their
     /// dispersion, and a trend read into them would be noise).
     fn arrival_trend(&self, seconds: f64, messages: f64, tuning: &PolicyTuning) -> f64 {
-        let polls = self.arrivals.len() as f64;
-        if polls < tuning.min_polls_for_trend || seconds <= 0.0 {
+        if self.arrivals.len() < tuning.min_polls_for_trend || seconds <= 0.0 {
             return 0.0;
         }
+        let polls = self.arrivals.len() as f64;
         let rate = messages / seconds;
         // Each poll's rate, at the middle of its window, weighted by its length.
         let middle = |a: &ArrivalCount| a.at - a.seconds / 2.0;
