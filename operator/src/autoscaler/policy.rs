@@ -81,7 +81,11 @@ impl ScalingPolicy {
             return self.hold(now, current, reason);
         }
 
-        let estimates = state.observe(signals, &self.tuning);
+        let drain_seconds = self
+            .spec
+            .target_latency_seconds
+            .map(|target| target * self.tuning.drain_budget_fraction);
+        let estimates = state.observe(signals, &self.tuning, drain_seconds);
         let demand = self.demand(signals, &estimates, current, age);
         let idle_seconds = state.track_idle(signals);
         let used = self.signals_used(now, signals, &estimates, demand);

@@ -127,6 +127,13 @@ pub struct PolicyTuning {
     /// ...with the spread of a count expected to be at least this many messages, so that a
     /// poll expecting 1.5 needs 11 to count as a change.
     pub min_variance_for_rate_change: f64,
+    /// Rises of the arrivals that came back down before a replica could start (bursts) are
+    /// remembered this long...
+    pub burst_memory_seconds: f64,
+    /// ...and once this many are remembered, a rise no larger than the largest of them is
+    /// taken for one more and averaged in, not followed as a new rate (if the replicas the
+    /// average rate needs start it within the drain budget).
+    pub min_bursts_remembered: usize,
     /// Standard deviations of the average's error (Poisson's, widened by the measured
     /// dispersion) added to the arrival rate before provisioning.
     pub rate_confidence_sigmas: f64,
@@ -194,6 +201,8 @@ impl Default for PolicyTuning {
             max_arrival_window_seconds: 600.0,
             rate_change_sigmas: 4.0,
             min_variance_for_rate_change: 5.0,
+            burst_memory_seconds: 600.0,
+            min_bursts_remembered: 2,
             rate_confidence_sigmas: 2.0,
             trend_sigmas: 3.0,
             min_polls_for_trend: 4,

@@ -48,6 +48,10 @@ pub struct ScalingState {
     /// Poisson arrivals would make. Not cleared when the rate changes: burstiness belongs to
     /// the traffic, not to one rate.
     arrival_moves: NoiseMoves,
+    /// A rise of the arrivals far above the average before it, while it lasts...
+    rise: Option<Rise>,
+    /// ...and the recent ones that have ended, oldest first.
+    past_rises: VecDeque<Rise>,
     /// The last poll's mean service time and how many deliveries it averaged, if it was steady.
     last_service_sample: Option<(f64, f64)>,
     /// How far each recent poll's mean service time moved from the one before, against the
@@ -100,6 +104,29 @@ struct ArrivalCount {
     /// the first is Little's law for the sidecars.
     received: f64,
     held_seconds: f64,
+    /// Part of a familiar burst: in the average, but not what the polls between bursts are
+    /// judged against, nor in their trend.
+    burst: bool,
+}
+
+/// Arrivals far above their average, from the first poll above to the first back at it.
+#[derive(Debug, Clone, Copy)]
+struct Rise {
+    started_at: f64,
+    /// The latest poll of it: the first back at the base once it has ended.
+    ended_at: f64,
+    /// Messages per second of the average it rose from.
+    base_rate: f64,
+    /// Messages beyond that rate.
+    excess: f64,
+    /// Averaged into the window as a familiar burst rather than restarting it.
+    absorbed: bool,
+}
+
+impl Rise {
+    fn lasted(&self) -> f64 {
+        self.ended_at - self.started_at
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -136,7 +163,16 @@ impl ScalingState {
 
     /// Folds a fresh sample into the estimates. A sample seen before (the operator polled
     /// faster than the sidecars refreshed) adds nothing and leaves the estimates as they are.
-    pub fn observe(&mut self, signals: &ScalingSignals, tuning: &PolicyTuning) -> Estimates {
+    ///
+    /// `drain_seconds` is how soon a backlog must be drained (`None` without a latency
+    /// target): a recurring burst is averaged into the arrival rate only if the replicas
+    /// that rate needs start it within that time.
+    pub fn observe(
+        &mut self,
+        signals: &ScalingSignals,
+        tuning: &PolicyTuning,
+        drain_seconds: Option<f64>,
+    ) -> Estimates {
         let visible = signals.backlog.visible;
         let held_back = signals.holds_messages_back();
         let held = signals.throughput.map_or(0, |t| t.in_flight);
@@ -163,12 +199,13 @@ impl ScalingState {
                     messages: (received + growth).max(0.0),
                     received,
                     held_seconds: (p.held + held) as f64 / 2.0 * seconds,
+                    burst: false,
                 }
             })
         });
         let (arrival_rate, planning_arrival_rate) = match latest {
             Some(latest) => {
-                let (rate, upper) = self.fold_arrivals(latest, tuning);
+                let (rate, upper) = self.fold_arrivals(latest, drain_seconds, tuning);
                 (Some(rate), Some(upper))
             }
             None if repeated && !self.arrivals.is_empty() => {
@@ -380,7 +417,12 @@ impl ScalingState {
     /// Poisson noise: then the rate changed, and only the latest poll describes the new one.
     /// One noisy poll thus neither scales up nor holds a scale-down, while a real step is
     /// followed at once.
-    fn fold_arrivals(&mut self, latest: ArrivalCount, tuning: &PolicyTuning) -> (f64, f64) {
+    fn fold_arrivals(
+        &mut self,
+        mut latest: ArrivalCount,
+        drain_seconds: Option<f64>,
+        tuning: &PolicyTuning,
+    ) -> (f64, f64) {
         // Keep at least `arrival_window_seconds`, and longer while that holds too few
         // messages for a steady average.
         let mut kept: f64 = self.arrivals.iter().map(|a| a.messages).sum();
@@ -394,28 +436,175 @@ impl ScalingState {
             kept -= oldest.messages;
             self.arrivals.pop_front();
         }
-        let (seconds, messages) = self
-            .arrivals
-            .iter()
-            .fold((0.0, 0.0), |(s, m), a| (s + a.seconds, m + a.messages));
+        let (seconds, messages) = self.regular_totals();
         if let Some(previous) = self.arrivals.back().copied() {
             self.note_poll_to_poll(&previous, &latest, tuning);
         }
+        let in_a_rise = self.rise.is_some();
+        self.follow_rise(&latest, drain_seconds, tuning);
         if seconds > 0.0 {
             let expected = messages / seconds * latest.seconds;
-            // A Poisson count of a few has a far longer upper tail than the normal curve
-            // gives it: 7 messages where 1.5 are expected happen once in 1,100 polls, not
-            // once in 280,000 as their 4.5 standard deviations suggest, and each such poll
-            // restarted the average from itself and scaled up for a stabilization window.
-            let variance = expected.max(tuning.min_variance_for_rate_change);
-            let spread = (self.dispersion(tuning) * variance).sqrt();
-            let deviation = (latest.messages - expected) / spread;
-            if deviation.abs() > tuning.rate_change_sigmas {
+            let deviation = (latest.messages - expected) / self.count_spread(expected, tuning);
+            if deviation > tuning.rate_change_sigmas && !in_a_rise {
+                let rise =
+                    self.begin_rise(&latest, messages / seconds, expected, drain_seconds, tuning);
+                if !rise.absorbed {
+                    self.arrivals.clear();
+                }
+            } else if deviation.abs() > tuning.rate_change_sigmas
+                && !self.rise.is_some_and(|r| r.absorbed)
+            {
                 self.arrivals.clear();
             }
         }
+        latest.burst = self.rise.is_some_and(|r| r.absorbed);
         self.arrivals.push_back(latest);
         self.arrival_average(tuning)
+    }
+
+    /// Seconds and messages of the polls in the window that are not part of a burst.
+    fn regular_totals(&self) -> (f64, f64) {
+        self.arrivals
+            .iter()
+            .filter(|a| !a.burst)
+            .fold((0.0, 0.0), |(s, m), a| (s + a.seconds, m + a.messages))
+    }
+
+    /// How far a poll's count may stray from `expected` by chance: Poisson's spread widened
+    /// by the measured dispersion. A Poisson count of a few has a far longer upper tail than
+    /// the normal curve gives it: 7 messages where 1.5 are expected happen once in 1,100
+    /// polls, not once in 280,000 as their 4.5 standard deviations suggest, and each such
+    /// poll restarted the average from itself and scaled up for a stabilization window.
+    fn count_spread(&self, expected: f64, tuning: &PolicyTuning) -> f64 {
+        let variance = expected.max(tuning.min_variance_for_rate_change);
+        (self.dispersion(tuning) * variance).sqrt()
+    }
+
+    /// A poll far above the average begins a rise, or resumes the last one if that ended
+    /// less long ago than it lasted: a stale queue count that catches up in steps shows one
+    /// burst as several rises. A rise no larger than the bursts that recur is one more of
+    /// them, and is absorbed.
+    fn begin_rise(
+        &mut self,
+        latest: &ArrivalCount,
+        base_rate: f64,
+        expected: f64,
+        drain_seconds: Option<f64>,
+        tuning: &PolicyTuning,
+    ) -> Rise {
+        let excess = latest.messages - expected;
+        let resumed = self
+            .past_rises
+            .back()
+            .filter(|r| latest.at - r.ended_at <= r.lasted())
+            .copied();
+        let mut rise = match resumed {
+            Some(r) => {
+                self.past_rises.pop_back();
+                Rise {
+                    ended_at: latest.at,
+                    excess: r.excess + excess,
+                    ..r
+                }
+            }
+            None => Rise {
+                started_at: latest.at,
+                ended_at: latest.at,
+                base_rate,
+                excess,
+                absorbed: false,
+            },
+        };
+        rise.absorbed = self.is_familiar_burst(&rise, drain_seconds, tuning);
+        self.rise = Some(rise);
+        rise
+    }
+
+    /// Follows an open rise with the latest poll: back at the rate it rose from, it ends and
+    /// is remembered; still above, its excess grows. An absorbed rise that outgrows the
+    /// familiar bursts, or lasts longer than a burst, was a change of rate after all, and the
+    /// average restarts from where it began.
+    fn follow_rise(
+        &mut self,
+        latest: &ArrivalCount,
+        drain_seconds: Option<f64>,
+        tuning: &PolicyTuning,
+    ) {
+        let Some(mut rise) = self.rise else {
+            return;
+        };
+        rise.ended_at = latest.at;
+        let base = rise.base_rate * latest.seconds;
+        if (latest.messages - base) / self.count_spread(base, tuning) <= tuning.rate_change_sigmas {
+            self.past_rises.push_back(rise);
+            self.rise = None;
+            return;
+        }
+        rise.excess += latest.messages - base;
+        if rise.absorbed && !self.is_familiar_burst(&rise, drain_seconds, tuning) {
+            self.arrivals.retain(|a| a.at >= rise.started_at);
+            self.arrivals.iter_mut().for_each(|a| a.burst = false);
+            rise.absorbed = false;
+        }
+        self.rise = Some(rise);
+    }
+
+    /// Whether a rise is, so far, one more of the bursts that recur: no longer than a burst,
+    /// no larger than the largest remembered, once enough of them are, and small enough to
+    /// be served within the drain budget by the replicas the average rate needs.
+    fn is_familiar_burst(
+        &mut self,
+        rise: &Rise,
+        drain_seconds: Option<f64>,
+        tuning: &PolicyTuning,
+    ) -> bool {
+        let now = rise.ended_at;
+        while self
+            .past_rises
+            .front()
+            .is_some_and(|r| r.ended_at < now - tuning.burst_memory_seconds)
+        {
+            self.past_rises.pop_front();
+        }
+        let Some(drain_seconds) = drain_seconds else {
+            return false;
+        };
+        let burst_max_seconds = self.burst_max_seconds(tuning);
+        let bursts = || {
+            self.past_rises
+                .iter()
+                .filter(|r| r.lasted() <= burst_max_seconds)
+        };
+        let Some(first) = bursts().next() else {
+            return false;
+        };
+        let largest = bursts().map(|r| r.excess).fold(0.0, f64::max);
+        // Bursts of one size differ by their counts' own noise.
+        let familiar = largest + tuning.rate_change_sigmas * self.count_spread(largest, tuning);
+        // Averaged in, a burst is served by the replicas the average arrival rate needs:
+        // only if they start it within the drain budget. (Judged by the traffic, not by the
+        // replicas running now: those change with the verdict, and the verdict with them.)
+        let (seconds, messages) = self.regular_totals();
+        let regular_rate = if seconds > 0.0 {
+            messages / seconds
+        } else {
+            0.0
+        };
+        // Over the time since the first remembered began, at least its own length.
+        let burst_rate =
+            bursts().map(|r| r.excess).sum::<f64>() / (now - first.started_at).max(first.lasted());
+        bursts().count() >= tuning.min_bursts_remembered
+            && rise.lasted() <= burst_max_seconds
+            && rise.excess <= familiar
+            && rise.excess <= (regular_rate + burst_rate) * drain_seconds
+    }
+
+    /// The longest rise that is a burst: one over before a replica asked for at its start
+    /// would be ready. Replicas for a longer one serve it while it lasts, and its rate is
+    /// worth following.
+    fn burst_max_seconds(&self, tuning: &PolicyTuning) -> f64 {
+        self.startup_seconds
+            .unwrap_or(tuning.default_startup_seconds)
     }
 
     /// The averaged arrival rate and its upper confidence bound.
@@ -426,7 +615,7 @@ impl ScalingState {
             .fold((0.0, 0.0), |(s, m), a| (s + a.seconds, m + a.messages));
         let error =
             tuning.rate_confidence_sigmas * (self.dispersion(tuning) * messages.max(1.0)).sqrt();
-        let trend = self.arrival_trend(seconds, messages, tuning);
+        let trend = self.arrival_trend(tuning);
         (
             messages / seconds + trend,
             (messages + error) / seconds + trend,
@@ -441,37 +630,29 @@ impl ScalingState {
     /// from flat, by Poisson's spread widened by the measured dispersion or by the fit's own
     /// residuals if larger (stale queue counts that catch up scatter the polls beyond their
     /// dispersion, and a trend read into them would be noise).
-    fn arrival_trend(&self, seconds: f64, messages: f64, tuning: &PolicyTuning) -> f64 {
-        if self.arrivals.len() < tuning.min_polls_for_trend || seconds <= 0.0 {
+    fn arrival_trend(&self, tuning: &PolicyTuning) -> f64 {
+        let (seconds, messages) = self.regular_totals();
+        let regular = || self.arrivals.iter().filter(|a| !a.burst);
+        let polls = regular().count();
+        if polls < tuning.min_polls_for_trend || seconds <= 0.0 {
             return 0.0;
         }
-        let polls = self.arrivals.len() as f64;
+        let polls = polls as f64;
         let rate = messages / seconds;
         // Each poll's rate, at the middle of its window, weighted by its length.
         let middle = |a: &ArrivalCount| a.at - a.seconds / 2.0;
-        let mean_time = self
-            .arrivals
-            .iter()
-            .map(|a| a.seconds * middle(a))
-            .sum::<f64>()
-            / seconds;
-        let spread_in_time: f64 = self
-            .arrivals
-            .iter()
+        let mean_time = regular().map(|a| a.seconds * middle(a)).sum::<f64>() / seconds;
+        let spread_in_time: f64 = regular()
             .map(|a| a.seconds * (middle(a) - mean_time).powi(2))
             .sum();
         if spread_in_time <= 0.0 {
             return 0.0;
         }
-        let slope = self
-            .arrivals
-            .iter()
+        let slope = regular()
             .map(|a| a.seconds * (middle(a) - mean_time) * (a.messages / a.seconds - rate))
             .sum::<f64>()
             / spread_in_time;
-        let residuals: f64 = self
-            .arrivals
-            .iter()
+        let residuals: f64 = regular()
             .map(|a| {
                 let fitted = rate + slope * (middle(a) - mean_time);
                 a.seconds * (a.messages / a.seconds - fitted).powi(2)

@@ -486,6 +486,84 @@ fn a_steady_climb_is_estimated_where_it_is_now_not_where_it_was_on_average() {
     assert!((flat - 60.0).abs() < 1.0, "{flat}");
 }
 
+/// 50 msg/s of 0.5 s jobs, and every tenth 3 s poll (every 30 s) a burst of 900 more.
+fn fifty_a_second_with_a_burst_every_30s(i: u32) -> (f64, f64) {
+    (if i.is_multiple_of(10) { 350.0 } else { 50.0 }, 0.5)
+}
+
+#[test]
+fn bursts_that_recur_are_averaged_in_instead_of_followed_each_time() {
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    let used = poll_every_3s(
+        &p,
+        &mut state,
+        1..121,
+        fifty_a_second_with_a_burst_every_30s,
+    );
+    let at_burst = |i: usize| &used[i - 1];
+    // The first bursts are changes of rate as far as anything can tell...
+    assert_eq!(at_burst(10).arrival_rate, Some(350.0), "{:?}", at_burst(10));
+    // ...but once two have come and gone within a start-up, the next ones are more of the
+    // same: averaged into the rate (80 msg/s with the bursts) rather than read as 350.
+    for i in (40..=120).step_by(10) {
+        let rate = at_burst(i).arrival_rate.unwrap();
+        assert!((70.0..110.0).contains(&rate), "poll {i}: {rate}");
+        assert!(
+            at_burst(i).needed_replicas * 2 < at_burst(10).needed_replicas,
+            "poll {i}: {:?} against {:?}",
+            at_burst(i),
+            at_burst(10)
+        );
+    }
+    // Between bursts, the polls are judged against the rate between bursts, not restarted.
+    for i in 41..50 {
+        let rate = at_burst(i).arrival_rate.unwrap();
+        assert!((70.0..110.0).contains(&rate), "poll {i}: {rate}");
+    }
+}
+
+#[test]
+fn a_burst_larger_than_the_drain_budget_takes_is_followed_however_often_it_comes() {
+    // With a 10 s target the backlog must drain within 5 s, and the 80 msg/s the average
+    // rate provisions for start only 400 of a burst's 900 in that time.
+    let p = policy(ScalingSpec {
+        target_latency_seconds: Some(10.0),
+        ..ScalingSpec::default()
+    });
+    let mut state = ScalingState::default();
+    let used = poll_every_3s(
+        &p,
+        &mut state,
+        1..121,
+        fifty_a_second_with_a_burst_every_30s,
+    );
+    for i in (10..=120).step_by(10) {
+        assert_eq!(used[i - 1].arrival_rate, Some(350.0), "poll {i}");
+    }
+}
+
+#[test]
+fn a_rise_that_outgrows_the_familiar_bursts_is_a_change_of_rate() {
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    poll_every_3s(&p, &mut state, 1..81, fifty_a_second_with_a_burst_every_30s);
+    // Then 200 msg/s from poll 85 on: 450 more a poll than the rate between bursts. The
+    // first two polls are within a burst's 900 and are averaged in; the third is not, and
+    // the average restarts from where the rise began.
+    let used = poll_every_3s(&p, &mut state, 81..95, |i| {
+        if i >= 85 {
+            (200.0, 0.5)
+        } else {
+            fifty_a_second_with_a_burst_every_30s(i)
+        }
+    });
+    let rate = |i: u32| used[(i - 81) as usize].arrival_rate.unwrap();
+    assert!(rate(85) < 120.0, "{}", rate(85));
+    assert_eq!(rate(87), 200.0);
+    assert_eq!(rate(94), 200.0);
+}
+
 #[test]
 fn a_few_messages_more_than_a_sparse_queue_expects_are_not_a_change_of_rate() {
     let p = policy(ScalingSpec::default());
