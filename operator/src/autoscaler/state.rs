@@ -493,10 +493,11 @@ impl ScalingState {
         tuning: &PolicyTuning,
     ) -> Rise {
         let excess = latest.messages - expected;
+        let burst_max_seconds = self.burst_max_seconds(tuning);
         let resumed = self
             .past_rises
             .back()
-            .filter(|r| latest.at - r.ended_at <= r.lasted())
+            .filter(|r| r.lasted() <= burst_max_seconds && latest.at - r.ended_at <= r.lasted())
             .copied();
         let mut rise = match resumed {
             Some(r) => {
@@ -545,6 +546,12 @@ impl ScalingState {
             self.arrivals.retain(|a| a.at >= rise.started_at);
             self.arrivals.iter_mut().for_each(|a| a.burst = false);
             rise.absorbed = false;
+        }
+        if !rise.absorbed && rise.lasted() > self.burst_max_seconds(tuning) {
+            // A change of rate: bursts on top of the new rate rise from it.
+            self.past_rises.push_back(rise);
+            self.rise = None;
+            return;
         }
         self.rise = Some(rise);
     }

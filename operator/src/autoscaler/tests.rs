@@ -565,6 +565,25 @@ fn a_rise_that_outgrows_the_familiar_bursts_is_a_change_of_rate() {
 }
 
 #[test]
+fn bursts_on_top_of_a_new_rate_rise_from_it() {
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    poll_every_3s(&p, &mut state, 1..81, fifty_a_second_with_a_burst_every_30s);
+    // From poll 85 on the rate between bursts is 150 msg/s, and the bursts go on: once
+    // the step is followed, they are measured from 150 and averaged in again (180 msg/s
+    // with them), not read as 450 each time.
+    let used = poll_every_3s(&p, &mut state, 81..201, |i| match i {
+        ..85 => fifty_a_second_with_a_burst_every_30s(i),
+        _ if i.is_multiple_of(10) => (450.0, 0.5),
+        _ => (150.0, 0.5),
+    });
+    for i in (150..=200).step_by(10) {
+        let rate = used[(i - 81) as usize].arrival_rate.unwrap();
+        assert!((160.0..220.0).contains(&rate), "poll {i}: {rate}");
+    }
+}
+
+#[test]
 fn a_few_messages_more_than_a_sparse_queue_expects_are_not_a_change_of_rate() {
     let p = policy(ScalingSpec::default());
     let mut state = ScalingState::default();
