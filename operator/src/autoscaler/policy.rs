@@ -161,12 +161,21 @@ impl ScalingPolicy {
                 let pending = estimates.pending_ready_seconds;
                 let growth = shortfall(signals.ready_replicas) * pending
                     + shortfall(current) * (estimates.startup_seconds - pending);
-                let backlog_messages = backlog.visible as f64 + growth;
-                // That backlog must start within part of the target on top of the arrivals.
-                // Short messages can share a slot in turn (B·S/D slots); a message longer
-                // than the drain window needs a slot of its own (B slots).
+                // The visible messages and that growth must start within part of the target
+                // on top of the arrivals...
                 let drain_seconds =
                     self.backlog_drain_seconds(target, signals, estimates, sample_age);
+                // ...except a familiar burst's messages: the arrival rate counts them already,
+                // and the replicas it needs start them within the drain budget (what made the
+                // burst familiar), so draining them again would add replicas that come when
+                // the burst is gone. Only as many as the ready replicas start within the
+                // budget, though: until those replicas run, the rest is a backlog like any.
+                let provisioned = estimates
+                    .familiar_burst_messages
+                    .min(f64::from(signals.ready_replicas) * per_replica_rate * drain_seconds);
+                let backlog_messages = (backlog.visible as f64 - provisioned).max(0.0) + growth;
+                // Short messages can share a slot in turn (B·S/D slots); a message longer
+                // than the drain window needs a slot of its own (B slots).
                 let backlog_slots = backlog_messages * (service_seconds / drain_seconds).min(1.0);
                 let arrival_slots = slots_needed(
                     planning_rate,

@@ -152,6 +152,9 @@ pub struct Estimates {
     /// How long the queue has held work without a break, as of the sample: at a cold start,
     /// how long its oldest message has waited at least.
     pub work_seen_seconds: f64,
+    /// Messages of the familiar bursts averaged into the arrival rate within the drain
+    /// budget: the rate provisions for them already.
+    pub familiar_burst_messages: f64,
 }
 
 impl ScalingState {
@@ -283,6 +286,8 @@ impl ScalingState {
             pending_ready_seconds,
             poll_seconds: latest.map_or(0.0, |l| l.seconds),
             work_seen_seconds,
+            familiar_burst_messages: self
+                .familiar_burst_messages(signals.sampled_at, drain_seconds),
         }
     }
 
@@ -460,6 +465,20 @@ impl ScalingState {
         latest.burst = self.rise.is_some_and(|r| r.absorbed);
         self.arrivals.push_back(latest);
         self.arrival_average(tuning)
+    }
+
+    /// The excess of the absorbed rise under way and of those that ended within the drain
+    /// budget.
+    fn familiar_burst_messages(&self, now: f64, drain_seconds: Option<f64>) -> f64 {
+        let Some(drain_seconds) = drain_seconds else {
+            return 0.0;
+        };
+        self.past_rises
+            .iter()
+            .filter(|r| r.absorbed && r.ended_at >= now - drain_seconds)
+            .chain(self.rise.iter().filter(|r| r.absorbed))
+            .map(|r| r.excess)
+            .sum()
     }
 
     /// Seconds and messages of the polls in the window that are not part of a burst.

@@ -584,6 +584,39 @@ fn bursts_on_top_of_a_new_rate_rise_from_it() {
 }
 
 #[test]
+fn a_familiar_burst_waiting_in_the_queue_is_not_drained_twice() {
+    // Without a planned queue, which would carry a few hundred messages either way.
+    let p = policy_rounding_up(ScalingSpec::default());
+    let mut learned = ScalingState::default();
+    poll_every_3s(
+        &p,
+        &mut learned,
+        1..80,
+        fifty_a_second_with_a_burst_every_30s,
+    );
+    // Poll 80 brings the next burst, and part of it still waits in the queue.
+    let needed = |ready: u32, visible: u64| {
+        let mut state = learned.clone();
+        let mut signals = scraped(240.0, 20, visible, 350.0, 0.5);
+        signals.ready_replicas = ready;
+        let d = p.decide(&mut state, 240.0, 20, Some(&signals));
+        d.signals.unwrap().needed_replicas
+    };
+    // The averaged rate provisions for it already: 600 waiting ask for nothing more than
+    // none waiting...
+    assert_eq!(needed(20, 600), needed(20, 0));
+    // ...as long as the ready replicas start them within the drain budget: one replica
+    // starts 300 of 900 in 15 s, and the other 600 are drained like any backlog.
+    assert_eq!(needed(1, 0), needed(20, 0));
+    assert!(
+        needed(1, 900) > needed(20, 900),
+        "{} {}",
+        needed(1, 900),
+        needed(20, 900)
+    );
+}
+
+#[test]
 fn a_few_messages_more_than_a_sparse_queue_expects_are_not_a_change_of_rate() {
     let p = policy(ScalingSpec::default());
     let mut state = ScalingState::default();
