@@ -418,10 +418,11 @@ impl ScalingState {
         }
     }
 
-    /// The arrival rate (and its upper confidence bound) over the recent polls, unless the latest poll is too far from it to be
-    /// Poisson noise: then the rate changed, and only the latest poll describes the new one.
-    /// One noisy poll thus neither scales up nor holds a scale-down, while a real step is
-    /// followed at once.
+    /// The arrival rate (and its upper confidence bound) over the recent polls, unless the
+    /// latest poll is too far from it to be Poisson noise: then the rate changed, and only the
+    /// latest poll describes the new one. One noisy poll thus neither scales up nor holds a
+    /// scale-down, while a real step is followed at once. A rise like the bursts that recur
+    /// is the exception: it is averaged in (see `begin_rise`).
     fn fold_arrivals(
         &mut self,
         mut latest: ArrivalCount,
