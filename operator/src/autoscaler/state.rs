@@ -265,9 +265,7 @@ impl ScalingState {
             }
             self.awaiting_ready = None;
         }
-        let startup_seconds = self
-            .startup_seconds
-            .unwrap_or(tuning.default_startup_seconds);
+        let startup_seconds = self.startup_estimate(tuning);
         let pending_ready_seconds = self.awaiting_ready.map_or(0.0, |w| {
             (startup_seconds - (signals.sampled_at - w.requested_at)).clamp(0.0, startup_seconds)
         });
@@ -630,6 +628,11 @@ impl ScalingState {
     /// would be ready. Replicas for a longer one serve it while it lasts, and its rate is
     /// worth following.
     fn burst_max_seconds(&self, tuning: &PolicyTuning) -> f64 {
+        self.startup_estimate(tuning)
+    }
+
+    /// Seconds from asking for a replica to seeing it ready: learned, or the default.
+    fn startup_estimate(&self, tuning: &PolicyTuning) -> f64 {
         self.startup_seconds
             .unwrap_or(tuning.default_startup_seconds)
     }
