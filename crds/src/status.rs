@@ -197,4 +197,12 @@ pub struct ScalingSignalsRecord {
     /// The rule: `LatencyTarget`, `PlannedQueue`, `BacklogPerReplica`, `BacklogFallback` or
     /// `RateLimit`.
     pub basis: String,
+    /// True when `arrivalRate` averages recurring bursts in instead of following each burst
+    /// as a new rate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bursts_averaged: bool,
+    /// Visible messages of those bursts that the averaged rate provisions for, left out of
+    /// the backlog to drain so they are not counted twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst_messages_provisioned: Option<i64>,
 }

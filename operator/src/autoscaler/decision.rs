@@ -64,6 +64,12 @@ pub struct SignalsUsed {
     pub mean_age_at_receipt_seconds: Option<f64>,
     pub needed_replicas: u32,
     pub basis: DemandBasis,
+    /// The arrival rate averages recurring bursts in rather than following each as a new
+    /// rate.
+    pub bursts_averaged: bool,
+    /// Visible messages of those bursts that the averaged rate provisions for, and so were
+    /// not counted again in the backlog to drain.
+    pub burst_messages_provisioned: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -285,15 +291,28 @@ impl ScalingDecision {
 
     /// The human-readable explanation, for `status` and Events.
     pub fn message(&self) -> String {
-        let note = match self.signals.as_ref().map(|s| s.basis) {
-            Some(DemandBasis::PlannedQueue) => {
-                " (fewer than the target rounds up to, while a short planned queue carries the rest)"
-            }
-            Some(DemandBasis::RateLimit) => {
-                " (all that spec.delivery.maxPerSecond lets deliver: more replicas would not drain the queue faster)"
-            }
-            _ => "",
+        let mut message = format!("{} → {}: {}", self.from, self.to, self.reason);
+        let Some(signals) = self.signals.as_ref() else {
+            return message;
         };
-        format!("{} → {}: {}{note}", self.from, self.to, self.reason)
+        match signals.basis {
+            DemandBasis::PlannedQueue => message.push_str(
+                " (fewer than the target rounds up to, while a short planned queue carries the rest)",
+            ),
+            DemandBasis::RateLimit => message.push_str(
+                " (all that spec.delivery.maxPerSecond lets deliver: more replicas would not drain the queue faster)",
+            ),
+            _ => {}
+        }
+        if signals.bursts_averaged {
+            message.push_str("; the arrival rate averages in the bursts that recur");
+            if signals.burst_messages_provisioned > 0 {
+                message.push_str(&format!(
+                    ", and {} visible messages of theirs are provisioned for by it, not drained on top",
+                    signals.burst_messages_provisioned
+                ));
+            }
+        }
+        message
     }
 }

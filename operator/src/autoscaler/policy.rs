@@ -39,6 +39,19 @@ struct PlannedQueueInputs {
 struct Demand {
     replicas: u32,
     basis: DemandBasis,
+    /// Visible messages of familiar bursts left out of the backlog to drain.
+    burst_messages_provisioned: f64,
+}
+
+impl Demand {
+    /// A count from a rule that drains the whole queue: no burst is left out of it.
+    fn by_queue_length(replicas: u32, basis: DemandBasis) -> Self {
+        Self {
+            replicas,
+            basis,
+            burst_messages_provisioned: 0.0,
+        }
+    }
 }
 
 impl ScalingPolicy {
@@ -201,39 +214,35 @@ impl ScalingPolicy {
                         current,
                     },
                 );
-                Some(if fewer < whole {
-                    (fewer, DemandBasis::PlannedQueue)
-                } else {
-                    (whole, DemandBasis::LatencyTarget)
+                Some(Demand {
+                    replicas: fewer,
+                    basis: if fewer < whole {
+                        DemandBasis::PlannedQueue
+                    } else {
+                        DemandBasis::LatencyTarget
+                    },
+                    burst_messages_provisioned: provisioned.min(backlog.visible as f64),
                 })
             }
             _ => None,
         };
-        let by_backlog = self
-            .spec
-            .backlog_per_replica
-            .map(|b| per_replica(f64::from(b)));
+        let by_backlog = self.spec.backlog_per_replica.map(|b| {
+            Demand::by_queue_length(per_replica(f64::from(b)), DemandBasis::BacklogPerReplica)
+        });
 
         let demand = match (by_latency, by_backlog) {
-            (Some((l, _)), Some(b)) if b > l => Demand {
-                replicas: b,
-                basis: DemandBasis::BacklogPerReplica,
-            },
-            (Some((replicas, basis)), _) => Demand { replicas, basis },
-            (None, Some(b)) => Demand {
-                replicas: b,
-                basis: DemandBasis::BacklogPerReplica,
-            },
-            (None, None) => Demand {
-                replicas: per_replica(slots_per_replica * self.tuning.fallback_backlog_per_slot),
-                basis: DemandBasis::BacklogFallback,
-            },
+            (Some(l), Some(b)) if b.replicas > l.replicas => b,
+            (Some(l), _) => l,
+            (None, Some(b)) => b,
+            (None, None) => Demand::by_queue_length(
+                per_replica(slots_per_replica * self.tuning.fallback_backlog_per_slot),
+                DemandBasis::BacklogFallback,
+            ),
         };
         match self.rate_limited_replicas(estimates.service_seconds, slots_per_replica) {
-            Some(cap) if demand.replicas > cap => Demand {
-                replicas: cap,
-                basis: DemandBasis::RateLimit,
-            },
+            Some(cap) if demand.replicas > cap => {
+                Demand::by_queue_length(cap, DemandBasis::RateLimit)
+            }
             _ => demand,
         }
     }
@@ -472,6 +481,8 @@ impl ScalingPolicy {
             mean_age_at_receipt_seconds: throughput.and_then(|t| t.mean_age_at_receipt_seconds),
             needed_replicas: demand.replicas,
             basis: demand.basis,
+            bursts_averaged: estimates.bursts_averaged,
+            burst_messages_provisioned: demand.burst_messages_provisioned.round() as u64,
         }
     }
 }

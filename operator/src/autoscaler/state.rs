@@ -155,6 +155,9 @@ pub struct Estimates {
     /// Messages of the familiar bursts averaged into the arrival rate within the drain
     /// budget: the rate provisions for them already.
     pub familiar_burst_messages: f64,
+    /// Whether the arrival rate averages recurring bursts in (polls of one are in its
+    /// window) instead of following each as a new rate.
+    pub bursts_averaged: bool,
 }
 
 impl ScalingState {
@@ -286,6 +289,7 @@ impl ScalingState {
             work_seen_seconds,
             familiar_burst_messages: self
                 .familiar_burst_messages(signals.sampled_at, drain_seconds),
+            bursts_averaged: self.arrivals.iter().any(|a| a.burst),
         }
     }
 

@@ -540,6 +540,7 @@ fn a_burst_larger_than_the_drain_budget_takes_is_followed_however_often_it_comes
     );
     for i in (10..=120).step_by(10) {
         assert_eq!(used[i - 1].arrival_rate, Some(350.0), "poll {i}");
+        assert!(!used[i - 1].bursts_averaged, "poll {i}");
     }
 }
 
@@ -595,13 +596,14 @@ fn a_familiar_burst_waiting_in_the_queue_is_not_drained_twice() {
         fifty_a_second_with_a_burst_every_30s,
     );
     // Poll 80 brings the next burst, and part of it still waits in the queue.
-    let needed = |ready: u32, visible: u64| {
+    let used = |ready: u32, visible: u64| {
         let mut state = learned.clone();
         let mut signals = scraped(240.0, 20, visible, 350.0, 0.5);
         signals.ready_replicas = ready;
         let d = p.decide(&mut state, 240.0, 20, Some(&signals));
-        d.signals.unwrap().needed_replicas
+        d.signals.unwrap()
     };
+    let needed = |ready: u32, visible: u64| used(ready, visible).needed_replicas;
     // The averaged rate provisions for it already: 600 waiting ask for nothing more than
     // none waiting...
     assert_eq!(needed(20, 600), needed(20, 0));
@@ -614,6 +616,11 @@ fn a_familiar_burst_waiting_in_the_queue_is_not_drained_twice() {
         needed(1, 900),
         needed(20, 900)
     );
+    // And the decision says so, with the messages it left to the averaged rate.
+    let shown = |s: SignalsUsed| (s.bursts_averaged, s.burst_messages_provisioned);
+    assert_eq!(shown(used(20, 600)), (true, 600));
+    assert_eq!(shown(used(1, 900)), (true, 300));
+    assert_eq!(shown(used(20, 0)), (true, 0));
 }
 
 #[test]

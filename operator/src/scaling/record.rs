@@ -48,6 +48,9 @@ pub fn scaling_record(decision: &ScalingDecision, time: Time) -> ScalingRecord {
             mean_age_at_receipt_seconds: s.mean_age_at_receipt_seconds.map(round),
             needed_replicas: to_i32(s.needed_replicas),
             basis: basis_word(s.basis).into(),
+            bursts_averaged: s.bursts_averaged,
+            burst_messages_provisioned: (s.burst_messages_provisioned > 0)
+                .then(|| to_i64(s.burst_messages_provisioned)),
         }),
     }
 }
@@ -154,9 +157,8 @@ mod tests {
         Time(Timestamp::from_second(s).unwrap())
     }
 
-    #[test]
-    fn a_decision_is_recorded_with_its_numbers() {
-        let decision = ScalingDecision {
+    fn meet_demand(bursts_averaged: bool, burst_messages_provisioned: u64) -> ScalingDecision {
+        ScalingDecision {
             at: 10.0,
             from: 1,
             to: 4,
@@ -176,16 +178,57 @@ mod tests {
                 mean_age_at_receipt_seconds: Some(3.0),
                 needed_replicas: 4,
                 basis: DemandBasis::LatencyTarget,
+                bursts_averaged,
+                burst_messages_provisioned,
             }),
-        };
-        let record = scaling_record(&decision, at(10));
+        }
+    }
+
+    #[test]
+    fn a_decision_is_recorded_with_its_numbers() {
+        let record = scaling_record(&meet_demand(false, 0), at(10));
         assert_eq!((record.from, record.to), (1, 4));
         assert_eq!(record.reason, "MeetDemand");
-        assert!(record.message.starts_with("1 → 4"), "{}", record.message);
+        assert_eq!(
+            record.message,
+            "1 → 4: 4 replicas needed to meet the target"
+        );
         let signals = record.signals.unwrap();
         assert_eq!(signals.visible, 300);
         assert_eq!(signals.arrival_rate, Some(12.346));
         assert_eq!(signals.basis, "LatencyTarget");
+        assert_eq!(
+            (signals.bursts_averaged, signals.burst_messages_provisioned),
+            (false, None)
+        );
+    }
+
+    #[test]
+    fn a_decision_that_averages_bursts_in_says_so_and_how_many_messages_it_left_to_the_rate() {
+        let record = scaling_record(&meet_demand(true, 120), at(10));
+        assert_eq!(
+            record.message,
+            "1 → 4: 4 replicas needed to meet the target; the arrival rate averages in the \
+             bursts that recur, and 120 visible messages of theirs are provisioned for by it, \
+             not drained on top"
+        );
+        let signals = record.signals.unwrap();
+        assert_eq!(
+            (signals.bursts_averaged, signals.burst_messages_provisioned),
+            (true, Some(120))
+        );
+        let between_bursts = scaling_record(&meet_demand(true, 0), at(10));
+        assert!(
+            between_bursts
+                .message
+                .ends_with("; the arrival rate averages in the bursts that recur"),
+            "{}",
+            between_bursts.message
+        );
+        assert_eq!(
+            between_bursts.signals.unwrap().burst_messages_provisioned,
+            None
+        );
     }
 
     #[test]
