@@ -132,6 +132,12 @@ pub enum ScalingReason {
         needed: u32,
         window_seconds: u32,
     },
+    /// A rise of the arrivals followed as a new rate ended before the replicas it asked
+    /// for were ready: those not needed for what it left in the queue are let go unstarted.
+    BurstOver {
+        needed: u32,
+        not_started: u32,
+    },
     KeepOneUntilIdle {
         idle_seconds: f64,
         required_seconds: u32,
@@ -160,6 +166,7 @@ impl ScalingReason {
             Self::Steady { .. } => "Steady",
             Self::HoldForStabilization { .. } => "HoldForStabilization",
             Self::ScaleDown { .. } => "ScaleDown",
+            Self::BurstOver { .. } => "BurstOver",
             Self::KeepOneUntilIdle { .. } => "KeepOneUntilIdle",
             Self::IdleToZero { .. } => "IdleToZero",
             Self::Suspended => "Suspended",
@@ -226,6 +233,13 @@ impl fmt::Display for ScalingReason {
             } => write!(
                 f,
                 "at most {needed} replicas needed for {window_seconds}s: scaling down"
+            ),
+            Self::BurstOver {
+                needed,
+                not_started,
+            } => write!(
+                f,
+                "the burst that asked for more replicas ended before they started; {needed} replicas drain what it left: letting {not_started} go unstarted"
             ),
             Self::KeepOneUntilIdle {
                 idle_seconds,

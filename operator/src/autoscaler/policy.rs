@@ -41,6 +41,9 @@ struct Demand {
     basis: DemandBasis,
     /// Visible messages of familiar bursts left out of the backlog to drain.
     burst_messages_provisioned: f64,
+    /// Sized for what a burst followed as a rate left behind, now that it is over: replicas
+    /// still starting beyond this count were asked for by traffic already gone.
+    after_burst: bool,
 }
 
 impl Demand {
@@ -50,6 +53,7 @@ impl Demand {
             replicas,
             basis,
             burst_messages_provisioned: 0.0,
+            after_burst: false,
         }
     }
 }
@@ -222,6 +226,7 @@ impl ScalingPolicy {
                         DemandBasis::LatencyTarget
                     },
                     burst_messages_provisioned: provisioned.min(backlog.visible as f64),
+                    after_burst: false,
                 })
             }
             _ => None,
@@ -239,11 +244,16 @@ impl ScalingPolicy {
                 DemandBasis::BacklogFallback,
             ),
         };
-        match self.rate_limited_replicas(estimates.service_seconds, slots_per_replica) {
+        let demand = match self.rate_limited_replicas(estimates.service_seconds, slots_per_replica)
+        {
             Some(cap) if demand.replicas > cap => {
                 Demand::by_queue_length(cap, DemandBasis::RateLimit)
             }
             _ => demand,
+        };
+        Demand {
+            after_burst: estimates.followed_burst_over.is_some(),
+            ..demand
         }
     }
 
@@ -260,10 +270,15 @@ impl ScalingPolicy {
         sample_age: f64,
     ) -> f64 {
         let usual = target * self.tuning.drain_budget_fraction;
-        if signals.ready_replicas > 0 {
+        let left = if let Some(burst_age) = estimates.followed_burst_over {
+            // A burst's messages have waited since it began, and the replicas kept for them
+            // serve once those already starting are ready.
+            target - burst_age - sample_age - estimates.pending_ready_seconds
+        } else if signals.ready_replicas > 0 {
             return usual;
-        }
-        let left = target - estimates.work_seen_seconds - sample_age - estimates.startup_seconds;
+        } else {
+            target - estimates.work_seen_seconds - sample_age - estimates.startup_seconds
+        };
         usual.min(left.max(target * self.tuning.cold_start_drain_min_fraction))
     }
 
@@ -399,6 +414,22 @@ impl ScalingPolicy {
                     ready,
                 },
             );
+        }
+        if demand.after_burst && target < current && ready < current {
+            // The replicas still starting were asked for by a burst that is already over:
+            // those the queue no longer needs are let go before they start. Nothing is
+            // cut (they hold no work), so the stabilization window, which keeps serving
+            // replicas through a lull, has nothing to protect.
+            let to = target.max(ready);
+            if to < current {
+                return (
+                    to,
+                    ScalingReason::BurstOver {
+                        needed: demand.replicas,
+                        not_started: current - to,
+                    },
+                );
+            }
         }
         if target > current {
             let step = spec.max_scale_up_step.max(current);

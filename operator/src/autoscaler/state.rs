@@ -52,6 +52,11 @@ pub struct ScalingState {
     rise: Option<Rise>,
     /// ...and the recent ones that have ended, oldest first.
     past_rises: VecDeque<Rise>,
+    /// The last rise followed as a new rate that ended within a start-up (a burst over
+    /// before the replicas asked for at its start were ready)...
+    followed_burst_ended: Option<Rise>,
+    /// ...and the poll after it that confirmed it, still at the base rate.
+    followed_burst_over_at: Option<f64>,
     /// The last poll's mean service time and how many deliveries it averaged, if it was steady.
     last_service_sample: Option<(f64, f64)>,
     /// How far each recent poll's mean service time moved from the one before, against the
@@ -107,6 +112,9 @@ struct ArrivalCount {
     /// Part of a familiar burst: in the average, but not what the polls between bursts are
     /// judged against, nor in their trend.
     burst: bool,
+    /// The queue's count fell by no more than the sidecars took from it: a count that fell
+    /// further is stale, and the arrivals it implies are not to be trusted.
+    count_consistent: bool,
 }
 
 /// Arrivals far above their average, from the first poll above to the first back at it.
@@ -119,6 +127,8 @@ struct Rise {
     base_rate: f64,
     /// Messages beyond that rate.
     excess: f64,
+    /// Messages the sidecars received over its polls.
+    received: f64,
     /// Averaged into the window as a familiar burst rather than restarting it.
     absorbed: bool,
 }
@@ -158,6 +168,10 @@ pub struct Estimates {
     /// Whether the arrival rate averages recurring bursts in (polls of one are in its
     /// window) instead of following each as a new rate.
     pub bursts_averaged: bool,
+    /// Seconds since a burst began, if this sample confirmed it over: a rise followed as a
+    /// new rate that lasted no longer than a start-up, so the replicas asked for at its
+    /// start were for traffic already gone while its first messages still wait.
+    pub followed_burst_over: Option<f64>,
 }
 
 impl ScalingState {
@@ -206,6 +220,8 @@ impl ScalingState {
                     received,
                     held_seconds: (p.held + held) as f64 / 2.0 * seconds,
                     burst: false,
+                    count_consistent: p.visible as f64 - visible as f64
+                        <= received * 1.5 + f64::from(signals.concurrency_per_replica),
                 }
             })
         });
@@ -290,6 +306,16 @@ impl ScalingState {
             familiar_burst_messages: self
                 .familiar_burst_messages(signals.sampled_at, drain_seconds),
             bursts_averaged: self.arrivals.iter().any(|a| a.burst),
+            followed_burst_over: self
+                .followed_burst_ended
+                .filter(|_| self.followed_burst_over_at == Some(signals.sampled_at))
+                .filter(|r| {
+                    // Its messages are somewhere: taken by the sidecars since, or still
+                    // waiting. A queue count that lost them is stale, not a burst's end.
+                    let taken = r.received + latest.map_or(0.0, |l| l.received);
+                    taken + (visible + held) as f64 >= r.excess
+                })
+                .map(|r| signals.sampled_at - r.started_at + latest.map_or(0.0, |l| l.seconds)),
         }
     }
 
@@ -433,6 +459,7 @@ impl ScalingState {
     ) -> (f64, f64) {
         // Keep at least `arrival_window_seconds`, and longer while that holds too few
         // messages for a steady average.
+        let previous_at = self.arrivals.back().map(|a| a.at);
         let mut kept: f64 = self.arrivals.iter().map(|a| a.messages).sum();
         while let Some(oldest) = self.arrivals.front() {
             let too_old = oldest.at < latest.at - tuning.arrival_window_seconds;
@@ -466,6 +493,13 @@ impl ScalingState {
             }
         }
         latest.burst = self.rise.is_some_and(|r| r.absorbed);
+        if self.rise.is_none()
+            && latest.count_consistent
+            && previous_at
+                .is_some_and(|at| self.followed_burst_ended.is_some_and(|r| r.ended_at == at))
+        {
+            self.followed_burst_over_at = Some(latest.at);
+        }
         self.arrivals.push_back(latest);
         self.arrival_average(tuning)
     }
@@ -527,6 +561,7 @@ impl ScalingState {
                 Rise {
                     ended_at: latest.at,
                     excess: r.excess + excess,
+                    received: r.received + latest.received,
                     ..r
                 }
             }
@@ -535,6 +570,7 @@ impl ScalingState {
                 ended_at: latest.at,
                 base_rate,
                 excess,
+                received: latest.received,
                 absorbed: false,
             },
         };
@@ -557,8 +593,15 @@ impl ScalingState {
             return;
         };
         rise.ended_at = latest.at;
+        rise.received += latest.received;
         let base = rise.base_rate * latest.seconds;
         if (latest.messages - base) / self.count_spread(base, tuning) <= tuning.rate_change_sigmas {
+            if !rise.absorbed
+                && rise.lasted() <= self.burst_max_seconds(tuning)
+                && latest.count_consistent
+            {
+                self.followed_burst_ended = Some(rise);
+            }
             self.past_rises.push_back(rise);
             self.rise = None;
             return;

@@ -1079,3 +1079,82 @@ fn a_worker_down_in_every_pod_holds_the_count_instead_of_adding_pods_that_would_
     let d = p.decide(&mut state, t, 3, Some(&recovered));
     assert!(d.to > 3, "{d:?}");
 }
+
+/// 20 msg/s of 0.5 s jobs on two replicas, then a burst of 1,500 messages in one poll
+/// (t = 123 s) that the two, saturated, cannot take. Afterwards `count(t)` is the queue's
+/// count at each poll. Returns the decisions from the burst on.
+fn burst_on_two_replicas(p: &ScalingPolicy, count: impl Fn(f64) -> u64) -> Vec<ScalingDecision> {
+    let mut state = ScalingState::default();
+    for i in 1..41 {
+        let t = f64::from(i) * 3.0;
+        p.decide(&mut state, t, 2, Some(&scraped(t, 2, 0, 20.0, 0.5)));
+    }
+    let mut current = 2;
+    (41..46)
+        .map(|i| {
+            let t = f64::from(i) * 3.0;
+            let d = p.decide(
+                &mut state,
+                t,
+                current,
+                Some(&scraped(t, 2, count(t), 40.0, 0.5)),
+            );
+            current = d.to;
+            d
+        })
+        .collect()
+}
+
+#[test]
+fn replicas_a_burst_asked_for_are_let_go_unstarted_once_it_is_over() {
+    let p = policy(ScalingSpec::default());
+    // The two drain 40 msg/s of the 1,500 while 20 msg/s arrive again.
+    let decisions = burst_on_two_replicas(&p, |t| 1500 - (t as u64 - 123) * 20);
+    let asked = decisions[0].to;
+    assert!(asked > 10, "{:?}", decisions[0]);
+    // Back at 20 msg/s at 126 s; confirmed at 129 s: the replicas still starting that the
+    // backlog it left does not need go before they start.
+    assert_eq!(decisions[1].to, asked, "{:?}", decisions[1]);
+    let over = &decisions[2];
+    assert!(
+        matches!(over.reason, ScalingReason::BurstOver { .. }),
+        "{over:?}"
+    );
+    assert!(over.to < asked && over.to > 2, "{over:?}");
+    // Enough to start the 1,380 left within what remains of the 30 s target for its first
+    // messages (they have waited about 9 s, and those replicas serve in about 9 s more):
+    // 20 msg/s per replica plus 20 arriving.
+    let left_seconds = 30.0 - 9.0 - 9.0;
+    assert!(
+        f64::from(over.to) * 20.0 - 20.0 >= 1380.0 / left_seconds,
+        "{over:?}"
+    );
+    // And the stabilization window does not bring them back.
+    assert!(
+        decisions[3..].iter().all(|d| d.to <= over.to),
+        "{decisions:?}"
+    );
+}
+
+#[test]
+fn a_queue_count_that_loses_a_burst_is_stale_not_the_burst_ending() {
+    let p = policy(ScalingSpec::default());
+    // The sidecars take 120 messages a poll. A count that then falls to nothing is stale
+    // (an eventually consistent count read from an older replica), not a drained queue;
+    // so is one that falls by 190 a poll: each fall could be the sidecars' doing, but
+    // together they lose messages of the burst that nobody took.
+    let to_nothing = |t: f64| if t < 124.0 { 1500 } else { 0 };
+    let too_fast = |t: f64| 1500 - (t as u64 - 123) / 3 * 190;
+    for decisions in [
+        burst_on_two_replicas(&p, to_nothing),
+        burst_on_two_replicas(&p, too_fast),
+    ] {
+        assert!(
+            decisions
+                .iter()
+                .all(|d| !matches!(d.reason, ScalingReason::BurstOver { .. })),
+            "{decisions:?}"
+        );
+        assert_eq!(decisions[2].to, decisions[0].to, "{:?}", decisions[2]);
+    }
+}
