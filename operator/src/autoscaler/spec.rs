@@ -154,6 +154,11 @@ pub struct PolicyTuning {
     /// How far a poll's completions may differ from its receives, as a share of them, for
     /// its mean service time to count toward the measured scatter.
     pub steady_rate_tolerance: f64,
+    /// How many times what the sidecars took a queue's count may fall by between two polls
+    /// and still be believed (their receive rate is a windowed mean, not the poll's count;
+    /// one pod's slots more are allowed for deliveries that end around the sample). A count
+    /// that falls further is stale.
+    pub believable_count_fall: f64,
     /// The most the measured dispersion may widen Poisson's spread (variance over mean), so
     /// that very bursty traffic still has its larger changes of rate followed at once.
     pub max_dispersion: f64,
@@ -210,6 +215,7 @@ impl Default for PolicyTuning {
             min_messages_for_dispersion: 20.0,
             min_completions_for_dispersion: 10.0,
             steady_rate_tolerance: 0.25,
+            believable_count_fall: 1.5,
             max_dispersion: 16.0,
             service_time_weight_per_delivery: 0.01,
             service_time_smoothing: 0.3,

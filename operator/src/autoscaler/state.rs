@@ -221,7 +221,8 @@ impl ScalingState {
                     held_seconds: (p.held + held) as f64 / 2.0 * seconds,
                     burst: false,
                     count_consistent: p.visible as f64 - visible as f64
-                        <= received * 1.5 + f64::from(signals.concurrency_per_replica),
+                        <= received * tuning.believable_count_fall
+                            + f64::from(signals.concurrency_per_replica),
                 }
             })
         });
