@@ -3,7 +3,10 @@
 //! and Google's Pub/Sub emulator. What the simulator predicts, the loop must do: a burst
 //! scales out as soon as the sidecars report it, the backlog drains, the consumer goes back
 //! to its floor (zero for SQS) after the idle time and comes back when messages arrive, and
-//! no message reaches the worker twice because a pod was removed.
+//! no message reaches the worker twice because a pod was removed. On SQS, the burst and a
+//! stream with a step are also replayed through `ferry-scalesim`'s model of the same run
+//! (spec, policy, poll, slots, worker time, measured pod start-up), and the loop's moments,
+//! replica counts, waits and replica-seconds must fall within what the model predicts.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -22,8 +25,18 @@ use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, PostParams};
 
+#[path = "autoscale/prediction.rs"]
+mod prediction;
+
+use prediction::{
+    Compared, Predictions, RunSummary, Trajectory, assert_as_predicted, figures,
+    live_mean_replicas, simulated_decision_log, simulated_mean_replicas,
+};
+
 const POLL: Duration = Duration::from_secs(1);
 const SIDECAR_IMAGE: &str = "ghcr.io/ferry-dev/consumer:test";
+/// The example worker's time per message (it varies each message's by ±50 %).
+const WORKER_MS: u64 = 200;
 
 struct Live {
     cluster: DevCluster,
@@ -124,6 +137,20 @@ impl Live {
         deployments.get_opt(name).await.ok()??.spec.replicas
     }
 
+    /// The Deployment's replicas asked for and ready (0 and 0 before it exists).
+    async fn replica_counts(&self, name: &str) -> (i32, i32) {
+        let deployments: Api<Deployment> = Api::namespaced(self.cluster.client(), "default");
+        let Ok(Some(deployment)) = deployments.get_opt(name).await else {
+            return (0, 0);
+        };
+        let asked = deployment.spec.replicas.unwrap_or(0);
+        let ready = deployment
+            .status
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0);
+        (asked, ready)
+    }
+
     /// Every `200 message=<id>` line the example workers printed, by message id.
     fn successes(&self) -> HashMap<String, usize> {
         let mut seen = HashMap::new();
@@ -141,6 +168,32 @@ impl Live {
             }
         }
         seen
+    }
+
+    /// When each message's successful delivery started at a worker (Unix seconds), from the
+    /// `started_ms=` the example workers print.
+    fn delivery_starts(&self) -> HashMap<String, f64> {
+        let mut starts = HashMap::new();
+        for entry in std::fs::read_dir(self.cluster.logs_dir()).expect("pod logs") {
+            let path = entry.expect("log entry").path();
+            if !path.to_string_lossy().ends_with("_worker.log") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for line in text.lines() {
+                let Some(rest) = line.strip_prefix("200 message=") else {
+                    continue;
+                };
+                let id = rest.split_whitespace().next().unwrap_or_default();
+                let started_ms = rest
+                    .split_whitespace()
+                    .find_map(|field| field.strip_prefix("started_ms="))
+                    .and_then(|ms| ms.parse::<f64>().ok())
+                    .expect("the example worker prints started_ms");
+                starts.insert(id.to_string(), started_ms / 1000.0);
+            }
+        }
+        starts
     }
 
     /// Every container's log lines that mention one of `needles`, with the log's name, for
@@ -212,7 +265,7 @@ fn consumer(provider: Provider, name: &str) -> QueueConsumer {
                 "env": [
                     { "name": "POD_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } },
                     { "name": "WORKER_LISTEN", "value": "$(POD_IP):8080" },
-                    { "name": "WORKER_LATENCY_MS", "value": "200" },
+                    { "name": "WORKER_LATENCY_MS", "value": WORKER_MS.to_string() },
                     { "name": "WORKER_VERBOSE", "value": "true" },
                 ],
             }] } },
@@ -308,14 +361,39 @@ async fn watch_replicas(
     name: &str,
     timeout: Duration,
     what: &str,
+    done: impl FnMut(i32, &HashMap<String, usize>) -> bool,
+) -> i32 {
+    let mut trajectory = Trajectory::from(Instant::now());
+    watch_and_record(live, name, timeout, what, done, &mut trajectory).await
+}
+
+/// Like [`watch_replicas`], appending every poll's counts to `trajectory`.
+async fn watch_and_record(
+    live: &Live,
+    name: &str,
+    timeout: Duration,
+    what: &str,
     mut done: impl FnMut(i32, &HashMap<String, usize>) -> bool,
+    trajectory: &mut Trajectory,
 ) -> i32 {
     let start = Instant::now();
     let deadline = start + timeout;
     let mut highest = 0;
     let mut last = None;
     loop {
-        let replicas = live.replicas(name).await.unwrap_or(0);
+        let (replicas, ready) = live.replica_counts(name).await;
+        let at = trajectory.origin.elapsed().as_secs_f64();
+        trajectory.samples.push((at, replicas, ready));
+        let consumer = name.trim_end_matches("-worker");
+        if let Ok(qc) = live.consumers().get(consumer).await
+            && let Some(last) = qc.status.and_then(|s| s.last_scaling)
+            && trajectory
+                .decisions
+                .last()
+                .is_none_or(|(_, seen)| *seen != last)
+        {
+            trajectory.decisions.push((at, last));
+        }
         if last != Some(replicas) {
             eprintln!("{what}: {replicas} replicas at {:?}", start.elapsed());
             last = Some(replicas);
@@ -343,7 +421,6 @@ async fn a_burst_scales_out_drains_and_scales_back_without_duplicates(provider: 
         .create(&PostParams::default(), &consumer(provider, "burst"))
         .await
         .expect("create");
-    let _ = qc;
     let ready = eventually(Duration::from_secs(60), "QueueReady", async || {
         let qc = api.get("burst").await.ok()?;
         let status = qc.status.as_ref()?;
@@ -394,16 +471,19 @@ async fn a_burst_scales_out_drains_and_scales_back_without_duplicates(provider: 
     // A burst: 10 × what one replica (2 slots × 5 msg/s) does per second.
     let count = 400;
     let started = Instant::now();
+    let started_unix = scaling::unix_seconds(std::time::SystemTime::now());
+    let mut trajectory = Trajectory::from(started);
     let ids = publish_burst(provider, &publish_to, count).await;
     assert_eq!(ids.len(), count);
     let published_after = started.elapsed();
     eprintln!("published {count} in {published_after:?}");
-    let highest = watch_replicas(
+    let highest = watch_and_record(
         &live,
         "burst-worker",
         Duration::from_secs(90),
         "scaled out",
         |replicas, _| replicas >= 3,
+        &mut trajectory,
     )
     .await;
     let scaled_out_after = started.elapsed();
@@ -429,12 +509,13 @@ async fn a_burst_scales_out_drains_and_scales_back_without_duplicates(provider: 
     // The backlog drains, then the consumer goes back to its floor: each message reached a
     // worker exactly once, scale-down included.
     let highest = highest.max(
-        watch_replicas(
+        watch_and_record(
             &live,
             "burst-worker",
             Duration::from_secs(120),
             "drained and back at the floor",
             |replicas, seen| seen.len() == count && replicas == floor,
+            &mut trajectory,
         )
         .await,
     );
@@ -468,6 +549,48 @@ async fn a_burst_scales_out_drains_and_scales_back_without_duplicates(provider: 
     assert!(drains.contains("draining: no new messages"), "{drains}");
     assert!(!drains.contains("refused"), "{drains}");
 
+    // SQS's counts are what the simulator models (the emulator has no Pub/Sub backlog to
+    // read, so there the loop scales from its busy slots alone).
+    if provider == Provider::Sqs {
+        let starts = live.delivery_starts();
+        let waits = ids.iter().map(|id| starts[id] - started_unix).collect();
+        let predictions = Predictions::of(&qc, &[count as u32], &trajectory);
+        let floor = qc.spec.scaling.min_replicas;
+        let live_run = RunSummary::live(&trajectory, floor, waits);
+        let predicted = predictions.summaries(floor);
+        let mut compared = figures(&live_run, &predicted);
+        // The burst asks for every replica allowed at once, live and in the model.
+        compared.push(Compared {
+            what: "peak replicas",
+            live: f64::from(live_run.peak_replicas),
+            predicted: predicted
+                .iter()
+                .map(|r| f64::from(r.peak_replicas))
+                .collect(),
+            seconds: 0.0,
+            share: 0.0,
+        });
+        compared.push(Compared {
+            what: "peak asked for at (s)",
+            live: live_run.peak_at_s,
+            predicted: predicted.iter().map(|r| r.peak_at_s).collect(),
+            seconds: 1.0 + POLL.as_secs_f64(),
+            share: 0.0,
+        });
+        assert_as_predicted(
+            &format!(
+                "a burst of {count}, live and in ferry-scalesim (pod start-up {:.1} s, measured live):",
+                predictions.startup_seconds
+            ),
+            &compared,
+            &format!(
+                "  live decisions:\n{}  simulated decisions (seed 1):\n{}",
+                trajectory.decision_log(),
+                simulated_decision_log(&predictions.runs[1])
+            ),
+        );
+    }
+
     // From zero and back: messages arriving at an SQS consumer at zero start it again.
     if provider == Provider::Sqs {
         let more = publish_burst(provider, &publish_to, 20).await;
@@ -500,6 +623,140 @@ async fn a_burst_scales_out_drains_and_scales_back_without_duplicates(provider: 
         "{provider:?}: scaled out to {highest} replicas {scaled_out_after:?} after the burst was published"
     );
     api.delete("burst", &Default::default())
+        .await
+        .expect("delete");
+    live.stop().await;
+}
+
+/// Publishes `per_second[i]` messages in second `i` after `origin`, in four batches a second
+/// (the simulator spreads each second's arrivals over it), and returns every message's id
+/// with when its batch was sent (Unix seconds).
+async fn publish_at_rates(
+    provider: Provider,
+    destination: String,
+    per_second: Vec<u32>,
+    origin: Instant,
+) -> Vec<(String, f64)> {
+    const BATCHES: u32 = 4;
+    let mut sent = Vec::new();
+    for (second, count) in per_second.into_iter().enumerate() {
+        for batch in 0..BATCHES {
+            let size = count * (batch + 1) / BATCHES - count * batch / BATCHES;
+            let offset =
+                Duration::from_secs(second as u64) + Duration::from_secs(1) * batch / BATCHES;
+            tokio::time::sleep_until((origin + offset).into()).await;
+            if size == 0 {
+                continue;
+            }
+            let at = scaling::unix_seconds(std::time::SystemTime::now());
+            let ids = publish_burst(provider, &destination, size as usize).await;
+            sent.extend(ids.into_iter().map(|id| (id, at)));
+        }
+    }
+    sent
+}
+
+/// A steady stream, then three times the rate: the loop asks for the replicas the
+/// simulator's model of the same stream asks for (sized from the arrival rate and the measured
+/// service time against the latency target, not from the queue's length), at the moments
+/// it does, and messages wait as long as predicted.
+#[tokio::test]
+async fn a_stream_and_its_step_get_the_replicas_the_simulator_predicts() {
+    let live = Live::start().await;
+    let api = live.consumers();
+    let mut qc = consumer(Provider::Sqs, "stream");
+    qc.spec.scaling.max_replicas = 8;
+    let queue = create_provisioned(&api, &qc).await;
+    watch_replicas(
+        &live,
+        "stream-worker",
+        Duration::from_secs(60),
+        "an idle consumer at zero",
+        |replicas, _| replicas == 0,
+    )
+    .await;
+
+    // One replica serves 2 slots / 0.2 s = 10 msg/s at full load: half of one replica, then
+    // two full ones (three, with the headroom the latency target asks for).
+    const PHASE_SECONDS: usize = 40;
+    let (low, high) = (5, 20);
+    let rates: Vec<u32> = std::iter::repeat_n(low, PHASE_SECONDS)
+        .chain(std::iter::repeat_n(high, PHASE_SECONDS))
+        .collect();
+    let total: u32 = rates.iter().sum();
+    let origin = Instant::now();
+    let origin_unix = scaling::unix_seconds(std::time::SystemTime::now());
+    let mut trajectory = Trajectory::from(origin);
+    let publisher = tokio::spawn(publish_at_rates(
+        Provider::Sqs,
+        queue.id.clone(),
+        rates.clone(),
+        origin,
+    ));
+    watch_and_record(
+        &live,
+        "stream-worker",
+        Duration::from_secs(240),
+        "the stream served and the consumer back at zero",
+        |replicas, seen| seen.len() == total as usize && replicas == 0,
+        &mut trajectory,
+    )
+    .await;
+    let sent = publisher.await.expect("the publisher");
+    assert_eq!(sent.len(), total as usize);
+    let seen = live.successes();
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered twice: {twice:?}");
+    let starts = live.delivery_starts();
+    let waits = sent.iter().map(|(id, at)| starts[id] - at).collect();
+
+    // The model gets the arrivals as they were sent, should publishing have fallen behind.
+    let mut arrivals = vec![0u32; rates.len() + 5];
+    for (_, at) in &sent {
+        let second = ((at - origin_unix).max(0.0) as usize).min(arrivals.len() - 1);
+        arrivals[second] += 1;
+    }
+    let predictions = Predictions::of(&qc, &arrivals, &trajectory);
+    let live_run = RunSummary::live(&trajectory, 0, waits);
+    let mut compared = figures(&live_run, &predictions.summaries(0));
+    // Each rate once the replicas for it have had time to come: what the arrival rate and
+    // the service time ask for. Within half a replica of what the model runs.
+    let settle = 15.0;
+    let phase = PHASE_SECONDS as f64;
+    for (what, from, to) in [
+        ("mean replicas at the first rate", settle, phase),
+        (
+            "mean replicas at the second rate",
+            phase + settle,
+            2.0 * phase,
+        ),
+    ] {
+        compared.push(Compared {
+            what,
+            live: live_mean_replicas(&trajectory, from, to),
+            predicted: predictions
+                .runs
+                .iter()
+                .map(|run| simulated_mean_replicas(run, from, to))
+                .collect(),
+            seconds: 0.5,
+            share: 0.0,
+        });
+    }
+    assert_as_predicted(
+        &format!(
+            "{low} then {high} msg/s for {PHASE_SECONDS} s each (published over {:.1} s), live and in ferry-scalesim (pod start-up {:.1} s, measured live):",
+            sent.last().map_or(0.0, |(_, at)| at - origin_unix),
+            predictions.startup_seconds
+        ),
+        &compared,
+        &format!(
+            "  live decisions:\n{}  simulated decisions (seed 1):\n{}",
+            trajectory.decision_log(),
+            simulated_decision_log(&predictions.runs[1])
+        ),
+    );
+    api.delete("stream", &Default::default())
         .await
         .expect("delete");
     live.stop().await;
