@@ -784,6 +784,51 @@ fn a_cold_start_is_not_sized_for_the_deliveries_that_finish_first() {
 }
 
 #[test]
+fn slots_a_light_stream_fills_now_and_then_do_not_inflate_the_service_time() {
+    let p = policy(ScalingSpec::default());
+    let mut state = ScalingState::default();
+    // One replica polled every second, 3 msg/s of 0.2 s jobs: now and then a poll finds
+    // every slot busy, twice in a row, with nothing waiting. The slots were not busy
+    // between those instants (three deliveries finished, each of 0.2 s), so busy slots over
+    // completions per second (10 / 3) is no bound on the service time.
+    let busy_at = |at: f64, visible: u64| {
+        let mut signals = scraped(at, 1, visible, 3.0, 0.2);
+        signals.backlog.in_flight = u64::from(CONCURRENCY);
+        let throughput = signals.throughput.as_mut().unwrap();
+        throughput.window_seconds = 1.0;
+        throughput.in_flight = u64::from(CONCURRENCY);
+        signals
+    };
+    p.decide(&mut state, 0.0, 1, Some(&busy_at(0.0, 0)));
+    let d = p.decide(&mut state, 1.0, 1, Some(&busy_at(1.0, 0)));
+    let service = d.signals.unwrap().service_seconds.unwrap();
+    assert!((service - 0.2).abs() < 0.01, "{service}");
+    // With messages waiting at both polls a freed slot took the next one at once: the slots
+    // were busy throughout, and the bound holds.
+    let mut state = ScalingState::default();
+    p.decide(&mut state, 0.0, 1, Some(&busy_at(0.0, 5)));
+    let d = p.decide(&mut state, 1.0, 1, Some(&busy_at(1.0, 5)));
+    let service = d.signals.unwrap().service_seconds.unwrap();
+    assert!(service >= 10.0 / 3.0 - 0.01, "{service}");
+    // So they were too if what the slots took had waited longer than a poll for them, even
+    // where a count read late shows nothing waiting.
+    let mut state = ScalingState::default();
+    let waited_at = |at: f64| {
+        let mut signals = busy_at(at, 0);
+        signals
+            .throughput
+            .as_mut()
+            .unwrap()
+            .mean_age_at_receipt_seconds = Some(4.0);
+        signals
+    };
+    p.decide(&mut state, 0.0, 1, Some(&waited_at(0.0)));
+    let d = p.decide(&mut state, 1.0, 1, Some(&waited_at(1.0)));
+    let service = d.signals.unwrap().service_seconds.unwrap();
+    assert!(service >= 10.0 / 3.0 - 0.01, "{service}");
+}
+
+#[test]
 fn jobs_of_minutes_are_not_sized_for_the_few_that_finish_first() {
     let p = policy(ScalingSpec::default());
     let mut state = ScalingState::default();

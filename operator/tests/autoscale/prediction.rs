@@ -9,7 +9,6 @@ use ferry_operator::sim::ferry::ScrapeConfig;
 use ferry_operator::sim::model::{ModelConfig, materialize};
 use ferry_operator::sim::summary::quantile;
 use ferry_operator::sim::trace::{Trace, TraceSecond};
-use std::fmt::Display;
 use std::time::Instant;
 
 use super::{POLL, WORKER_MS};
@@ -40,30 +39,27 @@ impl Trajectory {
             .map(|(at, _, _)| *at)
     }
 
-    /// Replica-seconds asked for between the first sample and the first return to `floor`
-    /// after the peak.
-    pub fn replica_seconds_until_back_at(&self, floor: i32) -> f64 {
-        let peak_at = self
-            .samples
-            .iter()
-            .max_by_key(|(_, asked, _)| *asked)
-            .map_or(0.0, |(at, _, _)| *at);
-        let mut total = 0.0;
-        for pair in self.samples.windows(2) {
-            let ((at, asked, _), (next, _, _)) = (pair[0], pair[1]);
-            if at > peak_at && asked == floor {
-                break;
-            }
-            total += f64::from(asked) * (next - at);
-        }
-        total
+    /// Replica-seconds asked for between `from` and `to` (seconds since `origin`).
+    pub fn replica_seconds_between(&self, from: f64, to: f64) -> f64 {
+        self.samples
+            .windows(2)
+            .map(|pair| {
+                let ((at, asked, _), (next, _, _)) = (pair[0], pair[1]);
+                f64::from(asked) * (next.min(to) - at.max(from)).max(0.0)
+            })
+            .sum()
+    }
+
+    /// Mean replicas asked for between `from` and `to`.
+    pub fn mean_replicas(&self, from: f64, to: f64) -> f64 {
+        self.replica_seconds_between(from, to) / (to - from)
     }
 
     /// The decisions seen, one a line, as `status.lastScaling` explained them.
     pub fn decision_log(&self) -> String {
         self.decisions
             .iter()
-            .map(|(at, d)| decision_line(*at, d.from, d.to, &d.message))
+            .map(|(at, d)| decision_line(*at, &d.message))
             .collect()
     }
 
@@ -105,18 +101,19 @@ impl RunSummary {
         let peak_at_s = trajectory
             .first(|asked, _| asked == peak_replicas)
             .unwrap_or(f64::NAN);
+        let back_at_floor_s = trajectory
+            .samples
+            .iter()
+            .find(|(at, asked, _)| *at > peak_at_s && *asked == floor)
+            .map_or(f64::NAN, |s| s.0);
         Self {
             first_scale_up_s: trajectory
                 .first(|asked, _| asked > floor)
                 .unwrap_or(f64::NAN),
             peak_replicas,
             peak_at_s,
-            back_at_floor_s: trajectory
-                .samples
-                .iter()
-                .find(|(at, asked, _)| *at > peak_at_s && *asked == floor)
-                .map_or(f64::NAN, |s| s.0),
-            replica_seconds: trajectory.replica_seconds_until_back_at(floor),
+            back_at_floor_s,
+            replica_seconds: trajectory.replica_seconds_between(0.0, back_at_floor_s),
             p50_wait_s: quantile(&waits, 0.5),
             p99_wait_s: quantile(&waits, 0.99),
             max_wait_s: waits.last().copied().unwrap_or(f64::NAN),
@@ -232,12 +229,12 @@ impl Predictions {
 pub fn simulated_decision_log(run: &PolicyRun) -> String {
     run.decisions
         .iter()
-        .map(|d| decision_line(d.at, d.from, d.to, &d.message()))
+        .map(|d| decision_line(d.at, &d.message()))
         .collect()
 }
 
-fn decision_line(at: f64, from: impl Display, to: impl Display, message: &str) -> String {
-    format!("  {at:6.1} s {from} -> {to}: {message}\n")
+fn decision_line(at: f64, message: &str) -> String {
+    format!("  {at:6.1} s {message}\n")
 }
 
 /// One figure of a live run against the range the simulator's runs predict for it, with the
@@ -340,28 +337,16 @@ pub fn figures(live: &RunSummary, predicted: &[RunSummary]) -> Vec<Compared> {
     ]
 }
 
-/// Prints the comparison and fails, naming every figure off the prediction, if any is.
+/// Prints the comparison (with `details`: the decisions, live and simulated) and fails,
+/// marking every figure off the prediction, if any is.
 pub fn assert_as_predicted(title: &str, compared: &[Compared], details: &str) {
     let table: String = compared.iter().map(Compared::line).collect();
     let report = format!("{title}\n{table}");
-    eprintln!("{report}");
+    eprintln!("{report}{details}");
     assert!(
         compared.iter().all(Compared::holds),
         "the live run is not what the simulator predicts:\n{report}{details}"
     );
-}
-
-/// Mean replicas asked for over `[from, to)` seconds of a live run (time-weighted samples).
-pub fn live_mean_replicas(trajectory: &Trajectory, from: f64, to: f64) -> f64 {
-    let mut weighted = 0.0;
-    for pair in trajectory.samples.windows(2) {
-        let ((at, asked, _), (next, _, _)) = (pair[0], pair[1]);
-        let overlap = next.min(to) - at.max(from);
-        if overlap > 0.0 {
-            weighted += f64::from(asked) * overlap;
-        }
-    }
-    weighted / (to - from)
 }
 
 /// Mean replicas a simulated run set over `[from, to)` seconds.
