@@ -226,6 +226,7 @@ impl ScalingPolicy {
                         DemandBasis::LatencyTarget
                     },
                     burst_messages_provisioned: provisioned.min(backlog.visible as f64),
+                    // Set below for whichever rule's count is used.
                     after_burst: false,
                 })
             }
