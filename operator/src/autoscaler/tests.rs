@@ -787,10 +787,11 @@ fn a_cold_start_is_not_sized_for_the_deliveries_that_finish_first() {
 fn slots_a_light_stream_fills_now_and_then_do_not_inflate_the_service_time() {
     let p = policy(ScalingSpec::default());
     let mut state = ScalingState::default();
-    // One replica polled every second, 3 msg/s of 0.2 s jobs: now and then a poll finds
-    // every slot busy, twice in a row, with nothing waiting. The slots were not busy
-    // between those instants (three deliveries finished, each of 0.2 s), so busy slots over
-    // completions per second (10 / 3) is no bound on the service time.
+    // One replica polled every second, on 3 msg/s of 0.2 s jobs: two polls in a row find
+    // every slot busy (as a light stream on few slots does now and then) with nothing
+    // waiting, and only three deliveries of 0.2 s finished between them. The slots were not
+    // busy between those instants, so busy slots over completions per second (10 / 3) is
+    // no bound on the service time.
     let busy_at = |at: f64, visible: u64| {
         let mut signals = scraped(at, 1, visible, 3.0, 0.2);
         signals.backlog.in_flight = u64::from(CONCURRENCY);
