@@ -151,6 +151,24 @@ impl Live {
         (asked, ready)
     }
 
+    /// Pods of `consumer` that exist, running, starting or terminating.
+    async fn pods_of(&self, consumer: &str) -> usize {
+        let pods: Api<Pod> = Api::namespaced(self.cluster.client(), "default");
+        pods.list(&ListParams::default().labels(&format!("ferry.dev/queue-consumer={consumer}")))
+            .await
+            .map_or(usize::MAX, |list| list.items.len())
+    }
+
+    /// Waits until `consumer` has no pod at all: a pod scaled away drains first, and delivers
+    /// what a long poll pending at its SIGTERM brings, so a run that must start cold waits
+    /// for it to go.
+    async fn no_pod_left(&self, consumer: &str) {
+        eventually(Duration::from_secs(60), "no pod left", async || {
+            (self.pods_of(consumer).await == 0).then_some(())
+        })
+        .await;
+    }
+
     /// Every `200 message=<id>` line the example workers printed, by message id.
     fn successes(&self) -> HashMap<String, usize> {
         let mut seen = HashMap::new();
@@ -448,6 +466,9 @@ async fn a_burst_scales_out_drains_and_scales_back_without_duplicates(provider: 
         |replicas, _| replicas == floor,
     )
     .await;
+    if floor == 0 {
+        live.no_pod_left("burst").await;
+    }
     if provider == Provider::PubSub {
         let qc = eventually(
             Duration::from_secs(30),
@@ -677,6 +698,7 @@ async fn a_stream_and_its_step_get_the_replicas_the_simulator_predicts() {
         |replicas, _| replicas == 0,
     )
     .await;
+    live.no_pod_left("stream").await;
 
     // One replica serves 2 slots / 0.2 s = 10 msg/s at full load: under a third of one
     // replica, then more than one can serve and well within two. (Rates near a whole count
