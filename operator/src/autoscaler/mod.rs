@@ -20,7 +20,7 @@ mod state;
 pub use decision::{DemandBasis, ScalingDecision, ScalingDirection, ScalingReason, SignalsUsed};
 pub use policy::ScalingPolicy;
 pub use removal::{PodLoad, choose_pods_to_remove, deletion_cost};
-pub use signals::{BacklogSignal, ScalingSignals, ThroughputSignal};
+pub use signals::{BacklogSignal, ScalingSignals, ThroughputSignal, WaitEstimate};
 pub use spec::{PolicyTuning, ScalingSpec, SpecError};
 pub use state::{Estimates, ScalingState};
 

@@ -5,6 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The most messages a waiting-backlog estimate assumes arrived per message received: a wait
+/// that grows as fast as time passes would otherwise mean an unbounded rate.
+const MAX_ARRIVALS_PER_RECEIPT: f64 = 10.0;
+
 /// The queue's own counts, as the sidecars report them (`ferry_queue_messages{state}`) or, at
 /// zero replicas, as the operator reads them from the queue's attributes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -43,6 +47,61 @@ impl ThroughputSignal {
     /// Fraction of the delivery slots in use.
     pub fn saturation(&self) -> Option<f64> {
         (self.concurrency_limit > 0).then(|| self.in_flight as f64 / self.concurrency_limit as f64)
+    }
+
+    /// The backlog where nobody can read the queue's counts (Pub/Sub without Cloud
+    /// Monitoring), from how fast messages are received and how long they had waited;
+    /// `earlier` is this estimate at the poll before.
+    ///
+    /// Little's law (received per second × their mean wait) holds for a queue in balance,
+    /// and reads a growing one far too low: a replica taking 16 msg/s out of 200 arriving
+    /// receives 16 a second that waited about as long as the burst has lasted, while 184 a
+    /// second pile up behind them. The wait's growth between two polls tells how fast they
+    /// arrived: this window's receipts were published over `window - (growth of the mean
+    /// wait)` seconds, so at `received × window / that span` a second. Messages have waited
+    /// as long as the mean wait at most at that rate, and the queue cannot have grown by more
+    /// than that rate less what was received since the poll before: a burst shorter than the
+    /// wait is not read as lasting all of it. With no earlier poll, or a wait that does not
+    /// grow, it is Little's law, and it is never less: a busy queue is never read as empty.
+    pub fn backlog_estimated_from_wait(&self, earlier: Option<WaitEstimate>) -> BacklogSignal {
+        let age = self.mean_age_at_receipt_seconds.unwrap_or(0.0);
+        let window = self.window_seconds;
+        let littles_law = self.receive_rate * age;
+        let waiting = match earlier {
+            Some(earlier) if age > earlier.mean_age_at_receipt_seconds && window > 0.0 => {
+                let growth = age - earlier.mean_age_at_receipt_seconds;
+                let span = (window - growth).max(window / MAX_ARRIVALS_PER_RECEIPT);
+                let arrival_rate = self.receive_rate * window / span;
+                let grown_by = (arrival_rate - self.receive_rate) * window;
+                (arrival_rate * age)
+                    .min(earlier.waiting as f64 + grown_by)
+                    .max(littles_law)
+            }
+            _ => littles_law,
+        };
+        BacklogSignal {
+            visible: waiting.round() as u64,
+            in_flight: self.in_flight,
+            delayed: 0,
+        }
+    }
+}
+
+/// What [`ThroughputSignal::backlog_estimated_from_wait`] found at one poll, kept for the next.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WaitEstimate {
+    pub mean_age_at_receipt_seconds: f64,
+    /// Messages estimated to wait.
+    pub waiting: u64,
+}
+
+impl WaitEstimate {
+    /// `None` when nothing was received in the window, so there is no wait to compare with.
+    pub fn of(throughput: &ThroughputSignal, backlog: &BacklogSignal) -> Option<Self> {
+        Some(Self {
+            mean_age_at_receipt_seconds: throughput.mean_age_at_receipt_seconds?,
+            waiting: backlog.visible,
+        })
     }
 }
 
@@ -102,5 +161,80 @@ impl ScalingSignals {
             .throughput
             .is_none_or(|t| t.receive_rate == 0.0 && t.in_flight == 0);
         b.visible == 0 && b.in_flight == 0 && b.delayed == 0 && quiet
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One replica of 8 slots taking 16 msg/s of 0.5 s jobs, over 3 s windows.
+    fn receiving(mean_age: f64) -> ThroughputSignal {
+        ThroughputSignal {
+            window_seconds: 3.0,
+            receive_rate: 16.0,
+            completion_rate: 16.0,
+            mean_service_seconds: Some(0.5),
+            mean_age_at_receipt_seconds: Some(mean_age),
+            in_flight: 8,
+            concurrency_limit: 8,
+        }
+    }
+
+    fn earlier(mean_age: f64, waiting: u64) -> Option<WaitEstimate> {
+        Some(WaitEstimate {
+            mean_age_at_receipt_seconds: mean_age,
+            waiting,
+        })
+    }
+
+    #[test]
+    fn a_wait_that_grows_reads_the_arrivals_piling_up_behind_the_receipts() {
+        // 120 msg/s arrive and 16 are taken: the wait grows by 0.87 s a second, 2.6 s a
+        // window, and this window's 48 receipts were published over 0.4 s. 888 waited at the
+        // poll before; 312 more now.
+        let t = receiving(10.0);
+        let grown = t.backlog_estimated_from_wait(earlier(7.4, 888));
+        assert_eq!(grown.visible, 1200, "120 msg/s for the last 10 s");
+        assert_eq!(grown.in_flight, 8);
+        // Little's law alone reads 160: what the replica takes, not what arrives.
+        assert_eq!(t.backlog_estimated_from_wait(None).visible, 160);
+    }
+
+    #[test]
+    fn a_burst_shorter_than_the_wait_is_not_read_as_lasting_all_of_it() {
+        // The same receipts, but only 100 waited at the poll before: the queue grew by at
+        // most 312 since, not to 120 msg/s over the whole 10 s wait.
+        let t = receiving(10.0);
+        assert_eq!(
+            t.backlog_estimated_from_wait(earlier(7.4, 100)).visible,
+            412
+        );
+        // Nor is the estimate ever below Little's law.
+        assert_eq!(t.backlog_estimated_from_wait(earlier(9.9, 0)).visible, 160);
+    }
+
+    #[test]
+    fn a_wait_that_holds_or_falls_is_littles_law() {
+        let t = receiving(10.0);
+        assert_eq!(
+            t.backlog_estimated_from_wait(earlier(10.0, 900)).visible,
+            160
+        );
+        assert_eq!(
+            t.backlog_estimated_from_wait(earlier(14.0, 900)).visible,
+            160
+        );
+    }
+
+    #[test]
+    fn a_wait_growing_as_fast_as_time_is_read_as_a_bounded_rate() {
+        // Receipts all published at one instant would mean an unbounded rate: at most ten
+        // arrivals are read per receipt.
+        let t = receiving(10.0);
+        assert_eq!(
+            t.backlog_estimated_from_wait(earlier(6.0, 10_000)).visible,
+            1600
+        );
     }
 }

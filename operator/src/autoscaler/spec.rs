@@ -66,6 +66,13 @@ pub enum SpecError {
 }
 
 impl ScalingSpec {
+    /// The spec for a consumer whose queue nobody can count (Pub/Sub without Cloud
+    /// Monitoring): at zero replicas nothing would see a message arrive, so one stays.
+    pub fn keeping_one_replica(mut self) -> Self {
+        self.min_replicas = self.min_replicas.max(1);
+        self
+    }
+
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.max_replicas == 0 {
             return Err(SpecError::MaxReplicasZero);

@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use ferry_operator::autoscaler::ScalingSpec;
 use ferry_operator::sim::bench::{BenchConfig, run_trace};
-use ferry_operator::sim::counts::ApproximateCounts;
+use ferry_operator::sim::counts::{ApproximateCounts, CloudMonitoring, QueueCounts};
+use ferry_operator::sim::ferry::CountsRead;
 use ferry_operator::sim::model::ModelConfig;
 use ferry_operator::sim::plot::trace_svg;
 use ferry_operator::sim::report::{Report, table};
@@ -77,12 +78,32 @@ struct Args {
     /// earlier, drawn per read. 0 reads them exactly.
     #[arg(long, default_value_t = 0)]
     count_settle: u32,
+    /// The queue's backend. `sqs`: every read of its counts is exact or `--count-settle` stale.
+    /// `pubsub`: the counts are only in Cloud Monitoring, a sample a minute published
+    /// `--monitoring-delay` later; KEDA's Pub/Sub scaler reads them there, and ferry (unless
+    /// `--pubsub-monitoring`) estimates the backlog from its sidecars by Little's law and keeps
+    /// one replica, as the operator does.
+    #[arg(long, value_enum, default_value_t = Provider::Sqs)]
+    provider: Provider,
+    /// With `--provider pubsub`: ferry reads Cloud Monitoring too (the operator's
+    /// `FERRY_PUBSUB_MONITORING=true`), so it may scale to zero.
+    #[arg(long)]
+    pubsub_monitoring: bool,
+    /// Seconds from a Cloud Monitoring sample to its being readable.
+    #[arg(long, default_value_t = 120)]
+    monitoring_delay: u32,
     /// Seed for service times and arrival instants (the built-in traces' rates are fixed).
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Threads for KEDA's queue-length sweep.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Provider {
+    Sqs,
+    Pubsub,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -141,10 +162,33 @@ fn main() -> anyhow::Result<()> {
     let mut config = BenchConfig::new(model, scaling);
     config.scrape.poll_interval_seconds = args.poll_interval.max(1);
     config.scrape.lag_seconds = args.metric_lag;
-    config.scrape.counts = ApproximateCounts {
-        settle_seconds: args.count_settle,
-        seed: args.seed,
-    };
+    match args.provider {
+        Provider::Sqs => {
+            anyhow::ensure!(
+                !args.pubsub_monitoring,
+                "--pubsub-monitoring needs --provider pubsub"
+            );
+            config.scrape.counts = QueueCounts::Approximate(ApproximateCounts {
+                settle_seconds: args.count_settle,
+                seed: args.seed,
+            });
+        }
+        Provider::Pubsub => {
+            anyhow::ensure!(
+                args.count_settle == 0,
+                "--count-settle describes SQS's counts; Pub/Sub's come from Cloud Monitoring (--monitoring-delay)"
+            );
+            config.scrape.counts = QueueCounts::Monitoring(CloudMonitoring {
+                delay_seconds: args.monitoring_delay,
+                ..CloudMonitoring::default()
+            });
+            config.scrape.counts_read = if args.pubsub_monitoring {
+                CountsRead::AtZero
+            } else {
+                CountsRead::Never
+            };
+        }
+    }
     anyhow::ensure!(
         (0.0..1.0).contains(&args.scrape_failure_rate),
         "--scrape-failure-rate must be in [0, 1)"

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use ferry_crds::{QueueConsumer, QueueConsumerStatus, condition_type};
+use ferry_crds::{QueueConsumer, QueueConsumerStatus, QueueProvider, condition_type};
 use futures::{StreamExt, future};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -30,10 +30,10 @@ use kube::{Resource, ResourceExt};
 pub use actuate::{AUTOSCALER_FIELD_MANAGER, DELETION_COST_ANNOTATION};
 pub use exposition::{SidecarSample, parse_sample};
 pub use queue_reader::{QueueReader, QueueReaderSettings};
-pub use signals::{BacklogSource, PodScrape, QueueReading, combine};
+pub use signals::{BacklogSource, PodScrape, QueueReading, ReportedCounts, combine};
 
 use crate::autoscaler::{
-    PodLoad, PolicyTuning, ScalingDecision, ScalingPolicy, ScalingState, rate_share,
+    PodLoad, PolicyTuning, ScalingDecision, ScalingPolicy, ScalingState, WaitEstimate, rate_share,
 };
 use crate::builders::{
     MANAGED_BY_LABEL, METRICS_PORT, QUEUE_CONSUMER_LABEL, SIDECAR_NAME, autoscaler_spec,
@@ -75,6 +75,8 @@ fn to_time(unix: f64) -> Time {
 struct Memory {
     policy: ScalingState,
     scrapes: BTreeMap<String, PodScrape>,
+    /// The backlog estimated from the sidecars' wait at the last poll, if it was.
+    wait_estimate: Option<WaitEstimate>,
     backlog_written_at: Option<f64>,
     /// Since when the policy has been holding for lack of signals.
     holding_since: Option<f64>,
@@ -313,11 +315,12 @@ impl Autoscaler {
             .replicas
             .map_or(1, |r| u32::try_from(r).unwrap_or(0));
 
-        let mut spec = autoscaler_spec(&qc.spec);
         let pubsub_blind_at_zero = !self.queues.can_read(provider);
-        if pubsub_blind_at_zero {
-            spec.min_replicas = spec.min_replicas.max(1);
-        }
+        let spec = if pubsub_blind_at_zero {
+            autoscaler_spec(&qc.spec).keeping_one_replica()
+        } else {
+            autoscaler_spec(&qc.spec)
+        };
         let policy = match ScalingPolicy::new(spec, self.settings.tuning.clone()) {
             Ok(policy) => policy,
             Err(error) => {
@@ -373,8 +376,24 @@ impl Autoscaler {
             None
         };
         let concurrency = u32::try_from(qc.spec.delivery.concurrency.max(1)).unwrap_or(1);
-        let combined = combine(&memory.scrapes, &active, reading, concurrency, now);
+        let reported_counts = match provider {
+            QueueProvider::Sqs => ReportedCounts::Current,
+            QueueProvider::Pubsub => ReportedCounts::MinutesOld,
+        };
+        let combined = combine(
+            &memory.scrapes,
+            &active,
+            reading,
+            reported_counts,
+            concurrency,
+            memory.wait_estimate,
+            now,
+        );
         memory.scrapes = active;
+        memory.wait_estimate = combined.as_ref().and_then(|(s, source)| {
+            let estimated = *source == BacklogSource::EstimatedFromWait;
+            WaitEstimate::of(s.throughput.as_ref()?, &s.backlog).filter(|_| estimated)
+        });
         let suspended = qc.spec.suspend;
         let decision = if suspended {
             // What the policy learned describes a queue that was being consumed; after a

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::autoscaler::{BacklogSignal, ScalingSignals, ThroughputSignal};
+use crate::autoscaler::{BacklogSignal, ScalingSignals, ThroughputSignal, WaitEstimate};
 
 use super::exposition::SidecarSample;
 
@@ -21,6 +21,18 @@ pub struct QueueReading {
     /// Unix seconds the counts were true.
     pub at: f64,
     pub backlog: BacklogSignal,
+}
+
+/// How current the queue counts the sidecars report are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportedCounts {
+    /// SQS's attributes, read at every poll.
+    Current,
+    /// Pub/Sub's, from Cloud Monitoring: two to three minutes old. Read as the queue now,
+    /// they would scale for a backlog long drained or miss one just come, so while sidecars
+    /// run the backlog is estimated from their wait; the counts only start a consumer at
+    /// zero (through the operator's own read).
+    MinutesOld,
 }
 
 /// Where the backlog in a [`ScalingSignals`] came from.
@@ -108,12 +120,15 @@ fn throughput(
 ///
 /// `current` holds this poll's scrapes of the pods that are not draining; `previous` the
 /// scrapes of the poll before. `queue` is the operator's own read of the queue, made when no
-/// sidecar reports counts. `now` is the scrape time (Unix seconds).
+/// sidecar reports counts it can use. `earlier` is the backlog estimated from the wait at the poll
+/// before, if it was. `now` is the scrape time (Unix seconds).
 pub fn combine(
     previous: &BTreeMap<String, PodScrape>,
     current: &BTreeMap<String, PodScrape>,
     queue: Option<QueueReading>,
+    reported_counts: ReportedCounts,
     concurrency_per_replica: u32,
+    earlier: Option<WaitEstimate>,
     now: f64,
 ) -> Option<(ScalingSignals, BacklogSource)> {
     let throughput = throughput(previous, current);
@@ -121,6 +136,7 @@ pub fn combine(
     let reported = current
         .values()
         .filter_map(|p| p.sample.backlog)
+        .filter(|_| reported_counts == ReportedCounts::Current)
         .max_by(|a, b| a.read_at.total_cmp(&b.read_at));
     let (sampled_at, backlog, source) = if let Some(r) = reported {
         let backlog = BacklogSignal {
@@ -132,13 +148,7 @@ pub fn combine(
     } else if let Some(q) = queue {
         (q.at, q.backlog, BacklogSource::Queue)
     } else {
-        let t = throughput?;
-        let waiting = t.receive_rate * t.mean_age_at_receipt_seconds.unwrap_or(0.0);
-        let backlog = BacklogSignal {
-            visible: waiting.round() as u64,
-            in_flight: t.in_flight,
-            delayed: 0,
-        };
+        let backlog = throughput?.backlog_estimated_from_wait(earlier);
         (now, backlog, BacklogSource::EstimatedFromWait)
     };
     let signals = ScalingSignals {
@@ -192,8 +202,20 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn rates_sum_over_pods_and_the_newest_backlog_read_wins() {
+    /// `combine` of sidecar scrapes of pods of concurrency 10, with no read of the queue.
+    fn from_sidecars(
+        previous: &BTreeMap<String, PodScrape>,
+        current: &BTreeMap<String, PodScrape>,
+        reported_counts: ReportedCounts,
+        earlier: Option<WaitEstimate>,
+        now: f64,
+    ) -> Option<(ScalingSignals, BacklogSource)> {
+        combine(previous, current, None, reported_counts, 10, earlier, now)
+    }
+
+    /// Two pods' scrapes 5 s apart; the second reports counts read at 103 s (30 visible) and
+    /// 104 s (25).
+    fn two_pods_reporting_counts() -> (BTreeMap<String, PodScrape>, BTreeMap<String, PodScrape>) {
         let before = pods(&[
             ("a", scrape(100.0, 100.0, 90.0, None)),
             ("b", scrape(100.0, 50.0, 50.0, None)),
@@ -202,7 +224,14 @@ mod tests {
             ("a", scrape(105.0, 150.0, 140.0, Some((30.0, 103.0)))),
             ("b", scrape(105.0, 100.0, 100.0, Some((25.0, 104.0)))),
         ]);
-        let (signals, source) = combine(&before, &now, None, 10, 105.0).unwrap();
+        (before, now)
+    }
+
+    #[test]
+    fn rates_sum_over_pods_and_the_newest_backlog_read_wins() {
+        let (before, now) = two_pods_reporting_counts();
+        let (signals, source) =
+            from_sidecars(&before, &now, ReportedCounts::Current, None, 105.0).unwrap();
         assert_eq!(source, BacklogSource::Sidecars);
         assert_eq!(signals.sampled_at, 104.0);
         assert_eq!(signals.backlog.visible, 25);
@@ -210,11 +239,13 @@ mod tests {
         assert_eq!(signals.workers_unavailable, 0);
         let mut down = now.clone();
         down.get_mut("b").unwrap().sample.worker_unavailable = true;
-        let (one_down, _) = combine(&before, &down, None, 10, 105.0).unwrap();
+        let (one_down, _) =
+            from_sidecars(&before, &down, ReportedCounts::Current, None, 105.0).unwrap();
         assert_eq!(one_down.workers_unavailable, 1);
         assert!(!one_down.every_worker_unavailable());
         down.get_mut("a").unwrap().sample.worker_unavailable = true;
-        let (both_down, _) = combine(&before, &down, None, 10, 105.0).unwrap();
+        let (both_down, _) =
+            from_sidecars(&before, &down, ReportedCounts::Current, None, 105.0).unwrap();
         assert!(both_down.every_worker_unavailable());
         let t = signals.throughput.unwrap();
         assert_eq!((t.receive_rate, t.completion_rate), (20.0, 20.0));
@@ -225,10 +256,22 @@ mod tests {
     }
 
     #[test]
+    fn minutes_old_counts_from_running_sidecars_give_way_to_the_wait() {
+        // Pub/Sub sidecars reporting Cloud Monitoring's counts: a backlog of minutes ago.
+        let (before, now) = two_pods_reporting_counts();
+        let (signals, source) =
+            from_sidecars(&before, &now, ReportedCounts::MinutesOld, None, 105.0).unwrap();
+        assert_eq!(source, BacklogSource::EstimatedFromWait);
+        // 20 received a second after waiting 2 s each.
+        assert_eq!(signals.backlog.visible, 40);
+        assert_eq!(signals.sampled_at, 105.0);
+    }
+
+    #[test]
     fn a_restarted_sidecar_counts_from_zero() {
         let before = pods(&[("a", scrape(100.0, 1000.0, 1000.0, None))]);
         let now = pods(&[("a", scrape(110.0, 30.0, 20.0, Some((0.0, 109.0))))]);
-        let t = combine(&before, &now, None, 10, 110.0)
+        let t = from_sidecars(&before, &now, ReportedCounts::Current, None, 110.0)
             .unwrap()
             .0
             .throughput
@@ -246,8 +289,16 @@ mod tests {
                 delayed: 2,
             },
         };
-        let (signals, source) =
-            combine(&BTreeMap::new(), &BTreeMap::new(), Some(reading), 4, 51.0).unwrap();
+        let (signals, source) = combine(
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            Some(reading),
+            ReportedCounts::Current,
+            4,
+            None,
+            51.0,
+        )
+        .unwrap();
         assert_eq!(source, BacklogSource::Queue);
         assert_eq!(signals.backlog, reading.backlog);
         assert_eq!(signals.sampled_at, 50.0);
@@ -258,12 +309,31 @@ mod tests {
     #[test]
     fn nothing_known_is_no_signal_not_an_empty_queue() {
         assert_eq!(
-            combine(&BTreeMap::new(), &BTreeMap::new(), None, 4, 1.0),
+            combine(
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+                None,
+                ReportedCounts::Current,
+                4,
+                None,
+                1.0
+            ),
             None
         );
         // One scrape alone gives no rates, and without counts there is nothing to go on.
         let now = pods(&[("a", scrape(105.0, 10.0, 10.0, None))]);
-        assert_eq!(combine(&BTreeMap::new(), &now, None, 4, 105.0), None);
+        assert_eq!(
+            combine(
+                &BTreeMap::new(),
+                &now,
+                None,
+                ReportedCounts::Current,
+                4,
+                None,
+                105.0
+            ),
+            None
+        );
     }
 
     #[test]
@@ -271,10 +341,20 @@ mod tests {
         let before = pods(&[("a", scrape(100.0, 0.0, 0.0, None))]);
         // 50 received in 5 s (10/s) after waiting 2 s each: about 20 are queued behind them.
         let now = pods(&[("a", scrape(105.0, 50.0, 45.0, None))]);
-        let (signals, source) = combine(&before, &now, None, 10, 105.0).unwrap();
+        let (signals, source) =
+            from_sidecars(&before, &now, ReportedCounts::Current, None, 105.0).unwrap();
         assert_eq!(source, BacklogSource::EstimatedFromWait);
         assert_eq!(signals.backlog.visible, 20);
         assert_eq!(signals.backlog.in_flight, 4);
         assert_eq!(signals.sampled_at, 105.0);
+        // The poll before, they had waited 1 s and 13 were estimated to wait: this window's
+        // 50 were published over 4 s, so 12.5 a second arrived, and 25 wait.
+        let earlier = WaitEstimate {
+            mean_age_at_receipt_seconds: 1.0,
+            waiting: 13,
+        };
+        let (grown, _) =
+            from_sidecars(&before, &now, ReportedCounts::Current, Some(earlier), 105.0).unwrap();
+        assert_eq!(grown.backlog.visible, 25);
     }
 }

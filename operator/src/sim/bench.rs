@@ -2,7 +2,7 @@
 
 use crate::autoscaler::{PolicyTuning, ScalingDecision, ScalingPolicy, ScalingSpec};
 
-use super::ferry::{FerryController, ScrapeConfig};
+use super::ferry::{CountsRead, FerryController, ScrapeConfig};
 use super::keda::{KedaConfig, KedaController};
 use super::model::{Controller, Message, ModelConfig, RunOutcome, materialize, run};
 use super::oracle::oracle;
@@ -119,7 +119,13 @@ pub fn run_ferry(
     trace: &Trace,
     messages: &[Message],
 ) -> anyhow::Result<PolicyRun> {
-    let policy = ScalingPolicy::new(config.scaling.clone(), config.tuning.clone())?;
+    // As the operator does for a queue nobody can count (Pub/Sub without Cloud Monitoring).
+    let spec = if config.scrape.counts_read == CountsRead::Never {
+        config.scaling.clone().keeping_one_replica()
+    } else {
+        config.scaling.clone()
+    };
+    let policy = ScalingPolicy::new(spec, config.tuning.clone())?;
     let mut ferry = FerryController::new(
         policy,
         config.scrape.clone(),

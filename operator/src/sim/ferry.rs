@@ -6,9 +6,10 @@ use rand::{Rng, SeedableRng};
 
 use crate::autoscaler::{
     BacklogSignal, ScalingDecision, ScalingPolicy, ScalingSignals, ScalingState, ThroughputSignal,
+    WaitEstimate,
 };
 
-use super::counts::ApproximateCounts;
+use super::counts::QueueCounts;
 use super::model::{Controller, RemovalMode, TickRecord};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -19,8 +20,10 @@ pub struct ScrapeConfig {
     pub lag_seconds: u32,
     /// Share of polls whose scrape fails, so the policy gets no signals at all.
     pub failure_rate: f64,
-    /// How stale the queue's counts are when the sidecars read them.
-    pub counts: ApproximateCounts,
+    /// How the queue's counts read.
+    pub counts: QueueCounts,
+    /// When ferry reads them.
+    pub counts_read: CountsRead,
     /// Seed for which polls fail.
     pub seed: u64,
 }
@@ -31,10 +34,23 @@ impl Default for ScrapeConfig {
             poll_interval_seconds: 3,
             lag_seconds: 2,
             failure_rate: 0.0,
-            counts: ApproximateCounts::default(),
+            counts: QueueCounts::default(),
+            counts_read: CountsRead::Always,
             seed: 0,
         }
     }
+}
+
+/// When ferry's backlog comes from the queue's counts, as the operator decides by backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountsRead {
+    /// SQS: the sidecars report the counts at every poll, and the operator reads them at zero.
+    Always,
+    /// Pub/Sub with Cloud Monitoring: its counts are minutes old, so they only start a
+    /// consumer at zero; while sidecars run, the backlog is estimated from their wait.
+    AtZero,
+    /// Pub/Sub without it: always estimated, and one replica stays.
+    Never,
 }
 
 pub struct FerryController {
@@ -43,6 +59,8 @@ pub struct FerryController {
     scrape: ScrapeConfig,
     concurrency_per_replica: u32,
     failures: StdRng,
+    /// The backlog estimated from the sidecars' wait at the last poll, if it was.
+    wait_estimate: Option<WaitEstimate>,
     pub decisions: Vec<ScalingDecision>,
 }
 
@@ -54,6 +72,7 @@ impl FerryController {
             failures: StdRng::seed_from_u64(scrape.seed),
             scrape,
             concurrency_per_replica,
+            wait_estimate: None,
             decisions: Vec::new(),
         }
     }
@@ -65,7 +84,6 @@ impl FerryController {
             .len()
             .checked_sub(1 + self.scrape.lag_seconds as usize)?;
         let sample = history[latest];
-        let (visible, not_visible) = self.scrape.counts.read(history, latest);
         let earlier = history[latest.saturating_sub(self.scrape.poll_interval_seconds as usize)];
         let window = sample.time - earlier.time;
         let throughput = (sample.ready_receiving_pods > 0 && window > 0.0).then(|| {
@@ -88,13 +106,24 @@ impl FerryController {
                     * u64::from(self.concurrency_per_replica),
             }
         });
+        let backlog = match (self.scrape.counts_read, throughput) {
+            (CountsRead::Always, _) | (CountsRead::AtZero, None) => {
+                let (visible, not_visible) = self.scrape.counts.read(history, latest);
+                BacklogSignal {
+                    visible,
+                    in_flight: not_visible,
+                    delayed: 0,
+                }
+            }
+            (CountsRead::AtZero | CountsRead::Never, Some(t)) => {
+                t.backlog_estimated_from_wait(self.wait_estimate)
+            }
+            // No pod ready to measure anything: nothing is known, and the policy holds.
+            (CountsRead::Never, None) => return None,
+        };
         Some(ScalingSignals {
             sampled_at: sample.time,
-            backlog: BacklogSignal {
-                visible,
-                in_flight: not_visible,
-                delayed: 0,
-            },
+            backlog,
             throughput,
             ready_replicas: sample.ready_receiving_pods,
             workers_unavailable: 0,
@@ -115,6 +144,13 @@ impl Controller for FerryController {
         let failed = self.scrape.failure_rate > 0.0
             && self.failures.random::<f64>() < self.scrape.failure_rate;
         let signals = if failed { None } else { self.scrape(history) };
+        self.wait_estimate = signals.as_ref().and_then(|s| {
+            let estimated = match self.scrape.counts_read {
+                CountsRead::Always => false,
+                CountsRead::AtZero | CountsRead::Never => s.throughput.is_some(),
+            };
+            WaitEstimate::of(s.throughput.as_ref()?, &s.backlog).filter(|_| estimated)
+        });
         let decision = self
             .policy
             .decide(&mut self.state, now, replicas, signals.as_ref());

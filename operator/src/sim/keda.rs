@@ -1,7 +1,9 @@
-//! KEDA's SQS scaler driving an HPA, modelled from their documented defaults (REFERENCE.md):
+//! KEDA's SQS scaler (or its Pub/Sub scaler) driving an HPA, modelled from their documented
+//! defaults (REFERENCE.md):
 //!
 //! - metric: visible + in flight (`scaleOnInFlight` on, delayed off), read from the queue's
-//!   attributes with the same lag `ferry` gets;
+//!   attributes with the same lag `ferry` gets; on Pub/Sub, `num_undelivered_messages` from
+//!   Cloud Monitoring, minutes old ([`super::counts::CloudMonitoring`]);
 //! - KEDA's own loop every `pollingInterval` (30 s) does 0 → 1 when the metric is above the
 //!   activation length, and 1 → 0 after `cooldownPeriod` (300 s) without activity;
 //! - the HPA syncs every 15 s: desired = ceil(metric / queueLength) (`AverageValue`), no
@@ -11,7 +13,7 @@
 
 use std::collections::VecDeque;
 
-use super::counts::ApproximateCounts;
+use super::counts::QueueCounts;
 use super::model::{Controller, RemovalMode, TickRecord};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -26,8 +28,9 @@ pub struct KedaConfig {
     pub min_replicas: u32,
     pub max_replicas: u32,
     pub lag_seconds: u32,
-    /// How stale the queue's counts are when KEDA reads them.
-    pub counts: ApproximateCounts,
+    /// How the queue's counts read for KEDA's scaler (SQS attributes, Pub/Sub through Cloud
+    /// Monitoring).
+    pub counts: QueueCounts,
 }
 
 impl KedaConfig {
@@ -43,7 +46,7 @@ impl KedaConfig {
             min_replicas: 0,
             max_replicas,
             lag_seconds,
-            counts: ApproximateCounts::default(),
+            counts: QueueCounts::default(),
         }
     }
 }

@@ -1,4 +1,6 @@
 use super::bench::{BenchConfig, run_trace};
+use super::counts::{ApproximateCounts, CloudMonitoring, QueueCounts};
+use super::ferry::CountsRead;
 use super::model::{Controller, Message, ModelConfig, RemovalMode, TickRecord, materialize, run};
 use super::report::Report;
 use super::trace::{Trace, TraceSecond};
@@ -271,10 +273,10 @@ fn settling_counts_delay_both_policies_activation_and_lose_nothing() {
     let trace = trace_of("cold", 400, |t| if t >= 100 { 20 } else { 0 });
     let mut bench = bench_of(ScalingSpec::default(), &[5, 20]);
     let exact = run_trace(&bench, &trace).unwrap();
-    bench.scrape.counts = super::counts::ApproximateCounts {
+    bench.scrape.counts = QueueCounts::Approximate(ApproximateCounts {
         settle_seconds: 60,
         seed: 3,
-    };
+    });
     let settling = run_trace(&bench, &trace).unwrap();
     for (name, exact, settling) in [
         ("ferry", &exact.ferry, &settling.ferry),
@@ -299,5 +301,63 @@ fn settling_counts_delay_both_policies_activation_and_lose_nothing() {
     assert_ne!(
         exact.keda.stats.summary, settling.keda.stats.summary,
         "the setting reached KEDA's metric"
+    );
+}
+
+#[test]
+fn pubsub_without_monitoring_keeps_one_replica_and_follows_a_step_from_the_wait() {
+    // Nobody reads the subscription's backlog: ferry sees only what its sidecars measure
+    // (the backlog by Little's law) and keeps a replica through the quiet spells; KEDA reads
+    // Cloud Monitoring, minutes late.
+    let trace = trace_of("pubsub-step", 1200, |t| match t {
+        0..300 => 5,
+        300..600 => 100,
+        600..900 => 0,
+        _ => 5,
+    });
+    let mut bench = bench_of(ScalingSpec::default(), &[5, 20, 50]);
+    bench.scrape.counts = QueueCounts::Monitoring(CloudMonitoring::default());
+    bench.scrape.counts_read = CountsRead::Never;
+    let pubsub = run_trace(&bench, &trace).unwrap();
+    bench.scrape.counts = QueueCounts::default();
+    bench.scrape.counts_read = CountsRead::Always;
+    let sqs = run_trace(&bench, &trace).unwrap();
+
+    for result in [&pubsub, &sqs] {
+        for run in [&result.ferry, &result.keda] {
+            assert_eq!(run.stats.messages as u64, trace.total_arrivals());
+        }
+    }
+    let ferry = &pubsub.ferry;
+    assert!(
+        ferry.replicas.iter().all(|&r| r >= 1),
+        "ferry kept a replica: {:?}",
+        ferry.replicas
+    );
+    assert!(
+        sqs.ferry.replicas[600..900].contains(&0),
+        "with the queue's counts it goes to zero while the queue is quiet"
+    );
+    // 100 msg/s of 0.5 s jobs keep 50 slots busy: 13 replicas of 4.
+    let peak = ferry.replicas[300..600].iter().copied().max().unwrap();
+    assert!(peak >= 13, "peak {peak}");
+    assert!(
+        ferry.stats.meets(pubsub.latency_target_seconds),
+        "{:?}",
+        ferry.stats.summary
+    );
+    assert!(
+        ferry
+            .decisions
+            .iter()
+            .any(|d| d.signals.as_ref().is_some_and(|s| s.visible > 0)),
+        "some decision used a backlog estimated from the wait"
+    );
+    // Minutes-old counts make KEDA's best on Pub/Sub wait longer than its best on SQS.
+    assert!(
+        pubsub.keda.stats.summary.p99_wait_s > sqs.keda.stats.summary.p99_wait_s,
+        "{:?} vs {:?}",
+        pubsub.keda.stats.summary,
+        sqs.keda.stats.summary
     );
 }
