@@ -58,11 +58,11 @@ impl ThroughputSignal {
     /// receives 16 a second that waited about as long as the burst has lasted, while 184 a
     /// second pile up behind them. The wait's growth between two polls tells how fast they
     /// arrived: this window's receipts were published over `window - (growth of the mean
-    /// wait)` seconds, so at `received × window / that span` a second. Messages have waited
-    /// as long as the mean wait at most at that rate, and the queue cannot have grown by more
-    /// than that rate less what was received since the poll before: a burst shorter than the
-    /// wait is not read as lasting all of it. With no earlier poll, or a wait that does not
-    /// grow, it is Little's law, and it is never less: a busy queue is never read as empty.
+    /// wait)` seconds, so at `received × window / that span` a second. What waits is at most
+    /// what that rate brings over the mean wait, and no more than the poll before's estimate
+    /// plus what that rate less the receipts adds in a window: a burst shorter than the wait
+    /// is not read as lasting all of it. With no earlier poll, or a wait that does not grow,
+    /// it is Little's law, and it is never less: a busy queue is never read as empty.
     pub fn backlog_estimated_from_wait(&self, earlier: Option<WaitEstimate>) -> BacklogSignal {
         let age = self.mean_age_at_receipt_seconds.unwrap_or(0.0);
         let window = self.window_seconds;
