@@ -81,8 +81,8 @@ struct Args {
     /// The queue's backend. `sqs`: every read of its counts is exact or `--count-settle` stale.
     /// `pubsub`: the counts are only in Cloud Monitoring, a sample a minute published
     /// `--monitoring-delay` later; KEDA's Pub/Sub scaler reads them there, and ferry (unless
-    /// `--pubsub-monitoring`) estimates the backlog from its sidecars by Little's law and keeps
-    /// one replica, as the operator does.
+    /// `--pubsub-monitoring`) estimates the backlog from its sidecars' wait and keeps one
+    /// replica, as the operator does.
     #[arg(long, value_enum, default_value_t = Provider::Sqs)]
     provider: Provider,
     /// With `--provider pubsub`: ferry reads Cloud Monitoring too (the operator's

@@ -7,7 +7,7 @@
 //!
 //! Pub/Sub: the subscription's backlog is only in Cloud Monitoring
 //! (`num_undelivered_messages`), which Google samples every 60 s and publishes up to 120 s
-//! later (REFERENCE.md). KEDA's Pub/Sub scaler reads it; ferry reads it only when configured
+//! later, as Google documents it. KEDA's Pub/Sub scaler reads it; ferry reads it only when configured
 //! to, and otherwise estimates the backlog from what its sidecars measure.
 
 use rand::rngs::StdRng;
